@@ -1,0 +1,3 @@
+//! llm-server: the command-line entry point.
+
+fn main() {}

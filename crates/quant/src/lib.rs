@@ -1,0 +1,4 @@
+//! ggml block quant formats: layouts, dequantize, reference quantize.
+#![deny(missing_docs)]
+
+pub use gguf::GgmlType;
