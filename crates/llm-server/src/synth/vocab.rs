@@ -1,0 +1,3 @@
+//! The Qwen3.5 vocabulary as a GGUF byte-level BPE vocab (placeholder).
+
+pub const placeholder: () = ();
