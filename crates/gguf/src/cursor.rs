@@ -32,7 +32,11 @@ impl<'a> Cursor<'a> {
     /// The next `n` bytes, or `Truncated` naming `what`.
     pub(crate) fn take(&mut self, n: u64, what: &'static str) -> Result<&'a [u8]> {
         if n > self.remaining() {
-            return Err(Error::Truncated { offset: self.pos(), wanted: n, what });
+            return Err(Error::Truncated {
+                offset: self.pos(),
+                wanted: n,
+                what,
+            });
         }
         // n <= remaining <= usize::MAX, so the cast is lossless.
         let start = self.pos;
@@ -68,7 +72,13 @@ impl<'a> Cursor<'a> {
         let needed = count.saturating_mul(min_size);
         let remaining = self.remaining();
         if needed > remaining {
-            return Err(Error::CountTooLarge { offset, what, count, needed, remaining });
+            return Err(Error::CountTooLarge {
+                offset,
+                what,
+                count,
+                needed,
+                remaining,
+            });
         }
         Ok(count)
     }
@@ -103,7 +113,11 @@ mod tests {
         assert_eq!(c.u32("a").ok(), Some(1));
         assert!(matches!(
             c.u32("b"),
-            Err(Error::Truncated { offset: 4, wanted: 4, what: "b" })
+            Err(Error::Truncated {
+                offset: 4,
+                wanted: 4,
+                what: "b"
+            })
         ));
         assert_eq!(c.u8("c").ok(), Some(2));
         assert!(c.u8("d").is_err());
@@ -116,7 +130,13 @@ mod tests {
         let err = Cursor::new(&bytes).count(8, "things");
         assert!(matches!(
             err,
-            Err(Error::CountTooLarge { offset: 0, count: u64::MAX, needed: u64::MAX, remaining: 8, .. })
+            Err(Error::CountTooLarge {
+                offset: 0,
+                count: u64::MAX,
+                needed: u64::MAX,
+                remaining: 8,
+                ..
+            })
         ));
         let mut ok = 1u64.to_le_bytes().to_vec();
         ok.extend([0; 8]);
@@ -129,12 +149,19 @@ mod tests {
         bytes.extend([0xff, 0xfe]);
         assert!(matches!(
             Cursor::new(&bytes).string("key"),
-            Err(Error::InvalidUtf8 { offset: 8, what: "key" })
+            Err(Error::InvalidUtf8 {
+                offset: 8,
+                what: "key"
+            })
         ));
         let huge = u64::MAX.to_le_bytes();
         assert!(matches!(
             Cursor::new(&huge).string("key"),
-            Err(Error::Truncated { offset: 8, wanted: u64::MAX, .. })
+            Err(Error::Truncated {
+                offset: 8,
+                wanted: u64::MAX,
+                ..
+            })
         ));
     }
 }

@@ -109,8 +109,16 @@ pub enum Error {
         /// The key.
         key: String,
     },
+    /// An empty metadata key (llama.cpp refuses them too).
+    #[error("at byte {offset}: empty metadata key")]
+    EmptyKey {
+        /// Where the key starts (0 from the writer).
+        offset: u64,
+    },
     /// `general.alignment` of the wrong type, zero, or not a power of two.
-    #[error("at byte {offset}: general.alignment must be a u32 nonzero power of two, found {found:?}")]
+    #[error(
+        "at byte {offset}: general.alignment must be a u32 nonzero power of two, found {found:?}"
+    )]
     BadAlignment {
         /// Where the key's value starts (0 from the writer).
         offset: u64,
@@ -216,7 +224,9 @@ pub enum Error {
         wanted: &'static str,
     },
     /// Tensor data not aligned for a typed view (possible with `general.alignment` 1 or 2).
-    #[error("tensor '{name}' data at address {address:#x} is not {align}-byte aligned for a typed view")]
+    #[error(
+        "tensor '{name}' data at address {address:#x} is not {align}-byte aligned for a typed view"
+    )]
     MisalignedView {
         /// The tensor.
         name: String,

@@ -37,7 +37,10 @@ impl GgufFile {
     /// reads of the lost pages fault (SIGBUS); don't rewrite model files in place.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref();
-        let io = |source| Error::Io { path: path.to_owned(), source };
+        let io = |source| Error::Io {
+            path: path.to_owned(),
+            source,
+        };
         let file = File::open(path).map_err(io)?;
         // SAFETY: the map is read-only and private to this process; its contents are treated
         // as untrusted bytes and validated before use. The one hazard left, another process
@@ -54,8 +57,17 @@ impl GgufFile {
 
     fn new(storage: Storage) -> Result<GgufFile> {
         let header = parse_header(storage_bytes(&storage))?;
-        let by_name = header.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Ok(GgufFile { storage, header, by_name })
+        let by_name = header
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Ok(GgufFile {
+            storage,
+            header,
+            by_name,
+        })
     }
 
     /// The whole file.
@@ -118,19 +130,29 @@ impl GgufFile {
     /// The bytes of expert `expert` of a 3-D expert tensor `[ne0, ne1, n_expert]`: each expert
     /// is a contiguous `ne0 × ne1` matrix, so the slice is zero-copy.
     pub fn expert_data(&self, t: &TensorInfo, expert: u64) -> Result<&[u8]> {
-        let no_such = || Error::NoSuchExpert { name: t.name.clone(), dims: t.dims.clone(), expert };
+        let no_such = || Error::NoSuchExpert {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            expert,
+        };
         let &[ne0, ne1, n_expert] = t.dims.as_slice() else {
             return Err(no_such());
         };
         if expert >= n_expert {
             return Err(no_such());
         }
-        // ne0 * ne1 * n_expert was checked when the file was parsed, so these cannot overflow;
-        // ne0 is a whole number of blocks, so each expert is a whole number of bytes.
-        let per_expert = t.ty.bytes_for(ne0 * ne1).ok_or_else(no_such)?;
-        let start = usize::try_from(per_expert * expert).map_err(|_| no_such())?;
-        let len = usize::try_from(per_expert).map_err(|_| no_such())?;
-        self.tensor_data(t).get(start..start + len).ok_or_else(no_such)
+        // For a tensor of this file the shape was checked at parse time and none of this can
+        // fail; checked math keeps a hand-made `TensorInfo` from panicking. ne0 is a whole
+        // number of blocks, so each expert is a whole number of bytes.
+        let per_expert = ne0
+            .checked_mul(ne1)
+            .and_then(|n| t.ty.bytes_for(n))
+            .ok_or_else(no_such)?;
+        let start = per_expert.checked_mul(expert).ok_or_else(no_such)?;
+        let end = start.checked_add(per_expert).ok_or_else(no_such)?;
+        let range = usize::try_from(start).ok().zip(usize::try_from(end).ok());
+        let (start, end) = range.ok_or_else(no_such)?;
+        self.tensor_data(t).get(start..end).ok_or_else(no_such)
     }
 
     /// An F32 tensor as `&[f32]`.
@@ -173,9 +195,18 @@ impl GgufFile {
         self.typed(t, &[GgmlType::I64], "i64")
     }
 
-    fn typed<T: Plain>(&self, t: &TensorInfo, ok: &[GgmlType], wanted: &'static str) -> Result<&[T]> {
+    fn typed<T: Plain>(
+        &self,
+        t: &TensorInfo,
+        ok: &[GgmlType],
+        wanted: &'static str,
+    ) -> Result<&[T]> {
         if !ok.contains(&t.ty) {
-            return Err(Error::WrongTensorType { name: t.name.clone(), ty: t.ty, wanted });
+            return Err(Error::WrongTensorType {
+                name: t.name.clone(),
+                ty: t.ty,
+                wanted,
+            });
         }
         cast(self.tensor_data(t), &t.name)
     }
@@ -212,7 +243,9 @@ unsafe impl Plain for f64 {}
 /// Reinterprets little-endian `bytes` as `&[T]` after checking address alignment and length.
 fn cast<'a, T: Plain>(bytes: &'a [u8], name: &str) -> Result<&'a [T]> {
     if cfg!(target_endian = "big") {
-        return Err(Error::BigEndianHost { name: name.to_owned() });
+        return Err(Error::BigEndianHost {
+            name: name.to_owned(),
+        });
     }
     let align = std::mem::align_of::<T>();
     let size = std::mem::size_of::<T>();
@@ -220,7 +253,11 @@ fn cast<'a, T: Plain>(bytes: &'a [u8], name: &str) -> Result<&'a [T]> {
     // Alignment: with `general.alignment` below the element size, data can be misaligned.
     // Length: tensor sizes are whole elements, but check rather than assume.
     if address % align != 0 || bytes.len() % size != 0 {
-        return Err(Error::MisalignedView { name: name.to_owned(), address, align });
+        return Err(Error::MisalignedView {
+            name: name.to_owned(),
+            address,
+            align,
+        });
     }
     // SAFETY: the pointer is aligned for T (checked), the region is `bytes.len()` readable
     // bytes borrowed for 'a, T: Plain accepts any bit pattern, and the length in T's covers
@@ -231,6 +268,109 @@ fn cast<'a, T: Plain>(bytes: &'a [u8], name: &str) -> Result<&'a [T]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{sample_file, Raw};
+    use crate::{GgufWriter, TensorSpec, Value, ALIGNMENT_KEY};
+
+    #[test]
+    fn open_maps_the_same_file_as_from_bytes() {
+        let bytes = sample_file();
+        let path = std::env::temp_dir().join(format!("gguf-test-{}.gguf", std::process::id()));
+        std::fs::write(&path, &bytes).expect("temp file");
+        let mapped = GgufFile::open(&path);
+        std::fs::remove_file(&path).expect("temp file");
+        let mapped = mapped.expect("valid");
+        let owned = GgufFile::from_bytes(bytes).expect("valid");
+        assert_eq!(mapped.header(), owned.header());
+        assert_eq!(mapped.bytes(), owned.bytes());
+        assert_eq!(mapped.file_size(), owned.bytes().len() as u64);
+        let missing = GgufFile::open("/nonexistent/x.gguf");
+        assert!(matches!(missing, Err(Error::Io { .. })));
+    }
+
+    #[test]
+    fn views_are_typed_and_zero_copy() {
+        let file = GgufFile::from_bytes(sample_file()).expect("valid");
+        let embd = file.tensor("token_embd.weight").expect("present");
+        let raw = file.tensor_data(embd);
+        assert_eq!(raw.len(), 32);
+        assert_eq!(
+            raw.as_ptr() as usize - file.bytes().as_ptr() as usize,
+            file.data_offset() as usize
+        );
+        let f = file.tensor_f32(embd).expect("f32");
+        assert_eq!(f[0].to_le_bytes(), [0, 1, 2, 3]);
+        assert!(matches!(
+            file.tensor_i32(embd),
+            Err(Error::WrongTensorType {
+                ty: GgmlType::F32,
+                ..
+            })
+        ));
+        let pos = file.tensor("pos").expect("present");
+        assert_eq!(
+            file.tensor_i32(pos).expect("i32")[2],
+            i32::from_le_bytes([108, 109, 110, 111])
+        );
+        assert!(file.tensor("nope").is_none());
+    }
+
+    #[test]
+    fn expert_slices() {
+        let file = GgufFile::from_bytes(sample_file()).expect("valid");
+        let exps = file.tensor("blk.0.ffn_up_exps.weight").expect("present");
+        let all = file.tensor_data(exps);
+        for e in 0..3 {
+            let slice = file.expert_data(exps, e).expect("in range");
+            assert_eq!(slice, &all[e as usize * 68..(e as usize + 1) * 68]);
+        }
+        assert!(matches!(
+            file.expert_data(exps, 3),
+            Err(Error::NoSuchExpert { expert: 3, .. })
+        ));
+        let embd = file.tensor("token_embd.weight").expect("present");
+        assert!(matches!(
+            file.expert_data(embd, 0),
+            Err(Error::NoSuchExpert { .. })
+        ));
+    }
+
+    #[test]
+    fn misaligned_views_are_errors_not_ub() {
+        // Alignment 1 lets an f32 tensor start at an odd address.
+        let meta = [(ALIGNMENT_KEY.to_string(), Value::U32(1))];
+        let specs = [
+            TensorSpec::new("a", GgmlType::I8, [1]),
+            TensorSpec::new("b", GgmlType::F32, [2]),
+        ];
+        let mut w = GgufWriter::new(Vec::new(), &meta, &specs).expect("valid");
+        w.write_data(&[7; 9]).expect("declared");
+        let file = GgufFile::from_bytes(w.finish().expect("complete")).expect("valid");
+        let b = file.tensor("b").expect("present");
+        let addr = file.tensor_data(b).as_ptr() as usize;
+        match file.tensor_f32(b) {
+            Ok(v) => assert!(addr % 4 == 0 && v.len() == 2),
+            Err(e) => assert!(matches!(e, Error::MisalignedView { align: 4, .. })),
+        }
+        assert_eq!(
+            file.tensor_i8(file.tensor("a").expect("present"))
+                .expect("i8"),
+            &[7]
+        );
+    }
+
+    #[test]
+    fn foreign_tensor_info_gives_empty_data() {
+        let file = GgufFile::from_bytes(sample_file()).expect("valid");
+        let mut t = file.tensors()[0].clone();
+        t.offset = u64::MAX - 4;
+        assert!(file.tensor_data(&t).is_empty());
+        let mut r = Raw::header(3, 0, 0);
+        r.data(32, 0);
+        assert!(GgufFile::from_bytes(r.buf)
+            .expect("empty is valid")
+            .tensors()
+            .is_empty());
+    }
 
     #[test]
     fn cast_checks_alignment_and_length() {
@@ -238,8 +378,14 @@ mod tests {
         // SAFETY: reading u32s as bytes; the slice covers exactly `words`.
         let bytes: &[u8] = unsafe { std::slice::from_raw_parts(words.as_ptr().cast(), 12) };
         assert_eq!(cast::<f32>(bytes, "t").ok().map(<[f32]>::len), Some(3));
-        assert!(matches!(cast::<f32>(&bytes[1..5], "t"), Err(Error::MisalignedView { .. })));
-        assert!(matches!(cast::<f32>(&bytes[..6], "t"), Err(Error::MisalignedView { .. })));
+        assert!(matches!(
+            cast::<f32>(&bytes[1..5], "t"),
+            Err(Error::MisalignedView { .. })
+        ));
+        assert!(matches!(
+            cast::<f32>(&bytes[..6], "t"),
+            Err(Error::MisalignedView { .. })
+        ));
         assert_eq!(cast::<i8>(&bytes[1..4], "t").ok().map(<[i8]>::len), Some(3));
     }
 }

@@ -62,8 +62,20 @@ pub struct TypeInfo {
     pub type_size: u64,
 }
 
-const fn row(ty: GgmlType, id: u32, name: &'static str, block_size: u64, type_size: u64) -> TypeInfo {
-    TypeInfo { ty, id, name, block_size, type_size }
+const fn row(
+    ty: GgmlType,
+    id: u32,
+    name: &'static str,
+    block_size: u64,
+    type_size: u64,
+) -> TypeInfo {
+    TypeInfo {
+        ty,
+        id,
+        name,
+        block_size,
+        type_size,
+    }
 }
 
 use GgmlType as T;
@@ -113,7 +125,10 @@ impl GgmlType {
 
     /// The type named `name` (ggml's lower-case name, case-insensitive), e.g. `q4_K`.
     pub fn from_name(name: &str) -> Option<GgmlType> {
-        TYPES.iter().find(|r| r.name.eq_ignore_ascii_case(name)).map(|r| r.ty)
+        TYPES
+            .iter()
+            .find(|r| r.name.eq_ignore_ascii_case(name))
+            .map(|r| r.ty)
     }
 
     /// This type's row of the table.
@@ -169,7 +184,10 @@ mod tests {
             assert_eq!(GgmlType::from_id(r.id), Some(r.ty));
             assert_eq!(r.ty.info().id, r.id);
             assert_eq!(GgmlType::from_name(r.name), Some(r.ty));
-            assert!(TYPES[i + 1..].iter().all(|o| o.id > r.id), "ids sorted and unique");
+            assert!(
+                TYPES[i + 1..].iter().all(|o| o.id > r.id),
+                "ids sorted and unique"
+            );
         }
         assert_eq!(GgmlType::from_id(4), None);
         assert_eq!(GgmlType::Q4_K.bytes_for(512), Some(288));

@@ -2,8 +2,8 @@
 //! encoding, and [`Metadata`], the ordered key → value table.
 //!
 //! Type ids and names follow llama.cpp's `enum gguf_type` and `GGUF_TYPE_NAME`. Bools must be
-//! 0 or 1: llama.cpp `fread`s the byte straight into a C++ `bool` (undefined for other values)
-//! and gguf-py shows it as numpy bool, so any other byte means a corrupt file and is an error.
+//! 0 or 1: llama.cpp reads any nonzero byte as true, but every writer emits 0/1, so another
+//! byte means a corrupt file; rejecting it also keeps read → write byte-exact.
 
 use std::collections::HashMap;
 
@@ -397,7 +397,10 @@ fn bool_from(byte: u8, offset: u64) -> Result<bool> {
 pub(crate) fn read_array(c: &mut Cursor<'_>, depth: u32) -> Result<Array> {
     let start = c.pos();
     if depth > MAX_ARRAY_DEPTH {
-        return Err(Error::NestingTooDeep { offset: start, max: MAX_ARRAY_DEPTH });
+        return Err(Error::NestingTooDeep {
+            offset: start,
+            max: MAX_ARRAY_DEPTH,
+        });
     }
     let ty = read_type(c, "array element type")?;
     let n = c.count(ty.min_size(), "array element")?;
@@ -598,6 +601,9 @@ mod tests {
         assert_eq!(m.get_f64("a"), Some(7.0));
         assert_eq!(m.get_str("a"), None);
         assert_eq!(m.len(), 3);
-        assert_eq!(m.iter().map(|(k, _)| k).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(
+            m.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
     }
 }

@@ -470,6 +470,8 @@ fn value_text(v: &Value) -> String {
         }
         Value::String(s) => format!("{s:?}"),
         Value::Array(a) => array_text(a),
+        // Rust's f32 Display is the shortest text that reads back the same f32 (1e-6 → 0.000001).
+        Value::F32(x) => x.to_string(),
         other => scalar_json(other).to_string(),
     }
 }
@@ -478,7 +480,7 @@ fn array_text(a: &Array) -> String {
     let items = array_items(a);
     let head: Vec<String> = items.iter().take(ARRAY_HEAD).map(Json::to_string).collect();
     let more = if a.len() > ARRAY_HEAD { ", …" } else { "" };
-    format!("[{}; {}] [{}{}]", a.type_name(), a.len(), head.join(", "), more)
+    format!("[{}; {}] [{}{}]", a.elem_type().name(), a.len(), head.join(", "), more)
 }
 
 /// The elements of an array as JSON values (nested arrays become nested JSON arrays).
@@ -531,7 +533,7 @@ fn scalar_json(v: &Value) -> Json {
 fn value_json(v: &Value) -> Json {
     match v {
         Value::Array(a) if a.len() > 64 => json!({
-            "type": a.type_name(),
+            "type": a.elem_type().name(),
             "len": a.len(),
             "head": array_items(a).into_iter().take(ARRAY_HEAD).collect::<Vec<_>>(),
         }),

@@ -13,9 +13,13 @@
 //!   [`QWEN35_ADDED`]), UNUSED for padding;
 //! - `tokenizer.ggml.merges`: one `"a b"` per reachable multi-byte token, see [`derive_merges`].
 //!
+//! The other tokenizer keys are constants the caller writes: `tokenizer.ggml.model = "gpt2"`,
+//! `tokenizer.ggml.pre = "qwen35"`, `add_bos_token = false`, and [`QWEN35_CHAT_TEMPLATE`].
+//!
 //! Real Qwen3.5 GGUFs (llama.cpp loader logs of unsloth's Qwen3.5-2B/9B/27B) show 248320 tokens,
 //! 247587 merges, first merges `Ġ Ġ`, `ĠĠ ĠĠ`, `i n`, `Ġ t`, eos 248046, padding 248055, no bos
-//! key and a special-token cache of 33; the tests check the first five against the real ranks.
+//! key, 33 special tokens and a longest token of 256 bytes; the tests check all of these against
+//! the real ranks, and tools/vocab-check compares tokenization with tiktoken and llama.cpp.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -26,11 +30,6 @@ use base64::Engine as _;
 
 /// Tokens in a Qwen3.5 GGUF: config.json's `vocab_size`, the rows of `token_embd`/`output`.
 pub const QWEN35_N_VOCAB: usize = 248_320;
-/// `tokenizer.ggml.model`: byte-level BPE with merges, as GPT-2.
-pub const TOKENIZER_MODEL: &str = "gpt2";
-/// `tokenizer.ggml.pre`: llama.cpp's pre-tokenizer regex for Qwen3.5 (`LLAMA_VOCAB_PRE_TYPE_QWEN35`,
-/// the Qwen2 split with `\p{M}` joined to letters).
-pub const QWEN35_PRE: &str = "qwen35";
 /// `tokenizer.chat_template`: Qwen3.5's Jinja template, verbatim (source in `data/README.md`).
 pub const QWEN35_CHAT_TEMPLATE: &str = include_str!("data/qwen35_chat_template.jinja");
 
@@ -543,8 +542,8 @@ mod tests {
             "eos_id": vocab.eos_id,
             "pad_id": vocab.pad_id,
             "bos_id": vocab.bos_id,
-            "pre": QWEN35_PRE,
-            "model": TOKENIZER_MODEL,
+            "pre": "qwen35",
+            "model": "gpt2",
             "chat_template": QWEN35_CHAT_TEMPLATE,
         });
         std::fs::write(out, serde_json::to_vec(&json).expect("json")).expect("write dump");
