@@ -12,6 +12,7 @@ two-line numpy reference of ggml's layout (value = d * q).
 3. Every tensor of the real models in LLM_SERVER_MODELS, batched per type.
 """
 import os
+import subprocess
 from collections import defaultdict
 from pathlib import Path
 
@@ -198,3 +199,63 @@ def test_real_model_tensors_bit_exact(model: Path | None, tmp_path: Path) -> Non
         what = f"{model.name}: {qtype.name} tensors {names[0]}..{names[-1]} ({len(names)})"
         assert_bit_exact(qtype, ours(qtype, raw, tmp_path), want, what)
     assert seen, f"{model.name} has no tensors"
+
+
+# Opt-in: our quantizers against ggml's C reference itself (ggml-quants.c), for the types
+# gguf-py cannot quantize. Set LLM_SERVER_GGML_SRC to a llama.cpp `ggml` directory; needs gcc.
+GGML_HARNESS = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "ggml.h"
+#include "ggml-quants.h"
+void ggml_abort(const char * file, int line, const char * fmt, ...) { (void)fmt; fprintf(stderr, "%s:%d\n", file, line); abort(); }
+size_t ggml_row_size(enum ggml_type t, int64_t ne) { (void)t; (void)ne; return 0; }
+size_t ggml_type_size(enum ggml_type t) { (void)t; return 0; }
+const char * ggml_type_name(enum ggml_type t) { (void)t; return "?"; }
+int main(int argc, char ** argv) {
+    (void)argc;
+    int ty = atoi(argv[1]); long n = atol(argv[2]);
+    float * x = malloc(n * 4); void * y = calloc(n * 4 + 4096, 1); size_t sz = atol(argv[3]);
+    if (fread(x, 4, n, stdin) != (size_t)n) return 1;
+    switch (ty) {
+        case 10: quantize_row_q2_K_ref(x, y, n); break;
+        case 11: quantize_row_q3_K_ref(x, y, n); break;
+        case 12: quantize_row_q4_K_ref(x, y, n); break;
+        case 13: quantize_row_q5_K_ref(x, y, n); break;
+        case 14: quantize_row_q6_K_ref(x, y, n); break;
+        case 15: quantize_row_q8_K_ref(x, y, n); break;
+        case 9: quantize_row_q8_1_ref(x, y, n); break;
+        case 20: quantize_iq4_nl(x, y, n / 32, 32, NULL); break;
+        case 23: quantize_iq4_xs(x, y, n / 256, 256, NULL); break;
+        default: return 2;
+    }
+    fwrite(y, 1, sz, stdout);
+    return 0;
+}
+"""
+GGML_QUANTIZE_TYPES = [Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.Q8_K, Q.Q8_1, Q.IQ4_NL, Q.IQ4_XS]
+
+
+@pytest.fixture(scope="module")
+def ggml_harness(tmp_path_factory) -> Path:
+    src = os.environ.get("LLM_SERVER_GGML_SRC")
+    if not src or not (Path(src) / "src" / "ggml-quants.c").exists():
+        pytest.skip("set LLM_SERVER_GGML_SRC to a llama.cpp ggml/ directory to compare with ggml's C quantizers")
+    tmp = tmp_path_factory.mktemp("ggml")
+    (tmp / "harness.c").write_text(GGML_HARNESS)
+    inc = [f"-I{src}/include", f"-I{src}/src", f"-I{src}/src/ggml-cpu"]
+    subprocess.run(["gcc", "-O2", "-std=gnu11", *inc, str(tmp / "harness.c"), f"{src}/src/ggml-quants.c",
+                    "-o", str(tmp / "harness"), "-lm"], check=True, capture_output=True)
+    return tmp / "harness"
+
+
+@pytest.mark.parametrize("qtype", GGML_QUANTIZE_TYPES, ids=lambda t: t.name)
+def test_quantize_matches_ggml_c(qtype: Q, ggml_harness: Path, tmp_path: Path) -> None:
+    x = quantize_inputs(np.random.default_rng(11 + int(qtype)), 512, 256)
+    size = x.size // SIZES[qtype][0] * SIZES[qtype][1]
+    want = np.frombuffer(subprocess.run([str(ggml_harness), str(int(qtype)), str(x.size), str(size)],
+                                        input=x.astype("<f4").tobytes(), capture_output=True, check=True).stdout,
+                         dtype=np.uint8)
+    got = ours_quantize(qtype, x, tmp_path)
+    bad = np.flatnonzero((got.reshape(-1, SIZES[qtype][1]) != want.reshape(-1, SIZES[qtype][1])).any(axis=1))
+    assert bad.size == 0, f"{qtype.name}: {bad.size} of {got.size // SIZES[qtype][1]} blocks differ from ggml (first {bad[0]})"

@@ -25,9 +25,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let Some(ty) = GgmlType::from_name(&args.ty) else {
         bail!("unknown ggml type {:?}", args.ty);
     };
-    let input = std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
-    let output = if args.quantize { quantize(ty, &input)? } else { dequantize(ty, &input)? };
-    std::fs::write(&args.output, output).with_context(|| format!("writing {}", args.output.display()))
+    let input =
+        std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let output = if args.quantize {
+        quantize(ty, &input)?
+    } else {
+        dequantize(ty, &input)?
+    };
+    std::fs::write(&args.output, output)
+        .with_context(|| format!("writing {}", args.output.display()))
 }
 
 fn dequantize(ty: GgmlType, input: &[u8]) -> anyhow::Result<Vec<u8>> {
@@ -50,11 +56,16 @@ fn quantize(ty: GgmlType, input: &[u8]) -> anyhow::Result<Vec<u8>> {
     if input.len() % 4 != 0 {
         bail!("{} bytes is not a whole number of f32 values", input.len());
     }
-    let values: Vec<f32> =
-        input.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let values: Vec<f32> = input
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     let block_size = ty.block_size() as usize;
     if values.len() % block_size != 0 {
-        bail!("{} values is not a whole number of {block_size}-value {ty} blocks", values.len());
+        bail!(
+            "{} values is not a whole number of {block_size}-value {ty} blocks",
+            values.len()
+        );
     }
     let mut out = vec![0u8; values.len() / block_size * ty.type_size() as usize];
     quant::quantize(ty, &values, &mut out)?;

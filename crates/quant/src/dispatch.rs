@@ -71,11 +71,18 @@ pub fn can_quantize(ty: GgmlType) -> bool {
 /// Checks that `n_bytes` is exactly what `n_elements` values of `ty` take.
 pub(crate) fn check_lengths(ty: GgmlType, n_elements: usize, n_bytes: usize) -> Result<(), Error> {
     let block_size = ty.block_size();
-    let expected = ty
-        .bytes_for(n_elements as u64)
-        .ok_or(Error::PartialBlock { ty, n_elements, block_size })?;
+    let expected = ty.bytes_for(n_elements as u64).ok_or(Error::PartialBlock {
+        ty,
+        n_elements,
+        block_size,
+    })?;
     if expected != n_bytes as u64 {
-        return Err(Error::ByteLength { ty, n_elements, expected, actual: n_bytes });
+        return Err(Error::ByteLength {
+            ty,
+            n_elements,
+            expected,
+            actual: n_bytes,
+        });
     }
     Ok(())
 }
@@ -85,7 +92,10 @@ pub(crate) fn check_lengths(ty: GgmlType, n_elements: usize, n_bytes: usize) -> 
 /// `data.len()` must be `ty.bytes_for(out.len())`; otherwise, or for a type without a
 /// dequantizer, this returns an error and leaves `out` untouched.
 pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), Error> {
-    let (dequant, _) = kernels(ty).ok_or(Error::Unsupported { ty, op: Op::Dequantize })?;
+    let (dequant, _) = kernels(ty).ok_or(Error::Unsupported {
+        ty,
+        op: Op::Dequantize,
+    })?;
     check_lengths(ty, out.len(), data.len())?;
     dequant(data, out);
     Ok(())
@@ -95,7 +105,11 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), Erro
 pub fn dequantize_to_vec(ty: GgmlType, data: &[u8]) -> Result<Vec<f32>, Error> {
     let type_size = ty.type_size();
     if data.len() as u64 % type_size != 0 {
-        return Err(Error::PartialBytes { ty, n_bytes: data.len(), type_size });
+        return Err(Error::PartialBytes {
+            ty,
+            n_bytes: data.len(),
+            type_size,
+        });
     }
     let n = data.len() as u64 / type_size * ty.block_size();
     let mut out = vec![0f32; n as usize];
@@ -109,7 +123,10 @@ pub fn dequantize_to_vec(ty: GgmlType, data: &[u8]) -> Result<Vec<f32>, Error> {
 /// `ty.bytes_for(src.len())`. For F32/F16/BF16 this is a plain conversion (round to
 /// nearest even, as ggml and numpy do).
 pub fn quantize(ty: GgmlType, src: &[f32], out: &mut [u8]) -> Result<(), Error> {
-    let (_, quant) = kernels(ty).ok_or(Error::Unsupported { ty, op: Op::Quantize })?;
+    let (_, quant) = kernels(ty).ok_or(Error::Unsupported {
+        ty,
+        op: Op::Quantize,
+    })?;
     check_lengths(ty, src.len(), out.len())?;
     quant(src, out);
     Ok(())
@@ -158,33 +175,65 @@ mod tests {
         assert_eq!(dequantize(ty, &[0u8; 36], &mut out), Ok(()));
         assert!(matches!(
             dequantize(ty, &[0u8; 35], &mut out),
-            Err(Error::ByteLength { expected: 36, actual: 35, .. })
+            Err(Error::ByteLength {
+                expected: 36,
+                actual: 35,
+                ..
+            })
         ));
         assert!(matches!(
             dequantize(ty, &[0u8; 36], &mut out[..63]),
-            Err(Error::PartialBlock { n_elements: 63, block_size: 32, .. })
+            Err(Error::PartialBlock {
+                n_elements: 63,
+                block_size: 32,
+                ..
+            })
         ));
         let mut bytes = vec![0u8; 36];
-        assert!(matches!(quantize(ty, &out[..63], &mut bytes), Err(Error::PartialBlock { .. })));
-        assert!(matches!(quantize(ty, &out, &mut bytes[..30]), Err(Error::ByteLength { .. })));
+        assert!(matches!(
+            quantize(ty, &out[..63], &mut bytes),
+            Err(Error::PartialBlock { .. })
+        ));
+        assert!(matches!(
+            quantize(ty, &out, &mut bytes[..30]),
+            Err(Error::ByteLength { .. })
+        ));
         assert!(matches!(
             dequantize_to_vec(GgmlType::Q4_K, &[0u8; 145]),
-            Err(Error::PartialBytes { n_bytes: 145, type_size: 144, .. })
+            Err(Error::PartialBytes {
+                n_bytes: 145,
+                type_size: 144,
+                ..
+            })
         ));
-        assert_eq!(dequantize_to_vec(GgmlType::Q4_K, &[0u8; 288]).map(|v| v.len()), Ok(512));
+        assert_eq!(
+            dequantize_to_vec(GgmlType::Q4_K, &[0u8; 288]).map(|v| v.len()),
+            Ok(512)
+        );
     }
 
     #[test]
     fn unsupported_types_are_errors() {
-        for ty in [GgmlType::IQ2_XXS, GgmlType::TQ1_0, GgmlType::I32, GgmlType::NVFP4] {
+        for ty in [
+            GgmlType::IQ2_XXS,
+            GgmlType::TQ1_0,
+            GgmlType::I32,
+            GgmlType::NVFP4,
+        ] {
             assert!(!can_dequantize(ty) && !can_quantize(ty));
             let n = ty.block_size() as usize;
             let mut out = vec![0f32; n];
             let bytes = vec![0u8; ty.type_size() as usize];
-            let err = Error::Unsupported { ty, op: Op::Dequantize };
+            let err = Error::Unsupported {
+                ty,
+                op: Op::Dequantize,
+            };
             assert_eq!(dequantize(ty, &bytes, &mut out), Err(err));
             let mut bytes = bytes;
-            let err = Error::Unsupported { ty, op: Op::Quantize };
+            let err = Error::Unsupported {
+                ty,
+                op: Op::Quantize,
+            };
             assert_eq!(quantize(ty, &out, &mut bytes), Err(err));
         }
     }

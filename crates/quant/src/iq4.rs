@@ -13,7 +13,9 @@ use half::f16;
 use std::mem::size_of;
 
 /// The sixteen IQ4 levels (ggml's `kvalues_iq4nl`).
-pub const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+pub const KVALUES_IQ4NL: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
 
 /// 32 non-linear 4-bit codes with one scale: `x = d * KVALUES_IQ4NL[q]`.
 #[repr(C)]
@@ -115,7 +117,10 @@ fn best_scale(x: &[f32]) -> f32 {
 impl Block for BlockIQ4_NL {
     const TYPE: GgmlType = GgmlType::IQ4_NL;
     fn read(b: &[u8]) -> Self {
-        Self { d: f16_at(b, 0), qs: arr(b, 2) }
+        Self {
+            d: f16_at(b, 0),
+            qs: arr(b, 2),
+        }
     }
     fn write(&self, out: &mut [u8]) {
         put(out, 0, &self.d.to_le_bytes());
@@ -131,7 +136,10 @@ impl Quantize for BlockIQ4_NL {
         let d = best_scale(x);
         let mut qs = [0u8; 16];
         quantize32(if d != 0.0 { 1.0 / d } else { 0.0 }, x, &mut qs);
-        Self { d: f16::from_f32(d), qs }
+        Self {
+            d: f16::from_f32(d),
+            qs,
+        }
     }
 }
 
@@ -148,7 +156,12 @@ impl Block for BlockIQ4_XS {
     const TYPE: GgmlType = GgmlType::IQ4_XS;
     fn read(b: &[u8]) -> Self {
         let scales_h = u16::from_le_bytes(arr(b, 2));
-        Self { d: f16_at(b, 0), scales_h, scales_l: arr(b, 4), qs: arr(b, 8) }
+        Self {
+            d: f16_at(b, 0),
+            scales_h,
+            scales_l: arr(b, 4),
+            qs: arr(b, 8),
+        }
     }
     fn write(&self, out: &mut [u8]) {
         put(out, 0, &self.d.to_le_bytes());
@@ -160,7 +173,11 @@ impl Block for BlockIQ4_XS {
         let d = self.d.to_f32();
         for ib in 0..8 {
             let dl = d * (self.scale_code(ib) as i32 - 32) as f32;
-            dequantize32(dl, &self.qs[16 * ib..16 * ib + 16], &mut y[32 * ib..32 * ib + 32]);
+            dequantize32(
+                dl,
+                &self.qs[16 * ib..16 * ib + 16],
+                &mut y[32 * ib..32 * ib + 32],
+            );
         }
     }
 }
@@ -177,12 +194,21 @@ impl Quantize for BlockIQ4_XS {
         }
         let d = -max_scale / 32.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        let mut block = Self { d: f16::from_f32(d), scales_h: 0, scales_l: [0; 4], qs: [0; 128] };
+        let mut block = Self {
+            d: f16::from_f32(d),
+            scales_h: 0,
+            scales_l: [0; 4],
+            qs: [0; 128],
+        };
         for (ib, &s) in scales.iter().enumerate() {
             let l = nearest_int(id * s).clamp(-32, 31);
             let dl = d * l as f32;
             let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
-            quantize32(idl, &x[32 * ib..32 * ib + 32], &mut block.qs[16 * ib..16 * ib + 16]);
+            quantize32(
+                idl,
+                &x[32 * ib..32 * ib + 32],
+                &mut block.qs[16 * ib..16 * ib + 16],
+            );
             let l = (l + 32) as u8;
             block.scales_l[ib / 2] |= (l & 0xF) << (4 * (ib % 2));
             block.scales_h |= ((l >> 4) as u16) << (2 * ib);
@@ -226,12 +252,18 @@ mod tests {
 
     #[test]
     fn quantize_hits_exact_levels() {
-        let x: Vec<f32> = (0..256).map(|i| KVALUES_IQ4NL[(i * 7) % 16] as f32 * 0.25).collect();
+        let x: Vec<f32> = (0..256)
+            .map(|i| KVALUES_IQ4NL[(i * 7) % 16] as f32 * 0.25)
+            .collect();
         let mut y = vec![0f32; 256];
         BlockIQ4_NL::quantize(&x[..32]).dequantize(&mut y[..32]);
         assert_eq!(x[..32], y[..32]);
         BlockIQ4_XS::quantize(&x).dequantize(&mut y);
-        let err: f32 = x.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let err: f32 = x
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         assert!(err < 1.0, "max error {err}");
     }
 }

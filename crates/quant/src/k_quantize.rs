@@ -8,8 +8,8 @@
 
 use crate::block::Quantize;
 use crate::k_quants::{
-    pack_q3_scales, pack_scale_min_k4, q3_scales, scale_min_k4, BlockQ2_K, BlockQ3_K,
-    BlockQ4_K, BlockQ5_K, BlockQ6_K, BlockQ8_K,
+    pack_q3_scales, pack_scale_min_k4, q3_scales, scale_min_k4, BlockQ2_K, BlockQ3_K, BlockQ4_K,
+    BlockQ5_K, BlockQ6_K, BlockQ8_K,
 };
 use half::f16;
 
@@ -139,7 +139,13 @@ struct Search {
 /// ggml's `make_qkx2_quants`: asymmetric codes in `0..=nmax` with a scale and a min (`x ≈
 /// scale * q - min`), fitted by weighted least squares over a grid of trial scales.
 /// Returns `(scale, min)`; `min >= 0` is subtracted.
-fn make_qkx2_quants(nmax: i32, x: &[f32], weights: &[f32], codes: &mut [u8], s: Search) -> (f32, f32) {
+fn make_qkx2_quants(
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    codes: &mut [u8],
+    s: Search,
+) -> (f32, f32) {
     let (mut min, mut max) = (x[0], x[0]);
     let mut sum_w = weights[0];
     let mut sum_x = sum_w * x[0];
@@ -211,7 +217,8 @@ fn pack_2bit(l: &[u8; 256]) -> [u8; 64] {
     let mut qs = [0u8; 64];
     for j in (0..256).step_by(128) {
         for i in 0..32 {
-            qs[j / 4 + i] = l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6);
+            qs[j / 4 + i] =
+                l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6);
         }
     }
     qs
@@ -223,13 +230,21 @@ fn quantize_4bit_scales(v: &[f32; 16], max: f32) -> ([u8; 16], f32) {
         return ([0; 16], 0.0);
     }
     let iscale = 15.0 / max;
-    (v.map(|s| nearest_int(iscale * s).clamp(0, 15) as u8), max / 15.0)
+    (
+        v.map(|s| nearest_int(iscale * s).clamp(0, 15) as u8),
+        max / 15.0,
+    )
 }
 
 impl Quantize for BlockQ2_K {
     /// `quantize_row_q2_K_ref`.
     fn quantize(x: &[f32]) -> Self {
-        let search = Search { rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: true };
+        let search = Search {
+            rmin: -0.5,
+            rdelta: 0.1,
+            nstep: 15,
+            use_mad: true,
+        };
         let mut l = [0u8; 256];
         let (mut scales, mut mins) = ([0f32; 16], [0f32; 16]);
         for j in 0..16 {
@@ -253,7 +268,12 @@ impl Quantize for BlockQ2_K {
                 l[i] = nearest_int((x[i] + ml) / dl).clamp(0, 3) as u8;
             }
         }
-        Self { scales, qs: pack_2bit(&l), d, dmin }
+        Self {
+            scales,
+            qs: pack_2bit(&l),
+            d,
+            dmin,
+        }
     }
 }
 
@@ -266,7 +286,12 @@ impl Quantize for BlockQ3_K {
             scales[j] = make_q3_quants(4, &x[16 * j..16 * j + 16], &mut l[16 * j..16 * j + 16]);
         }
         let (max_scale, _) = signed_absmax(&scales);
-        let mut block = Self { hmask: [0; 32], qs: [0; 64], scales: [0; 12], d: f16::ZERO };
+        let mut block = Self {
+            hmask: [0; 32],
+            qs: [0; 64],
+            scales: [0; 12],
+            d: f16::ZERO,
+        };
         if max_scale != 0.0 {
             let iscale = -32.0 / max_scale;
             let ls = scales.map(|s| (nearest_int(iscale * s).clamp(-32, 31) + 32) as u8);
@@ -310,12 +335,19 @@ fn quantize_k4(x: &[f32], nmax: i32, search: Search) -> (f16, f16, [u8; 12], [u8
     }
     let max_scale = scales.iter().fold(0f32, |m, &s| if s > m { s } else { m });
     let max_min = mins.iter().fold(0f32, |m, &s| if s > m { s } else { m });
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let ls = scales.map(|s| nearest_int(inv_scale * s).clamp(0, 63) as u8);
     let lm = mins.map(|m| nearest_int(inv_min * m).clamp(0, 63) as u8);
     let packed = pack_scale_min_k4(&ls, &lm);
-    let (d, dmin) = (f16::from_f32(max_scale / 63.0), f16::from_f32(max_min / 63.0));
+    let (d, dmin) = (
+        f16::from_f32(max_scale / 63.0),
+        f16::from_f32(max_min / 63.0),
+    );
     for j in 0..8 {
         let (sc, m) = scale_min_k4(j, &packed);
         let dl = d.to_f32() * sc as f32;
@@ -333,7 +365,12 @@ fn quantize_k4(x: &[f32], nmax: i32, search: Search) -> (f16, f16, [u8; 12], [u8
 impl Quantize for BlockQ4_K {
     /// `quantize_row_q4_K_ref`.
     fn quantize(x: &[f32]) -> Self {
-        let search = Search { rmin: -1.0, rdelta: 0.1, nstep: 20, use_mad: false };
+        let search = Search {
+            rmin: -1.0,
+            rdelta: 0.1,
+            nstep: 20,
+            use_mad: false,
+        };
         let (d, dmin, scales, l) = quantize_k4(x, 15, search);
         let mut qs = [0u8; 128];
         for j in (0..256).step_by(64) {
@@ -341,14 +378,24 @@ impl Quantize for BlockQ4_K {
                 qs[j / 2 + i] = l[j + i] | (l[j + i + 32] << 4);
             }
         }
-        Self { d, dmin, scales, qs }
+        Self {
+            d,
+            dmin,
+            scales,
+            qs,
+        }
     }
 }
 
 impl Quantize for BlockQ5_K {
     /// `quantize_row_q5_K_ref`.
     fn quantize(x: &[f32]) -> Self {
-        let search = Search { rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: false };
+        let search = Search {
+            rmin: -0.5,
+            rdelta: 0.1,
+            nstep: 15,
+            use_mad: false,
+        };
         let (d, dmin, scales, l) = quantize_k4(x, 31, search);
         let (mut qs, mut qh) = ([0u8; 128], [0u8; 32]);
         for n in (0..256).step_by(64) {
@@ -358,7 +405,13 @@ impl Quantize for BlockQ5_K {
                 qs[n / 2 + j] = (l1 & 0xF) | ((l2 & 0xF) << 4);
             }
         }
-        Self { d, dmin, scales, qh, qs }
+        Self {
+            d,
+            dmin,
+            scales,
+            qh,
+            qs,
+        }
     }
 }
 
@@ -373,7 +426,12 @@ impl Quantize for BlockQ6_K {
             scales[j] = make_qx_quants(32, xs, &w, &mut l[16 * j..16 * j + 16]);
         }
         let (max_scale, max_abs_scale) = signed_absmax(&scales);
-        let mut block = Self { ql: [0; 128], qh: [0; 64], scales: [0; 16], d: f16::ZERO };
+        let mut block = Self {
+            ql: [0; 128],
+            qh: [0; 64],
+            scales: [0; 16],
+            d: f16::ZERO,
+        };
         if max_abs_scale < GROUP_MAX_EPS {
             return block;
         }
@@ -394,7 +452,8 @@ impl Quantize for BlockQ6_K {
                 let q = [0, 32, 64, 96].map(|o| l[j + i + o] as u8);
                 block.ql[j / 2 + i] = (q[0] & 0xF) | ((q[2] & 0xF) << 4);
                 block.ql[j / 2 + i + 32] = (q[1] & 0xF) | ((q[3] & 0xF) << 4);
-                block.qh[j / 4 + i] = (q[0] >> 4) | ((q[1] >> 4) << 2) | ((q[2] >> 4) << 4) | ((q[3] >> 4) << 6);
+                block.qh[j / 4 + i] =
+                    (q[0] >> 4) | ((q[1] >> 4) << 2) | ((q[2] >> 4) << 4) | ((q[3] >> 4) << 6);
             }
         }
         block
@@ -406,12 +465,22 @@ impl Quantize for BlockQ8_K {
     fn quantize(x: &[f32]) -> Self {
         let (max, amax) = signed_absmax(x);
         if amax == 0.0 {
-            return Self { d: 0.0, qs: [0; 256], bsums: [0; 16] };
+            return Self {
+                d: 0.0,
+                qs: [0; 256],
+                bsums: [0; 16],
+            };
         }
         let iscale = -127.0 / max;
-        let qs: [i8; 256] = std::array::from_fn(|j| nearest_int(iscale * x[j]).clamp(-128, 127) as i8);
-        let bsums = std::array::from_fn(|k| qs[16 * k..16 * k + 16].iter().map(|&q| q as i16).sum());
-        Self { d: 1.0 / iscale, qs, bsums }
+        let qs: [i8; 256] =
+            std::array::from_fn(|j| nearest_int(iscale * x[j]).clamp(-128, 127) as i8);
+        let bsums =
+            std::array::from_fn(|k| qs[16 * k..16 * k + 16].iter().map(|&q| q as i16).sum());
+        Self {
+            d: 1.0 / iscale,
+            qs,
+            bsums,
+        }
     }
 }
 
@@ -421,7 +490,10 @@ mod tests {
 
     #[test]
     fn nearest_int_ties_to_even() {
-        assert_eq!([0.5, 1.5, 2.5, -0.5, -1.5, 2.49].map(nearest_int), [0, 2, 2, 0, -2, 2]);
+        assert_eq!(
+            [0.5, 1.5, 2.5, -0.5, -1.5, 2.49].map(nearest_int),
+            [0, 2, 2, 0, -2, 2]
+        );
     }
 
     #[test]

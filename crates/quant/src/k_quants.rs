@@ -115,7 +115,10 @@ pub(crate) fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -163,7 +166,12 @@ pub(crate) fn pack_q3_scales(l: &[u8; 16]) -> [u8; 12] {
 impl Block for BlockQ2_K {
     const TYPE: GgmlType = GgmlType::Q2_K;
     fn read(b: &[u8]) -> Self {
-        Self { scales: arr(b, 0), qs: arr(b, 16), d: f16_at(b, 80), dmin: f16_at(b, 82) }
+        Self {
+            scales: arr(b, 0),
+            qs: arr(b, 16),
+            d: f16_at(b, 80),
+            dmin: f16_at(b, 82),
+        }
     }
     fn write(&self, out: &mut [u8]) {
         put(out, 0, &self.scales);
@@ -185,7 +193,12 @@ impl Block for BlockQ2_K {
 impl Block for BlockQ3_K {
     const TYPE: GgmlType = GgmlType::Q3_K;
     fn read(b: &[u8]) -> Self {
-        Self { hmask: arr(b, 0), qs: arr(b, 32), scales: arr(b, 96), d: f16_at(b, 108) }
+        Self {
+            hmask: arr(b, 0),
+            qs: arr(b, 32),
+            scales: arr(b, 96),
+            d: f16_at(b, 108),
+        }
     }
     fn write(&self, out: &mut [u8]) {
         put(out, 0, &self.hmask);
@@ -220,7 +233,12 @@ fn dequantize_k4(d: f16, dmin: f16, scales: &[u8; 12], y: &mut [f32], code: impl
 impl Block for BlockQ4_K {
     const TYPE: GgmlType = GgmlType::Q4_K;
     fn read(b: &[u8]) -> Self {
-        Self { d: f16_at(b, 0), dmin: f16_at(b, 2), scales: arr(b, 4), qs: arr(b, 16) }
+        Self {
+            d: f16_at(b, 0),
+            dmin: f16_at(b, 2),
+            scales: arr(b, 4),
+            qs: arr(b, 16),
+        }
     }
     fn write(&self, out: &mut [u8]) {
         put(out, 0, &self.d.to_le_bytes());
@@ -239,7 +257,13 @@ impl Block for BlockQ5_K {
     const TYPE: GgmlType = GgmlType::Q5_K;
     fn read(b: &[u8]) -> Self {
         let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-        Self { d, dmin, scales: arr(b, 4), qh: arr(b, 16), qs: arr(b, 48) }
+        Self {
+            d,
+            dmin,
+            scales: arr(b, 4),
+            qh: arr(b, 16),
+            qs: arr(b, 48),
+        }
     }
     fn write(&self, out: &mut [u8]) {
         put(out, 0, &self.d.to_le_bytes());
@@ -259,7 +283,12 @@ impl Block for BlockQ5_K {
 impl Block for BlockQ6_K {
     const TYPE: GgmlType = GgmlType::Q6_K;
     fn read(b: &[u8]) -> Self {
-        Self { ql: arr(b, 0), qh: arr(b, 128), scales: arr_i8(b, 192), d: f16_at(b, 208) }
+        Self {
+            ql: arr(b, 0),
+            qh: arr(b, 128),
+            scales: arr_i8(b, 192),
+            d: f16_at(b, 208),
+        }
     }
     fn write(&self, out: &mut [u8]) {
         put(out, 0, &self.ql);
@@ -286,7 +315,11 @@ impl Block for BlockQ8_K {
         for (k, s) in bsums.iter_mut().enumerate() {
             *s = i16::from_le_bytes(arr(b, 260 + 2 * k));
         }
-        Self { d: f32::from_le_bytes(arr(b, 0)), qs: arr_i8(b, 4), bsums }
+        Self {
+            d: f32::from_le_bytes(arr(b, 0)),
+            qs: arr_i8(b, 4),
+            bsums,
+        }
     }
     fn write(&self, out: &mut [u8]) {
         put(out, 0, &self.d.to_le_bytes());

@@ -182,7 +182,9 @@ fn quantize_asymmetric(x: &[f32], max: u8) -> (f32, f32, [u8; 32]) {
 
 /// `round(x / d)` with `d = amax / 127`, as `quantize_row_q8_0_ref`.
 fn quantize_q8(x: &[f32]) -> (f32, [i8; 32]) {
-    let amax = x.iter().fold(0f32, |a, v| if a > v.abs() { a } else { v.abs() });
+    let amax = x
+        .iter()
+        .fold(0f32, |a, v| if a > v.abs() { a } else { v.abs() });
     let d = amax / 127.0;
     let id = inverse(d);
     let mut q = [0i8; 32];
@@ -195,7 +197,10 @@ fn quantize_q8(x: &[f32]) -> (f32, [i8; 32]) {
 impl Block for BlockQ4_0 {
     const TYPE: GgmlType = GgmlType::Q4_0;
     fn read(b: &[u8]) -> Self {
-        Self { d: f16_at(b, 0), qs: arr(b, 2) }
+        Self {
+            d: f16_at(b, 0),
+            qs: arr(b, 2),
+        }
     }
     fn write(&self, out: &mut [u8]) {
         put(out, 0, &self.d.to_le_bytes());
@@ -212,14 +217,21 @@ impl Block for BlockQ4_0 {
 impl Quantize for BlockQ4_0 {
     fn quantize(x: &[f32]) -> Self {
         let (d, q) = quantize_symmetric(x, 8.0, 15);
-        Self { d: f16::from_f32(d), qs: pack_nibbles(&q).1 }
+        Self {
+            d: f16::from_f32(d),
+            qs: pack_nibbles(&q).1,
+        }
     }
 }
 
 impl Block for BlockQ4_1 {
     const TYPE: GgmlType = GgmlType::Q4_1;
     fn read(b: &[u8]) -> Self {
-        Self { d: f16_at(b, 0), m: f16_at(b, 2), qs: arr(b, 4) }
+        Self {
+            d: f16_at(b, 0),
+            m: f16_at(b, 2),
+            qs: arr(b, 4),
+        }
     }
     fn write(&self, out: &mut [u8]) {
         put(out, 0, &self.d.to_le_bytes());
@@ -237,14 +249,22 @@ impl Block for BlockQ4_1 {
 impl Quantize for BlockQ4_1 {
     fn quantize(x: &[f32]) -> Self {
         let (d, m, q) = quantize_asymmetric(x, 15);
-        Self { d: f16::from_f32(d), m: f16::from_f32(m), qs: pack_nibbles(&q).1 }
+        Self {
+            d: f16::from_f32(d),
+            m: f16::from_f32(m),
+            qs: pack_nibbles(&q).1,
+        }
     }
 }
 
 impl Block for BlockQ5_0 {
     const TYPE: GgmlType = GgmlType::Q5_0;
     fn read(b: &[u8]) -> Self {
-        Self { d: f16_at(b, 0), qh: arr(b, 2), qs: arr(b, 6) }
+        Self {
+            d: f16_at(b, 0),
+            qh: arr(b, 2),
+            qs: arr(b, 6),
+        }
     }
     fn write(&self, out: &mut [u8]) {
         put(out, 0, &self.d.to_le_bytes());
@@ -263,14 +283,23 @@ impl Quantize for BlockQ5_0 {
     fn quantize(x: &[f32]) -> Self {
         let (d, q) = quantize_symmetric(x, 16.0, 31);
         let (qh, qs) = pack_nibbles(&q);
-        Self { d: f16::from_f32(d), qh, qs }
+        Self {
+            d: f16::from_f32(d),
+            qh,
+            qs,
+        }
     }
 }
 
 impl Block for BlockQ5_1 {
     const TYPE: GgmlType = GgmlType::Q5_1;
     fn read(b: &[u8]) -> Self {
-        Self { d: f16_at(b, 0), m: f16_at(b, 2), qh: arr(b, 4), qs: arr(b, 8) }
+        Self {
+            d: f16_at(b, 0),
+            m: f16_at(b, 2),
+            qh: arr(b, 4),
+            qs: arr(b, 8),
+        }
     }
     fn write(&self, out: &mut [u8]) {
         put(out, 0, &self.d.to_le_bytes());
@@ -290,14 +319,22 @@ impl Quantize for BlockQ5_1 {
     fn quantize(x: &[f32]) -> Self {
         let (d, m, q) = quantize_asymmetric(x, 31);
         let (qh, qs) = pack_nibbles(&q);
-        Self { d: f16::from_f32(d), m: f16::from_f32(m), qh, qs }
+        Self {
+            d: f16::from_f32(d),
+            m: f16::from_f32(m),
+            qh,
+            qs,
+        }
     }
 }
 
 impl Block for BlockQ8_0 {
     const TYPE: GgmlType = GgmlType::Q8_0;
     fn read(b: &[u8]) -> Self {
-        Self { d: f16_at(b, 0), qs: arr_i8(b, 2) }
+        Self {
+            d: f16_at(b, 0),
+            qs: arr_i8(b, 2),
+        }
     }
     fn write(&self, out: &mut [u8]) {
         put(out, 0, &self.d.to_le_bytes());
@@ -314,14 +351,21 @@ impl Block for BlockQ8_0 {
 impl Quantize for BlockQ8_0 {
     fn quantize(x: &[f32]) -> Self {
         let (d, qs) = quantize_q8(x);
-        Self { d: f16::from_f32(d), qs }
+        Self {
+            d: f16::from_f32(d),
+            qs,
+        }
     }
 }
 
 impl Block for BlockQ8_1 {
     const TYPE: GgmlType = GgmlType::Q8_1;
     fn read(b: &[u8]) -> Self {
-        Self { d: f16_at(b, 0), s: f16_at(b, 2), qs: arr_i8(b, 4) }
+        Self {
+            d: f16_at(b, 0),
+            s: f16_at(b, 2),
+            qs: arr_i8(b, 4),
+        }
     }
     fn write(&self, out: &mut [u8]) {
         put(out, 0, &self.d.to_le_bytes());
@@ -341,7 +385,11 @@ impl Quantize for BlockQ8_1 {
     fn quantize(x: &[f32]) -> Self {
         let (d, qs) = quantize_q8(x);
         let sum: i32 = qs.iter().map(|&q| q as i32).sum();
-        Self { d: f16::from_f32(d), s: f16::from_f32(sum as f32 * d), qs }
+        Self {
+            d: f16::from_f32(d),
+            s: f16::from_f32(sum as f32 * d),
+            qs,
+        }
     }
 }
 
@@ -425,7 +473,10 @@ mod tests {
         assert_eq!(x, y);
         let q = BlockQ8_1::quantize(&x);
         let sum: i32 = q.qs.iter().map(|&v| v as i32).sum();
-        assert_eq!(q.s.to_f32(), f16::from_f32(sum as f32 * (2.0 / 127.0)).to_f32());
+        assert_eq!(
+            q.s.to_f32(),
+            f16::from_f32(sum as f32 * (2.0 / 127.0)).to_f32()
+        );
         assert_eq!(BlockQ4_1::quantize(&[0.0; 32]), BlockQ4_1::read(&[0u8; 20]));
     }
 }

@@ -25,14 +25,21 @@ const _: () = assert!(size_of::<BlockMXFP4>() == 17);
 
 /// Half the value of e8m0 exponent `e`, i.e. `2^(e - 128)`; `e < 2` gives f32 subnormals.
 pub fn e8m0_to_f32_half(e: u8) -> f32 {
-    let bits = if e < 2 { 0x0020_0000u32 << e } else { (e as u32 - 1) << 23 };
+    let bits = if e < 2 {
+        0x0020_0000u32 << e
+    } else {
+        (e as u32 - 1) << 23
+    };
     f32::from_bits(bits)
 }
 
 impl Block for BlockMXFP4 {
     const TYPE: GgmlType = GgmlType::MXFP4;
     fn read(b: &[u8]) -> Self {
-        Self { e: b[0], qs: arr(b, 1) }
+        Self {
+            e: b[0],
+            qs: arr(b, 1),
+        }
     }
     fn write(&self, out: &mut [u8]) {
         out[0] = self.e;
@@ -71,7 +78,11 @@ impl Quantize for BlockMXFP4 {
             }
         }
         // ggml casts a possibly negative float to uint8_t; saturating keeps tiny blocks at 0.
-        let e = if amax > 0.0 { (amax.log2().floor() - 2.0 + 127.0) as u8 } else { 0 };
+        let e = if amax > 0.0 {
+            (amax.log2().floor() - 2.0 + 127.0) as u8
+        } else {
+            0
+        };
         let d = e8m0_to_f32_half(e);
         let mut qs = [0u8; 16];
         for j in 0..16 {
@@ -103,7 +114,9 @@ mod tests {
         let mut y = [0f32; 32];
         BlockMXFP4::read(&b).dequantize(&mut y);
         assert_eq!((y[0], y[16], y[1]), (3.0, -1.5, 0.0));
-        let x: Vec<f32> = (0..32).map(|i| KVALUES_MXFP4[i % 16] as f32 * 0.25).collect();
+        let x: Vec<f32> = (0..32)
+            .map(|i| KVALUES_MXFP4[i % 16] as f32 * 0.25)
+            .collect();
         let q = BlockMXFP4::quantize(&x);
         assert_eq!(q.e, 126);
         q.dequantize(&mut y);

@@ -73,7 +73,13 @@ impl Scales {
         let k = d.log2().floor().clamp(-127.0, 125.0);
         let e_lo = (k + 128.0) as u8;
         let ratio2 = (d / e8m0_to_f32_half(e_lo)).powi(2);
-        Scales { d16: d16.to_le_bytes(), min16: min16.to_le_bytes(), d, e_lo, p_hi: ((ratio2 - 1.0) / 3.0).clamp(0.0, 1.0) }
+        Scales {
+            d16: d16.to_le_bytes(),
+            min16: min16.to_le_bytes(),
+            d,
+            e_lo,
+            p_hi: ((ratio2 - 1.0) / 3.0).clamp(0.0, 1.0),
+        }
     }
 }
 
@@ -90,7 +96,11 @@ fn patch(ty: GgmlType, b: &mut [u8], s: &Scales, rng: &mut Rng) {
         T::Q8_1 => {
             let sum: i32 = b[4..36].iter().map(|&q| q as i8 as i32).sum();
             put(b, 0, s.d16);
-            put(b, 2, f16::from_f32(sum as f32 * f16::from_le_bytes(s.d16).to_f32()).to_le_bytes());
+            put(
+                b,
+                2,
+                f16::from_f32(sum as f32 * f16::from_le_bytes(s.d16).to_f32()).to_le_bytes(),
+            );
         }
         T::Q2_K => {
             put(b, 80, s.d16);
@@ -101,7 +111,10 @@ fn patch(ty: GgmlType, b: &mut [u8], s: &Scales, rng: &mut Rng) {
         T::Q8_K => {
             b[..4].copy_from_slice(&s.d.to_le_bytes());
             for k in 0..16 {
-                let sum: i16 = b[4 + 16 * k..20 + 16 * k].iter().map(|&q| q as i8 as i16).sum();
+                let sum: i16 = b[4 + 16 * k..20 + 16 * k]
+                    .iter()
+                    .map(|&q| q as i8 as i16)
+                    .sum();
                 put(b, 260 + 2 * k, sum.to_le_bytes());
             }
         }
@@ -131,7 +144,11 @@ fn random_floats(ty: GgmlType, out: &mut [u8], rng: &mut Rng, rms: f32) {
                 let r = rng.next();
                 for (i, v) in chunk.chunks_exact_mut(2).enumerate() {
                     let x = x16(r >> (16 * i));
-                    let h = if ty == GgmlType::BF16 { f32_to_bf16(x) } else { f16::from_f32(x).to_bits() };
+                    let h = if ty == GgmlType::BF16 {
+                        f32_to_bf16(x)
+                    } else {
+                        f16::from_f32(x).to_bits()
+                    };
                     v.copy_from_slice(&h.to_le_bytes());
                 }
             }
@@ -141,7 +158,9 @@ fn random_floats(ty: GgmlType, out: &mut [u8], rng: &mut Rng, rms: f32) {
 
 /// RMS of the values blocks of `ty` take at `d = 1`, on a fixed sample of 8192 values.
 fn unit_rms(ty: GgmlType) -> f32 {
-    let Some((dequant, _)) = kernels(ty) else { return 1.0 };
+    let Some((dequant, _)) = kernels(ty) else {
+        return 1.0;
+    };
     let n = 8192usize;
     let mut bytes = vec![0u8; n / ty.block_size() as usize * ty.type_size() as usize];
     let mut rng = Rng(0x5EED_CA11_B8A7_10E5);
@@ -172,9 +191,17 @@ pub fn random_blocks(ty: GgmlType, out: &mut [u8], seed: u64, rms: f32) -> Resul
     }
     let type_size = ty.type_size();
     if out.len() as u64 % type_size != 0 {
-        return Err(Error::PartialBytes { ty, n_bytes: out.len(), type_size });
+        return Err(Error::PartialBytes {
+            ty,
+            n_bytes: out.len(),
+            type_size,
+        });
     }
-    check_lengths(ty, (out.len() as u64 / type_size * ty.block_size()) as usize, out.len())?;
+    check_lengths(
+        ty,
+        (out.len() as u64 / type_size * ty.block_size()) as usize,
+        out.len(),
+    )?;
     let mut rng = Rng(seed ^ 0xD1B5_4A32_D192_ED03);
     if rms == 0.0 {
         out.fill(0);
@@ -213,7 +240,10 @@ mod tests {
                 let got = rms(&y);
                 // MXFP4's power-of-two scales only match the RMS on average over blocks.
                 let tol = if ty == GgmlType::MXFP4 { 0.2 } else { 0.1 };
-                assert!((got / want - 1.0).abs() < tol, "{ty}: rms {got}, wanted {want}");
+                assert!(
+                    (got / want - 1.0).abs() < tol,
+                    "{ty}: rms {got}, wanted {want}"
+                );
             }
         }
     }
@@ -230,7 +260,10 @@ mod tests {
         for blk in a.chunks_exact(36) {
             let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
             let sum: i32 = blk[4..].iter().map(|&q| q as i8 as i32).sum();
-            assert_eq!(f16::from_le_bytes([blk[2], blk[3]]), f16::from_f32(sum as f32 * d));
+            assert_eq!(
+                f16::from_le_bytes([blk[2], blk[3]]),
+                f16::from_f32(sum as f32 * d)
+            );
         }
         let mut k = vec![0u8; 292 * 10];
         random_blocks(GgmlType::Q8_K, &mut k, 9, 1.0).expect("ok");
@@ -243,11 +276,26 @@ mod tests {
     #[test]
     fn random_blocks_errors() {
         let mut out = vec![0u8; 100];
-        assert!(matches!(random_blocks(GgmlType::Q4_0, &mut out, 0, 1.0), Err(Error::PartialBytes { .. })));
-        assert!(matches!(random_blocks(GgmlType::Q4_0, &mut out[..90], 0, f32::NAN), Err(Error::BadRms { .. })));
-        assert!(matches!(random_blocks(GgmlType::Q4_0, &mut out[..90], 0, -1.0), Err(Error::BadRms { .. })));
-        let err = Error::Unsupported { ty: GgmlType::IQ2_XS, op: Op::Random };
-        assert_eq!(random_blocks(GgmlType::IQ2_XS, &mut out[..74], 0, 1.0), Err(err));
+        assert!(matches!(
+            random_blocks(GgmlType::Q4_0, &mut out, 0, 1.0),
+            Err(Error::PartialBytes { .. })
+        ));
+        assert!(matches!(
+            random_blocks(GgmlType::Q4_0, &mut out[..90], 0, f32::NAN),
+            Err(Error::BadRms { .. })
+        ));
+        assert!(matches!(
+            random_blocks(GgmlType::Q4_0, &mut out[..90], 0, -1.0),
+            Err(Error::BadRms { .. })
+        ));
+        let err = Error::Unsupported {
+            ty: GgmlType::IQ2_XS,
+            op: Op::Random,
+        };
+        assert_eq!(
+            random_blocks(GgmlType::IQ2_XS, &mut out[..74], 0, 1.0),
+            Err(err)
+        );
         random_blocks(GgmlType::Q4_0, &mut out[..90], 0, 0.0).expect("zero rms");
         assert!(out[..90].iter().all(|&b| b == 0));
         random_blocks(GgmlType::F16, &mut out[..6], 0, 1e9).expect("huge rms");

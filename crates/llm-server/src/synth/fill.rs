@@ -59,16 +59,32 @@ impl Filler {
         let size = ty.bytes_for(n).ok_or_else(|| anyhow!("{}: {n} elements don't fit {ty} blocks", t.name))?;
         let mut out = vec![0u8; usize::try_from(size)?];
         let row_bytes = usize::try_from(ty.bytes_for(ne0).ok_or_else(|| anyhow!("{}: bad row", t.name))?)?;
+        // Work is cut into units seeded by their index, so the file doesn't depend on the thread
+        // count: a row, or for random expert blocks a whole expert (one `random_blocks` call
+        // per expert keeps its per-call set-up negligible).
+        let random = t.init == Init::Experts && ty != GgmlType::F32 && quant::can_quantize(ty);
+        let n_rows = out.len() / row_bytes;
+        let unit_rows = if random { n_rows / t.dims.last().map_or(1, |&e| e.max(1) as usize) } else { 1 };
+        let unit_bytes = unit_rows.max(1) * row_bytes;
         let tseed = mix(self.seed ^ hash(&t.name));
-        let threads = self.threads.max(1);
-        let rows_per = (out.len() / row_bytes).div_ceil(threads).max(1);
+        let units_per = (out.len() / unit_bytes).div_ceil(self.threads.max(1)).max(1);
         std::thread::scope(|s| {
             let jobs: Vec<_> = out
-                .chunks_mut(rows_per * row_bytes)
+                .chunks_mut(units_per * unit_bytes)
                 .enumerate()
                 .map(|(i, chunk)| {
-                    let first_row = (i * rows_per) as u64;
-                    s.spawn(move || self.fill_rows(t, ty, tseed, first_row, chunk))
+                    let first = (i * units_per) as u64;
+                    s.spawn(move || {
+                        for (j, unit) in chunk.chunks_mut(unit_bytes).enumerate() {
+                            let seed = mix(tseed ^ (first + j as u64));
+                            if random {
+                                quant::random_blocks(ty, unit, seed, 1.0 / (ne0 as f32).sqrt())?;
+                            } else {
+                                self.fill_row(t, ty, first + j as u64, seed, unit)?;
+                            }
+                        }
+                        anyhow::Ok(())
+                    })
                 })
                 .collect();
             jobs.into_iter()
@@ -78,25 +94,11 @@ impl Filler {
         Ok(out)
     }
 
-    /// Rows `first_row..` of `t`, written into `out` (whole rows of `ty`).
-    fn fill_rows(&self, t: &Planned, ty: GgmlType, tseed: u64, first_row: u64, out: &mut [u8]) -> anyhow::Result<()> {
-        let ne0 = t.dims[0] as usize;
-        if t.init == Init::Experts && quant::can_quantize(ty) && ty != GgmlType::F32 {
-            let rms = 1.0 / (ne0 as f32).sqrt();
-            // Seeded per row, like the float rows below, so the file doesn't depend on threads.
-            let row_bytes = out.len() / row_count(out.len(), ty, ne0)?;
-            for (i, row) in out.chunks_mut(row_bytes).enumerate() {
-                quant::random_blocks(ty, row, mix(tseed ^ (first_row + i as u64)), rms)?;
-            }
-            return Ok(());
-        }
-        let mut buf = vec![0f32; ne0];
-        let row_bytes = out.len() / row_count(out.len(), ty, ne0)?;
-        for (i, row) in out.chunks_mut(row_bytes).enumerate() {
-            let r = first_row + i as u64;
-            self.row_values(t, r, &mut Rng::new(mix(tseed ^ r)), &mut buf);
-            quant::quantize(ty, &buf, row)?;
-        }
+    /// Row `r` of `t` as `ty`: f32 values, then quantized.
+    fn fill_row(&self, t: &Planned, ty: GgmlType, r: u64, seed: u64, out: &mut [u8]) -> anyhow::Result<()> {
+        let mut buf = vec![0f32; t.dims[0] as usize];
+        self.row_values(t, r, &mut Rng::new(seed), &mut buf);
+        quant::quantize(ty, &buf, out)?;
         Ok(())
     }
 
@@ -154,11 +156,6 @@ impl Filler {
         let kappa = m / (1.0 + m * m / n).sqrt();
         -self.skew * (1.0 + rank).ln() / kappa
     }
-}
-
-fn row_count(bytes: usize, ty: GgmlType, ne0: usize) -> anyhow::Result<usize> {
-    let row = ty.bytes_for(ne0 as u64).ok_or_else(|| anyhow!("row of {ne0} doesn't fit {ty}"))? as usize;
-    Ok((bytes / row).max(1))
 }
 
 /// SplitMix64's finaliser: a good 64-bit mix for seeding.
