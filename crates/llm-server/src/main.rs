@@ -8,7 +8,11 @@ mod synth;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "llm-server", version, about = "Local LLM inference server for large MoE GGUF models")]
+#[command(
+    name = "llm-server",
+    version,
+    about = "Local LLM inference server for large MoE GGUF models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

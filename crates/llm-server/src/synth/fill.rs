@@ -56,18 +56,29 @@ impl Filler {
     pub fn tensor_bytes(&self, t: &Planned, ty: GgmlType) -> anyhow::Result<Vec<u8>> {
         let ne0 = t.dims[0];
         let n = t.n_elements();
-        let size = ty.bytes_for(n).ok_or_else(|| anyhow!("{}: {n} elements don't fit {ty} blocks", t.name))?;
+        let size = ty
+            .bytes_for(n)
+            .ok_or_else(|| anyhow!("{}: {n} elements don't fit {ty} blocks", t.name))?;
         let mut out = vec![0u8; usize::try_from(size)?];
-        let row_bytes = usize::try_from(ty.bytes_for(ne0).ok_or_else(|| anyhow!("{}: bad row", t.name))?)?;
+        let row_bytes = usize::try_from(
+            ty.bytes_for(ne0)
+                .ok_or_else(|| anyhow!("{}: bad row", t.name))?,
+        )?;
         // Work is cut into units seeded by their index, so the file doesn't depend on the thread
         // count: a row, or for random expert blocks a whole expert (one `random_blocks` call
         // per expert keeps its per-call set-up negligible).
         let random = t.init == Init::Experts && ty != GgmlType::F32 && quant::can_quantize(ty);
         let n_rows = out.len() / row_bytes;
-        let unit_rows = if random { n_rows / t.dims.last().map_or(1, |&e| e.max(1) as usize) } else { 1 };
+        let unit_rows = if random {
+            n_rows / t.dims.last().map_or(1, |&e| e.max(1) as usize)
+        } else {
+            1
+        };
         let unit_bytes = unit_rows.max(1) * row_bytes;
         let tseed = mix(self.seed ^ hash(&t.name));
-        let units_per = (out.len() / unit_bytes).div_ceil(self.threads.max(1)).max(1);
+        let units_per = (out.len() / unit_bytes)
+            .div_ceil(self.threads.max(1))
+            .max(1);
         std::thread::scope(|s| {
             let jobs: Vec<_> = out
                 .chunks_mut(units_per * unit_bytes)
@@ -95,7 +106,14 @@ impl Filler {
     }
 
     /// Row `r` of `t` as `ty`: f32 values, then quantized.
-    fn fill_row(&self, t: &Planned, ty: GgmlType, r: u64, seed: u64, out: &mut [u8]) -> anyhow::Result<()> {
+    fn fill_row(
+        &self,
+        t: &Planned,
+        ty: GgmlType,
+        r: u64,
+        seed: u64,
+        out: &mut [u8],
+    ) -> anyhow::Result<()> {
         let mut buf = vec![0f32; t.dims[0] as usize];
         self.row_values(t, r, &mut Rng::new(seed), &mut buf);
         quant::quantize(ty, &buf, out)?;
@@ -109,13 +127,21 @@ impl Filler {
         match t.init {
             Init::Embedding => {
                 // c = 0.5·√n·u, a component of norm 0.5·√n (a fifth of the row's energy).
-                let c = if self.skew > 0.0 { SKEW_COMPONENT * n.sqrt() } else { 0.0 };
+                let c = if self.skew > 0.0 {
+                    SKEW_COMPONENT * n.sqrt()
+                } else {
+                    0.0
+                };
                 for (i, v) in buf.iter_mut().enumerate() {
                     *v = uniform_var(rng, 1.0) + c * self.direction(i);
                 }
             }
-            Init::Norm => buf.iter_mut().for_each(|v| *v = 1.0 + 0.1 * rng.symmetric()),
-            Init::Matmul | Init::Experts => buf.iter_mut().for_each(|v| *v = uniform_var(rng, 1.0 / n)),
+            Init::Norm => buf
+                .iter_mut()
+                .for_each(|v| *v = 1.0 + 0.1 * rng.symmetric()),
+            Init::Matmul | Init::Experts => {
+                buf.iter_mut().for_each(|v| *v = uniform_var(rng, 1.0 / n))
+            }
             Init::Conv => {
                 let k = t.dims[0] as f32;
                 buf.iter_mut().for_each(|v| *v = uniform_var(rng, 1.0 / k));
@@ -136,7 +162,11 @@ impl Filler {
 
     /// Component i of the unit skew direction `u`: random signs over √n_embd.
     fn direction(&self, i: usize) -> f32 {
-        let sign = if mix(self.seed ^ 0x5eed_d1ec ^ i as u64) & 1 == 0 { 1.0 } else { -1.0 };
+        let sign = if mix(self.seed ^ 0x5eed_d1ec ^ i as u64) & 1 == 0 {
+            1.0
+        } else {
+            -1.0
+        };
         sign / (self.n_embd as f32).sqrt()
     }
 
@@ -168,7 +198,9 @@ fn mix(mut z: u64) -> u64 {
 
 /// FNV-1a of a tensor name, so each tensor has its own stream.
 fn hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// SplitMix64 stream.
@@ -210,8 +242,18 @@ mod tests {
 
     #[test]
     fn dt_bias_and_a_are_sane() {
-        let f = Filler { seed: 3, skew: 0.0, n_embd: 256, threads: 1 };
-        let t = Planned { name: "x".into(), dims: vec![32], init: Init::DtBias, layer: Some(0) };
+        let f = Filler {
+            seed: 3,
+            skew: 0.0,
+            n_embd: 256,
+            threads: 1,
+        };
+        let t = Planned {
+            name: "x".into(),
+            dims: vec![32],
+            init: Init::DtBias,
+            layer: Some(0),
+        };
         let mut buf = vec![0f32; 32];
         f.row_values(&t, 0, &mut Rng::new(1), &mut buf);
         // softplus(bias) must give back dt in [0.001, 0.1].
@@ -219,18 +261,34 @@ mod tests {
             let dt = (1.0 + b.exp()).ln();
             assert!((0.000_99..0.100_1).contains(&dt), "{b} -> {dt}");
         }
-        let t = Planned { init: Init::SsmA, ..t };
+        let t = Planned {
+            init: Init::SsmA,
+            ..t
+        };
         f.row_values(&t, 0, &mut Rng::new(1), &mut buf);
         assert!(buf.iter().all(|a| (-16.0..=-1.0).contains(a)));
     }
 
     #[test]
     fn skew_orders_router_bias() {
-        let f = Filler { seed: 3, skew: 1.0, n_embd: 256, threads: 1 };
-        let t = Planned { name: "r".into(), dims: vec![256, 16], init: Init::Router, layer: Some(2) };
+        let f = Filler {
+            seed: 3,
+            skew: 1.0,
+            n_embd: 256,
+            threads: 1,
+        };
+        let t = Planned {
+            name: "r".into(),
+            dims: vec![256, 16],
+            init: Init::Router,
+            layer: Some(2),
+        };
         let mut b: Vec<f32> = (0..16).map(|e| f.router_bias(&t, e)).collect();
         b.sort_by(|x, y| y.total_cmp(x));
         assert_eq!(b[0], 0.0); // rank 0: ln(1) = 0
-        assert!(b.windows(2).all(|w| w[0] > w[1]), "distinct ranks give distinct biases");
+        assert!(
+            b.windows(2).all(|w| w[0] > w[1]),
+            "distinct ranks give distinct biases"
+        );
     }
 }

@@ -76,7 +76,8 @@ fn q4_k_m(t: &Planned, n_layer: u64) -> GgmlType {
 /// llama.cpp's `use_more_bits(i, n)`: the first and last eighth of the layers, and every third
 /// one in between.
 fn use_more_bits(i: u64, n: u64) -> bool {
-    i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2)
+    // Past the first test, i ≥ n/8, so the subtraction cannot wrap.
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
 /// When a row isn't a whole number of 256-blocks, llama-quantize falls back to a 32-block type
@@ -107,7 +108,9 @@ mod tests {
     #[test]
     fn more_bits_layers_for_40() {
         let bumped: Vec<u64> = (0..40).filter(|&i| use_more_bits(i, 40)).collect();
-        let want = [0, 1, 2, 3, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 34, 35, 36, 37, 38, 39];
+        let want = [
+            0, 1, 2, 3, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 34, 35, 36, 37, 38, 39,
+        ];
         assert_eq!(bumped, want);
     }
 
@@ -116,13 +119,23 @@ mod tests {
         // Spec §3.1: 371 Q4_K, 61 Q6_K, 301 F32; 21,155,768,832 bytes of tensor data.
         let s = Shape::qwen35_35b_a3b();
         let tensors = s.tensors();
-        let count = |ty| tensors.iter().filter(|t| Mix::Q4KM.type_for(t, s.n_layer) == ty).count();
+        let count = |ty| {
+            tensors
+                .iter()
+                .filter(|t| Mix::Q4KM.type_for(t, s.n_layer) == ty)
+                .count()
+        };
         assert_eq!(count(GgmlType::Q4_K), 371);
         assert_eq!(count(GgmlType::Q6_K), 61);
         assert_eq!(count(GgmlType::F32), 301);
         let bytes: u64 = tensors
             .iter()
-            .map(|t| Mix::Q4KM.type_for(t, s.n_layer).bytes_for(t.n_elements()).unwrap_or(0))
+            .map(|t| {
+                Mix::Q4KM
+                    .type_for(t, s.n_layer)
+                    .bytes_for(t.n_elements())
+                    .unwrap_or(0)
+            })
             .sum();
         assert_eq!(bytes, 21_155_768_832);
     }

