@@ -21,12 +21,12 @@ eval "$(.venv/bin/python scripts/fetch-models.py --cache "$LLM_SERVER_CACHE" --p
 
 step "ggml C sources (llama.cpp b11549 from the xllamacpp sdist) for the quantizer cross-check"
 GGML_DIR="$LLM_SERVER_CACHE/llama.cpp-b11549/ggml"
-if [ ! -f "$GGML_DIR/src/ggml-quants.c" ]; then
+if [ ! -f "$GGML_DIR/src/ggml-quants.c" ] || [ ! -f "$GGML_DIR/../include/llama.h" ]; then
     .venv/bin/python -m pip download --quiet --disable-pip-version-check --no-deps \
         --no-binary xllamacpp xllamacpp==2026.10.11549 -d "$LLM_SERVER_CACHE/pypi"
     mkdir -p "$LLM_SERVER_CACHE/llama.cpp-b11549"
     tar -xzf "$LLM_SERVER_CACHE/pypi/xllamacpp-2026.10.11549.tar.gz" -C "$LLM_SERVER_CACHE/llama.cpp-b11549" \
-        --strip-components=3 --wildcards '*/thirdparty/llama.cpp/ggml/*'
+        --strip-components=3 --wildcards '*/thirdparty/llama.cpp/ggml/*' '*/thirdparty/llama.cpp/include/*'
 fi
 export LLM_SERVER_GGML_SRC="$GGML_DIR"
 

@@ -3,6 +3,7 @@
 
 mod dequant;
 mod inspect;
+mod logits;
 mod synth;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,9 @@ enum Command {
     /// Dequantize raw ggml blocks to little-endian f32 (a test tool for the bit-exact checks).
     #[command(hide = true)]
     Dequant(dequant::Args),
+    /// Logits of every position of a token sequence, as raw f32 (for the oracle scripts).
+    #[command(hide = true)]
+    Logits(logits::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,5 +39,6 @@ fn main() -> anyhow::Result<()> {
         Command::Inspect(args) => inspect::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Dequant(args) => dequant::run(args),
+        Command::Logits(args) => logits::run(args),
     }
 }

@@ -1,0 +1,24 @@
+//! The inference engine: everything between a GGUF file and a sampled token.
+//!
+//! - [`tokenizer`]: byte-level BPE (GPT-2 style, with llama.cpp's named pre-tokenizers) and
+//!   SentencePiece, built from the GGUF vocabulary.
+//! - [`chat`]: the chat template embedded in the GGUF, rendered with minijinja.
+//! - [`models`]: one file per architecture, written top to bottom like its spec.
+//!
+//! Dimension names used in shape comments (GGUF `ne` order, contiguous first):
+//! `n_embd` hidden size, `n_vocab` vocabulary, `n_ff` FFN width, `n_head`/`n_head_kv` query and
+//! KV heads, `head_dim` per-head width, `n_expert`/`n_expert_used` routed experts, `n_ff_exp`
+//! expert FFN width, `n_tokens` tokens in a batch.
+#![deny(missing_docs)]
+
+pub use error::{Error, Result};
+pub use models::{load, Model, State};
+pub use ops::Exec;
+pub use weights::{QTensor, Weights};
+
+pub mod chat;
+mod error;
+pub mod models;
+pub mod ops;
+pub mod tokenizer;
+mod weights;

@@ -1,0 +1,274 @@
+//! `llama` (and the llama-shaped `qwen2`): pre-norm decoder with grouped-query attention, RoPE
+//! and a SwiGLU FFN. Mirrors llama.cpp `src/models/llama.cpp` (`llm_build_llama`) for the
+//! options our files use: optional q/k/v biases (qwen2), normal or NeoX RoPE, tied output.
+
+use crate::error::{Error, Result};
+use crate::ops::{self, AttnShape, Exec, Rope, RopeStyle};
+use crate::weights::{QTensor, Weights};
+
+use super::{Keys, Model, State};
+
+/// Hyperparameters, read once from `{arch}.*` keys.
+#[derive(Clone, Debug)]
+pub struct Hparams {
+    pub n_vocab: usize,
+    pub n_ctx_train: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_ff: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub rope: Rope,
+    pub rms_eps: f32,
+}
+
+impl Hparams {
+    /// Read the `llama`-family keys of `arch`.
+    pub fn from_gguf(w: &Weights, arch: &str, style: RopeStyle) -> Result<Hparams> {
+        let k = Keys::new(w.metadata(), arch);
+        let n_embd = k.usize("embedding_length")?;
+        let n_head = k.usize("attention.head_count")?;
+        if n_head == 0 || n_embd % n_head != 0 {
+            let key = format!("{arch}.attention.head_count");
+            return Err(Error::BadKey {
+                key,
+                problem: format!("{n_head} does not divide {n_embd}"),
+            });
+        }
+        let head_dim = k
+            .opt_usize("attention.key_length")
+            .unwrap_or(n_embd / n_head);
+        let n_vocab = match w.metadata().get_array("tokenizer.ggml.tokens") {
+            Some(a) => a.len(),
+            None => k.usize("vocab_size")?,
+        };
+        Ok(Hparams {
+            n_vocab,
+            n_ctx_train: k.usize("context_length")?,
+            n_embd,
+            n_layer: k.usize("block_count")?,
+            n_ff: k.usize("feed_forward_length")?,
+            n_head,
+            n_head_kv: k.opt_usize("attention.head_count_kv").unwrap_or(n_head),
+            head_dim,
+            rope: Rope {
+                n_rot: k.opt_usize("rope.dimension_count").unwrap_or(head_dim),
+                base: k.opt_f32("rope.freq_base").unwrap_or(10_000.0),
+                style,
+            },
+            rms_eps: k.f32("attention.layer_norm_rms_epsilon")?,
+        })
+    }
+}
+
+/// One decoder layer's weights (shapes in GGUF order).
+#[derive(Debug)]
+struct Layer {
+    attn_norm: Vec<f32>,  // [n_embd]
+    wq: QTensor,          // [n_embd, n_head·head_dim]
+    wk: QTensor,          // [n_embd, n_head_kv·head_dim]
+    wv: QTensor,          // [n_embd, n_head_kv·head_dim]
+    bq: Option<Vec<f32>>, // [n_head·head_dim] (qwen2)
+    bk: Option<Vec<f32>>, // [n_head_kv·head_dim]
+    bv: Option<Vec<f32>>, // [n_head_kv·head_dim]
+    wo: QTensor,          // [n_head·head_dim, n_embd]
+    ffn_norm: Vec<f32>,   // [n_embd]
+    ffn_gate: QTensor,    // [n_embd, n_ff]
+    ffn_up: QTensor,      // [n_embd, n_ff]
+    ffn_down: QTensor,    // [n_ff, n_embd]
+}
+
+/// A loaded llama-family model.
+#[derive(Debug)]
+pub struct Llama {
+    arch: String,
+    hp: Hparams,
+    token_embd: QTensor, // [n_embd, n_vocab]
+    layers: Vec<Layer>,
+    output_norm: Vec<f32>, // [n_embd]
+    output: QTensor,       // [n_embd, n_vocab] (token_embd when tied)
+}
+
+impl Llama {
+    /// Load a `llama` file (normal RoPE).
+    pub fn load(w: &Weights, arch: &str) -> Result<Llama> {
+        Llama::load_with(w, arch, RopeStyle::Normal)
+    }
+
+    /// Load with the given RoPE pairing (`qwen2` uses NeoX).
+    pub(crate) fn load_with(w: &Weights, arch: &str, style: RopeStyle) -> Result<Llama> {
+        let hp = Hparams::from_gguf(w, arch, style)?;
+        let (e, v) = (hp.n_embd as u64, hp.n_vocab as u64);
+        let q = (hp.n_head * hp.head_dim) as u64;
+        let kv = (hp.n_head_kv * hp.head_dim) as u64;
+        let ff = hp.n_ff as u64;
+        let token_embd = w.get("token_embd.weight", &[e, v])?;
+        let layers = (0..hp.n_layer)
+            .map(|i| {
+                let n = |s: &str| format!("blk.{i}.{s}");
+                Ok(Layer {
+                    attn_norm: w.vector(&n("attn_norm.weight"), e)?,
+                    wq: w.get(&n("attn_q.weight"), &[e, q])?,
+                    wk: w.get(&n("attn_k.weight"), &[e, kv])?,
+                    wv: w.get(&n("attn_v.weight"), &[e, kv])?,
+                    bq: w.optional_vector(&n("attn_q.bias"), q)?,
+                    bk: w.optional_vector(&n("attn_k.bias"), kv)?,
+                    bv: w.optional_vector(&n("attn_v.bias"), kv)?,
+                    wo: w.get(&n("attn_output.weight"), &[q, e])?,
+                    ffn_norm: w.vector(&n("ffn_norm.weight"), e)?,
+                    ffn_gate: w.get(&n("ffn_gate.weight"), &[e, ff])?,
+                    ffn_up: w.get(&n("ffn_up.weight"), &[e, ff])?,
+                    ffn_down: w.get(&n("ffn_down.weight"), &[ff, e])?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let output = w
+            .optional("output.weight", &[e, v])?
+            .unwrap_or_else(|| token_embd.clone());
+        let output_norm = w.vector("output_norm.weight", e)?;
+        Ok(Llama {
+            arch: arch.to_string(),
+            hp,
+            token_embd,
+            layers,
+            output_norm,
+            output,
+        })
+    }
+
+    fn attn_shape(&self) -> AttnShape {
+        let hp = &self.hp;
+        AttnShape {
+            n_head: hp.n_head,
+            n_head_kv: hp.n_head_kv,
+            head_dim: hp.head_dim,
+            scale: 1.0 / (hp.head_dim as f32).sqrt(),
+        }
+    }
+
+    /// Self-attention block for `n` tokens of normed input `x`, starting at `pos0`.
+    fn attention(
+        &self,
+        l: &Layer,
+        kv: &mut (Vec<f32>, Vec<f32>),
+        x: &[f32],
+        pos0: usize,
+        exec: Exec,
+    ) -> Result<Vec<f32>> {
+        let hp = &self.hp;
+        let n = x.len() / hp.n_embd;
+        let (qw, kvw) = (hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim);
+        let (mut q, mut k, mut v) = (vec![0f32; n * qw], vec![0f32; n * kvw], vec![0f32; n * kvw]);
+        ops::matmul(&l.wq, x, n, &mut q, exec)?;
+        ops::matmul(&l.wk, x, n, &mut k, exec)?;
+        ops::matmul(&l.wv, x, n, &mut v, exec)?;
+        for (t, b) in [(&mut q, &l.bq), (&mut k, &l.bk), (&mut v, &l.bv)] {
+            if let Some(b) = b {
+                ops::add_bias(t, b);
+            }
+        }
+        let mut attn = vec![0f32; n * qw];
+        for t in 0..n {
+            let pos = pos0 + t;
+            hp.rope
+                .apply(&mut q[t * qw..(t + 1) * qw], hp.head_dim, pos);
+            hp.rope
+                .apply(&mut k[t * kvw..(t + 1) * kvw], hp.head_dim, pos);
+            kv.0[pos * kvw..(pos + 1) * kvw].copy_from_slice(&k[t * kvw..(t + 1) * kvw]);
+            kv.1[pos * kvw..(pos + 1) * kvw].copy_from_slice(&v[t * kvw..(t + 1) * kvw]);
+            let (kc, vc) = (&kv.0[..(pos + 1) * kvw], &kv.1[..(pos + 1) * kvw]);
+            ops::attention(
+                &q[t * qw..(t + 1) * qw],
+                kc,
+                vc,
+                pos + 1,
+                self.attn_shape(),
+                &mut attn[t * qw..(t + 1) * qw],
+            );
+        }
+        let mut out = vec![0f32; n * hp.n_embd];
+        ops::matmul(&l.wo, &attn, n, &mut out, exec)?;
+        Ok(out)
+    }
+
+    /// SwiGLU FFN for `n` tokens of normed input `x`.
+    fn ffn(&self, l: &Layer, x: &[f32], exec: Exec) -> Result<Vec<f32>> {
+        let n = x.len() / self.hp.n_embd;
+        let (mut gate, mut up) = (vec![0f32; n * self.hp.n_ff], vec![0f32; n * self.hp.n_ff]);
+        ops::matmul(&l.ffn_gate, x, n, &mut gate, exec)?;
+        ops::matmul(&l.ffn_up, x, n, &mut up, exec)?;
+        ops::swiglu(&mut gate, &up);
+        let mut out = vec![0f32; n * self.hp.n_embd];
+        ops::matmul(&l.ffn_down, &gate, n, &mut out, exec)?;
+        Ok(out)
+    }
+}
+
+impl Model for Llama {
+    fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    fn n_vocab(&self) -> usize {
+        self.hp.n_vocab
+    }
+
+    fn n_ctx_train(&self) -> usize {
+        self.hp.n_ctx_train
+    }
+
+    fn new_state(&self, n_ctx: usize) -> State {
+        State::new(self.hp.n_layer, self.hp.n_head_kv * self.hp.head_dim, n_ctx)
+    }
+
+    fn forward(
+        &self,
+        tokens: &[u32],
+        state: &mut State,
+        all_logits: bool,
+        exec: Exec,
+    ) -> Result<Vec<f32>> {
+        let hp = &self.hp;
+        let (n, e) = (tokens.len(), hp.n_embd);
+        let pos0 = state.n_past;
+        if pos0 + n > state.n_ctx {
+            return Err(Error::ContextFull {
+                needed: pos0 + n,
+                n_ctx: state.n_ctx,
+            });
+        }
+        let mut h = vec![0f32; n * e];
+        for (t, &id) in tokens.iter().enumerate() {
+            if id as usize >= hp.n_vocab {
+                return Err(Error::BadToken {
+                    id,
+                    n_vocab: hp.n_vocab,
+                });
+            }
+            self.token_embd
+                .dequant_row(id as usize, &mut h[t * e..(t + 1) * e])?;
+        }
+        let mut x = vec![0f32; n * e];
+        for (l, kv) in self.layers.iter().zip(state.kv.iter_mut()) {
+            ops::rms_norm(&h, &l.attn_norm, hp.rms_eps, &mut x); // attn_norm
+            let a = self.attention(l, kv, &x, pos0, exec)?; // kqv_out
+            ops::add_inplace(&mut h, &a); // ffn_inp
+            ops::rms_norm(&h, &l.ffn_norm, hp.rms_eps, &mut x); // ffn_norm
+            let f = self.ffn(l, &x, exec)?; // ffn_out
+            ops::add_inplace(&mut h, &f); // l_out
+        }
+        state.n_past += n;
+        let rows = if all_logits {
+            &h[..]
+        } else {
+            &h[(n - 1) * e..]
+        };
+        let m = rows.len() / e;
+        let mut normed = vec![0f32; rows.len()];
+        ops::rms_norm(rows, &self.output_norm, hp.rms_eps, &mut normed); // result_norm
+        let mut logits = vec![0f32; m * hp.n_vocab];
+        ops::matmul(&self.output, &normed, m, &mut logits, exec)?; // result_output
+        Ok(logits)
+    }
+}

@@ -1,0 +1,138 @@
+//! Model architectures, one file each, and the one trait the executor drives them through.
+//!
+//! [`load`] reads `general.architecture` and builds the matching model from a GGUF file.
+
+mod llama;
+mod qwen2;
+
+use std::sync::Arc;
+
+use gguf::{GgufFile, Metadata};
+
+use crate::error::{Error, Result};
+use crate::ops::Exec;
+use crate::weights::Weights;
+
+pub use llama::Llama;
+
+/// Architectures [`load`] knows.
+pub const SUPPORTED: &str = "llama, qwen2";
+
+/// A loaded model: turns tokens at given positions into logits, updating its state.
+pub trait Model: Send + Sync {
+    /// `general.architecture`.
+    fn arch(&self) -> &str;
+    /// Vocabulary size (rows of the output matrix).
+    fn n_vocab(&self) -> usize;
+    /// Context length the model was trained for.
+    fn n_ctx_train(&self) -> usize;
+    /// A fresh per-sequence state (KV cache, recurrent state) for up to `n_ctx` positions.
+    fn new_state(&self, n_ctx: usize) -> State;
+    /// Run `tokens` at positions `state.n_past..`; write logits of the last token into
+    /// `logits` (`n_vocab`), or of every token (`tokens.len() × n_vocab`) when `all_logits`.
+    fn forward(
+        &self,
+        tokens: &[u32],
+        state: &mut State,
+        all_logits: bool,
+        exec: Exec,
+    ) -> Result<Vec<f32>>;
+}
+
+/// Per-sequence state: the KV cache (f32 for now) of each attention layer.
+#[derive(Debug)]
+pub struct State {
+    /// Positions already processed.
+    pub n_past: usize,
+    /// Capacity in positions.
+    pub n_ctx: usize,
+    /// Per layer: keys and values, `n_ctx × kv_width` each.
+    pub kv: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+impl State {
+    /// A KV cache for `n_layer` layers of `kv_width` values per position.
+    pub fn new(n_layer: usize, kv_width: usize, n_ctx: usize) -> State {
+        let layer = || (vec![0f32; n_ctx * kv_width], vec![0f32; n_ctx * kv_width]);
+        State {
+            n_past: 0,
+            n_ctx,
+            kv: (0..n_layer).map(|_| layer()).collect(),
+        }
+    }
+}
+
+/// Load the model in `file`.
+pub fn load(file: Arc<GgufFile>) -> Result<Box<dyn Model>> {
+    let w = Weights::new(file);
+    let arch = Keys::new(w.metadata(), "general").string("general.architecture")?;
+    match arch.as_str() {
+        "llama" => Ok(Box::new(Llama::load(&w, "llama")?)),
+        "qwen2" => Ok(Box::new(qwen2::load(&w)?)),
+        other => Err(Error::UnsupportedArch {
+            arch: other.to_string(),
+            supported: SUPPORTED,
+        }),
+    }
+}
+
+/// Typed reads of an architecture's metadata keys (`{arch}.{name}`), erroring with the key.
+pub(crate) struct Keys<'a> {
+    md: &'a Metadata,
+    arch: &'a str,
+}
+
+impl<'a> Keys<'a> {
+    pub(crate) fn new(md: &'a Metadata, arch: &'a str) -> Keys<'a> {
+        Keys { md, arch }
+    }
+
+    fn full(&self, name: &str) -> String {
+        if name.contains('.') && (name.starts_with("general.") || name.starts_with("tokenizer.")) {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.arch)
+        }
+    }
+
+    pub(crate) fn string(&self, name: &str) -> Result<String> {
+        let key = self.full(name);
+        self.md
+            .get_str(&key)
+            .map(str::to_string)
+            .ok_or(Error::MissingKey {
+                key,
+                expected: "string",
+            })
+    }
+
+    pub(crate) fn usize(&self, name: &str) -> Result<usize> {
+        let key = self.full(name);
+        self.md
+            .get_u64(&key)
+            .map(|v| v as usize)
+            .ok_or(Error::MissingKey {
+                key,
+                expected: "integer",
+            })
+    }
+
+    pub(crate) fn opt_usize(&self, name: &str) -> Option<usize> {
+        self.md.get_u64(&self.full(name)).map(|v| v as usize)
+    }
+
+    pub(crate) fn f32(&self, name: &str) -> Result<f32> {
+        let key = self.full(name);
+        self.md
+            .get_f64(&key)
+            .map(|v| v as f32)
+            .ok_or(Error::MissingKey {
+                key,
+                expected: "number",
+            })
+    }
+
+    pub(crate) fn opt_f32(&self, name: &str) -> Option<f32> {
+        self.md.get_f64(&self.full(name)).map(|v| v as f32)
+    }
+}

@@ -1,0 +1,59 @@
+//! `llm-server logits`: the logits of every position of a token sequence, as raw f32 — what the
+//! oracle scripts (tools/logits-oracle) compare with llama.cpp's.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+
+/// Arguments of `llm-server logits`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The GGUF model.
+    #[arg(short, long)]
+    pub model: PathBuf,
+    /// Token ids, little-endian u32.
+    #[arg(long)]
+    pub tokens: PathBuf,
+    /// Output: f32 logits, one row of n_vocab per position.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Tokens per forward call (prefill batch).
+    #[arg(short = 'b', long, default_value_t = 512)]
+    pub batch: usize,
+    /// Worker threads (default: all cores).
+    #[arg(short = 't', long)]
+    pub threads: Option<usize>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&args.tokens)
+        .with_context(|| format!("cannot read {}", args.tokens.display()))?;
+    if bytes.len() % 4 != 0 || bytes.is_empty() {
+        bail!(
+            "{}: {} bytes is not a non-empty list of u32 token ids",
+            args.tokens.display(),
+            bytes.len()
+        );
+    }
+    let tokens: Vec<u32> = bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let file = gguf::GgufFile::open(&args.model)
+        .with_context(|| format!("cannot read {}", args.model.display()))?;
+    let model = engine::load(Arc::new(file))?;
+    let mut exec = engine::Exec::default();
+    if let Some(t) = args.threads {
+        exec.threads = t.max(1);
+    }
+    let mut state = model.new_state(tokens.len());
+    let mut out = Vec::with_capacity(tokens.len() * model.n_vocab() * 4);
+    for chunk in tokens.chunks(args.batch.max(1)) {
+        let logits = model.forward(chunk, &mut state, true, exec)?;
+        out.extend(logits.iter().flat_map(|v| v.to_le_bytes()));
+    }
+    std::fs::write(&args.output, out)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    Ok(())
+}

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Compare our engine's logits with llama.cpp's (CPU, the xllamacpp wheel) on the same GGUF and
+tokens: top-1 agreement and mean KL(llama.cpp ‖ ours) over every position.
+
+Usage: logits.py MODEL.gguf --text FILE [--n 512] [--llama-src DIR] [--threads 2]
+           [--golden OUT.npz]
+Tokens come from llama.cpp's own tokenizer (via `tokenize_texts` of tools/vocab-check), so only
+the forward pass is compared. With --golden, writes the tokens and llama.cpp's top-20 logits and
+log-sum-exp per position (a few hundred KB) for CI to check without the oracle.
+"""
+import argparse
+import ctypes
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+
+def load_lib(llama_src: Path, work: Path) -> ctypes.CDLL:
+    import xllamacpp
+    so = work / "libllama_logits.so"
+    srcs = [HERE / "llama_logits.c", ROOT / "tools/vocab-check/llama_tokenize.c"]
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", f"-I{llama_src}/include",
+                    f"-I{llama_src}/ggml/include", *map(str, srcs), "-o", str(so)], check=True)
+    ctypes.CDLL(str(Path(xllamacpp.__file__).parent / "xllamacpp.abi3.so"), mode=ctypes.RTLD_GLOBAL)
+    lib = ctypes.CDLL(str(so))
+    lib.dump_logits.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    lib.tokenize_texts.argtypes = [ctypes.c_char_p] * 3
+    return lib
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def compare(ref: np.ndarray, ours: np.ndarray) -> tuple[float, float, float]:
+    """(top-1 agreement, mean KL(ref‖ours), max KL)."""
+    lp, lq = log_softmax(ref.astype(np.float64)), log_softmax(ours.astype(np.float64))
+    kl = (np.exp(lp) * (lp - lq)).sum(axis=-1)
+    top1 = float((ref.argmax(-1) == ours.argmax(-1)).mean())
+    return top1, float(kl.mean()), float(kl.max())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--text", required=True)
+    ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--llama-src", default=os.environ.get("LLAMA_SRC", str(ROOT / ".cache/llama.cpp-b11549")))
+    ap.add_argument("--bin", default=str(ROOT / "target/release/llm-server"))
+    ap.add_argument("--golden")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        lib = load_lib(Path(args.llama_src), work)
+        text = Path(args.text).read_bytes().decode("utf-8")[: args.n * 8]
+        (work / "texts").write_bytes(text.encode() + b"\0")
+        if lib.tokenize_texts(args.model.encode(), str(work / "texts").encode(), str(work / "ids").encode()):
+            return 1
+        ids = np.array((work / "ids").read_text().split()[: args.n], dtype="<u4")
+        ids.tofile(work / "tokens.u32")
+        if lib.dump_logits(args.model.encode(), str(work / "tokens.u32").encode(), args.threads,
+                           str(work / "ref.f32").encode()):
+            return 1
+        subprocess.run([args.bin, "logits", "-m", args.model, "--tokens", str(work / "tokens.u32"),
+                        "-o", str(work / "ours.f32")], check=True)
+        ref = np.fromfile(work / "ref.f32", dtype="<f4").reshape(len(ids), -1)
+        ours = np.fromfile(work / "ours.f32", dtype="<f4").reshape(len(ids), -1)
+        top1, kl, kl_max = compare(ref, ours)
+        print(f"{Path(args.model).name}: {len(ids)} positions, top-1 agreement {top1:.4f}, "
+              f"mean KL {kl:.3e}, max KL {kl_max:.3e}")
+        if args.golden:
+            top = np.argsort(-ref, axis=-1)[:, :20]
+            lse = np.log(np.exp(ref - ref.max(-1, keepdims=True)).sum(-1)) + ref.max(-1)
+            np.savez_compressed(args.golden, tokens=ids, top_ids=top.astype(np.int32),
+                                top_logits=np.take_along_axis(ref, top, -1), lse=lse.astype(np.float32))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
