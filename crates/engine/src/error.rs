@@ -71,6 +71,12 @@ pub enum Error {
         /// Vocabulary size.
         n_vocab: usize,
     },
+    /// A state made by another model was passed to `forward`.
+    #[error("layer {layer}: the state does not belong to this model")]
+    StateMismatch {
+        /// The layer whose state had the wrong kind.
+        layer: usize,
+    },
     /// The sequence would pass the context the state was made for.
     #[error("context full: {needed} positions needed, the state holds {n_ctx}")]
     ContextFull {

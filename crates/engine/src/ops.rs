@@ -3,6 +3,8 @@
 //! quantized once per matmul, SIMD picked at run time) replace `matmul`'s inner loop later
 //! without changing these signatures.
 
+use std::ops::Range;
+
 use crate::error::Result;
 use crate::weights::QTensor;
 
@@ -50,7 +52,20 @@ pub fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
 /// `n_tokens × w.n_rows()`, token-major. Rows of W are split across threads; each row is
 /// dequantized once and used for every token.
 pub fn matmul(w: &QTensor, x: &[f32], n_tokens: usize, out: &mut [f32], exec: Exec) -> Result<()> {
-    let (k, n) = (w.row_len(), w.n_rows());
+    matmul_rows(w, 0..w.n_rows(), x, n_tokens, out, exec)
+}
+
+/// [`matmul`] with the rows `rows` of W only (one expert's slice of a 3-D expert tensor);
+/// `out` is `n_tokens × rows.len()`.
+pub fn matmul_rows(
+    w: &QTensor,
+    rows: Range<usize>,
+    x: &[f32],
+    n_tokens: usize,
+    out: &mut [f32],
+    exec: Exec,
+) -> Result<()> {
+    let (k, n, first) = (w.row_len(), rows.len(), rows.start);
     debug_assert_eq!(x.len(), n_tokens * k);
     debug_assert_eq!(out.len(), n_tokens * n);
     let threads = exec.threads.clamp(1, n.max(1));
@@ -63,7 +78,7 @@ pub fn matmul(w: &QTensor, x: &[f32], n_tokens: usize, out: &mut [f32], exec: Ex
                     let mut row = vec![0f32; k];
                     let mut part = vec![0f32; rows.len() * n_tokens];
                     for (j, r) in rows.enumerate() {
-                        w.dequant_row(r, &mut row)?;
+                        w.dequant_row(first + r, &mut row)?;
                         for t in 0..n_tokens {
                             part[j * n_tokens + t] = dot(&row, &x[t * k..(t + 1) * k]);
                         }

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::ops::{self, AttnShape, Exec, Rope, RopeStyle};
 use crate::weights::{QTensor, Weights};
 
-use super::{Keys, Model, State};
+use super::{Keys, LayerState, Model, State};
 
 /// Hyperparameters, read once from `{arch}.*` keys.
 #[derive(Clone, Debug)]
@@ -151,7 +151,7 @@ impl Llama {
     fn attention(
         &self,
         l: &Layer,
-        kv: &mut (Vec<f32>, Vec<f32>),
+        (k_cache, v_cache): (&mut [f32], &mut [f32]),
         x: &[f32],
         pos0: usize,
         exec: Exec,
@@ -175,9 +175,9 @@ impl Llama {
                 .apply(&mut q[t * qw..(t + 1) * qw], hp.head_dim, pos);
             hp.rope
                 .apply(&mut k[t * kvw..(t + 1) * kvw], hp.head_dim, pos);
-            kv.0[pos * kvw..(pos + 1) * kvw].copy_from_slice(&k[t * kvw..(t + 1) * kvw]);
-            kv.1[pos * kvw..(pos + 1) * kvw].copy_from_slice(&v[t * kvw..(t + 1) * kvw]);
-            let (kc, vc) = (&kv.0[..(pos + 1) * kvw], &kv.1[..(pos + 1) * kvw]);
+            k_cache[pos * kvw..(pos + 1) * kvw].copy_from_slice(&k[t * kvw..(t + 1) * kvw]);
+            v_cache[pos * kvw..(pos + 1) * kvw].copy_from_slice(&v[t * kvw..(t + 1) * kvw]);
+            let (kc, vc) = (&k_cache[..(pos + 1) * kvw], &v_cache[..(pos + 1) * kvw]);
             ops::attention(
                 &q[t * qw..(t + 1) * qw],
                 kc,
@@ -219,7 +219,15 @@ impl Model for Llama {
     }
 
     fn new_state(&self, n_ctx: usize) -> State {
-        State::new(self.hp.n_layer, self.hp.n_head_kv * self.hp.head_dim, n_ctx)
+        let kv_width = self.hp.n_head_kv * self.hp.head_dim;
+        let layers = (0..self.hp.n_layer)
+            .map(|_| LayerState::kv(kv_width, n_ctx))
+            .collect();
+        State {
+            n_past: 0,
+            n_ctx,
+            layers,
+        }
     }
 
     fn forward(
@@ -250,9 +258,12 @@ impl Model for Llama {
                 .dequant_row(id as usize, &mut h[t * e..(t + 1) * e])?;
         }
         let mut x = vec![0f32; n * e];
-        for (l, kv) in self.layers.iter().zip(state.kv.iter_mut()) {
+        for (i, (l, kv)) in self.layers.iter().zip(state.layers.iter_mut()).enumerate() {
             ops::rms_norm(&h, &l.attn_norm, hp.rms_eps, &mut x); // attn_norm
-            let a = self.attention(l, kv, &x, pos0, exec)?; // kqv_out
+            let LayerState::Kv { k, v } = kv else {
+                return Err(Error::StateMismatch { layer: i });
+            };
+            let a = self.attention(l, (k, v), &x, pos0, exec)?; // kqv_out
             ops::add_inplace(&mut h, &a); // ffn_inp
             ops::rms_norm(&h, &l.ffn_norm, hp.rms_eps, &mut x); // ffn_norm
             let f = self.ffn(l, &x, exec)?; // ffn_out

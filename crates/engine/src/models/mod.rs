@@ -4,6 +4,7 @@
 
 mod llama;
 mod qwen2;
+mod qwen35moe;
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use crate::weights::Weights;
 pub use llama::Llama;
 
 /// Architectures [`load`] knows.
-pub const SUPPORTED: &str = "llama, qwen2";
+pub const SUPPORTED: &str = "llama, qwen2, qwen35moe";
 
 /// A loaded model: turns tokens at given positions into logits, updating its state.
 pub trait Model: Send + Sync {
@@ -39,25 +40,45 @@ pub trait Model: Send + Sync {
     ) -> Result<Vec<f32>>;
 }
 
-/// Per-sequence state: the KV cache (f32 for now) of each attention layer.
+/// Per-sequence state: for each layer its KV cache (attention) or its recurrent state
+/// (DeltaNet). f32 for now.
 #[derive(Debug)]
 pub struct State {
     /// Positions already processed.
     pub n_past: usize,
     /// Capacity in positions.
     pub n_ctx: usize,
-    /// Per layer: keys and values, `n_ctx × kv_width` each.
-    pub kv: Vec<(Vec<f32>, Vec<f32>)>,
+    /// One entry per layer.
+    pub layers: Vec<LayerState>,
 }
 
-impl State {
-    /// A KV cache for `n_layer` layers of `kv_width` values per position.
-    pub fn new(n_layer: usize, kv_width: usize, n_ctx: usize) -> State {
-        let layer = || (vec![0f32; n_ctx * kv_width], vec![0f32; n_ctx * kv_width]);
-        State {
-            n_past: 0,
-            n_ctx,
-            kv: (0..n_layer).map(|_| layer()).collect(),
+/// What one layer remembers of the sequence.
+#[derive(Debug)]
+pub enum LayerState {
+    /// Keys and values, `n_ctx × kv_width` each.
+    Kv {
+        /// Keys, position-major.
+        k: Vec<f32>,
+        /// Values, position-major.
+        v: Vec<f32>,
+    },
+    /// DeltaNet: the last `d_conv − 1` inputs of the short convolution (per channel, oldest
+    /// first: `[conv_dim][d_conv − 1]`) and the per-head state matrices (`[n_v_head][v][k]`,
+    /// value index major, as ggml stores them).
+    Recurrent {
+        /// Convolution taps.
+        conv: Vec<f32>,
+        /// Delta-rule state.
+        ssm: Vec<f32>,
+    },
+}
+
+impl LayerState {
+    /// A KV cache for `n_ctx` positions of `kv_width` values.
+    pub fn kv(kv_width: usize, n_ctx: usize) -> LayerState {
+        LayerState::Kv {
+            k: vec![0f32; n_ctx * kv_width],
+            v: vec![0f32; n_ctx * kv_width],
         }
     }
 }
@@ -69,6 +90,7 @@ pub fn load(file: Arc<GgufFile>) -> Result<Box<dyn Model>> {
     match arch.as_str() {
         "llama" => Ok(Box::new(Llama::load(&w, "llama")?)),
         "qwen2" => Ok(Box::new(qwen2::load(&w)?)),
+        "qwen35moe" => Ok(Box::new(qwen35moe::Qwen35Moe::load(&w)?)),
         other => Err(Error::UnsupportedArch {
             arch: other.to_string(),
             supported: SUPPORTED,

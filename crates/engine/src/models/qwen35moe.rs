@@ -1,0 +1,655 @@
+//! `qwen35moe` (Qwen3.5-35B-A3B and its kin): a 3:1 stack of gated DeltaNet and gated
+//! full-attention layers, each followed by a routed MoE with a sigmoid-gated shared expert.
+//! Written top to bottom in the order of `spec/qwen35moe.md` §4 (llama.cpp
+//! `src/models/qwen35moe.cpp`).
+
+use crate::error::{Error, Result};
+use crate::ops::{self, AttnShape, Exec, Rope, RopeStyle};
+use crate::weights::{QTensor, Weights};
+
+use super::{Keys, LayerState, Model, State};
+
+/// Hyperparameters (spec §1, §2.1), read once.
+#[derive(Clone, Debug)]
+pub struct Hparams {
+    pub n_vocab: usize,
+    pub n_ctx_train: usize,
+    pub n_embd: usize,
+    /// Trunk layers: `block_count − nextn_predict_layers` (the MTP block is not run).
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub rope: Rope,
+    pub rms_eps: f32,
+    /// Per layer: DeltaNet (true) or full attention.
+    pub recurrent: Vec<bool>,
+    /// DeltaNet key heads (`ssm.group_count`).
+    pub ssm_n_k_head: usize,
+    /// DeltaNet value heads (`ssm.time_step_rank`).
+    pub ssm_n_v_head: usize,
+    /// Key head width (`ssm.state_size`).
+    pub ssm_d_state: usize,
+    /// Value width, all heads (`ssm.inner_size`).
+    pub ssm_d_inner: usize,
+    pub ssm_d_conv: usize,
+    pub n_expert: usize,
+    pub n_expert_used: usize,
+    pub n_ff_exp: usize,
+    pub n_ff_shexp: usize,
+}
+
+impl Hparams {
+    /// Read the `qwen35moe.*` keys.
+    pub fn from_gguf(w: &Weights) -> Result<Hparams> {
+        let k = Keys::new(w.metadata(), "qwen35moe");
+        let n_block = k.usize("block_count")?;
+        let n_layer = n_block.saturating_sub(k.opt_usize("nextn_predict_layers").unwrap_or(0));
+        let interval = k.opt_usize("full_attention_interval").unwrap_or(4).max(1);
+        let recurrent = match w
+            .metadata()
+            .get_array("qwen35moe.attention.recurrent_layers")
+        {
+            Some(gguf::Array::Bool(v)) => v.iter().take(n_layer).copied().collect(),
+            _ => (0..n_layer).map(|i| (i + 1) % interval != 0).collect(),
+        };
+        let head_dim = k.usize("attention.key_length")?;
+        let n_vocab = w
+            .metadata()
+            .get_array("tokenizer.ggml.tokens")
+            .map(|a| a.len());
+        let hp = Hparams {
+            n_vocab: n_vocab.ok_or(Error::MissingKey {
+                key: "tokenizer.ggml.tokens".into(),
+                expected: "array",
+            })?,
+            n_ctx_train: k.usize("context_length")?,
+            n_embd: k.usize("embedding_length")?,
+            n_layer,
+            n_head: k.usize("attention.head_count")?,
+            n_head_kv: k.usize("attention.head_count_kv")?,
+            head_dim,
+            rope: Rope {
+                n_rot: k.usize("rope.dimension_count")?,
+                base: k.opt_f32("rope.freq_base").unwrap_or(10_000.0),
+                // Text positions fill the four M-RoPE streams as (p, p, p, 0); with sections
+                // covering every slot that is plain NeoX RoPE (spec §4.1 step 4).
+                style: RopeStyle::Neox,
+            },
+            rms_eps: k.f32("attention.layer_norm_rms_epsilon")?,
+            recurrent,
+            ssm_n_k_head: k.usize("ssm.group_count")?,
+            ssm_n_v_head: k.usize("ssm.time_step_rank")?,
+            ssm_d_state: k.usize("ssm.state_size")?,
+            ssm_d_inner: k.usize("ssm.inner_size")?,
+            ssm_d_conv: k.usize("ssm.conv_kernel")?,
+            n_expert: k.usize("expert_count")?,
+            n_expert_used: k.usize("expert_used_count")?,
+            n_ff_exp: k.usize("expert_feed_forward_length")?,
+            n_ff_shexp: k
+                .opt_usize("expert_shared_feed_forward_length")
+                .unwrap_or(0),
+        };
+        hp.check()?;
+        Ok(hp)
+    }
+
+    /// Reject values that would make shapes or indexing meaningless.
+    fn check(&self) -> Result<()> {
+        let bad = |key: &str, problem: String| {
+            Err(Error::BadKey {
+                key: format!("qwen35moe.{key}"),
+                problem,
+            })
+        };
+        if self.n_head_kv == 0 || self.n_head % self.n_head_kv != 0 {
+            return bad(
+                "attention.head_count_kv",
+                format!("{} does not divide {}", self.n_head_kv, self.n_head),
+            );
+        }
+        if self.ssm_n_k_head == 0 || self.ssm_n_v_head % self.ssm_n_k_head != 0 {
+            return bad(
+                "ssm.group_count",
+                format!(
+                    "{} does not divide {}",
+                    self.ssm_n_k_head, self.ssm_n_v_head
+                ),
+            );
+        }
+        if self.ssm_d_inner % self.ssm_n_v_head != 0 || self.ssm_d_conv == 0 {
+            return bad(
+                "ssm.inner_size",
+                format!(
+                    "{} is not a multiple of {}",
+                    self.ssm_d_inner, self.ssm_n_v_head
+                ),
+            );
+        }
+        if self.n_expert_used == 0 || self.n_expert_used > self.n_expert {
+            return bad(
+                "expert_used_count",
+                format!("{} of {} experts", self.n_expert_used, self.n_expert),
+            );
+        }
+        if self.rope.n_rot > self.head_dim || self.rope.n_rot % 2 != 0 {
+            return bad(
+                "rope.dimension_count",
+                format!("{} for heads of {}", self.rope.n_rot, self.head_dim),
+            );
+        }
+        Ok(())
+    }
+
+    /// Value head width.
+    fn head_v_dim(&self) -> usize {
+        self.ssm_d_inner / self.ssm_n_v_head
+    }
+
+    /// Channels of the short convolution: q, k (key heads) and v (value heads).
+    fn conv_dim(&self) -> usize {
+        2 * self.ssm_n_k_head * self.ssm_d_state + self.ssm_d_inner
+    }
+}
+
+/// Spec §4.2 weights (HF names in brackets).
+#[derive(Debug)]
+struct DeltaNet {
+    attn_qkv: QTensor,    // [n_embd, conv_dim] (in_proj_qkv)
+    attn_gate: QTensor,   // [n_embd, d_inner] (in_proj_z)
+    ssm_conv1d: Vec<f32>, // [d_conv, conv_dim]: taps contiguous per channel
+    ssm_dt: Vec<f32>,     // [n_v_head]
+    ssm_a: Vec<f32>,      // [n_v_head] = −exp(A_log)
+    ssm_beta: QTensor,    // [n_embd, n_v_head] (in_proj_b)
+    ssm_alpha: QTensor,   // [n_embd, n_v_head] (in_proj_a)
+    ssm_norm: Vec<f32>,   // [head_v_dim], shared by the heads, no +1
+    ssm_out: QTensor,     // [d_inner, n_embd]
+}
+
+/// Spec §4.1 weights.
+#[derive(Debug)]
+struct Attention {
+    attn_q: QTensor, // [n_embd, 2·n_head·head_dim]: per head 256 query then 256 gate rows
+    attn_k: QTensor, // [n_embd, n_head_kv·head_dim]
+    attn_v: QTensor, // [n_embd, n_head_kv·head_dim]
+    attn_output: QTensor, // [n_head·head_dim, n_embd]
+    attn_q_norm: Vec<f32>, // [head_dim]
+    attn_k_norm: Vec<f32>, // [head_dim]
+}
+
+#[derive(Debug)]
+enum Mixer {
+    DeltaNet(DeltaNet),
+    Attention(Attention),
+}
+
+/// Spec §4.3 weights.
+#[derive(Debug)]
+struct Moe {
+    ffn_gate_inp: QTensor,        // [n_embd, n_expert] router
+    ffn_gate_exps: QTensor,       // [n_embd, n_ff_exp, n_expert]
+    ffn_up_exps: QTensor,         // [n_embd, n_ff_exp, n_expert]
+    ffn_down_exps: QTensor,       // [n_ff_exp, n_embd, n_expert]
+    ffn_gate_inp_shexp: Vec<f32>, // [n_embd]
+    ffn_gate_shexp: QTensor,      // [n_embd, n_ff_shexp]
+    ffn_up_shexp: QTensor,        // [n_embd, n_ff_shexp]
+    ffn_down_shexp: QTensor,      // [n_ff_shexp, n_embd]
+}
+
+#[derive(Debug)]
+struct Layer {
+    attn_norm: Vec<f32>, // [n_embd]
+    mixer: Mixer,
+    post_attention_norm: Vec<f32>, // [n_embd]
+    moe: Moe,
+}
+
+/// A loaded `qwen35moe` model.
+#[derive(Debug)]
+pub struct Qwen35Moe {
+    hp: Hparams,
+    token_embd: QTensor, // [n_embd, n_vocab]
+    layers: Vec<Layer>,
+    output_norm: Vec<f32>, // [n_embd]
+    output: QTensor,       // [n_embd, n_vocab]
+}
+
+impl Qwen35Moe {
+    /// Load the tensors of spec §2.2, checking every shape.
+    pub fn load(w: &Weights) -> Result<Qwen35Moe> {
+        let hp = Hparams::from_gguf(w)?;
+        let e = hp.n_embd as u64;
+        let v = hp.n_vocab as u64;
+        let token_embd = w.get("token_embd.weight", &[e, v])?;
+        let layers = (0..hp.n_layer)
+            .map(|i| load_layer(w, &hp, i))
+            .collect::<Result<Vec<_>>>()?;
+        let output = w
+            .optional("output.weight", &[e, v])?
+            .unwrap_or_else(|| token_embd.clone());
+        let output_norm = w.vector("output_norm.weight", e)?;
+        Ok(Qwen35Moe {
+            hp,
+            token_embd,
+            layers,
+            output_norm,
+            output,
+        })
+    }
+}
+
+fn load_layer(w: &Weights, hp: &Hparams, i: usize) -> Result<Layer> {
+    let n = |s: &str| format!("blk.{i}.{s}");
+    let u = |x: usize| x as u64;
+    let e = u(hp.n_embd);
+    let mixer = if hp.recurrent[i] {
+        let (conv, vh) = (u(hp.conv_dim()), u(hp.ssm_n_v_head));
+        Mixer::DeltaNet(DeltaNet {
+            attn_qkv: w.get(&n("attn_qkv.weight"), &[e, conv])?,
+            attn_gate: w.get(&n("attn_gate.weight"), &[e, u(hp.ssm_d_inner)])?,
+            ssm_conv1d: w
+                .get(&n("ssm_conv1d.weight"), &[u(hp.ssm_d_conv), conv])?
+                .to_f32()?,
+            ssm_dt: w.vector(&n("ssm_dt.bias"), vh)?,
+            ssm_a: w.vector(&n("ssm_a"), vh)?,
+            ssm_beta: w.get(&n("ssm_beta.weight"), &[e, vh])?,
+            ssm_alpha: w.get(&n("ssm_alpha.weight"), &[e, vh])?,
+            ssm_norm: w.vector(&n("ssm_norm.weight"), u(hp.head_v_dim()))?,
+            ssm_out: w.get(&n("ssm_out.weight"), &[u(hp.ssm_d_inner), e])?,
+        })
+    } else {
+        let q = u(hp.n_head * hp.head_dim);
+        let kv = u(hp.n_head_kv * hp.head_dim);
+        Mixer::Attention(Attention {
+            attn_q: w.get(&n("attn_q.weight"), &[e, 2 * q])?,
+            attn_k: w.get(&n("attn_k.weight"), &[e, kv])?,
+            attn_v: w.get(&n("attn_v.weight"), &[e, kv])?,
+            attn_output: w.get(&n("attn_output.weight"), &[q, e])?,
+            attn_q_norm: w.vector(&n("attn_q_norm.weight"), u(hp.head_dim))?,
+            attn_k_norm: w.vector(&n("attn_k_norm.weight"), u(hp.head_dim))?,
+        })
+    };
+    let (ff, ne, sh) = (u(hp.n_ff_exp), u(hp.n_expert), u(hp.n_ff_shexp));
+    let moe = Moe {
+        ffn_gate_inp: w.get(&n("ffn_gate_inp.weight"), &[e, ne])?,
+        ffn_gate_exps: w.get(&n("ffn_gate_exps.weight"), &[e, ff, ne])?,
+        ffn_up_exps: w.get(&n("ffn_up_exps.weight"), &[e, ff, ne])?,
+        ffn_down_exps: w.get(&n("ffn_down_exps.weight"), &[ff, e, ne])?,
+        ffn_gate_inp_shexp: w.vector(&n("ffn_gate_inp_shexp.weight"), e)?,
+        ffn_gate_shexp: w.get(&n("ffn_gate_shexp.weight"), &[e, sh])?,
+        ffn_up_shexp: w.get(&n("ffn_up_shexp.weight"), &[e, sh])?,
+        ffn_down_shexp: w.get(&n("ffn_down_shexp.weight"), &[sh, e])?,
+    };
+    Ok(Layer {
+        attn_norm: w.vector(&n("attn_norm.weight"), e)?,
+        mixer,
+        post_attention_norm: w.vector(&n("post_attention_norm.weight"), e)?,
+        moe,
+    })
+}
+
+impl Qwen35Moe {
+    /// Spec §4.1: gated full attention for `n` tokens of normed input `x` from `pos0`.
+    fn full_attn(
+        &self,
+        m: &Attention,
+        (kc, vc): (&mut [f32], &mut [f32]),
+        x: &[f32],
+        pos0: usize,
+        exec: Exec,
+    ) -> Result<Vec<f32>> {
+        let hp = &self.hp;
+        let (n, hd) = (x.len() / hp.n_embd, hp.head_dim);
+        let (qw, kvw) = (hp.n_head * hd, hp.n_head_kv * hd);
+        let mut qg = vec![0f32; n * 2 * qw];
+        let (mut k, mut v) = (vec![0f32; n * kvw], vec![0f32; n * kvw]);
+        ops::matmul(&m.attn_q, x, n, &mut qg, exec)?; // 1. per head: query ‖ gate
+        ops::matmul(&m.attn_k, x, n, &mut k, exec)?; // 2.
+        ops::matmul(&m.attn_v, x, n, &mut v, exec)?;
+        let shape = AttnShape {
+            n_head: hp.n_head,
+            n_head_kv: hp.n_head_kv,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+        };
+        let mut o = vec![0f32; n * qw];
+        for t in 0..n {
+            let pos = pos0 + t;
+            let (mut q, mut gate) = (vec![0f32; qw], vec![0f32; qw]);
+            for h in 0..hp.n_head {
+                let src = &qg[t * 2 * qw + h * 2 * hd..t * 2 * qw + (h + 1) * 2 * hd];
+                q[h * hd..(h + 1) * hd].copy_from_slice(&src[..hd]);
+                gate[h * hd..(h + 1) * hd].copy_from_slice(&src[hd..]);
+            }
+            let kt = &mut k[t * kvw..(t + 1) * kvw];
+            ops::rms_norm_inplace(&mut q, &m.attn_q_norm, hp.rms_eps); // 3. Qcur_normed
+            ops::rms_norm_inplace(kt, &m.attn_k_norm, hp.rms_eps); //    Kcur_normed
+            hp.rope.apply(&mut q, hd, pos); // 4.
+            hp.rope.apply(kt, hd, pos);
+            kc[pos * kvw..(pos + 1) * kvw].copy_from_slice(kt); // 5.
+            vc[pos * kvw..(pos + 1) * kvw].copy_from_slice(&v[t * kvw..(t + 1) * kvw]);
+            let ot = &mut o[t * qw..(t + 1) * qw];
+            ops::attention(
+                &q,
+                &kc[..(pos + 1) * kvw],
+                &vc[..(pos + 1) * kvw],
+                pos + 1,
+                shape,
+                ot,
+            ); // 6.
+            ot.iter_mut()
+                .zip(&gate)
+                .for_each(|(o, &g)| *o *= ops::sigmoid(g)); // 7.
+        }
+        let mut out = vec![0f32; n * hp.n_embd];
+        ops::matmul(&m.attn_output, &o, n, &mut out, exec)?; // 8.
+        Ok(out)
+    }
+
+    /// Spec §4.2: gated DeltaNet, token by token (the recurrent form).
+    fn deltanet(
+        &self,
+        m: &DeltaNet,
+        (conv, ssm): (&mut [f32], &mut [f32]),
+        x: &[f32],
+        exec: Exec,
+    ) -> Result<Vec<f32>> {
+        let hp = &self.hp;
+        let n = x.len() / hp.n_embd;
+        let (cd, di, nv) = (hp.conv_dim(), hp.ssm_d_inner, hp.ssm_n_v_head);
+        let (mut mix, mut z) = (vec![0f32; n * cd], vec![0f32; n * di]);
+        let (mut beta, mut alpha) = (vec![0f32; n * nv], vec![0f32; n * nv]);
+        ops::matmul(&m.attn_qkv, x, n, &mut mix, exec)?; // 1.
+        ops::matmul(&m.attn_gate, x, n, &mut z, exec)?;
+        ops::matmul(&m.ssm_beta, x, n, &mut beta, exec)?; // 2.
+        ops::matmul(&m.ssm_alpha, x, n, &mut alpha, exec)?;
+        let mut normed = vec![0f32; n * di];
+        for t in 0..n {
+            let b: Vec<f32> = beta[t * nv..(t + 1) * nv]
+                .iter()
+                .map(|&v| ops::sigmoid(v))
+                .collect();
+            let g: Vec<f32> = (0..nv)
+                .map(|j| m.ssm_a[j] * softplus(alpha[t * nv + j] + m.ssm_dt[j]))
+                .collect();
+            let y = self.conv_step(m, conv, &mix[t * cd..(t + 1) * cd]); // 3.
+            let o = self.delta_rule(ssm, &y, &b, &g); // 4.–6.
+            let hv = hp.head_v_dim();
+            for j in 0..nv {
+                let nj = &mut normed[t * di + j * hv..t * di + (j + 1) * hv];
+                ops::rms_norm(&o[j * hv..(j + 1) * hv], &m.ssm_norm, hp.rms_eps, nj); // 7.
+                let zj = &z[t * di + j * hv..t * di + (j + 1) * hv];
+                nj.iter_mut()
+                    .zip(zj)
+                    .for_each(|(v, &zv)| *v *= ops::silu(zv));
+            }
+        }
+        let mut out = vec![0f32; n * hp.n_embd];
+        ops::matmul(&m.ssm_out, &normed, n, &mut out, exec)?; // 8.
+        Ok(out)
+    }
+
+    /// Spec §4.2 step 3: causal depthwise convolution over (state ‖ new input), then SiLU;
+    /// the state keeps the last `d_conv − 1` raw inputs.
+    fn conv_step(&self, m: &DeltaNet, state: &mut [f32], mix: &[f32]) -> Vec<f32> {
+        let k = self.hp.ssm_d_conv;
+        let mut y = vec![0f32; mix.len()];
+        for (c, yc) in y.iter_mut().enumerate() {
+            let taps = &m.ssm_conv1d[c * k..(c + 1) * k];
+            let st = &mut state[c * (k - 1)..(c + 1) * (k - 1)];
+            let mut acc = taps[k - 1] * mix[c];
+            for t in 0..k - 1 {
+                acc += taps[t] * st[t];
+            }
+            *yc = ops::silu(acc);
+            st.rotate_left(1.min(k - 1));
+            if let Some(last) = st.last_mut() {
+                *last = mix[c];
+            }
+        }
+        y
+    }
+
+    /// Spec §4.2 steps 4–6 for one token: L2-normalise q and k per key head, then per value
+    /// head j (key head `j mod n_k_head`, the tiled order): decay, delta update, read out.
+    /// The state is `[n_v_head][v][k]`: row `a` of head j is column `a` of S_j.
+    fn delta_rule(&self, ssm: &mut [f32], y: &[f32], beta: &[f32], g: &[f32]) -> Vec<f32> {
+        let hp = &self.hp;
+        let (dk, hv, nk) = (hp.ssm_d_state, hp.head_v_dim(), hp.ssm_n_k_head);
+        let mut q = y[..nk * dk].to_vec();
+        let mut k = y[nk * dk..2 * nk * dk].to_vec();
+        let v = &y[2 * nk * dk..];
+        let q_scale = 1.0 / (dk as f32).sqrt();
+        for (qh, kh) in q.chunks_exact_mut(dk).zip(k.chunks_exact_mut(dk)) {
+            l2_norm(qh, hp.rms_eps, q_scale);
+            l2_norm(kh, hp.rms_eps, 1.0);
+        }
+        let mut o = vec![0f32; hp.ssm_d_inner];
+        for j in 0..hp.ssm_n_v_head {
+            let kh = &k[(j % nk) * dk..(j % nk + 1) * dk];
+            let qh = &q[(j % nk) * dk..(j % nk + 1) * dk];
+            let s = &mut ssm[j * hv * dk..(j + 1) * hv * dk];
+            let decay = g[j].exp();
+            s.iter_mut().for_each(|x| *x *= decay);
+            for a in 0..hv {
+                let row = &mut s[a * dk..(a + 1) * dk];
+                let u = beta[j] * (v[j * hv + a] - ops::dot(row, kh));
+                row.iter_mut().zip(kh).for_each(|(x, &kv)| *x += kv * u);
+                o[j * hv + a] = ops::dot(row, qh);
+            }
+        }
+        o
+    }
+
+    /// Spec §4.3: router softmax → top-k → renormalised weights; the chosen experts run once
+    /// per batch on the tokens that chose them; plus the sigmoid-gated shared expert.
+    fn moe(&self, m: &Moe, x: &[f32], exec: Exec) -> Result<Vec<f32>> {
+        let hp = &self.hp;
+        let (n, e) = (x.len() / hp.n_embd, hp.n_embd);
+        let mut logits = vec![0f32; n * hp.n_expert];
+        ops::matmul(&m.ffn_gate_inp, x, n, &mut logits, exec)?; // ffn_moe_logits
+        let mut chosen: Vec<Vec<(usize, f32)>> = vec![Vec::new(); hp.n_expert];
+        for t in 0..n {
+            let p = &mut logits[t * hp.n_expert..(t + 1) * hp.n_expert];
+            ops::softmax(p); // ffn_moe_probs
+            let top = top_k(p, hp.n_expert_used); // ffn_moe_topk
+            let sum: f32 = top.iter().map(|&i| p[i]).sum::<f32>().max(6.103_515_6e-5);
+            for &i in &top {
+                chosen[i].push((t, p[i] / sum)); // ffn_moe_weights_norm
+            }
+        }
+        let mut y = vec![0f32; n * e];
+        for (ex, toks) in chosen.iter().enumerate().filter(|(_, t)| !t.is_empty()) {
+            let xs: Vec<f32> = toks
+                .iter()
+                .flat_map(|&(t, _)| x[t * e..(t + 1) * e].iter().copied())
+                .collect();
+            let out = self.expert(m, ex, &xs, toks.len(), exec)?;
+            for (i, &(t, wt)) in toks.iter().enumerate() {
+                y[t * e..(t + 1) * e]
+                    .iter_mut()
+                    .zip(&out[i * e..(i + 1) * e])
+                    .for_each(|(a, &b)| *a += wt * b);
+            }
+        }
+        let sh = self.shared_expert(m, x, exec)?; // ffn_shexp
+        for t in 0..n {
+            let s = ops::sigmoid(ops::dot(&m.ffn_gate_inp_shexp, &x[t * e..(t + 1) * e]));
+            y[t * e..(t + 1) * e]
+                .iter_mut()
+                .zip(&sh[t * e..(t + 1) * e])
+                .for_each(|(a, &b)| *a += s * b);
+        }
+        Ok(y) // ffn_out
+    }
+
+    /// Expert `ex` (its slice of the 3-D tensors) on `n` gathered tokens.
+    fn expert(&self, m: &Moe, ex: usize, xs: &[f32], n: usize, exec: Exec) -> Result<Vec<f32>> {
+        let (ff, e) = (self.hp.n_ff_exp, self.hp.n_embd);
+        let (mut gate, mut up) = (vec![0f32; n * ff], vec![0f32; n * ff]);
+        ops::matmul_rows(
+            &m.ffn_gate_exps,
+            ex * ff..(ex + 1) * ff,
+            xs,
+            n,
+            &mut gate,
+            exec,
+        )?;
+        ops::matmul_rows(&m.ffn_up_exps, ex * ff..(ex + 1) * ff, xs, n, &mut up, exec)?;
+        ops::swiglu(&mut gate, &up);
+        let mut out = vec![0f32; n * e];
+        ops::matmul_rows(
+            &m.ffn_down_exps,
+            ex * e..(ex + 1) * e,
+            &gate,
+            n,
+            &mut out,
+            exec,
+        )?;
+        Ok(out)
+    }
+
+    fn shared_expert(&self, m: &Moe, x: &[f32], exec: Exec) -> Result<Vec<f32>> {
+        let (n, ff, e) = (x.len() / self.hp.n_embd, self.hp.n_ff_shexp, self.hp.n_embd);
+        let (mut gate, mut up) = (vec![0f32; n * ff], vec![0f32; n * ff]);
+        ops::matmul(&m.ffn_gate_shexp, x, n, &mut gate, exec)?;
+        ops::matmul(&m.ffn_up_shexp, x, n, &mut up, exec)?;
+        ops::swiglu(&mut gate, &up);
+        let mut out = vec![0f32; n * e];
+        ops::matmul(&m.ffn_down_shexp, &gate, n, &mut out, exec)?;
+        Ok(out)
+    }
+}
+
+impl Model for Qwen35Moe {
+    fn arch(&self) -> &str {
+        "qwen35moe"
+    }
+
+    fn n_vocab(&self) -> usize {
+        self.hp.n_vocab
+    }
+
+    fn n_ctx_train(&self) -> usize {
+        self.hp.n_ctx_train
+    }
+
+    fn new_state(&self, n_ctx: usize) -> State {
+        let hp = &self.hp;
+        let layers = (0..hp.n_layer)
+            .map(|i| {
+                if hp.recurrent[i] {
+                    LayerState::Recurrent {
+                        conv: vec![0f32; hp.conv_dim() * (hp.ssm_d_conv - 1)],
+                        ssm: vec![0f32; hp.ssm_n_v_head * hp.head_v_dim() * hp.ssm_d_state],
+                    }
+                } else {
+                    LayerState::kv(hp.n_head_kv * hp.head_dim, n_ctx)
+                }
+            })
+            .collect();
+        State {
+            n_past: 0,
+            n_ctx,
+            layers,
+        }
+    }
+
+    fn forward(
+        &self,
+        tokens: &[u32],
+        state: &mut State,
+        all_logits: bool,
+        exec: Exec,
+    ) -> Result<Vec<f32>> {
+        let hp = &self.hp;
+        let (n, e) = (tokens.len(), hp.n_embd);
+        let pos0 = state.n_past;
+        if pos0 + n > state.n_ctx {
+            return Err(Error::ContextFull {
+                needed: pos0 + n,
+                n_ctx: state.n_ctx,
+            });
+        }
+        let mut h = vec![0f32; n * e];
+        for (t, &id) in tokens.iter().enumerate() {
+            if id as usize >= hp.n_vocab {
+                return Err(Error::BadToken {
+                    id,
+                    n_vocab: hp.n_vocab,
+                });
+            }
+            self.token_embd
+                .dequant_row(id as usize, &mut h[t * e..(t + 1) * e])?;
+        }
+        let mut x = vec![0f32; n * e];
+        for (il, (l, ls)) in self.layers.iter().zip(state.layers.iter_mut()).enumerate() {
+            ops::rms_norm(&h, &l.attn_norm, hp.rms_eps, &mut x); // attn_norm
+            let a = match (&l.mixer, ls) {
+                (Mixer::DeltaNet(m), LayerState::Recurrent { conv, ssm }) => {
+                    self.deltanet(m, (conv, ssm), &x, exec)?
+                }
+                (Mixer::Attention(m), LayerState::Kv { k, v }) => {
+                    self.full_attn(m, (k, v), &x, pos0, exec)?
+                }
+                _ => return Err(Error::StateMismatch { layer: il }),
+            };
+            ops::add_inplace(&mut h, &a); // attn_residual
+            ops::rms_norm(&h, &l.post_attention_norm, hp.rms_eps, &mut x); // attn_post_norm
+            let f = self.moe(&l.moe, &x, exec)?;
+            ops::add_inplace(&mut h, &f); // l_out
+        }
+        state.n_past += n;
+        let rows = if all_logits {
+            &h[..]
+        } else {
+            &h[(n - 1) * e..]
+        };
+        let mut normed = vec![0f32; rows.len()];
+        ops::rms_norm(rows, &self.output_norm, hp.rms_eps, &mut normed); // result_norm
+        let mut logits = vec![0f32; rows.len() / e * hp.n_vocab];
+        ops::matmul(&self.output, &normed, rows.len() / e, &mut logits, exec)?; // result_output
+        Ok(logits)
+    }
+}
+
+/// ln(1 + eˣ), linear past 20 as ggml's softplus (ggml `ggml_softplus` threshold).
+fn softplus(x: f32) -> f32 {
+    if x > 20.0 {
+        x
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+/// `x ← x / max(‖x‖, eps) · scale` (ggml `l2_norm`).
+fn l2_norm(x: &mut [f32], eps: f32, scale: f32) {
+    let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+    let s = scale / norm.max(eps);
+    x.iter_mut().for_each(|v| *v *= s);
+}
+
+/// Indices of the `k` largest values, largest first (ties: lower index first).
+fn top_k(p: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..p.len()).collect();
+    idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_picks_largest() {
+        assert_eq!(top_k(&[0.1, 0.5, 0.2, 0.5], 2), vec![1, 3]);
+    }
+
+    #[test]
+    fn l2_norm_unit() {
+        let mut x = vec![3.0, 4.0];
+        l2_norm(&mut x, 1e-6, 1.0);
+        assert!((x[0] - 0.6).abs() < 1e-6 && (x[1] - 0.8).abs() < 1e-6);
+    }
+}
