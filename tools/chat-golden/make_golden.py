@@ -38,10 +38,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jinja2
-from jinja2.ext import loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 # 2026-01-15 12:34:56 UTC: the clock `strftime_now` sees in every golden file.
@@ -64,6 +60,10 @@ class TemplateRaised(Exception):
 
 
 def build_env():
+    # Imported here so tests that only need llama_cpp_outputs() run without jinja2.
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
     def raise_exception(message):
         raise TemplateRaised(message)
 
@@ -200,6 +200,23 @@ def llama_cpp_outputs(model_path, source, cases):
     return outs
 
 
+def expectation(env, source, case, typed, bos, eos):
+    """{"expected": text} or {"expected_error": {"raised": bool, "message": str}}."""
+    import jinja2
+
+    try:
+        return {"expected": render(env, source, context(case, typed, bos, eos))}
+    except TemplateRaised as e:
+        return {"expected_error": {"raised": True, "message": str(e)}}
+    except (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError) as e:
+        return {"expected_error": {"raised": False, "message": f"{type(e).__name__}: {e}"}}
+
+
+MODEL_FILE = {"qwen25coder": "Qwen2.5-Coder-0.5B-Q4_K_M.gguf",
+              "smollm2": "SmolLM2-135M-Instruct-Q4_1.gguf",
+              "gemma3": "gemma-3-270m-Q4_K_M.gguf"}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "tests/golden/chat"))
@@ -208,27 +225,15 @@ def main():
     cases = json.loads((HERE / "cases.json").read_text())["cases"]
     env = build_env()
     templates, paths = model_templates()
-    model_file = {"qwen25coder": "Qwen2.5-Coder-0.5B-Q4_K_M.gguf",
-                  "smollm2": "SmolLM2-135M-Instruct-Q4_1.gguf",
-                  "gemma3": "gemma-3-270m-Q4_K_M.gguf"}
     for name, source, bos, eos, model, origin in templates:
         typed = supports_typed_content(env, source, bos, eos)
         rows = []
         for case in cases:
-            row = dict(case)
-            try:
-                row["expected"] = render(env, source, context(case, typed, bos, eos))
-            except TemplateRaised as e:
-                row["expected_error"] = {"raised": True, "message": str(e)}
-            except jinja2.TemplateError as e:
-                row["expected_error"] = {"raised": False, "message": f"{type(e).__name__}: {e}"}
-            except (TypeError, ValueError, KeyError, IndexError) as e:
-                row["expected_error"] = {"raised": False, "message": f"{type(e).__name__}: {e}"}
-            rows.append(row)
+            rows.append({**case, **expectation(env, source, case, typed, bos, eos)})
         if args.llama_cpp:
             # The chatml fallback is what llama.cpp picks on its own for a template-less GGUF.
             override = None if name == "chatml_fallback" else source
-            for row, out in zip(rows, llama_cpp_outputs(paths[model_file[model]], override, cases)):
+            for row, out in zip(rows, llama_cpp_outputs(paths[MODEL_FILE[model]], override, cases)):
                 row["llama_cpp"] = out
         doc = {"template_name": name, "origin": origin, "template": source, "bos_token": bos,
                "eos_token": eos, "now_unix": NOW_UNIX, "typed_content": typed,

@@ -2,8 +2,7 @@
 """Compare our engine's logits with llama.cpp's (CPU, the xllamacpp wheel) on the same GGUF and
 tokens: top-1 agreement and mean KL(llama.cpp ‖ ours) over every position.
 
-Usage: logits.py MODEL.gguf --text FILE [--n 512] [--llama-src DIR] [--threads 2]
-           [--golden OUT.npz]
+Usage: logits.py MODEL.gguf --text FILE [--n 512] [--llama-src DIR] [--golden OUT.npz]
 Tokens come from llama.cpp's own tokenizer (via `tokenize_texts` of tools/vocab-check), so only
 the forward pass is compared. With --golden, writes the tokens and llama.cpp's top-20 logits and
 log-sum-exp per position (a few hundred KB) for CI to check without the oracle.
@@ -48,12 +47,31 @@ def compare(ref: np.ndarray, ours: np.ndarray) -> tuple[float, float, float]:
     return top1, float(kl.mean()), float(kl.max())
 
 
+def oracle_logits(lib: ctypes.CDLL, model: str, text: str, n: int, work: Path) -> tuple[np.ndarray, np.ndarray]:
+    """llama.cpp's tokens for the first `n` tokens of `text`, and its logits at every position."""
+    (work / "texts").write_bytes(text.encode() + b"\0")
+    if lib.tokenize_texts(model.encode(), str(work / "texts").encode(), str(work / "ids").encode()):
+        raise RuntimeError(f"llama.cpp could not tokenize with {model}")
+    ids = np.array((work / "ids").read_text().split()[:n], dtype="<u4")
+    ids.tofile(work / "tokens.u32")
+    threads = min(os.cpu_count() or 1, 8)
+    if lib.dump_logits(model.encode(), str(work / "tokens.u32").encode(), threads, str(work / "ref.f32").encode()):
+        raise RuntimeError(f"llama.cpp could not run {model}")
+    return ids, np.fromfile(work / "ref.f32", dtype="<f4").reshape(len(ids), -1)
+
+
+def our_logits(binary: str, model: str, ids: np.ndarray, work: Path) -> np.ndarray:
+    ids.astype("<u4").tofile(work / "tokens.u32")
+    subprocess.run([binary, "logits", "-m", model, "--tokens", str(work / "tokens.u32"),
+                    "-o", str(work / "ours.f32")], check=True)
+    return np.fromfile(work / "ours.f32", dtype="<f4").reshape(len(ids), -1)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
     ap.add_argument("--text", required=True)
     ap.add_argument("--n", type=int, default=512)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--llama-src", default=os.environ.get("LLAMA_SRC", str(ROOT / ".cache/llama.cpp-b11549")))
     ap.add_argument("--bin", default=str(ROOT / "target/release/llm-server"))
     ap.add_argument("--golden")
@@ -62,18 +80,8 @@ def main() -> int:
         work = Path(tmp)
         lib = load_lib(Path(args.llama_src), work)
         text = Path(args.text).read_bytes().decode("utf-8")[: args.n * 8]
-        (work / "texts").write_bytes(text.encode() + b"\0")
-        if lib.tokenize_texts(args.model.encode(), str(work / "texts").encode(), str(work / "ids").encode()):
-            return 1
-        ids = np.array((work / "ids").read_text().split()[: args.n], dtype="<u4")
-        ids.tofile(work / "tokens.u32")
-        if lib.dump_logits(args.model.encode(), str(work / "tokens.u32").encode(), args.threads,
-                           str(work / "ref.f32").encode()):
-            return 1
-        subprocess.run([args.bin, "logits", "-m", args.model, "--tokens", str(work / "tokens.u32"),
-                        "-o", str(work / "ours.f32")], check=True)
-        ref = np.fromfile(work / "ref.f32", dtype="<f4").reshape(len(ids), -1)
-        ours = np.fromfile(work / "ours.f32", dtype="<f4").reshape(len(ids), -1)
+        ids, ref = oracle_logits(lib, args.model, text, args.n, work)
+        ours = our_logits(args.bin, args.model, ids, work)
         top1, kl, kl_max = compare(ref, ours)
         print(f"{Path(args.model).name}: {len(ids)} positions, top-1 agreement {top1:.4f}, "
               f"mean KL {kl:.3e}, max KL {kl_max:.3e}")

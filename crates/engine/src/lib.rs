@@ -11,14 +11,18 @@
 //! expert FFN width, `n_tokens` tokens in a batch.
 #![deny(missing_docs)]
 
+pub use chat::{ChatError, ChatRequest, ChatTemplate};
 pub use error::{Error, Result};
 pub use models::{load, Model, State};
 pub use ops::Exec;
+pub use sampler::{Sampler, SamplerError, SamplerParams};
+pub use tokenizer::{Tokenizer, TokenizerError};
 pub use weights::{QTensor, Weights};
 
 pub mod chat;
 mod error;
 pub mod models;
 pub mod ops;
+pub mod sampler;
 pub mod tokenizer;
 mod weights;

@@ -12,6 +12,8 @@ pub enum Op {
     Quantize,
     /// Random blocks.
     Random,
+    /// Dot product with quantized activations.
+    VecDot,
 }
 
 impl fmt::Display for Op {
@@ -20,6 +22,7 @@ impl fmt::Display for Op {
             Op::Dequantize => "dequantize",
             Op::Quantize => "quantize",
             Op::Random => "random blocks",
+            Op::VecDot => "vec_dot",
         })
     }
 }
@@ -66,6 +69,12 @@ pub enum Error {
         n_bytes: usize,
         /// Bytes per block of `ty`.
         type_size: u64,
+    },
+    /// A kernel path this CPU does not have (or that does not exist).
+    #[error("no kernel path {path:?} on this CPU")]
+    NoKernelPath {
+        /// The path asked for.
+        path: String,
     },
     /// A requested RMS that is negative, NaN or infinite.
     #[error("random blocks need a finite, non-negative RMS, got {rms}")]

@@ -36,6 +36,9 @@ pub use block::{Block, Quantize};
 pub use dispatch::{
     can_dequantize, can_quantize, dequantize, dequantize_to_vec, quantize, SUPPORTED,
 };
+pub use dot::{
+    kernel_paths, quantize_activations, vec_dot, vec_dot_type, with_path, Kernels, DOT_TYPES,
+};
 pub use error::{Error, Op};
 pub use gguf::GgmlType;
 pub use iq4::{BlockIQ4_NL, BlockIQ4_XS, KVALUES_IQ4NL};
@@ -46,6 +49,7 @@ pub use random::random_blocks;
 
 mod block;
 mod dispatch;
+mod dot;
 mod error;
 mod float;
 mod iq4;
@@ -54,3 +58,5 @@ mod k_quants;
 mod legacy;
 mod mxfp4;
 mod random;
+#[cfg(target_arch = "x86_64")]
+mod x86;

@@ -76,7 +76,11 @@ pub fn write_repr(out: &mut String, value: &Value) {
 /// Printability is approximated by "not a control character" (Python consults the Unicode
 /// database; the two agree on everything chat messages normally hold).
 fn write_str_repr(out: &mut String, s: &str) {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     out.push(quote);
     for ch in s.chars() {
         match ch {
@@ -121,7 +125,11 @@ pub fn py_float(f: f64) -> String {
         return if f > 0.0 { "inf".into() } else { "-inf".into() };
     }
     if f == 0.0 {
-        return if f.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+        return if f.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
     }
     // Rust's `{:e}` without a precision already gives the shortest round-trip digits.
     let sci = format!("{:e}", f.abs());
@@ -141,9 +149,17 @@ pub fn py_float(f: f64) -> String {
         }
     } else {
         let (first, rest) = digits.split_at(1);
-        let dot = if rest.is_empty() { String::new() } else { format!(".{rest}") };
+        let dot = if rest.is_empty() {
+            String::new()
+        } else {
+            format!(".{rest}")
+        };
         let e = decpt - 1;
-        format!("{first}{dot}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs())
+        format!(
+            "{first}{dot}e{}{:02}",
+            if e < 0 { '-' } else { '+' },
+            e.abs()
+        )
     };
     format!("{sign}{body}")
 }
@@ -157,7 +173,11 @@ pub fn py_json(value: &Value, opts: &JsonOpts) -> Result<String, Error> {
         (None, Some(_)) => (",".to_string(), ": ".to_string()),
         (None, None) => (", ".to_string(), ": ".to_string()),
     };
-    let w = JsonWriter { opts, item_sep, key_sep };
+    let w = JsonWriter {
+        opts,
+        item_sep,
+        key_sep,
+    };
     w.write(&mut out, value, 0)?;
     Ok(out)
 }
@@ -186,7 +206,7 @@ impl JsonWriter<'_> {
                 return Err(Error::new(
                     ErrorKind::InvalidOperation,
                     format!("Object of type {kind} is not JSON serializable"),
-                ))
+                ));
             }
         }
         Ok(())
@@ -327,7 +347,10 @@ mod tests {
     #[test]
     fn repr_matches_python() {
         let x = v(r#"{"a": [1, 2.0, true, null, "it's"], "b": "q\"\n"}"#);
-        assert_eq!(py_str(&x), r#"{'a': [1, 2.0, True, None, "it's"], 'b': 'q"\n'}"#);
+        assert_eq!(
+            py_str(&x),
+            r#"{'a': [1, 2.0, True, None, "it's"], 'b': 'q"\n'}"#
+        );
         assert_eq!(py_str(&Value::from("plain")), "plain");
     }
 
@@ -335,7 +358,10 @@ mod tests {
     fn json_dumps_defaults_and_options() {
         let x = v(r#"{"z": "é<&>", "a": [1, 1.5, false, null], "e": {}}"#);
         let plain = py_json(&x, &JsonOpts::default()).unwrap();
-        assert_eq!(plain, r#"{"z": "é<&>", "a": [1, 1.5, false, null], "e": {}}"#);
+        assert_eq!(
+            plain,
+            r#"{"z": "é<&>", "a": [1, 1.5, false, null], "e": {}}"#
+        );
         let opts = JsonOpts {
             ensure_ascii: true,
             indent: Some("  ".into()),

@@ -37,11 +37,10 @@ impl PreTokenizer {
             "gpt2" | "mpt" | "olmo" | "jais" | "trillion" | "granite-docling" | "exaone4" => {
                 PreTokenizer::Gpt2
             }
-            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
-                PreTokenizer::Smollm
-            }
-            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
-            | "lfm2" | "jina-v5-nano" | "dbrx" | "smaug-bpe" => PreTokenizer::Llama3,
+            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
+            | "minerva-7b" => PreTokenizer::Smollm,
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
+            | "midm-2.0" | "lfm2" | "jina-v5-nano" | "dbrx" | "smaug-bpe" => PreTokenizer::Llama3,
             "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" | "stablelm2" => {
                 PreTokenizer::Qwen2
             }
@@ -59,7 +58,9 @@ impl PreTokenizer {
             PreTokenizer::Gpt2 => split_gpt2(&cps, &whole, &mut spans),
             PreTokenizer::Smollm => {
                 let mut digits = Vec::new();
-                isolate_runs(&cps, &whole, &mut digits, |c, i| usize::from(c.flags[i] & NUMBER != 0));
+                isolate_runs(&cps, &whole, &mut digits, |c, i| {
+                    usize::from(c.flags[i] & NUMBER != 0)
+                });
                 split_gpt2(&cps, &digits, &mut spans);
             }
             PreTokenizer::Llama3 => split_llama3_family(&cps, &whole, Family::LLAMA3, &mut spans),
@@ -67,7 +68,11 @@ impl PreTokenizer {
             PreTokenizer::Qwen35 => split_llama3_family(&cps, &whole, Family::QWEN35, &mut spans),
             PreTokenizer::Default => split_default(&cps, &mut spans),
         }
-        words.extend(spans.into_iter().map(|r| cps.byte_offset[r.start]..cps.byte_offset[r.end]));
+        words.extend(
+            spans
+                .into_iter()
+                .map(|r| cps.byte_offset[r.start]..cps.byte_offset[r.end]),
+        );
     }
 }
 
@@ -90,7 +95,11 @@ impl Codepoints {
             byte_offset.push(offset);
         }
         byte_offset.push(text.len());
-        Codepoints { cpts, flags, byte_offset }
+        Codepoints {
+            cpts,
+            flags,
+            byte_offset,
+        }
     }
 
     fn len(&self) -> usize {
@@ -146,15 +155,27 @@ impl Segment<'_> {
         if self.cpt(pos) != u32::from(b'\'') || pos + 1 >= end {
             return None;
         }
-        let lower = |c: u32| if fold && (0x41..=0x5A).contains(&c) { c + 0x20 } else { c };
+        let lower = |c: u32| {
+            if fold && (0x41..=0x5A).contains(&c) {
+                c + 0x20
+            } else {
+                c
+            }
+        };
         let next = lower(self.cpt(pos + 1));
-        if [b's', b't', b'm', b'd'].iter().any(|&b| next == u32::from(b)) {
+        if [b's', b't', b'm', b'd']
+            .iter()
+            .any(|&b| next == u32::from(b))
+        {
             return Some(2);
         }
         if pos + 2 < end {
             let next2 = lower(self.cpt(pos + 2));
             let pairs = [(b'r', b'e'), (b'v', b'e'), (b'l', b'l')];
-            if pairs.iter().any(|&(a, b)| next == u32::from(a) && next2 == u32::from(b)) {
+            if pairs
+                .iter()
+                .any(|&(a, b)| next == u32::from(a) && next2 == u32::from(b))
+            {
                 return Some(3);
             }
         }
@@ -178,7 +199,12 @@ impl Segment<'_> {
 /// GPT-2's pattern (llama.cpp `unicode_regex_split_custom_gpt2`).
 fn split_gpt2(cps: &Codepoints, segments: &[Range<usize>], out: &mut Vec<Range<usize>>) {
     for range in segments {
-        let mut s = Segment { cps, range: range.clone(), prev_end: range.start, out: &mut *out };
+        let mut s = Segment {
+            cps,
+            range: range.clone(),
+            prev_end: range.start,
+            out: &mut *out,
+        };
         let mut pos = range.start;
         while pos < range.end {
             if let Some(n) = s.contraction(pos, false) {
@@ -188,7 +214,11 @@ fn split_gpt2(cps: &Codepoints, segments: &[Range<usize>], out: &mut Vec<Range<u
             }
             let cpt = s.cpt(pos);
             let space = cpt == u32::from(b' ');
-            let mut f2 = if space { s.flags(pos + 1) } else { s.flags(pos) };
+            let mut f2 = if space {
+                s.flags(pos + 1)
+            } else {
+                s.flags(pos)
+            };
             // ` ?\p{L}+`, ` ?\p{N}+`, ` ?[^\s\p{L}\p{N}]+`: one loop per class.
             let class: Option<fn(u16) -> bool> = if f2 & LETTER != 0 {
                 Some(|f| f & LETTER != 0)
@@ -231,18 +261,37 @@ struct Family {
 }
 
 impl Family {
-    const LLAMA3: Family = Family { max_digits: 3, marks: false };
-    const QWEN2: Family = Family { max_digits: 1, marks: false };
-    const QWEN35: Family = Family { max_digits: 1, marks: true };
+    const LLAMA3: Family = Family {
+        max_digits: 3,
+        marks: false,
+    };
+    const QWEN2: Family = Family {
+        max_digits: 1,
+        marks: false,
+    };
+    const QWEN35: Family = Family {
+        max_digits: 1,
+        marks: true,
+    };
 }
 
 /// The llama3 / qwen2 / qwen35 patterns (llama.cpp `unicode_regex_split_custom_llama3`,
 /// `_qwen2`, `_qwen35`).
-fn split_llama3_family(cps: &Codepoints, segments: &[Range<usize>], fam: Family, out: &mut Vec<Range<usize>>) {
+fn split_llama3_family(
+    cps: &Codepoints,
+    segments: &[Range<usize>],
+    fam: Family,
+    out: &mut Vec<Range<usize>>,
+) {
     let word = if fam.marks { LETTER | MARK } else { LETTER };
     let not_punct = WHITESPACE | NUMBER | word;
     for range in segments {
-        let mut s = Segment { cps, range: range.clone(), prev_end: range.start, out: &mut *out };
+        let mut s = Segment {
+            cps,
+            range: range.clone(),
+            prev_end: range.start,
+            out: &mut *out,
+        };
         let mut pos = range.start;
         while pos < range.end {
             if let Some(n) = s.contraction(pos, true) {
@@ -338,7 +387,9 @@ fn isolate_runs(
 
 /// Length of the run of code points from `pos` (within the text) that satisfy `pred`.
 fn run_len(cps: &Codepoints, pos: usize, pred: impl Fn(u32, u16) -> bool) -> usize {
-    (pos..cps.len()).take_while(|&i| pred(cps.cpts[i], cps.flags[i])).count()
+    (pos..cps.len())
+        .take_while(|&i| pred(cps.cpts[i], cps.flags[i]))
+        .count()
 }
 
 /// llama.cpp's `default` pre-tokenizer: `[\p{P}\$\+<=>\^~\|]+`, then GPT-2's pattern, then
@@ -358,9 +409,17 @@ fn split_default(cps: &Codepoints, out: &mut Vec<Range<usize>>) {
     let mut b = Vec::new();
     split_gpt2(cps, &a, &mut b);
     let mut c = Vec::new();
-    isolate_runs(cps, &b, &mut c, |c, i| run_len(c, i, |_, f| f & NUMBER != 0));
+    isolate_runs(cps, &b, &mut c, |c, i| {
+        run_len(c, i, |_, f| f & NUMBER != 0)
+    });
     let ascii_digit = |c: u32, _| (0x30..=0x39).contains(&c);
-    isolate_runs(cps, &c, out, |c, i| if run_len(c, i, ascii_digit) >= 3 { 3 } else { 0 });
+    isolate_runs(cps, &c, out, |c, i| {
+        if run_len(c, i, ascii_digit) >= 3 {
+            3
+        } else {
+            0
+        }
+    });
 }
 
 #[cfg(test)]
@@ -381,14 +440,26 @@ mod tests {
 
     #[test]
     fn smollm_isolates_digits() {
-        assert_eq!(words(PreTokenizer::Smollm, "a 123"), ["a", " ", "1", "2", "3"]);
+        assert_eq!(
+            words(PreTokenizer::Smollm, "a 123"),
+            ["a", " ", "1", "2", "3"]
+        );
     }
 
     #[test]
     fn qwen2_and_llama3_differ_in_digit_groups() {
-        assert_eq!(words(PreTokenizer::Qwen2, "x 12345"), ["x", " ", "1", "2", "3", "4", "5"]);
-        assert_eq!(words(PreTokenizer::Llama3, "x 12345"), ["x", " ", "123", "45"]);
-        assert_eq!(words(PreTokenizer::Qwen2, "I'LL go\n\n  x"), ["I", "'LL", " go", "\n\n", " ", " x"]);
+        assert_eq!(
+            words(PreTokenizer::Qwen2, "x 12345"),
+            ["x", " ", "1", "2", "3", "4", "5"]
+        );
+        assert_eq!(
+            words(PreTokenizer::Llama3, "x 12345"),
+            ["x", " ", "123", "45"]
+        );
+        assert_eq!(
+            words(PreTokenizer::Qwen2, "I'LL go\n\n  x"),
+            ["I", "'LL", " go", "\n\n", " ", " x"]
+        );
     }
 
     #[test]
@@ -401,9 +472,14 @@ mod tests {
     #[test]
     fn words_cover_the_text() {
         let text = "mixed 中文 text\t\t with émoji 🙂 and 1234567 numbers!?  \r\n";
-        for pre in [PreTokenizer::Gpt2, PreTokenizer::Smollm, PreTokenizer::Llama3, PreTokenizer::Qwen2,
-            PreTokenizer::Qwen35, PreTokenizer::Default]
-        {
+        for pre in [
+            PreTokenizer::Gpt2,
+            PreTokenizer::Smollm,
+            PreTokenizer::Llama3,
+            PreTokenizer::Qwen2,
+            PreTokenizer::Qwen35,
+            PreTokenizer::Default,
+        ] {
             assert_eq!(words(pre, text).concat(), text, "{pre:?}");
         }
     }

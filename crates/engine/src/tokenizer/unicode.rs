@@ -30,7 +30,9 @@ fn category_table() -> &'static [u8] {
     TABLE.get_or_init(|| {
         let mut table = vec![UNDEFINED as u8; MAX_CODEPOINTS];
         for (i, &(start, bits)) in CATEGORY_RANGES.iter().enumerate() {
-            let end = CATEGORY_RANGES.get(i + 1).map_or(MAX_CODEPOINTS, |r| r.0 as usize);
+            let end = CATEGORY_RANGES
+                .get(i + 1)
+                .map_or(MAX_CODEPOINTS, |r| r.0 as usize);
             table[start as usize..end].fill(bits);
         }
         table
@@ -46,7 +48,10 @@ fn is_whitespace(cpt: u32) -> bool {
 /// Category bits of `cpt` plus [`WHITESPACE`]; never zero for a valid code point, which the
 /// splitters rely on (zero means "past the end of the fragment", as llama.cpp's `as_uint()`).
 pub(crate) fn flags(cpt: u32) -> u16 {
-    let category = category_table().get(cpt as usize).copied().unwrap_or(UNDEFINED as u8);
+    let category = category_table()
+        .get(cpt as usize)
+        .copied()
+        .unwrap_or(UNDEFINED as u8);
     u16::from(category) | if is_whitespace(cpt) { WHITESPACE } else { 0 }
 }
 

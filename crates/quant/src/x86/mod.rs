@@ -1,0 +1,103 @@
+//! x86-64 SIMD dot kernels and the run-time choice between them (STYLE §9).
+//!
+//! Each path is a [`Kernels`] table built at compile time from the scalar one with the
+//! path's kernels swapped in; [`detect`] hands a table out only after
+//! `is_x86_feature_detected!` confirmed every feature its kernels are compiled with, which is
+//! what makes calling them sound.
+//!
+//! | path | features | files |
+//! |---|---|---|
+//! | `avx2` | AVX2, FMA, F16C | `avx2.rs` (legacy blocks, floats), `avx2_k.rs` (K-quants) |
+//! | `avx512` | AVX-512 F/BW/VL, F16C | `avx512.rs`, `avx512_k.rs` |
+//! | `avx512vnni` | the above + AVX512-VNNI | the same bodies with `vpdpbusd`/`vpdpwssd` |
+//!
+//! A 512-bit body is one `#[target_feature]` fn generic over `const VNNI: bool`, compiled
+//! with the base AVX-512 features only; its `_vnni` entry point adds `avx512vnni` and is
+//! the only caller of the `VNNI = true` copy, whose VNNI instructions sit in small
+//! `unsafe` calls that inline once the body inlines into that entry point.
+//!
+//! All block kernels return the scalar result bit for bit: integer sums are exact whatever
+//! the order, and the f32 steps repeat ggml's generic order (for the K-quants that means
+//! keeping ggml's eight lanes `aux32[i % 8]`, see `avx2_k.rs`). They assume activation
+//! codes in `-127..=127`, which every quantizer here produces (the sign trick of
+//! `mul_sum_i8` cannot negate -128).
+
+use crate::dot::{DotFn, Kernels, SCALAR};
+use gguf::GgmlType as T;
+
+mod avx2;
+mod avx2_k;
+mod avx512;
+mod avx512_k;
+
+/// Kernels every path here has, AVX2 flavour.
+const AVX2_DOTS: &[(T, DotFn)] = &[
+    (T::F32, avx2::f32),
+    (T::F16, avx2::f16),
+    (T::BF16, avx2::bf16),
+    (T::Q8_0, avx2::q8_0),
+    (T::Q4_0, avx2::q4_0),
+    (T::Q4_1, avx2::q4_1),
+    (T::Q5_0, avx2::q5_0),
+    (T::Q5_1, avx2::q5_1),
+    (T::IQ4_NL, avx2::iq4_nl),
+    (T::MXFP4, avx2::mxfp4),
+    (T::IQ4_XS, avx2::iq4_xs),
+    (T::Q2_K, avx2_k::q2_k),
+    (T::Q3_K, avx2_k::q3_k),
+    (T::Q4_K, avx2_k::q4_k),
+    (T::Q5_K, avx2_k::q5_k),
+    (T::Q6_K, avx2_k::q6_k),
+];
+
+/// The AVX2 path.
+static AVX2: Kernels = Kernels::with(&SCALAR, "avx2", AVX2_DOTS);
+
+/// The AVX-512 path: AVX2 kernels where 512 bits do not help, then the 512-bit ones.
+static AVX512: Kernels = Kernels::with(
+    &Kernels::with(&SCALAR, "avx512", AVX2_DOTS),
+    "avx512",
+    &[
+        (T::F32, avx512::f32),
+        (T::F16, avx512::f16),
+        (T::BF16, avx512::bf16),
+        (T::Q8_0, avx512::q8_0),
+        (T::Q4_K, avx512_k::q4_k),
+        (T::Q5_K, avx512_k::q5_k),
+        (T::Q6_K, avx512_k::q6_k),
+    ],
+);
+
+/// The AVX-512 path with VNNI dot instructions.
+static AVX512_VNNI: Kernels = Kernels::with(
+    &AVX512,
+    "avx512vnni",
+    &[
+        (T::Q8_0, avx512::q8_0_vnni),
+        (T::Q4_K, avx512_k::q4_k_vnni),
+        (T::Q5_K, avx512_k::q5_k_vnni),
+        (T::Q6_K, avx512_k::q6_k_vnni),
+    ],
+);
+
+/// The SIMD paths this CPU can run, slowest first.
+pub(crate) fn detect() -> Vec<&'static Kernels> {
+    let mut paths = Vec::new();
+    let avx2 = is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
+    if !avx2 {
+        return paths;
+    }
+    paths.push(&AVX2);
+    let avx512 = is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl");
+    if avx512 {
+        paths.push(&AVX512);
+        if is_x86_feature_detected!("avx512vnni") {
+            paths.push(&AVX512_VNNI);
+        }
+    }
+    paths
+}
