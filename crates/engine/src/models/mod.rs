@@ -2,9 +2,11 @@
 //!
 //! [`load`] reads `general.architecture` and builds the matching model from a GGUF file.
 
+mod ffn;
 mod llama;
 mod qwen2;
 mod qwen35moe;
+mod qwen3moe;
 
 use std::sync::Arc;
 
@@ -17,7 +19,7 @@ use crate::weights::Weights;
 pub use llama::Llama;
 
 /// Architectures [`load`] knows.
-pub const SUPPORTED: &str = "llama, qwen2, qwen35moe";
+pub const SUPPORTED: &str = "llama, qwen2, qwen3moe, qwen35moe";
 
 /// A loaded model: turns tokens at given positions into logits, updating its state.
 pub trait Model: Send + Sync {
@@ -90,6 +92,7 @@ pub fn load(file: Arc<GgufFile>) -> Result<Box<dyn Model>> {
     match arch.as_str() {
         "llama" => Ok(Box::new(Llama::load(&w, "llama")?)),
         "qwen2" => Ok(Box::new(qwen2::load(&w)?)),
+        "qwen3moe" => Ok(Box::new(qwen3moe::load(&w)?)),
         "qwen35moe" => Ok(Box::new(qwen35moe::Qwen35Moe::load(&w)?)),
         other => Err(Error::UnsupportedArch {
             arch: other.to_string(),

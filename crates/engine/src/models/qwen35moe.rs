@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::ops::{self, AttnShape, Exec, Rope, RopeStyle};
 use crate::weights::{QTensor, Weights};
 
+use super::ffn::{RoutedExperts, SwiGlu};
 use super::{Keys, LayerState, Model, State};
 
 /// Hyperparameters (spec §1, §2.1), read once.
@@ -186,14 +187,9 @@ enum Mixer {
 /// Spec §4.3 weights.
 #[derive(Debug)]
 struct Moe {
-    ffn_gate_inp: QTensor,        // [n_embd, n_expert] router
-    ffn_gate_exps: QTensor,       // [n_embd, n_ff_exp, n_expert]
-    ffn_up_exps: QTensor,         // [n_embd, n_ff_exp, n_expert]
-    ffn_down_exps: QTensor,       // [n_ff_exp, n_embd, n_expert]
+    routed: RoutedExperts,
     ffn_gate_inp_shexp: Vec<f32>, // [n_embd]
-    ffn_gate_shexp: QTensor,      // [n_embd, n_ff_shexp]
-    ffn_up_shexp: QTensor,        // [n_embd, n_ff_shexp]
-    ffn_down_shexp: QTensor,      // [n_ff_shexp, n_embd]
+    shexp: SwiGlu,                // ffn_{gate,up,down}_shexp
 }
 
 #[derive(Debug)]
@@ -269,16 +265,18 @@ fn load_layer(w: &Weights, hp: &Hparams, i: usize) -> Result<Layer> {
             attn_k_norm: w.vector(&n("attn_k_norm.weight"), u(hp.head_dim))?,
         })
     };
-    let (ff, ne, sh) = (u(hp.n_ff_exp), u(hp.n_expert), u(hp.n_ff_shexp));
+    let blk = format!("blk.{i}");
     let moe = Moe {
-        ffn_gate_inp: w.get(&n("ffn_gate_inp.weight"), &[e, ne])?,
-        ffn_gate_exps: w.get(&n("ffn_gate_exps.weight"), &[e, ff, ne])?,
-        ffn_up_exps: w.get(&n("ffn_up_exps.weight"), &[e, ff, ne])?,
-        ffn_down_exps: w.get(&n("ffn_down_exps.weight"), &[ff, e, ne])?,
+        routed: RoutedExperts::load(
+            w,
+            &blk,
+            hp.n_embd,
+            hp.n_ff_exp,
+            hp.n_expert,
+            hp.n_expert_used,
+        )?,
         ffn_gate_inp_shexp: w.vector(&n("ffn_gate_inp_shexp.weight"), e)?,
-        ffn_gate_shexp: w.get(&n("ffn_gate_shexp.weight"), &[e, sh])?,
-        ffn_up_shexp: w.get(&n("ffn_up_shexp.weight"), &[e, sh])?,
-        ffn_down_shexp: w.get(&n("ffn_down_shexp.weight"), &[sh, e])?,
+        shexp: SwiGlu::load(w, &blk, "_shexp", hp.n_embd, hp.n_ff_shexp)?,
     };
     Ok(Layer {
         attn_norm: w.vector(&n("attn_norm.weight"), e)?,
@@ -441,83 +439,16 @@ impl Qwen35Moe {
         o
     }
 
-    /// Spec §4.3: router softmax → top-k → renormalised weights; the chosen experts run once
-    /// per batch on the tokens that chose them; plus the sigmoid-gated shared expert.
+    /// Spec §4.3: the routed experts plus the sigmoid-gated shared expert.
     fn moe(&self, m: &Moe, x: &[f32], exec: Exec) -> Result<Vec<f32>> {
-        let hp = &self.hp;
-        let (n, e) = (x.len() / hp.n_embd, hp.n_embd);
-        let mut logits = vec![0f32; n * hp.n_expert];
-        ops::matmul(&m.ffn_gate_inp, x, n, &mut logits, exec)?; // ffn_moe_logits
-        let mut chosen: Vec<Vec<(usize, f32)>> = vec![Vec::new(); hp.n_expert];
-        for t in 0..n {
-            let p = &mut logits[t * hp.n_expert..(t + 1) * hp.n_expert];
-            ops::softmax(p); // ffn_moe_probs
-            let top = top_k(p, hp.n_expert_used); // ffn_moe_topk
-            let sum: f32 = top.iter().map(|&i| p[i]).sum::<f32>().max(6.103_515_6e-5);
-            for &i in &top {
-                chosen[i].push((t, p[i] / sum)); // ffn_moe_weights_norm
-            }
-        }
-        let mut y = vec![0f32; n * e];
-        for (ex, toks) in chosen.iter().enumerate().filter(|(_, t)| !t.is_empty()) {
-            let xs: Vec<f32> = toks
-                .iter()
-                .flat_map(|&(t, _)| x[t * e..(t + 1) * e].iter().copied())
-                .collect();
-            let out = self.expert(m, ex, &xs, toks.len(), exec)?;
-            for (i, &(t, wt)) in toks.iter().enumerate() {
-                y[t * e..(t + 1) * e]
-                    .iter_mut()
-                    .zip(&out[i * e..(i + 1) * e])
-                    .for_each(|(a, &b)| *a += wt * b);
-            }
-        }
-        let sh = self.shared_expert(m, x, exec)?; // ffn_shexp
-        for t in 0..n {
+        let e = self.hp.n_embd;
+        let mut y = m.routed.forward(x, exec)?; // ffn_moe_out
+        let sh = m.shexp.forward(x, exec)?; // ffn_shexp
+        for (t, (yt, st)) in y.chunks_exact_mut(e).zip(sh.chunks_exact(e)).enumerate() {
             let s = ops::sigmoid(ops::dot(&m.ffn_gate_inp_shexp, &x[t * e..(t + 1) * e]));
-            y[t * e..(t + 1) * e]
-                .iter_mut()
-                .zip(&sh[t * e..(t + 1) * e])
-                .for_each(|(a, &b)| *a += s * b);
+            yt.iter_mut().zip(st).for_each(|(a, &b)| *a += s * b);
         }
         Ok(y) // ffn_out
-    }
-
-    /// Expert `ex` (its slice of the 3-D tensors) on `n` gathered tokens.
-    fn expert(&self, m: &Moe, ex: usize, xs: &[f32], n: usize, exec: Exec) -> Result<Vec<f32>> {
-        let (ff, e) = (self.hp.n_ff_exp, self.hp.n_embd);
-        let (mut gate, mut up) = (vec![0f32; n * ff], vec![0f32; n * ff]);
-        ops::matmul_rows(
-            &m.ffn_gate_exps,
-            ex * ff..(ex + 1) * ff,
-            xs,
-            n,
-            &mut gate,
-            exec,
-        )?;
-        ops::matmul_rows(&m.ffn_up_exps, ex * ff..(ex + 1) * ff, xs, n, &mut up, exec)?;
-        ops::swiglu(&mut gate, &up);
-        let mut out = vec![0f32; n * e];
-        ops::matmul_rows(
-            &m.ffn_down_exps,
-            ex * e..(ex + 1) * e,
-            &gate,
-            n,
-            &mut out,
-            exec,
-        )?;
-        Ok(out)
-    }
-
-    fn shared_expert(&self, m: &Moe, x: &[f32], exec: Exec) -> Result<Vec<f32>> {
-        let (n, ff, e) = (x.len() / self.hp.n_embd, self.hp.n_ff_shexp, self.hp.n_embd);
-        let (mut gate, mut up) = (vec![0f32; n * ff], vec![0f32; n * ff]);
-        ops::matmul(&m.ffn_gate_shexp, x, n, &mut gate, exec)?;
-        ops::matmul(&m.ffn_up_shexp, x, n, &mut up, exec)?;
-        ops::swiglu(&mut gate, &up);
-        let mut out = vec![0f32; n * e];
-        ops::matmul(&m.ffn_down_shexp, &gate, n, &mut out, exec)?;
-        Ok(out)
     }
 }
 
@@ -629,22 +560,9 @@ fn l2_norm(x: &mut [f32], eps: f32, scale: f32) {
     x.iter_mut().for_each(|v| *v *= s);
 }
 
-/// Indices of the `k` largest values, largest first (ties: lower index first).
-fn top_k(p: &[f32], k: usize) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..p.len()).collect();
-    idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
-    idx.truncate(k);
-    idx
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn top_k_picks_largest() {
-        assert_eq!(top_k(&[0.1, 0.5, 0.2, 0.5], 2), vec![1, 3]);
-    }
 
     #[test]
     fn l2_norm_unit() {

@@ -8,6 +8,7 @@
 mod fill;
 mod mix;
 mod qwen35moe;
+mod qwen3moe;
 mod vocab;
 
 use std::fs::File;
@@ -20,7 +21,6 @@ use gguf::{Array, GgufWriter, TensorSpec, Value};
 
 use fill::Filler;
 use mix::Mix;
-use qwen35moe::Shape;
 
 /// Arguments of `llm-server synth`.
 #[derive(clap::Args, Debug)]
@@ -28,7 +28,8 @@ pub struct Args {
     /// Architecture to synthesize.
     #[arg(long, value_enum, default_value = "qwen35moe")]
     pub arch: Arch,
-    /// Model size: `35b-a3b` (the real shape), `small` (~1.8 GB of experts), `tiny` (tests).
+    /// Model size: `35b-a3b` (qwen35moe's real shape; for qwen3moe, Qwen3-30B-A3B's), `small`
+    /// (qwen35moe, ~1.8 GB of experts), `tiny` (tests).
     #[arg(long, value_enum, default_value = "tiny")]
     pub preset: Preset,
     /// Quant recipe.
@@ -61,6 +62,8 @@ pub struct Args {
 pub enum Arch {
     /// Qwen3.5 MoE: gated DeltaNet + gated attention + routed and shared experts.
     Qwen35moe,
+    /// Qwen3 MoE: attention with q/k norms + routed experts.
+    Qwen3moe,
 }
 
 /// Size presets.
@@ -82,12 +85,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.router_skew
         );
     }
-    let Arch::Qwen35moe = args.arch;
-    let shape = match args.preset {
-        Preset::B35A3 => Shape::qwen35_35b_a3b(),
-        Preset::Small => Shape::small(),
-        Preset::Tiny => Shape::tiny(),
-    };
+    let layout = Layout::new(args.arch, args.preset)?;
     let t0 = Instant::now();
     let vocab = vocab::qwen35_vocab(&args.tokenizer).with_context(|| {
         format!(
@@ -95,20 +93,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.tokenizer.display()
         )
     })?;
-    if vocab.tokens.len() as u64 != shape.n_vocab {
+    if vocab.tokens.len() as u64 != layout.n_vocab() {
         bail!(
             "vocabulary has {} tokens, the model {}",
             vocab.tokens.len(),
-            shape.n_vocab
+            layout.n_vocab()
         );
     }
-    let metadata = metadata(&args, &shape, vocab);
-    let planned = shape.tensors();
+    let metadata = metadata(&args, &layout, vocab);
+    let planned = layout.tensors();
     let specs: Vec<TensorSpec> = planned
         .iter()
         .map(|t| TensorSpec {
             name: t.name.clone(),
-            ty: args.mix.type_for(t, shape.n_layer),
+            ty: args.mix.type_for(t, layout.n_layer()),
             dims: t.dims.clone(),
         })
         .collect();
@@ -118,7 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let filler = Filler {
         seed: args.seed,
         skew: args.router_skew,
-        n_embd: shape.n_embd,
+        n_embd: layout.n_embd(),
         threads,
     };
     let out = create(&args.output)?;
@@ -148,19 +146,24 @@ fn create(path: &Path) -> anyhow::Result<BufWriter<File>> {
 }
 
 /// General keys, the architecture's keys, then the tokenizer, as llama.cpp's converter orders them.
-fn metadata(args: &Args, shape: &Shape, vocab: vocab::Vocab) -> Vec<(String, Value)> {
+fn metadata(args: &Args, layout: &Layout, vocab: vocab::Vocab) -> Vec<(String, Value)> {
     let s = |k: &str, v: &str| (k.to_string(), Value::String(v.to_string()));
-    let size = match args.preset {
-        Preset::B35A3 => "35B-A3B",
-        Preset::Small => "small",
-        Preset::Tiny => "tiny",
+    let size = match (args.preset, layout) {
+        (Preset::B35A3, Layout::Qwen3Moe(_)) => "30B-A3B",
+        (Preset::B35A3, _) => "35B-A3B",
+        (Preset::Small, _) => "small",
+        (Preset::Tiny, _) => "tiny",
+    };
+    let family = match layout {
+        Layout::Qwen35Moe(_) => "Qwen3.5",
+        Layout::Qwen3Moe(_) => "Qwen3 MoE",
     };
     let mut md = vec![
-        s("general.architecture", "qwen35moe"),
+        s("general.architecture", layout.arch()),
         s("general.type", "model"),
         s(
             "general.name",
-            &format!("synthetic Qwen3.5 {size} (llm-server synth)"),
+            &format!("synthetic {family} {size} (llm-server synth)"),
         ),
         s("general.size_label", size),
         ("general.file_type".into(), Value::U32(args.mix.file_type())),
@@ -171,7 +174,7 @@ fn metadata(args: &Args, shape: &Shape, vocab: vocab::Vocab) -> Vec<(String, Val
             Value::F32(args.router_skew),
         ),
     ];
-    md.extend(shape.metadata());
+    md.extend(layout.metadata());
     md.extend([
         s("tokenizer.ggml.model", "gpt2"),
         s("tokenizer.ggml.pre", "qwen35"),
@@ -202,4 +205,67 @@ fn metadata(args: &Args, shape: &Shape, vocab: vocab::Vocab) -> Vec<(String, Val
     md.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)));
     md.push(s("tokenizer.chat_template", vocab::QWEN35_CHAT_TEMPLATE));
     md
+}
+
+/// The layout of the file to write: one architecture's shape.
+enum Layout {
+    Qwen35Moe(qwen35moe::Shape),
+    Qwen3Moe(qwen3moe::Shape),
+}
+
+impl Layout {
+    fn new(arch: Arch, preset: Preset) -> anyhow::Result<Layout> {
+        Ok(match (arch, preset) {
+            (Arch::Qwen35moe, Preset::B35A3) => {
+                Layout::Qwen35Moe(qwen35moe::Shape::qwen35_35b_a3b())
+            }
+            (Arch::Qwen35moe, Preset::Small) => Layout::Qwen35Moe(qwen35moe::Shape::small()),
+            (Arch::Qwen35moe, Preset::Tiny) => Layout::Qwen35Moe(qwen35moe::Shape::tiny()),
+            (Arch::Qwen3moe, Preset::B35A3) => Layout::Qwen3Moe(qwen3moe::Shape::qwen3_30b_a3b()),
+            (Arch::Qwen3moe, Preset::Tiny) => Layout::Qwen3Moe(qwen3moe::Shape::tiny()),
+            (arch, preset) => bail!("no {preset:?} preset for {arch:?}"),
+        })
+    }
+
+    fn arch(&self) -> &'static str {
+        match self {
+            Layout::Qwen35Moe(_) => "qwen35moe",
+            Layout::Qwen3Moe(_) => "qwen3moe",
+        }
+    }
+
+    fn n_vocab(&self) -> u64 {
+        match self {
+            Layout::Qwen35Moe(s) => s.n_vocab,
+            Layout::Qwen3Moe(s) => s.n_vocab,
+        }
+    }
+
+    fn n_embd(&self) -> u64 {
+        match self {
+            Layout::Qwen35Moe(s) => s.n_embd,
+            Layout::Qwen3Moe(s) => s.n_embd,
+        }
+    }
+
+    fn n_layer(&self) -> u64 {
+        match self {
+            Layout::Qwen35Moe(s) => s.n_layer,
+            Layout::Qwen3Moe(s) => s.n_layer,
+        }
+    }
+
+    fn metadata(&self) -> Vec<(String, Value)> {
+        match self {
+            Layout::Qwen35Moe(s) => s.metadata(),
+            Layout::Qwen3Moe(s) => s.metadata(),
+        }
+    }
+
+    fn tensors(&self) -> Vec<qwen35moe::Planned> {
+        match self {
+            Layout::Qwen35Moe(s) => s.tensors(),
+            Layout::Qwen3Moe(s) => s.tensors(),
+        }
+    }
 }

@@ -255,7 +255,7 @@ pub struct Planned {
 }
 
 impl Planned {
-    fn new(name: &str, dims: &[u64], init: Init) -> Planned {
+    pub fn new(name: &str, dims: &[u64], init: Init) -> Planned {
         Planned {
             name: name.to_string(),
             dims: dims.to_vec(),
@@ -264,7 +264,7 @@ impl Planned {
         }
     }
 
-    fn in_layer(mut self, il: u64) -> Planned {
+    pub fn in_layer(mut self, il: u64) -> Planned {
         self.layer = Some(il);
         self
     }

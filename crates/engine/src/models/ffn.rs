@@ -1,0 +1,157 @@
+//! Feed-forward blocks shared by several architectures: the dense SwiGLU FFN and the routed
+//! mixture of experts (llama.cpp `build_ffn` with `LLM_FFN_SILU`/`LLM_FFN_PAR`, and
+//! `build_moe_ffn` with softmax gating and renormalised top-k weights).
+
+use crate::error::Result;
+use crate::ops::{self, Exec};
+use crate::weights::{QTensor, Weights};
+
+/// `down(silu(gate·x) ⊙ up·x)`.
+#[derive(Debug)]
+pub struct SwiGlu {
+    gate: QTensor, // [n_embd, n_ff]
+    up: QTensor,   // [n_embd, n_ff]
+    down: QTensor, // [n_ff, n_embd]
+}
+
+impl SwiGlu {
+    /// `{prefix}_gate`, `{prefix}_up`, `{prefix}_down` (e.g. `blk.0.ffn` or `blk.0.ffn_*_shexp`
+    /// via `suffix`).
+    pub fn load(
+        w: &Weights,
+        blk: &str,
+        suffix: &str,
+        n_embd: usize,
+        n_ff: usize,
+    ) -> Result<SwiGlu> {
+        let (e, f) = (n_embd as u64, n_ff as u64);
+        Ok(SwiGlu {
+            gate: w.get(&format!("{blk}.ffn_gate{suffix}.weight"), &[e, f])?,
+            up: w.get(&format!("{blk}.ffn_up{suffix}.weight"), &[e, f])?,
+            down: w.get(&format!("{blk}.ffn_down{suffix}.weight"), &[f, e])?,
+        })
+    }
+
+    /// The FFN on `n` rows of `x`.
+    pub fn forward(&self, x: &[f32], exec: Exec) -> Result<Vec<f32>> {
+        let (e, ff) = (self.gate.row_len(), self.gate.n_rows());
+        let n = x.len() / e;
+        let (mut gate, mut up) = (vec![0f32; n * ff], vec![0f32; n * ff]);
+        ops::matmul(&self.gate, x, n, &mut gate, exec)?; // ffn_gate
+        ops::matmul(&self.up, x, n, &mut up, exec)?; // ffn_up
+        ops::swiglu(&mut gate, &up); // ffn_swiglu
+        let mut out = vec![0f32; n * e];
+        ops::matmul(&self.down, &gate, n, &mut out, exec)?; // ffn_down
+        Ok(out)
+    }
+}
+
+/// Routed experts: softmax router, top-k, weights renormalised over the chosen k.
+#[derive(Debug)]
+pub struct RoutedExperts {
+    gate_inp: QTensor,  // [n_embd, n_expert] router
+    gate_exps: QTensor, // [n_embd, n_ff_exp, n_expert]
+    up_exps: QTensor,   // [n_embd, n_ff_exp, n_expert]
+    down_exps: QTensor, // [n_ff_exp, n_embd, n_expert]
+    n_expert_used: usize,
+}
+
+impl RoutedExperts {
+    /// `blk.N.ffn_gate_inp` and the three `*_exps` tensors.
+    pub fn load(
+        w: &Weights,
+        blk: &str,
+        n_embd: usize,
+        n_ff_exp: usize,
+        n_expert: usize,
+        n_expert_used: usize,
+    ) -> Result<RoutedExperts> {
+        let (e, f, ne) = (n_embd as u64, n_ff_exp as u64, n_expert as u64);
+        Ok(RoutedExperts {
+            gate_inp: w.get(&format!("{blk}.ffn_gate_inp.weight"), &[e, ne])?,
+            gate_exps: w.get(&format!("{blk}.ffn_gate_exps.weight"), &[e, f, ne])?,
+            up_exps: w.get(&format!("{blk}.ffn_up_exps.weight"), &[e, f, ne])?,
+            down_exps: w.get(&format!("{blk}.ffn_down_exps.weight"), &[f, e, ne])?,
+            n_expert_used,
+        })
+    }
+
+    /// Route `n` rows of `x` and sum their experts' outputs. Each chosen expert runs once per
+    /// call, on the gathered rows that chose it.
+    pub fn forward(&self, x: &[f32], exec: Exec) -> Result<Vec<f32>> {
+        let (e, n_expert) = (self.gate_inp.row_len(), self.gate_inp.n_rows());
+        let n = x.len() / e;
+        let mut logits = vec![0f32; n * n_expert];
+        ops::matmul(&self.gate_inp, x, n, &mut logits, exec)?; // ffn_moe_logits
+        let mut chosen: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n_expert];
+        for t in 0..n {
+            let p = &mut logits[t * n_expert..(t + 1) * n_expert];
+            ops::softmax(p); // ffn_moe_probs
+            let top = top_k(p, self.n_expert_used); // ffn_moe_topk
+                                                    // ggml clamps the sum before dividing (`ggml_clamp(…, 6.103515625e-5, INF)`).
+            let sum: f32 = top.iter().map(|&i| p[i]).sum::<f32>().max(6.103_515_6e-5);
+            for &i in &top {
+                chosen[i].push((t, p[i] / sum)); // ffn_moe_weights_norm
+            }
+        }
+        let mut y = vec![0f32; n * e];
+        for (ex, toks) in chosen.iter().enumerate().filter(|(_, t)| !t.is_empty()) {
+            let xs: Vec<f32> = toks
+                .iter()
+                .flat_map(|&(t, _)| x[t * e..(t + 1) * e].iter().copied())
+                .collect();
+            let out = self.expert(ex, &xs, toks.len(), exec)?;
+            for (i, &(t, wt)) in toks.iter().enumerate() {
+                let dst = &mut y[t * e..(t + 1) * e];
+                dst.iter_mut()
+                    .zip(&out[i * e..(i + 1) * e])
+                    .for_each(|(a, &b)| *a += wt * b);
+            }
+        }
+        Ok(y) // ffn_moe_out
+    }
+
+    /// Expert `ex` (its slice of the 3-D tensors) on `n` gathered rows.
+    fn expert(&self, ex: usize, xs: &[f32], n: usize, exec: Exec) -> Result<Vec<f32>> {
+        let (e, ff) = (self.gate_exps.row_len(), self.gate_exps.dims[1] as usize);
+        let (mut gate, mut up) = (vec![0f32; n * ff], vec![0f32; n * ff]);
+        ops::matmul_rows(
+            &self.gate_exps,
+            ex * ff..(ex + 1) * ff,
+            xs,
+            n,
+            &mut gate,
+            exec,
+        )?;
+        ops::matmul_rows(&self.up_exps, ex * ff..(ex + 1) * ff, xs, n, &mut up, exec)?;
+        ops::swiglu(&mut gate, &up);
+        let mut out = vec![0f32; n * e];
+        ops::matmul_rows(
+            &self.down_exps,
+            ex * e..(ex + 1) * e,
+            &gate,
+            n,
+            &mut out,
+            exec,
+        )?;
+        Ok(out)
+    }
+}
+
+/// Indices of the `k` largest values, largest first (ties: lower index first).
+fn top_k(p: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..p.len()).collect();
+    idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_picks_largest() {
+        assert_eq!(top_k(&[0.1, 0.5, 0.2, 0.5], 2), vec![1, 3]);
+    }
+}
