@@ -2,6 +2,11 @@
 //! full-attention layers, each followed by a routed MoE with a sigmoid-gated shared expert.
 //! Written top to bottom in the order of `spec/qwen35moe.md` §4 (llama.cpp
 //! `src/models/qwen35moe.cpp`).
+//!
+//! Two siblings share this graph and load through here (see [`Variant`]): `qwen35`, the dense
+//! Qwen3.5 (a SwiGLU FFN instead of the MoE; llama.cpp `qwen35.cpp`), and `qwen3next`
+//! (Qwen3-Next; llama.cpp `qwen3next.cpp`), which fuses β/α into one projection, may fuse
+//! q/k/v/z (`ssm_in`, older files), and groups value heads by key head instead of tiling them.
 
 use crate::error::{Error, Result};
 use crate::ops::{self, AttnShape, Exec, Rope, RopeStyle};
@@ -10,9 +15,21 @@ use crate::weights::{QTensor, Weights};
 use super::ffn::{RoutedExperts, SwiGlu};
 use super::{Keys, LayerState, Model, State};
 
+/// Which member of the family a file is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// `qwen35moe` and `qwen35`: value head j reads key head `j mod n_k_head` (tiled, spec §2.4).
+    Qwen35,
+    /// `qwen3next`: value head j reads key head `j / (n_v_head / n_k_head)` (grouped, HF order).
+    Qwen3Next,
+}
+
 /// Hyperparameters (spec §1, §2.1), read once.
 #[derive(Clone, Debug)]
 pub struct Hparams {
+    /// `general.architecture`, the prefix of every key.
+    pub arch: String,
+    pub variant: Variant,
     pub n_vocab: usize,
     pub n_ctx_train: usize,
     pub n_embd: usize,
@@ -38,12 +55,16 @@ pub struct Hparams {
     pub n_expert_used: usize,
     pub n_ff_exp: usize,
     pub n_ff_shexp: usize,
+    /// Dense FFN width (`qwen35`; 0 for the MoE members).
+    pub n_ff: usize,
 }
 
 impl Hparams {
-    /// Read the `qwen35moe.*` keys.
-    pub fn from_gguf(w: &Weights) -> Result<Hparams> {
-        let k = Keys::new(w.metadata(), "qwen35moe");
+    /// Read the `{arch}.*` keys.
+    pub fn from_gguf(w: &Weights, arch: &str) -> Result<Hparams> {
+        let k = Keys::new(w.metadata(), arch);
+        let variant = if arch == "qwen3next" { Variant::Qwen3Next } else { Variant::Qwen35 };
+        let dense = arch == "qwen35";
         let n_block = k.usize("block_count")?;
         let n_layer = n_block.saturating_sub(k.opt_usize("nextn_predict_layers").unwrap_or(0));
         let interval = k.opt_usize("full_attention_interval").unwrap_or(4).max(1);
@@ -60,6 +81,8 @@ impl Hparams {
             .get_array("tokenizer.ggml.tokens")
             .map(|a| a.len());
         let hp = Hparams {
+            arch: arch.to_string(),
+            variant,
             n_vocab: n_vocab.ok_or(Error::MissingKey {
                 key: "tokenizer.ggml.tokens".into(),
                 expected: "array",
@@ -84,12 +107,11 @@ impl Hparams {
             ssm_d_state: k.usize("ssm.state_size")?,
             ssm_d_inner: k.usize("ssm.inner_size")?,
             ssm_d_conv: k.usize("ssm.conv_kernel")?,
-            n_expert: k.usize("expert_count")?,
-            n_expert_used: k.usize("expert_used_count")?,
-            n_ff_exp: k.usize("expert_feed_forward_length")?,
-            n_ff_shexp: k
-                .opt_usize("expert_shared_feed_forward_length")
-                .unwrap_or(0),
+            n_expert: if dense { 0 } else { k.usize("expert_count")? },
+            n_expert_used: if dense { 0 } else { k.usize("expert_used_count")? },
+            n_ff_exp: if dense { 0 } else { k.usize("expert_feed_forward_length")? },
+            n_ff_shexp: k.opt_usize("expert_shared_feed_forward_length").unwrap_or(0),
+            n_ff: if dense { k.usize("feed_forward_length")? } else { 0 },
         };
         hp.check()?;
         Ok(hp)
@@ -99,7 +121,7 @@ impl Hparams {
     fn check(&self) -> Result<()> {
         let bad = |key: &str, problem: String| {
             Err(Error::BadKey {
-                key: format!("qwen35moe.{key}"),
+                key: format!("{}.{key}", self.arch),
                 problem,
             })
         };
@@ -127,7 +149,7 @@ impl Hparams {
                 ),
             );
         }
-        if self.n_expert_used == 0 || self.n_expert_used > self.n_expert {
+        if self.n_ff == 0 && (self.n_expert_used == 0 || self.n_expert_used > self.n_expert) {
             return bad(
                 "expert_used_count",
                 format!("{} of {} experts", self.n_expert_used, self.n_expert),
@@ -151,18 +173,43 @@ impl Hparams {
     fn conv_dim(&self) -> usize {
         2 * self.ssm_n_k_head * self.ssm_d_state + self.ssm_d_inner
     }
+
+    /// The key head value head `j` reads (spec §2.4 for the tiled order; Qwen3-Next groups).
+    fn k_head(&self, j: usize) -> usize {
+        match self.variant {
+            Variant::Qwen35 => j % self.ssm_n_k_head,
+            Variant::Qwen3Next => j / (self.ssm_n_v_head / self.ssm_n_k_head),
+        }
+    }
+}
+
+/// DeltaNet's input projection: q‖k‖v for the convolution, and z for the output gate.
+#[derive(Debug)]
+enum Projection {
+    /// `attn_qkv` [n_embd, conv_dim] (in_proj_qkv) and `attn_gate` [n_embd, d_inner] (in_proj_z).
+    Split { attn_qkv: QTensor, attn_gate: QTensor },
+    /// Older Qwen3-Next files: `ssm_in` [n_embd, conv_dim + d_inner] with, per key head,
+    /// [q (d_state) ‖ k (d_state) ‖ v (r·head_v) ‖ z (r·head_v)], r = value heads per key head.
+    Fused { ssm_in: QTensor },
+}
+
+/// β and α projections (one value per value head each).
+#[derive(Debug)]
+enum Gates {
+    /// `ssm_beta` and `ssm_alpha`, [n_embd, n_v_head] each (in_proj_b, in_proj_a).
+    Split { ssm_beta: QTensor, ssm_alpha: QTensor },
+    /// Qwen3-Next `ssm_ba` [n_embd, 2·n_v_head]: per key head, r β then r α.
+    Fused { ssm_beta_alpha: QTensor },
 }
 
 /// Spec §4.2 weights (HF names in brackets).
 #[derive(Debug)]
 struct DeltaNet {
-    attn_qkv: QTensor,    // [n_embd, conv_dim] (in_proj_qkv)
-    attn_gate: QTensor,   // [n_embd, d_inner] (in_proj_z)
+    proj: Projection,
     ssm_conv1d: Vec<f32>, // [d_conv, conv_dim]: taps contiguous per channel
     ssm_dt: Vec<f32>,     // [n_v_head]
     ssm_a: Vec<f32>,      // [n_v_head] = −exp(A_log)
-    ssm_beta: QTensor,    // [n_embd, n_v_head] (in_proj_b)
-    ssm_alpha: QTensor,   // [n_embd, n_v_head] (in_proj_a)
+    gates: Gates,
     ssm_norm: Vec<f32>,   // [head_v_dim], shared by the heads, no +1
     ssm_out: QTensor,     // [d_inner, n_embd]
 }
@@ -197,7 +244,14 @@ struct Layer {
     attn_norm: Vec<f32>, // [n_embd]
     mixer: Mixer,
     post_attention_norm: Vec<f32>, // [n_embd]
-    moe: Moe,
+    ffn: Ffn,
+}
+
+/// The FFN half: the MoE of spec §4.3, or `qwen35`'s dense SwiGLU.
+#[derive(Debug)]
+enum Ffn {
+    Moe(Moe),
+    Dense(SwiGlu),
 }
 
 /// A loaded `qwen35moe` model.
@@ -212,8 +266,8 @@ pub struct Qwen35Moe {
 
 impl Qwen35Moe {
     /// Load the tensors of spec §2.2, checking every shape.
-    pub fn load(w: &Weights) -> Result<Qwen35Moe> {
-        let hp = Hparams::from_gguf(w)?;
+    pub fn load(w: &Weights, arch: &str) -> Result<Qwen35Moe> {
+        let hp = Hparams::from_gguf(w, arch)?;
         let e = hp.n_embd as u64;
         let v = hp.n_vocab as u64;
         let token_embd = w.get("token_embd.weight", &[e, v])?;
@@ -241,15 +295,28 @@ fn load_layer(w: &Weights, hp: &Hparams, i: usize) -> Result<Layer> {
     let mixer = if hp.recurrent[i] {
         let (conv, vh) = (u(hp.conv_dim()), u(hp.ssm_n_v_head));
         Mixer::DeltaNet(DeltaNet {
-            attn_qkv: w.get(&n("attn_qkv.weight"), &[e, conv])?,
-            attn_gate: w.get(&n("attn_gate.weight"), &[e, u(hp.ssm_d_inner)])?,
+            proj: if w.has(&n("ssm_in.weight")) {
+                let dim = conv + u(hp.ssm_d_inner);
+                Projection::Fused { ssm_in: w.get(&n("ssm_in.weight"), &[e, dim])? }
+            } else {
+                Projection::Split {
+                    attn_qkv: w.get(&n("attn_qkv.weight"), &[e, conv])?,
+                    attn_gate: w.get(&n("attn_gate.weight"), &[e, u(hp.ssm_d_inner)])?,
+                }
+            },
             ssm_conv1d: w
                 .get(&n("ssm_conv1d.weight"), &[u(hp.ssm_d_conv), conv])?
                 .to_f32()?,
             ssm_dt: w.vector(&n("ssm_dt.bias"), vh)?,
             ssm_a: w.vector(&n("ssm_a"), vh)?,
-            ssm_beta: w.get(&n("ssm_beta.weight"), &[e, vh])?,
-            ssm_alpha: w.get(&n("ssm_alpha.weight"), &[e, vh])?,
+            gates: if hp.variant == Variant::Qwen3Next {
+                Gates::Fused { ssm_beta_alpha: w.get(&n("ssm_ba.weight"), &[e, 2 * vh])? }
+            } else {
+                Gates::Split {
+                    ssm_beta: w.get(&n("ssm_beta.weight"), &[e, vh])?,
+                    ssm_alpha: w.get(&n("ssm_alpha.weight"), &[e, vh])?,
+                }
+            },
             ssm_norm: w.vector(&n("ssm_norm.weight"), u(hp.head_v_dim()))?,
             ssm_out: w.get(&n("ssm_out.weight"), &[u(hp.ssm_d_inner), e])?,
         })
@@ -266,23 +333,20 @@ fn load_layer(w: &Weights, hp: &Hparams, i: usize) -> Result<Layer> {
         })
     };
     let blk = format!("blk.{i}");
-    let moe = Moe {
-        routed: RoutedExperts::load(
-            w,
-            &blk,
-            hp.n_embd,
-            hp.n_ff_exp,
-            hp.n_expert,
-            hp.n_expert_used,
-        )?,
-        ffn_gate_inp_shexp: w.vector(&n("ffn_gate_inp_shexp.weight"), e)?,
-        shexp: SwiGlu::load(w, &blk, "_shexp", hp.n_embd, hp.n_ff_shexp)?,
+    let ffn = if hp.n_ff > 0 {
+        Ffn::Dense(SwiGlu::load(w, &blk, "", hp.n_embd, hp.n_ff)?)
+    } else {
+        Ffn::Moe(Moe {
+            routed: RoutedExperts::load(w, &blk, hp.n_embd, hp.n_ff_exp, hp.n_expert, hp.n_expert_used)?,
+            ffn_gate_inp_shexp: w.vector(&n("ffn_gate_inp_shexp.weight"), e)?,
+            shexp: SwiGlu::load(w, &blk, "_shexp", hp.n_embd, hp.n_ff_shexp)?,
+        })
     };
     Ok(Layer {
         attn_norm: w.vector(&n("attn_norm.weight"), e)?,
         mixer,
         post_attention_norm: w.vector(&n("post_attention_norm.weight"), e)?,
-        moe,
+        ffn,
     })
 }
 
@@ -355,12 +419,8 @@ impl Qwen35Moe {
         let hp = &self.hp;
         let n = x.len() / hp.n_embd;
         let (cd, di, nv) = (hp.conv_dim(), hp.ssm_d_inner, hp.ssm_n_v_head);
-        let (mut mix, mut z) = (vec![0f32; n * cd], vec![0f32; n * di]);
-        let (mut beta, mut alpha) = (vec![0f32; n * nv], vec![0f32; n * nv]);
-        ops::matmul(&m.attn_qkv, x, n, &mut mix, exec)?; // 1.
-        ops::matmul(&m.attn_gate, x, n, &mut z, exec)?;
-        ops::matmul(&m.ssm_beta, x, n, &mut beta, exec)?; // 2.
-        ops::matmul(&m.ssm_alpha, x, n, &mut alpha, exec)?;
+        let (mix, z) = self.project(&m.proj, x, exec)?; // 1.
+        let (beta, alpha) = self.gates(&m.gates, x, exec)?; // 2.
         let mut normed = vec![0f32; n * di];
         for t in 0..n {
             let b: Vec<f32> = beta[t * nv..(t + 1) * nv]
@@ -385,6 +445,65 @@ impl Qwen35Moe {
         let mut out = vec![0f32; n * hp.n_embd];
         ops::matmul(&m.ssm_out, &normed, n, &mut out, exec)?; // 8.
         Ok(out)
+    }
+
+    /// Spec §4.2 step 1: `mix` = q‖k‖v (`n × conv_dim`) and `z` (`n × d_inner`), unpacking the
+    /// fused Qwen3-Next form (per key head [q ‖ k ‖ v ‖ z]) into the split layout.
+    fn project(&self, p: &Projection, x: &[f32], exec: Exec) -> Result<(Vec<f32>, Vec<f32>)> {
+        let hp = &self.hp;
+        let n = x.len() / hp.n_embd;
+        let (cd, di) = (hp.conv_dim(), hp.ssm_d_inner);
+        let (mut mix, mut z) = (vec![0f32; n * cd], vec![0f32; n * di]);
+        match p {
+            Projection::Split { attn_qkv, attn_gate } => {
+                ops::matmul(attn_qkv, x, n, &mut mix, exec)?;
+                ops::matmul(attn_gate, x, n, &mut z, exec)?;
+            }
+            Projection::Fused { ssm_in } => {
+                let mut fused = vec![0f32; n * (cd + di)];
+                ops::matmul(ssm_in, x, n, &mut fused, exec)?;
+                let (nk, dk) = (hp.ssm_n_k_head, hp.ssm_d_state);
+                let vg = di / nk; // value (and z) width per key head
+                let group = 2 * dk + 2 * vg;
+                for t in 0..n {
+                    let (src, mt, zt) = (&fused[t * (cd + di)..], &mut mix[t * cd..], &mut z[t * di..]);
+                    for g in 0..nk {
+                        let s = &src[g * group..(g + 1) * group];
+                        mt[g * dk..(g + 1) * dk].copy_from_slice(&s[..dk]);
+                        mt[nk * dk + g * dk..nk * dk + (g + 1) * dk].copy_from_slice(&s[dk..2 * dk]);
+                        mt[2 * nk * dk + g * vg..2 * nk * dk + (g + 1) * vg].copy_from_slice(&s[2 * dk..2 * dk + vg]);
+                        zt[g * vg..(g + 1) * vg].copy_from_slice(&s[2 * dk + vg..]);
+                    }
+                }
+            }
+        }
+        Ok((mix, z))
+    }
+
+    /// Spec §4.2 step 2's inputs: the β and α projections (`n × n_v_head` each), unpacking
+    /// Qwen3-Next's fused form (per key head r β then r α).
+    fn gates(&self, g: &Gates, x: &[f32], exec: Exec) -> Result<(Vec<f32>, Vec<f32>)> {
+        let hp = &self.hp;
+        let (n, nv) = (x.len() / hp.n_embd, hp.ssm_n_v_head);
+        let (mut beta, mut alpha) = (vec![0f32; n * nv], vec![0f32; n * nv]);
+        match g {
+            Gates::Split { ssm_beta, ssm_alpha } => {
+                ops::matmul(ssm_beta, x, n, &mut beta, exec)?;
+                ops::matmul(ssm_alpha, x, n, &mut alpha, exec)?;
+            }
+            Gates::Fused { ssm_beta_alpha } => {
+                let mut ba = vec![0f32; n * 2 * nv];
+                ops::matmul(ssm_beta_alpha, x, n, &mut ba, exec)?;
+                let r = nv / hp.ssm_n_k_head;
+                for t in 0..n {
+                    for (g, s) in ba[t * 2 * nv..(t + 1) * 2 * nv].chunks_exact(2 * r).enumerate() {
+                        beta[t * nv + g * r..t * nv + (g + 1) * r].copy_from_slice(&s[..r]);
+                        alpha[t * nv + g * r..t * nv + (g + 1) * r].copy_from_slice(&s[r..]);
+                    }
+                }
+            }
+        }
+        Ok((beta, alpha))
     }
 
     /// Spec §4.2 step 3: causal depthwise convolution over (state ‖ new input), then SiLU;
@@ -424,8 +543,9 @@ impl Qwen35Moe {
         }
         let mut o = vec![0f32; hp.ssm_d_inner];
         for j in 0..hp.ssm_n_v_head {
-            let kh = &k[(j % nk) * dk..(j % nk + 1) * dk];
-            let qh = &q[(j % nk) * dk..(j % nk + 1) * dk];
+            let kj = hp.k_head(j);
+            let kh = &k[kj * dk..(kj + 1) * dk];
+            let qh = &q[kj * dk..(kj + 1) * dk];
             let s = &mut ssm[j * hv * dk..(j + 1) * hv * dk];
             let decay = g[j].exp();
             s.iter_mut().for_each(|x| *x *= decay);
@@ -454,7 +574,7 @@ impl Qwen35Moe {
 
 impl Model for Qwen35Moe {
     fn arch(&self) -> &str {
-        "qwen35moe"
+        &self.hp.arch
     }
 
     fn n_vocab(&self) -> usize {
@@ -527,7 +647,10 @@ impl Model for Qwen35Moe {
             };
             ops::add_inplace(&mut h, &a); // attn_residual
             ops::rms_norm(&h, &l.post_attention_norm, hp.rms_eps, &mut x); // attn_post_norm
-            let f = self.moe(&l.moe, &x, exec)?;
+            let f = match &l.ffn {
+                Ffn::Moe(m) => self.moe(m, &x, exec)?,
+                Ffn::Dense(d) => d.forward(&x, exec)?,
+            };
             ops::add_inplace(&mut h, &f); // l_out
         }
         state.n_past += n;

@@ -64,6 +64,10 @@ pub enum Arch {
     Qwen35moe,
     /// Qwen3 MoE: attention with q/k norms + routed experts.
     Qwen3moe,
+    /// Qwen3-Next: the qwen35moe graph with fused β/α and grouped value heads.
+    Qwen3next,
+    /// Dense Qwen3.5: the qwen35moe graph with a SwiGLU FFN (width 4·n_embd here).
+    Qwen35,
 }
 
 /// Size presets.
@@ -155,6 +159,7 @@ fn metadata(args: &Args, layout: &Layout, vocab: vocab::Vocab) -> Vec<(String, V
         (Preset::Tiny, _) => "tiny",
     };
     let family = match layout {
+        Layout::Qwen35Moe(s) if s.arch == "qwen3next" => "Qwen3-Next",
         Layout::Qwen35Moe(_) => "Qwen3.5",
         Layout::Qwen3Moe(_) => "Qwen3 MoE",
     };
@@ -223,13 +228,15 @@ impl Layout {
             (Arch::Qwen35moe, Preset::Tiny) => Layout::Qwen35Moe(qwen35moe::Shape::tiny()),
             (Arch::Qwen3moe, Preset::B35A3) => Layout::Qwen3Moe(qwen3moe::Shape::qwen3_30b_a3b()),
             (Arch::Qwen3moe, Preset::Tiny) => Layout::Qwen3Moe(qwen3moe::Shape::tiny()),
+            (Arch::Qwen3next, Preset::Tiny) => Layout::Qwen35Moe(qwen35moe::Shape::tiny().as_arch("qwen3next", 0)),
+            (Arch::Qwen35, Preset::Tiny) => Layout::Qwen35Moe(qwen35moe::Shape::tiny().as_arch("qwen35", 1024)),
             (arch, preset) => bail!("no {preset:?} preset for {arch:?}"),
         })
     }
 
     fn arch(&self) -> &'static str {
         match self {
-            Layout::Qwen35Moe(_) => "qwen35moe",
+            Layout::Qwen35Moe(s) => s.arch,
             Layout::Qwen3Moe(_) => "qwen3moe",
         }
     }

@@ -1,4 +1,4 @@
-//! The `qwen35moe` layout for synthetic files: hyperparameters of each preset, the metadata keys
+//! The `qwen35moe` layout (and its siblings `qwen35`, dense, and `qwen3next`) for synthetic files: hyperparameters of each preset, the metadata keys
 //! llama.cpp reads (spec §2.1) and the tensor list with shapes (spec §2.2), in the order the
 //! llama.cpp converter writes them.
 
@@ -9,6 +9,10 @@ use super::fill::Init;
 /// Shape of a `qwen35moe` model; names follow the GGUF keys (spec §1, §2.1).
 #[derive(Clone, Debug)]
 pub struct Shape {
+    /// `qwen35moe`, `qwen35` (dense FFN) or `qwen3next` (fused β/α, grouped value heads).
+    pub arch: &'static str,
+    /// Dense FFN width (`qwen35`); 0 for the MoE members.
+    pub n_ff: u64,
     pub n_vocab: u64,
     pub n_ctx_train: u64,
     pub n_embd: u64,
@@ -41,6 +45,8 @@ impl Shape {
     /// Qwen3.5-35B-A3B (spec §1).
     pub fn qwen35_35b_a3b() -> Shape {
         Shape {
+            arch: "qwen35moe",
+            n_ff: 0,
             n_vocab: 248_320,
             n_ctx_train: 262_144,
             n_embd: 2048,
@@ -110,6 +116,12 @@ impl Shape {
         }
     }
 
+    /// The same shape as another member of the family: `qwen3next`, or `qwen35` with a dense
+    /// FFN of `n_ff` in place of the MoE.
+    pub fn as_arch(self, arch: &'static str, n_ff: u64) -> Shape {
+        Shape { arch, n_ff: if arch == "qwen35" { n_ff } else { 0 }, ..self }
+    }
+
     pub fn is_recurrent(&self, layer: u64) -> bool {
         (layer + 1) % self.full_attention_interval != 0
     }
@@ -127,9 +139,10 @@ impl Shape {
     /// The metadata keys of spec §2.1, `qwen35moe.` prefix, typed as llama.cpp's converter
     /// writes them (u32 counts, f32 reals, an i32 array for the rope sections).
     pub fn metadata(&self) -> Vec<(String, Value)> {
-        let u = |k: &str, v: u64| (format!("qwen35moe.{k}"), Value::U32(v as u32));
-        let f = |k: &str, v: f32| (format!("qwen35moe.{k}"), Value::F32(v));
-        vec![
+        let arch = self.arch;
+        let u = |k: &str, v: u64| (format!("{arch}.{k}"), Value::U32(v as u32));
+        let f = |k: &str, v: f32| (format!("{arch}.{k}"), Value::F32(v));
+        let mut md = vec![
             u("block_count", self.n_layer),
             u("context_length", self.n_ctx_train),
             u("embedding_length", self.n_embd),
@@ -137,24 +150,32 @@ impl Shape {
             u("attention.head_count_kv", self.n_head_kv),
             f("rope.freq_base", self.rope_freq_base),
             f("attention.layer_norm_rms_epsilon", self.rms_eps),
-            u("expert_count", self.n_expert),
-            u("expert_used_count", self.n_expert_used),
-            u("attention.key_length", self.head_dim),
-            u("attention.value_length", self.head_dim),
-            u("expert_feed_forward_length", self.n_ff_exp),
-            u("expert_shared_feed_forward_length", self.n_ff_shexp),
-            u("rope.dimension_count", self.n_rot),
-            (
-                "qwen35moe.rope.dimension_sections".to_string(),
-                Value::Array(gguf::Array::I32(self.rope_sections.to_vec())),
-            ),
+        ];
+        if self.n_ff > 0 {
+            md.push(u("feed_forward_length", self.n_ff));
+        } else {
+            md.extend([u("expert_count", self.n_expert), u("expert_used_count", self.n_expert_used)]);
+        }
+        md.extend([u("attention.key_length", self.head_dim), u("attention.value_length", self.head_dim)]);
+        if self.n_ff == 0 {
+            md.push(u("expert_feed_forward_length", self.n_ff_exp));
+            md.push(u("expert_shared_feed_forward_length", self.n_ff_shexp));
+        }
+        md.push(u("rope.dimension_count", self.n_rot));
+        // Qwen3-Next has no M-RoPE; llama.cpp reads the sections only for Qwen3.5.
+        if arch != "qwen3next" {
+            let sections = Value::Array(gguf::Array::I32(self.rope_sections.to_vec()));
+            md.push((format!("{arch}.rope.dimension_sections"), sections));
+        }
+        md.extend([
             u("ssm.conv_kernel", self.ssm_d_conv),
             u("ssm.state_size", self.ssm_d_state),
             u("ssm.group_count", self.ssm_n_group),
             u("ssm.time_step_rank", self.ssm_dt_rank),
             u("ssm.inner_size", self.d_inner()),
             u("full_attention_interval", self.full_attention_interval),
-        ]
+        ]);
+        md
     }
 
     /// Every tensor of the model, in file order, with its shape (GGUF `ne` order) and how to
@@ -200,8 +221,13 @@ impl Shape {
         ));
         out.push(blk("ssm_dt.bias", &[vh], Init::DtBias));
         out.push(blk("ssm_a", &[vh], Init::SsmA));
-        out.push(blk("ssm_beta.weight", &[e, vh], Init::Matmul)); // in_proj_b
-        out.push(blk("ssm_alpha.weight", &[e, vh], Init::Matmul)); // in_proj_a
+        if self.arch == "qwen3next" {
+            // Per key head: its value heads' β, then their α (llama.cpp qwen3next.cpp).
+            out.push(blk("ssm_ba.weight", &[e, 2 * vh], Init::Matmul));
+        } else {
+            out.push(blk("ssm_beta.weight", &[e, vh], Init::Matmul)); // in_proj_b
+            out.push(blk("ssm_alpha.weight", &[e, vh], Init::Matmul)); // in_proj_a
+        }
         out.push(blk("ssm_norm.weight", &[self.ssm_d_state], Init::Norm));
         out.push(blk("ssm_out.weight", &[self.d_inner(), e], Init::Matmul));
     }
@@ -222,6 +248,13 @@ impl Shape {
     /// Spec §2.2, MoE block of every layer: router, 3-D expert tensors, shared expert.
     fn push_moe(&self, out: &mut Vec<Planned>, blk: &dyn Fn(&str, &[u64], Init) -> Planned) {
         let (e, ff, n) = (self.n_embd, self.n_ff_exp, self.n_expert);
+        if self.n_ff > 0 {
+            // `qwen35`: a dense SwiGLU FFN in every layer.
+            out.push(blk("ffn_gate.weight", &[e, self.n_ff], Init::Matmul));
+            out.push(blk("ffn_up.weight", &[e, self.n_ff], Init::Matmul));
+            out.push(blk("ffn_down.weight", &[self.n_ff, e], Init::Matmul));
+            return;
+        }
         out.push(blk("ffn_gate_inp.weight", &[e, n], Init::Router));
         out.push(blk("ffn_gate_exps.weight", &[e, ff, n], Init::Experts));
         out.push(blk("ffn_up_exps.weight", &[e, ff, n], Init::Experts));
