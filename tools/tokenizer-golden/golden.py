@@ -12,6 +12,9 @@ b11549) and writes
                                                                  (mixed text only)
   tests/golden/tokenizer/manifest.json                           what each file is, with hashes
 
+Vocabularies `smollm2-pre-<pre>` are SmolLM2's tokens and merges with `tokenizer.ggml.pre`
+replaced by `llama-bpe`, `default` or `gpt-2`, to check pre-tokenizers no test model uses.
+
 as = add_special, ps = parse_special. WikiText is tokenized with add_special = 1,
 parse_special = 0 (as perplexity runs do); the mixed text with (1, 1), (1, 0) and (0, 1).
 
@@ -41,6 +44,9 @@ TEXTS = {
     "mixed": ROOT / "tests/data/tokenizer/mixed.txt",
 }
 RUNS = {"wikitext-test": [(1, 0)], "mixed": [(1, 1), (1, 0), (0, 1)]}
+# Pre-tokenizers none of the test models uses, checked on SmolLM2's vocabulary and merges with
+# `tokenizer.ggml.pre` replaced (the Rust test makes the same swap in memory).
+DERIVED_PRE = ["llama-bpe", "default", "gpt-2"]
 LLAMA_CPP = "b11549 (xllamacpp 2026.10.11549)"
 
 
@@ -58,6 +64,39 @@ def vocab_name(path: Path) -> str:
     if (model, pre) not in names:
         raise SystemExit(f"{path}: unexpected tokenizer {model}/{pre}")
     return names[(model, pre)]
+
+
+def derived_vocab(smollm2: Path, pre: str, workdir: Path) -> Path:
+    """A vocab-only GGUF: SmolLM2's tokenizer keys with `tokenizer.ggml.pre = pre`."""
+    fields = gguf.GGUFReader(str(smollm2)).fields
+
+    def strings(key: str) -> list[str]:
+        f = fields[key]
+        return [bytes(f.parts[i]).decode("utf-8") for i in f.data]
+
+    def scalar(key: str) -> int:
+        return int(fields[key].parts[fields[key].data[0]][0])
+
+    path = workdir / f"smollm2-pre-{pre}.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(strings("tokenizer.ggml.tokens"))
+    w.add_token_types([scalar_at(fields["tokenizer.ggml.token_type"], i)
+                       for i in range(len(fields["tokenizer.ggml.token_type"].data))])
+    w.add_token_merges(strings("tokenizer.ggml.merges"))
+    w.add_bos_token_id(scalar("tokenizer.ggml.bos_token_id"))
+    w.add_eos_token_id(scalar("tokenizer.ggml.eos_token_id"))
+    w.add_add_bos_token(False)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def scalar_at(field, i: int) -> int:
+    return int(field.parts[field.data[i]][0])
 
 
 def default_llama_src() -> Path:
@@ -92,9 +131,12 @@ def main() -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     lib = load_lib(args.llama_src or default_llama_src(), args.workdir)
     models = [Path(p) for p in os.environ.get("LLM_SERVER_MODELS", "").split(os.pathsep) if p] + [args.qwen35]
+    named = [(vocab_name(m), m) for m in models]
+    smollm2 = next((m for name, m in named if name == "smollm2"), None)
+    if smollm2 is not None:
+        named += [(f"smollm2-pre-{pre}", derived_vocab(smollm2, pre, args.workdir)) for pre in DERIVED_PRE]
     manifest = {"llama_cpp": LLAMA_CPP, "entries": []}
-    for model in models:
-        vocab = vocab_name(model)
+    for vocab, model in named:
         (OUT / vocab).mkdir(parents=True, exist_ok=True)
         for text_name, text_path in TEXTS.items():
             for add_special, parse_special in RUNS[text_name]:

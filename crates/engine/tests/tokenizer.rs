@@ -31,23 +31,47 @@ fn vocab_name(md: &gguf::Metadata) -> Option<&'static str> {
 }
 
 /// The tokenizer of the model file holding vocabulary `name`, or why there is none.
+/// `smollm2-pre-<pre>` is SmolLM2's vocabulary with `tokenizer.ggml.pre = <pre>`, as golden.py
+/// derives it, to check pre-tokenizers no test model uses.
 fn load(name: &str) -> Result<Tokenizer, String> {
+    let (base, pre) = match name.split_once("-pre-") {
+        Some((base, pre)) => (base, Some(pre)),
+        None => (name, None),
+    };
     let mut paths: Vec<PathBuf> = std::env::var_os("LLM_SERVER_MODELS")
         .map(|v| std::env::split_paths(&v).collect())
         .unwrap_or_default();
     paths.extend(std::env::var_os("LLM_SERVER_QWEN35_GGUF").map(PathBuf::from));
     for path in paths {
         let file = gguf::GgufFile::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if vocab_name(file.metadata()) == Some(name) {
-            return Tokenizer::from_gguf(file.metadata())
-                .map_err(|e| format!("{}: {e}", path.display()));
+        if vocab_name(file.metadata()) != Some(base) {
+            continue;
         }
+        let md = match pre {
+            None => file.metadata().clone(),
+            Some(pre) => with_pre(file.metadata(), pre),
+        };
+        return Tokenizer::from_gguf(&md).map_err(|e| format!("{}: {e}", path.display()));
     }
     Err(format!(
-        "no model with the {name} vocabulary in $LLM_SERVER_MODELS / $LLM_SERVER_QWEN35_GGUF \
+        "no model with the {base} vocabulary in $LLM_SERVER_MODELS / $LLM_SERVER_QWEN35_GGUF \
          (run `eval \"$(python3 scripts/fetch-models.py --print-env)\"`; for qwen35, \
          `llm-server synth --preset tiny -o F.gguf` and LLM_SERVER_QWEN35_GGUF=F.gguf)"
     ))
+}
+
+/// `md` with `tokenizer.ggml.pre` replaced.
+fn with_pre(md: &gguf::Metadata, pre: &str) -> gguf::Metadata {
+    let mut out = gguf::Metadata::new();
+    for (key, value) in md.entries() {
+        let value = if key == "tokenizer.ggml.pre" {
+            gguf::Value::String(pre.to_string())
+        } else {
+            value.clone()
+        };
+        assert!(out.insert(key.clone(), value).is_ok());
+    }
+    out
 }
 
 fn read_ids(path: &Path) -> Vec<u32> {
@@ -201,6 +225,21 @@ fn qwen2_matches_llama_cpp() {
 #[test]
 fn qwen35_matches_llama_cpp() {
     check("qwen35");
+}
+
+#[test]
+fn llama_bpe_pre_tokenizer_matches_llama_cpp() {
+    check("smollm2-pre-llama-bpe");
+}
+
+#[test]
+fn default_pre_tokenizer_matches_llama_cpp() {
+    check("smollm2-pre-default");
+}
+
+#[test]
+fn gpt2_pre_tokenizer_matches_llama_cpp() {
+    check("smollm2-pre-gpt-2");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! [`load`] reads `general.architecture` and builds the matching model from a GGUF file.
 
 mod ffn;
+mod gemma3;
 mod llama;
 mod qwen2;
 mod qwen35moe;
@@ -19,7 +20,7 @@ use crate::weights::Weights;
 pub use llama::Llama;
 
 /// Architectures [`load`] knows.
-pub const SUPPORTED: &str = "llama, qwen2, qwen3moe, qwen35, qwen35moe, qwen3next";
+pub const SUPPORTED: &str = "llama, qwen2, qwen3moe, qwen35, qwen35moe, qwen3next, gemma3";
 
 /// A loaded model: turns tokens at given positions into logits, updating its state.
 pub trait Model: Send + Sync {
@@ -93,6 +94,7 @@ pub fn load(file: Arc<GgufFile>) -> Result<Box<dyn Model>> {
         "llama" => Ok(Box::new(Llama::load(&w, "llama")?)),
         "qwen2" => Ok(Box::new(qwen2::load(&w)?)),
         "qwen3moe" => Ok(Box::new(qwen3moe::load(&w)?)),
+        "gemma3" => Ok(Box::new(gemma3::Gemma3::load(&w)?)),
         "qwen35" | "qwen35moe" | "qwen3next" => Ok(Box::new(qwen35moe::Qwen35Moe::load(&w, &arch)?)),
         other => Err(Error::UnsupportedArch {
             arch: other.to_string(),

@@ -13,8 +13,10 @@ use std::hash::{BuildHasherDefault, Hasher};
 use super::unicode::byte_to_char;
 use super::vocab::Vocab;
 
-/// A fast multiplicative hasher for small integer keys (the id-pair table is hit once per
-/// candidate pair; SipHash would dominate the merge loop).
+/// A fast multiplicative hasher (FxHash-like) for the tokenizer's tables: the id-pair table is
+/// hit once per candidate pair and the text table once per SentencePiece bigram, where SipHash
+/// would dominate. The keys come from the model file, not from users, so flooding resistance
+/// is not needed.
 #[derive(Default, Clone, Copy)]
 pub(crate) struct IdHasher(u64);
 
@@ -24,9 +26,15 @@ impl Hasher for IdHasher {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.write_u64(u64::from_le_bytes([
+                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
+            ]));
         }
+        let mut tail = [0u8; 8];
+        tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        self.write_u64(u64::from_le_bytes(tail) ^ ((bytes.len() as u64) << 56));
     }
 
     fn write_u32(&mut self, v: u32) {
@@ -38,7 +46,8 @@ impl Hasher for IdHasher {
     }
 }
 
-type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+/// A `HashMap` with [`IdHasher`].
+pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
 /// One merge: its rank and the id of the merged text (`None` if that text is not a token).
 #[derive(Clone, Copy, Debug)]

@@ -1,7 +1,7 @@
 //! Tokenizers built from a GGUF vocabulary, giving the token ids llama.cpp gives.
 //!
 //! - Byte-level BPE (`tokenizer.ggml.model = gpt2`) with the pre-tokenizers llama.cpp names
-//!   (`qwen2`, `qwen35`, `llama-bpe`, `smollm`, `gpt2`, `default`, ...): [`pretokenize`], [`bpe`].
+//!   (`qwen2`, `qwen35`, `llama-bpe`, `smollm`, `gpt-2`, `default`, ...): [`pretokenize`], [`bpe`].
 //! - SentencePiece (`llama`, e.g. Gemma 3): [`spm`].
 //! - Special and added tokens are cut out of the text first ([`special`]); BOS/EOS follow the
 //!   file's `add_bos_token` / `add_eos_token` with llama.cpp's defaults ([`vocab`]).
@@ -70,7 +70,7 @@ pub enum TokenizerError {
         model: String,
     },
     /// `tokenizer.ggml.pre` names a pre-tokenizer we do not implement.
-    #[error("unsupported pre-tokenizer `{pre}` (supported: qwen2, qwen35, llama-bpe, smollm, gpt2, default and aliases)")]
+    #[error("unsupported pre-tokenizer `{pre}` (supported: qwen2, qwen35, llama-bpe, smollm, gpt-2, default and aliases)")]
     UnsupportedPre {
         /// The value found.
         pre: String,

@@ -14,7 +14,7 @@ use super::unicode::{Classifier, LETTER, MARK, NUMBER, PUNCTUATION, WHITESPACE};
 /// The pre-tokenizers llama.cpp applies for the `tokenizer.ggml.pre` values we support.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PreTokenizer {
-    /// `gpt2` and friends: `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)`.
+    /// `gpt-2` and friends: `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)`.
     Gpt2,
     /// `smollm` (and starcoder, refact, ...): each `\p{N}` isolated, then [`PreTokenizer::Gpt2`].
     Smollm,
@@ -32,11 +32,11 @@ impl PreTokenizer {
     /// The pre-tokenizer for a `tokenizer.ggml.pre` value, if we support it; `None` for an empty
     /// value maps to `default` as llama.cpp does (with a warning there).
     pub(crate) fn from_name(pre: &str) -> Option<PreTokenizer> {
+        // Only names whose llama.cpp branch (llama-vocab.cpp, `load`) sets nothing that changes
+        // encoding beyond what `Vocab` models (ignore_merges and add_bos for the llama3 group).
         Some(match pre {
             "" | "default" => PreTokenizer::Default,
-            "gpt2" | "mpt" | "olmo" | "jais" | "trillion" | "granite-docling" | "exaone4" => {
-                PreTokenizer::Gpt2
-            }
+            "gpt-2" | "phi-2" | "mpt" | "olmo" | "exaone4" => PreTokenizer::Gpt2,
             "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
             | "minerva-7b" => PreTokenizer::Smollm,
             "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
@@ -52,20 +52,21 @@ impl PreTokenizer {
     /// Splits `text` into words: byte ranges covering it, in order.
     pub(crate) fn split(self, text: &str, cls: &Classifier, words: &mut Vec<Range<usize>>) {
         let cps = Codepoints::new(text, cls);
-        let whole = [0..cps.len()];
+        let all = 0..cps.len();
+        let whole = std::slice::from_ref(&all);
         let mut spans = Vec::with_capacity(text.len() / 4 + 1);
         match self {
-            PreTokenizer::Gpt2 => split_gpt2(&cps, &whole, &mut spans),
+            PreTokenizer::Gpt2 => split_gpt2(&cps, whole, &mut spans),
             PreTokenizer::Smollm => {
                 let mut digits = Vec::new();
-                isolate_runs(&cps, &whole, &mut digits, |c, i| {
+                isolate_runs(&cps, whole, &mut digits, |c, i| {
                     usize::from(c.flags[i] & NUMBER != 0)
                 });
                 split_gpt2(&cps, &digits, &mut spans);
             }
-            PreTokenizer::Llama3 => split_llama3_family(&cps, &whole, Family::LLAMA3, &mut spans),
-            PreTokenizer::Qwen2 => split_llama3_family(&cps, &whole, Family::QWEN2, &mut spans),
-            PreTokenizer::Qwen35 => split_llama3_family(&cps, &whole, Family::QWEN35, &mut spans),
+            PreTokenizer::Llama3 => split_llama3_family(&cps, whole, Family::LLAMA3, &mut spans),
+            PreTokenizer::Qwen2 => split_llama3_family(&cps, whole, Family::QWEN2, &mut spans),
+            PreTokenizer::Qwen35 => split_llama3_family(&cps, whole, Family::QWEN35, &mut spans),
             PreTokenizer::Default => split_default(&cps, &mut spans),
         }
         words.extend(
@@ -395,7 +396,8 @@ fn run_len(cps: &Codepoints, pos: usize, pred: impl Fn(u32, u16) -> bool) -> usi
 /// llama.cpp's `default` pre-tokenizer: `[\p{P}\$\+<=>\^~\|]+`, then GPT-2's pattern, then
 /// `\p{N}+`, then `[0-9][0-9][0-9]`, each splitting the words of the one before.
 fn split_default(cps: &Codepoints, out: &mut Vec<Range<usize>>) {
-    let whole = [0..cps.len()];
+    let all = 0..cps.len();
+    let whole = std::slice::from_ref(&all);
     // Runs may not cross segment ends: `isolate_runs` clamps the length to the segment.
     let punct = |c: u32, f: u16| {
         if c < 0x80 {
@@ -405,7 +407,7 @@ fn split_default(cps: &Codepoints, out: &mut Vec<Range<usize>>) {
         }
     };
     let mut a = Vec::new();
-    isolate_runs(cps, &whole, &mut a, |c, i| run_len(c, i, punct));
+    isolate_runs(cps, whole, &mut a, |c, i| run_len(c, i, punct));
     let mut b = Vec::new();
     split_gpt2(cps, &a, &mut b);
     let mut c = Vec::new();

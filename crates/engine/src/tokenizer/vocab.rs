@@ -2,10 +2,9 @@
 //! the end-of-generation set, resolved the way llama.cpp's `llama_vocab::impl::load` does
 //! (llama-vocab.cpp), including its text-based detection of EOT/FIM/EOG tokens.
 
-use std::collections::HashMap;
-
 use gguf::{Array, Metadata};
 
+use super::bpe::IdMap;
 use super::TokenizerError;
 
 /// Token attributes, llama.cpp's `llama_token_attr` bits.
@@ -128,7 +127,7 @@ pub(crate) struct Vocab {
     pub(crate) attrs: Vec<u16>,
     pub(crate) scores: Vec<f32>,
     /// Text → id; on duplicate texts the last id wins, as llama.cpp's `token_to_id[word] = i`.
-    pub(crate) ids: HashMap<String, u32>,
+    pub(crate) ids: IdMap<String, u32>,
     /// `tokenizer.ggml.merges` in rank order (BPE only).
     pub(crate) merges: Vec<String>,
     pub(crate) bos: Option<u32>,
