@@ -20,7 +20,15 @@ static void quiet(enum ggml_log_level level, const char * text, void * user) {
     }
 }
 
+int dump_logits_ubatch(const char * model_path, const char * tokens_path, int n_threads, const char * out_path, int n_ubatch);
+
 int dump_logits(const char * model_path, const char * tokens_path, int n_threads, const char * out_path) {
+    return dump_logits_ubatch(model_path, tokens_path, n_threads, out_path, 0);
+}
+
+// n_ubatch > 0 splits the sequence into micro-batches of that many tokens (1: token by token, the
+// decode path); 0 runs it as one batch.
+int dump_logits_ubatch(const char * model_path, const char * tokens_path, int n_threads, const char * out_path, int n_ubatch) {
     llama_log_set(quiet, NULL);
     llama_backend_init();
     FILE * f = fopen(tokens_path, "rb");
@@ -49,7 +57,7 @@ int dump_logits(const char * model_path, const char * tokens_path, int n_threads
     struct llama_context_params cp = llama_context_default_params();
     cp.n_ctx = (uint32_t) n_tokens;
     cp.n_batch = (uint32_t) n_tokens;
-    cp.n_ubatch = (uint32_t) n_tokens;
+    cp.n_ubatch = (uint32_t) (n_ubatch > 0 ? n_ubatch : n_tokens);
     cp.n_threads = n_threads;
     cp.n_threads_batch = n_threads;
     struct llama_context * ctx = llama_init_from_model(model, cp);

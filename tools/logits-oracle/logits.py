@@ -5,7 +5,8 @@ tokens: top-1 agreement and mean KL(llama.cpp ‖ ours) over every position.
 Usage: logits.py MODEL.gguf --text FILE [--n 512] [--llama-src DIR] [--golden OUT.npz]
 Tokens come from llama.cpp's own tokenizer (via `tokenize_texts` of tools/vocab-check), so only
 the forward pass is compared. With --golden, writes the tokens and llama.cpp's top-20 logits and
-log-sum-exp per position (a few hundred KB) for CI to check without the oracle.
+log-sum-exp per position (a few hundred KB) for CI to check without the oracle, plus how well
+llama.cpp agrees with itself (batched vs token by token; --self-check prints it alone).
 """
 import argparse
 import ctypes
@@ -30,6 +31,7 @@ def load_lib(llama_src: Path, work: Path) -> ctypes.CDLL:
     ctypes.CDLL(str(Path(xllamacpp.__file__).parent / "xllamacpp.abi3.so"), mode=ctypes.RTLD_GLOBAL)
     lib = ctypes.CDLL(str(so))
     lib.dump_logits.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    lib.dump_logits_ubatch.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
     lib.tokenize_texts.argtypes = [ctypes.c_char_p] * 3
     return lib
 
@@ -60,6 +62,18 @@ def oracle_logits(lib: ctypes.CDLL, model: str, text: str, n: int, work: Path) -
     return ids, np.fromfile(work / "ref.f32", dtype="<f4").reshape(len(ids), -1)
 
 
+def oracle_logits_decode(lib: ctypes.CDLL, model: str, ids: np.ndarray, work: Path) -> np.ndarray:
+    """llama.cpp's logits for the same tokens fed one at a time (its decode path, which uses
+    other kernels than the batched one): how far llama.cpp agrees with itself is the floor for
+    how far any other engine can agree with it."""
+    ids.astype("<u4").tofile(work / "tokens.u32")
+    threads = min(os.cpu_count() or 1, 8)
+    if lib.dump_logits_ubatch(model.encode(), str(work / "tokens.u32").encode(), threads,
+                              str(work / "ref1.f32").encode(), 1):
+        raise RuntimeError(f"llama.cpp could not run {model}")
+    return np.fromfile(work / "ref1.f32", dtype="<f4").reshape(len(ids), -1)
+
+
 def our_logits(binary: str, model: str, ids: np.ndarray, work: Path) -> np.ndarray:
     ids.astype("<u4").tofile(work / "tokens.u32")
     subprocess.run([binary, "logits", "-m", model, "--tokens", str(work / "tokens.u32"),
@@ -75,6 +89,8 @@ def main() -> int:
     ap.add_argument("--llama-src", default=os.environ.get("LLAMA_SRC", str(ROOT / ".cache/llama.cpp-b11549")))
     ap.add_argument("--bin", default=str(ROOT / "target/release/llm-server"))
     ap.add_argument("--golden")
+    ap.add_argument("--self-check", action="store_true",
+                    help="also compare llama.cpp batched with llama.cpp token by token")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -85,11 +101,15 @@ def main() -> int:
         top1, kl, kl_max = compare(ref, ours)
         print(f"{Path(args.model).name}: {len(ids)} positions, top-1 agreement {top1:.4f}, "
               f"mean KL {kl:.3e}, max KL {kl_max:.3e}")
+        if args.golden or args.self_check:
+            self_top1, self_kl, _ = compare(ref, oracle_logits_decode(lib, args.model, ids, work))
+            print(f"  llama.cpp batched vs token by token: top-1 {self_top1:.4f}, mean KL {self_kl:.3e}")
         if args.golden:
             top = np.argsort(-ref, axis=-1)[:, :20]
             lse = np.log(np.exp(ref - ref.max(-1, keepdims=True)).sum(-1)) + ref.max(-1)
             np.savez_compressed(args.golden, tokens=ids, top_ids=top.astype(np.int32),
-                                top_logits=np.take_along_axis(ref, top, -1), lse=lse.astype(np.float32))
+                                top_logits=np.take_along_axis(ref, top, -1), lse=lse.astype(np.float32),
+                                self_top1=self_top1, self_kl=self_kl)
     return 0
 
 

@@ -68,6 +68,21 @@ pub fn matmul_rows(
     let (k, n, first) = (w.row_len(), rows.len(), rows.start);
     debug_assert_eq!(x.len(), n_tokens * k);
     debug_assert_eq!(out.len(), n_tokens * n);
+    // As ggml's CPU backend does: activations quantized once to the weight type's dot type
+    // (Q8_0, Q8_1, Q8_K, F16, BF16), then integer block dots (`quant::vec_dot`, bit-exact with
+    // ggml's reference). Types without a dot kernel fall back to dequantize + f32 dot.
+    let acts = if quant::DOT_TYPES.contains(&w.ty) {
+        let mut all = Vec::new();
+        let mut row = Vec::new();
+        for t in 0..n_tokens {
+            quant::quantize_activations(w.ty, &x[t * k..(t + 1) * k], &mut row)?;
+            all.extend_from_slice(&row);
+        }
+        Some((all, row.len()))
+    } else {
+        None
+    };
+    let acts = acts.as_ref();
     let threads = exec.threads.clamp(1, n.max(1));
     let per = n.div_ceil(threads);
     let parts: Vec<Result<Vec<f32>>> = std::thread::scope(|s| {
@@ -75,12 +90,26 @@ pub fn matmul_rows(
             .map(|i| {
                 let rows = (i * per).min(n)..((i + 1) * per).min(n);
                 s.spawn(move || {
-                    let mut row = vec![0f32; k];
                     let mut part = vec![0f32; rows.len() * n_tokens];
-                    for (j, r) in rows.enumerate() {
-                        w.dequant_row(first + r, &mut row)?;
-                        for t in 0..n_tokens {
-                            part[j * n_tokens + t] = dot(&row, &x[t * k..(t + 1) * k]);
+                    match acts {
+                        Some((a, ab)) => {
+                            let (data, rb) = (w.data(), w.row_bytes());
+                            for (j, r) in rows.enumerate() {
+                                let wr = &data[(first + r) * rb..(first + r + 1) * rb];
+                                for t in 0..n_tokens {
+                                    part[j * n_tokens + t] =
+                                        quant::vec_dot(w.ty, k, wr, &a[t * ab..(t + 1) * ab])?;
+                                }
+                            }
+                        }
+                        None => {
+                            let mut row = vec![0f32; k];
+                            for (j, r) in rows.enumerate() {
+                                w.dequant_row(first + r, &mut row)?;
+                                for t in 0..n_tokens {
+                                    part[j * n_tokens + t] = dot(&row, &x[t * k..(t + 1) * k]);
+                                }
+                            }
                         }
                     }
                     Ok(part)

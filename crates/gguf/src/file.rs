@@ -252,7 +252,7 @@ fn cast<'a, T: Plain>(bytes: &'a [u8], name: &str) -> Result<&'a [T]> {
     let address = bytes.as_ptr() as usize;
     // Alignment: with `general.alignment` below the element size, data can be misaligned.
     // Length: tensor sizes are whole elements, but check rather than assume.
-    if address % align != 0 || bytes.len() % size != 0 {
+    if !address.is_multiple_of(align) || !bytes.len().is_multiple_of(size) {
         return Err(Error::MisalignedView {
             name: name.to_owned(),
             address,
@@ -348,7 +348,7 @@ mod tests {
         let b = file.tensor("b").expect("present");
         let addr = file.tensor_data(b).as_ptr() as usize;
         match file.tensor_f32(b) {
-            Ok(v) => assert!(addr % 4 == 0 && v.len() == 2),
+            Ok(v) => assert!(addr.is_multiple_of(4) && v.len() == 2),
             Err(e) => assert!(matches!(e, Error::MisalignedView { align: 4, .. })),
         }
         assert_eq!(

@@ -41,7 +41,7 @@ fn dequantize(ty: GgmlType, input: &[u8]) -> anyhow::Result<Vec<u8>> {
         bail!("dequantizing {ty} is not supported");
     }
     let type_size = ty.type_size() as usize;
-    if input.len() % type_size != 0 {
+    if !input.len().is_multiple_of(type_size) {
         bail!(
             "{} bytes is not a whole number of {ty} blocks ({type_size} bytes each; {} left over)",
             input.len(),
@@ -53,7 +53,7 @@ fn dequantize(ty: GgmlType, input: &[u8]) -> anyhow::Result<Vec<u8>> {
 }
 
 fn quantize(ty: GgmlType, input: &[u8]) -> anyhow::Result<Vec<u8>> {
-    if input.len() % 4 != 0 {
+    if !input.len().is_multiple_of(4) {
         bail!("{} bytes is not a whole number of f32 values", input.len());
     }
     let values: Vec<f32> = input
@@ -61,7 +61,7 @@ fn quantize(ty: GgmlType, input: &[u8]) -> anyhow::Result<Vec<u8>> {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
     let block_size = ty.block_size() as usize;
-    if values.len() % block_size != 0 {
+    if !values.len().is_multiple_of(block_size) {
         bail!(
             "{} values is not a whole number of {block_size}-value {ty} blocks",
             values.len()

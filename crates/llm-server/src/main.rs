@@ -3,7 +3,10 @@
 
 mod dequant;
 mod inspect;
+mod load;
 mod logits;
+mod perplexity;
+mod run;
 mod synth;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +26,10 @@ struct Cli {
 enum Command {
     /// Print a GGUF file's architecture, hyperparameters, tokenizer and tensor table.
     Inspect(inspect::Args),
+    /// Run one prompt and print the tokens as they come.
+    Run(run::Args),
+    /// Perplexity of a text file (llama-perplexity's method).
+    Perplexity(perplexity::Args),
     /// Write a synthetic-weight GGUF with the exact layout of a real model.
     Synth(synth::Args),
     /// Dequantize raw ggml blocks to little-endian f32 (a test tool for the bit-exact checks).
@@ -38,6 +45,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Perplexity(args) => perplexity::run(args),
         Command::Dequant(args) => dequant::run(args),
         Command::Logits(args) => logits::run(args),
     }

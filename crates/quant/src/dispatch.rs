@@ -104,7 +104,7 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), Erro
 /// Dequantizes `data`, whole blocks of `ty`, into a new vector.
 pub fn dequantize_to_vec(ty: GgmlType, data: &[u8]) -> Result<Vec<f32>, Error> {
     let type_size = ty.type_size();
-    if data.len() as u64 % type_size != 0 {
+    if !(data.len() as u64).is_multiple_of(type_size) {
         return Err(Error::PartialBytes {
             ty,
             n_bytes: data.len(),

@@ -28,6 +28,12 @@
 //! # Ok::<(), quant::Error>(())
 //! ```
 //!
+//! Matmuls go through [`vec_dot`]: activations are quantized once per matmul to the weight
+//! type's [`vec_dot_type`] ([`quantize_activations`]), then each weight row takes an integer
+//! dot product that reproduces ggml's `ggml_vec_dot_*_generic` bit for bit (`dot/`), with
+//! AVX2 / AVX-512 kernels (`x86/`) picked at run time that return the same bits
+//! ([`kernel_paths`], [`with_path`], [`Kernels`]).
+//!
 //! [`random_blocks`] fills a buffer with valid random blocks of a given RMS, fast enough to
 //! synthesize multi-gigabyte test models.
 #![deny(missing_docs)]

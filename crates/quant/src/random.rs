@@ -190,7 +190,7 @@ pub fn random_blocks(ty: GgmlType, out: &mut [u8], seed: u64, rms: f32) -> Resul
         return Err(Error::BadRms { rms });
     }
     let type_size = ty.type_size();
-    if out.len() as u64 % type_size != 0 {
+    if !(out.len() as u64).is_multiple_of(type_size) {
         return Err(Error::PartialBytes {
             ty,
             n_bytes: out.len(),

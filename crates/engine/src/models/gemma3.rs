@@ -40,17 +40,34 @@ impl Hparams {
         let n_embd = k.usize("embedding_length")?;
         let n_head = k.usize("attention.head_count")?;
         let n_layer = k.usize("block_count")?;
-        let head_dim = k.opt_usize("attention.key_length").unwrap_or(n_embd / n_head.max(1));
+        let head_dim = k
+            .opt_usize("attention.key_length")
+            .unwrap_or(n_embd / n_head.max(1));
         let n_swa = k.opt_usize("attention.sliding_window").unwrap_or(0);
         // llama.cpp `set_swa_pattern(6)`: layer il slides iff il % 6 < 5.
-        let pattern = k.opt_usize("attention.sliding_window_pattern").unwrap_or(6).max(1);
-        let is_swa = (0..n_layer).map(|il| n_swa > 0 && il % pattern < pattern - 1).collect();
+        let pattern = k
+            .opt_usize("attention.sliding_window_pattern")
+            .unwrap_or(6)
+            .max(1);
+        let is_swa = (0..n_layer)
+            .map(|il| n_swa > 0 && il % pattern < pattern - 1)
+            .collect();
         let n_rot = k.opt_usize("rope.dimension_count").unwrap_or(head_dim);
-        let rope = Rope { n_rot, base: k.opt_f32("rope.freq_base").unwrap_or(10_000.0), style: RopeStyle::Neox };
+        let rope = Rope {
+            n_rot,
+            base: k.opt_f32("rope.freq_base").unwrap_or(10_000.0),
+            style: RopeStyle::Neox,
+        };
         let base_swa = k.opt_f32("rope.freq_base_swa").unwrap_or(10_000.0);
-        let n_vocab = w.metadata().get_array("tokenizer.ggml.tokens").map(|a| a.len());
+        let n_vocab = w
+            .metadata()
+            .get_array("tokenizer.ggml.tokens")
+            .map(|a| a.len());
         Ok(Hparams {
-            n_vocab: n_vocab.ok_or(Error::MissingKey { key: "tokenizer.ggml.tokens".into(), expected: "array" })?,
+            n_vocab: n_vocab.ok_or(Error::MissingKey {
+                key: "tokenizer.ggml.tokens".into(),
+                expected: "array",
+            })?,
             n_ctx_train: k.usize("context_length")?,
             n_embd,
             n_layer,
@@ -60,7 +77,10 @@ impl Hparams {
             head_dim,
             rms_eps: k.f32("attention.layer_norm_rms_epsilon")?,
             rope,
-            rope_swa: Rope { base: base_swa, ..rope },
+            rope_swa: Rope {
+                base: base_swa,
+                ..rope
+            },
             n_swa,
             is_swa,
             softcap: k.opt_f32("final_logit_softcapping").unwrap_or(0.0),
@@ -89,7 +109,7 @@ struct Layer {
 #[derive(Debug)]
 pub struct Gemma3 {
     hp: Hparams,
-    token_embd: QTensor,   // [n_embd, n_vocab]
+    token_embd: QTensor, // [n_embd, n_vocab]
     layers: Vec<Layer>,
     output_norm: Vec<f32>, // [n_embd]
     output: QTensor,       // [n_embd, n_vocab], token_embd when tied
@@ -123,13 +143,28 @@ impl Gemma3 {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let output = w.optional("output.weight", &[e, v])?.unwrap_or_else(|| token_embd.clone());
+        let output = w
+            .optional("output.weight", &[e, v])?
+            .unwrap_or_else(|| token_embd.clone());
         let output_norm = w.vector("output_norm.weight", e)?;
-        Ok(Gemma3 { hp, token_embd, layers, output_norm, output })
+        Ok(Gemma3 {
+            hp,
+            token_embd,
+            layers,
+            output_norm,
+            output,
+        })
     }
 
     /// Attention for `n` tokens of normed input `x` from `pos0`, sliding or global.
-    fn attention(&self, il: usize, (kc, vc): (&mut [f32], &mut [f32]), x: &[f32], pos0: usize, exec: Exec) -> Result<Vec<f32>> {
+    fn attention(
+        &self,
+        il: usize,
+        (kc, vc): (&mut [f32], &mut [f32]),
+        x: &[f32],
+        pos0: usize,
+        exec: Exec,
+    ) -> Result<Vec<f32>> {
         let (hp, l) = (&self.hp, &self.layers[il]);
         let (n, hd) = (x.len() / hp.n_embd, hp.head_dim);
         let (qw, kvw) = (hp.n_head * hd, hp.n_head_kv * hd);
@@ -141,7 +176,12 @@ impl Gemma3 {
         ops::rms_norm_inplace(&mut k, &l.k_norm, hp.rms_eps); // Kcur_normed
         let rope = if hp.is_swa[il] { hp.rope_swa } else { hp.rope };
         // llama.cpp scales Q by 1/√head_dim before attention and uses kq_scale 1.
-        let shape = AttnShape { n_head: hp.n_head, n_head_kv: hp.n_head_kv, head_dim: hd, scale: 1.0 };
+        let shape = AttnShape {
+            n_head: hp.n_head,
+            n_head_kv: hp.n_head_kv,
+            head_dim: hd,
+            scale: 1.0,
+        };
         let q_scale = 1.0 / (hd as f32).sqrt();
         let mut o = vec![0f32; n * qw];
         for t in 0..n {
@@ -153,9 +193,23 @@ impl Gemma3 {
             kc[pos * kvw..(pos + 1) * kvw].copy_from_slice(&k[t * kvw..(t + 1) * kvw]);
             vc[pos * kvw..(pos + 1) * kvw].copy_from_slice(&v[t * kvw..(t + 1) * kvw]);
             // A sliding layer sees keys with pos − p < n_swa (llama.cpp `is_masked_swa`).
-            let first = if hp.is_swa[il] { (pos + 1).saturating_sub(hp.n_swa) } else { 0 };
-            let (ks, vs) = (&kc[first * kvw..(pos + 1) * kvw], &vc[first * kvw..(pos + 1) * kvw]);
-            ops::attention(qt, ks, vs, pos + 1 - first, shape, &mut o[t * qw..(t + 1) * qw]);
+            let first = if hp.is_swa[il] {
+                (pos + 1).saturating_sub(hp.n_swa)
+            } else {
+                0
+            };
+            let (ks, vs) = (
+                &kc[first * kvw..(pos + 1) * kvw],
+                &vc[first * kvw..(pos + 1) * kvw],
+            );
+            ops::attention(
+                qt,
+                ks,
+                vs,
+                pos + 1 - first,
+                shape,
+                &mut o[t * qw..(t + 1) * qw],
+            );
         }
         let mut out = vec![0f32; n * hp.n_embd];
         ops::matmul(&l.wo, &o, n, &mut out, exec)?;
@@ -168,7 +222,9 @@ impl Gemma3 {
         let (mut gate, mut up) = (vec![0f32; n * ff], vec![0f32; n * ff]);
         ops::matmul(&l.ffn_gate, x, n, &mut gate, exec)?;
         ops::matmul(&l.ffn_up, x, n, &mut up, exec)?;
-        gate.iter_mut().zip(&up).for_each(|(g, &u)| *g = gelu_ggml(*g) * u); // ffn_geglu
+        gate.iter_mut()
+            .zip(&up)
+            .for_each(|(g, &u)| *g = gelu_ggml(*g) * u); // ffn_geglu
         let mut out = vec![0f32; n * self.hp.n_embd];
         ops::matmul(&l.ffn_down, &gate, n, &mut out, exec)?;
         Ok(out)
@@ -205,21 +261,39 @@ impl Model for Gemma3 {
 
     fn new_state(&self, n_ctx: usize) -> State {
         let kv_width = self.hp.n_head_kv * self.hp.head_dim;
-        State { n_past: 0, n_ctx, layers: (0..self.hp.n_layer).map(|_| LayerState::kv(kv_width, n_ctx)).collect() }
+        State {
+            n_past: 0,
+            n_ctx,
+            layers: (0..self.hp.n_layer)
+                .map(|_| LayerState::kv(kv_width, n_ctx))
+                .collect(),
+        }
     }
 
-    fn forward(&self, tokens: &[u32], state: &mut State, all_logits: bool, exec: Exec) -> Result<Vec<f32>> {
+    fn forward(
+        &self,
+        tokens: &[u32],
+        state: &mut State,
+        all_logits: bool,
+        exec: Exec,
+    ) -> Result<Vec<f32>> {
         let hp = &self.hp;
         let (n, e) = (tokens.len(), hp.n_embd);
         let pos0 = state.n_past;
         if pos0 + n > state.n_ctx {
-            return Err(Error::ContextFull { needed: pos0 + n, n_ctx: state.n_ctx });
+            return Err(Error::ContextFull {
+                needed: pos0 + n,
+                n_ctx: state.n_ctx,
+            });
         }
         let mut h = vec![0f32; n * e];
         let scale = (e as f32).sqrt();
         for (t, &id) in tokens.iter().enumerate() {
             if id as usize >= hp.n_vocab {
-                return Err(Error::BadToken { id, n_vocab: hp.n_vocab });
+                return Err(Error::BadToken {
+                    id,
+                    n_vocab: hp.n_vocab,
+                });
             }
             let row = &mut h[t * e..(t + 1) * e];
             self.token_embd.dequant_row(id as usize, row)?;
@@ -242,13 +316,19 @@ impl Model for Gemma3 {
             ops::add_inplace(&mut h, &y); // l_out
         }
         state.n_past += n;
-        let rows = if all_logits { &h[..] } else { &h[(n - 1) * e..] };
+        let rows = if all_logits {
+            &h[..]
+        } else {
+            &h[(n - 1) * e..]
+        };
         let mut normed = vec![0f32; rows.len()];
         ops::rms_norm(rows, &self.output_norm, hp.rms_eps, &mut normed); // result_norm
         let mut logits = vec![0f32; rows.len() / e * hp.n_vocab];
         ops::matmul(&self.output, &normed, rows.len() / e, &mut logits, exec)?; // result_output
         if hp.softcap > 0.0 {
-            logits.iter_mut().for_each(|v| *v = (*v / hp.softcap).tanh() * hp.softcap);
+            logits
+                .iter_mut()
+                .for_each(|v| *v = (*v / hp.softcap).tanh() * hp.softcap);
         }
         Ok(logits)
     }

@@ -95,7 +95,9 @@ pub fn load(file: Arc<GgufFile>) -> Result<Box<dyn Model>> {
         "qwen2" => Ok(Box::new(qwen2::load(&w)?)),
         "qwen3moe" => Ok(Box::new(qwen3moe::load(&w)?)),
         "gemma3" => Ok(Box::new(gemma3::Gemma3::load(&w)?)),
-        "qwen35" | "qwen35moe" | "qwen3next" => Ok(Box::new(qwen35moe::Qwen35Moe::load(&w, &arch)?)),
+        "qwen35" | "qwen35moe" | "qwen3next" => {
+            Ok(Box::new(qwen35moe::Qwen35Moe::load(&w, &arch)?))
+        }
         other => Err(Error::UnsupportedArch {
             arch: other.to_string(),
             supported: SUPPORTED,

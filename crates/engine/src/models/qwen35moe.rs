@@ -63,7 +63,11 @@ impl Hparams {
     /// Read the `{arch}.*` keys.
     pub fn from_gguf(w: &Weights, arch: &str) -> Result<Hparams> {
         let k = Keys::new(w.metadata(), arch);
-        let variant = if arch == "qwen3next" { Variant::Qwen3Next } else { Variant::Qwen35 };
+        let variant = if arch == "qwen3next" {
+            Variant::Qwen3Next
+        } else {
+            Variant::Qwen35
+        };
         let dense = arch == "qwen35";
         let n_block = k.usize("block_count")?;
         let n_layer = n_block.saturating_sub(k.opt_usize("nextn_predict_layers").unwrap_or(0));
@@ -108,10 +112,24 @@ impl Hparams {
             ssm_d_inner: k.usize("ssm.inner_size")?,
             ssm_d_conv: k.usize("ssm.conv_kernel")?,
             n_expert: if dense { 0 } else { k.usize("expert_count")? },
-            n_expert_used: if dense { 0 } else { k.usize("expert_used_count")? },
-            n_ff_exp: if dense { 0 } else { k.usize("expert_feed_forward_length")? },
-            n_ff_shexp: k.opt_usize("expert_shared_feed_forward_length").unwrap_or(0),
-            n_ff: if dense { k.usize("feed_forward_length")? } else { 0 },
+            n_expert_used: if dense {
+                0
+            } else {
+                k.usize("expert_used_count")?
+            },
+            n_ff_exp: if dense {
+                0
+            } else {
+                k.usize("expert_feed_forward_length")?
+            },
+            n_ff_shexp: k
+                .opt_usize("expert_shared_feed_forward_length")
+                .unwrap_or(0),
+            n_ff: if dense {
+                k.usize("feed_forward_length")?
+            } else {
+                0
+            },
         };
         hp.check()?;
         Ok(hp)
@@ -125,13 +143,13 @@ impl Hparams {
                 problem,
             })
         };
-        if self.n_head_kv == 0 || self.n_head % self.n_head_kv != 0 {
+        if self.n_head_kv == 0 || !self.n_head.is_multiple_of(self.n_head_kv) {
             return bad(
                 "attention.head_count_kv",
                 format!("{} does not divide {}", self.n_head_kv, self.n_head),
             );
         }
-        if self.ssm_n_k_head == 0 || self.ssm_n_v_head % self.ssm_n_k_head != 0 {
+        if self.ssm_n_k_head == 0 || !self.ssm_n_v_head.is_multiple_of(self.ssm_n_k_head) {
             return bad(
                 "ssm.group_count",
                 format!(
@@ -140,7 +158,7 @@ impl Hparams {
                 ),
             );
         }
-        if self.ssm_d_inner % self.ssm_n_v_head != 0 || self.ssm_d_conv == 0 {
+        if !self.ssm_d_inner.is_multiple_of(self.ssm_n_v_head) || self.ssm_d_conv == 0 {
             return bad(
                 "ssm.inner_size",
                 format!(
@@ -155,7 +173,7 @@ impl Hparams {
                 format!("{} of {} experts", self.n_expert_used, self.n_expert),
             );
         }
-        if self.rope.n_rot > self.head_dim || self.rope.n_rot % 2 != 0 {
+        if self.rope.n_rot > self.head_dim || !self.rope.n_rot.is_multiple_of(2) {
             return bad(
                 "rope.dimension_count",
                 format!("{} for heads of {}", self.rope.n_rot, self.head_dim),
@@ -187,7 +205,10 @@ impl Hparams {
 #[derive(Debug)]
 enum Projection {
     /// `attn_qkv` [n_embd, conv_dim] (in_proj_qkv) and `attn_gate` [n_embd, d_inner] (in_proj_z).
-    Split { attn_qkv: QTensor, attn_gate: QTensor },
+    Split {
+        attn_qkv: QTensor,
+        attn_gate: QTensor,
+    },
     /// Older Qwen3-Next files: `ssm_in` [n_embd, conv_dim + d_inner] with, per key head,
     /// [q (d_state) ‖ k (d_state) ‖ v (r·head_v) ‖ z (r·head_v)], r = value heads per key head.
     Fused { ssm_in: QTensor },
@@ -197,7 +218,10 @@ enum Projection {
 #[derive(Debug)]
 enum Gates {
     /// `ssm_beta` and `ssm_alpha`, [n_embd, n_v_head] each (in_proj_b, in_proj_a).
-    Split { ssm_beta: QTensor, ssm_alpha: QTensor },
+    Split {
+        ssm_beta: QTensor,
+        ssm_alpha: QTensor,
+    },
     /// Qwen3-Next `ssm_ba` [n_embd, 2·n_v_head]: per key head, r β then r α.
     Fused { ssm_beta_alpha: QTensor },
 }
@@ -210,8 +234,8 @@ struct DeltaNet {
     ssm_dt: Vec<f32>,     // [n_v_head]
     ssm_a: Vec<f32>,      // [n_v_head] = −exp(A_log)
     gates: Gates,
-    ssm_norm: Vec<f32>,   // [head_v_dim], shared by the heads, no +1
-    ssm_out: QTensor,     // [d_inner, n_embd]
+    ssm_norm: Vec<f32>, // [head_v_dim], shared by the heads, no +1
+    ssm_out: QTensor,   // [d_inner, n_embd]
 }
 
 /// Spec §4.1 weights.
@@ -249,6 +273,7 @@ struct Layer {
 
 /// The FFN half: the MoE of spec §4.3, or `qwen35`'s dense SwiGLU.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per layer, built once: boxing would buy nothing
 enum Ffn {
     Moe(Moe),
     Dense(SwiGlu),
@@ -297,7 +322,9 @@ fn load_layer(w: &Weights, hp: &Hparams, i: usize) -> Result<Layer> {
         Mixer::DeltaNet(DeltaNet {
             proj: if w.has(&n("ssm_in.weight")) {
                 let dim = conv + u(hp.ssm_d_inner);
-                Projection::Fused { ssm_in: w.get(&n("ssm_in.weight"), &[e, dim])? }
+                Projection::Fused {
+                    ssm_in: w.get(&n("ssm_in.weight"), &[e, dim])?,
+                }
             } else {
                 Projection::Split {
                     attn_qkv: w.get(&n("attn_qkv.weight"), &[e, conv])?,
@@ -310,7 +337,9 @@ fn load_layer(w: &Weights, hp: &Hparams, i: usize) -> Result<Layer> {
             ssm_dt: w.vector(&n("ssm_dt.bias"), vh)?,
             ssm_a: w.vector(&n("ssm_a"), vh)?,
             gates: if hp.variant == Variant::Qwen3Next {
-                Gates::Fused { ssm_beta_alpha: w.get(&n("ssm_ba.weight"), &[e, 2 * vh])? }
+                Gates::Fused {
+                    ssm_beta_alpha: w.get(&n("ssm_ba.weight"), &[e, 2 * vh])?,
+                }
             } else {
                 Gates::Split {
                     ssm_beta: w.get(&n("ssm_beta.weight"), &[e, vh])?,
@@ -337,7 +366,14 @@ fn load_layer(w: &Weights, hp: &Hparams, i: usize) -> Result<Layer> {
         Ffn::Dense(SwiGlu::load(w, &blk, "", hp.n_embd, hp.n_ff)?)
     } else {
         Ffn::Moe(Moe {
-            routed: RoutedExperts::load(w, &blk, hp.n_embd, hp.n_ff_exp, hp.n_expert, hp.n_expert_used)?,
+            routed: RoutedExperts::load(
+                w,
+                &blk,
+                hp.n_embd,
+                hp.n_ff_exp,
+                hp.n_expert,
+                hp.n_expert_used,
+            )?,
             ffn_gate_inp_shexp: w.vector(&n("ffn_gate_inp_shexp.weight"), e)?,
             shexp: SwiGlu::load(w, &blk, "_shexp", hp.n_embd, hp.n_ff_shexp)?,
         })
@@ -455,7 +491,10 @@ impl Qwen35Moe {
         let (cd, di) = (hp.conv_dim(), hp.ssm_d_inner);
         let (mut mix, mut z) = (vec![0f32; n * cd], vec![0f32; n * di]);
         match p {
-            Projection::Split { attn_qkv, attn_gate } => {
+            Projection::Split {
+                attn_qkv,
+                attn_gate,
+            } => {
                 ops::matmul(attn_qkv, x, n, &mut mix, exec)?;
                 ops::matmul(attn_gate, x, n, &mut z, exec)?;
             }
@@ -466,12 +505,18 @@ impl Qwen35Moe {
                 let vg = di / nk; // value (and z) width per key head
                 let group = 2 * dk + 2 * vg;
                 for t in 0..n {
-                    let (src, mt, zt) = (&fused[t * (cd + di)..], &mut mix[t * cd..], &mut z[t * di..]);
+                    let (src, mt, zt) = (
+                        &fused[t * (cd + di)..],
+                        &mut mix[t * cd..],
+                        &mut z[t * di..],
+                    );
                     for g in 0..nk {
                         let s = &src[g * group..(g + 1) * group];
                         mt[g * dk..(g + 1) * dk].copy_from_slice(&s[..dk]);
-                        mt[nk * dk + g * dk..nk * dk + (g + 1) * dk].copy_from_slice(&s[dk..2 * dk]);
-                        mt[2 * nk * dk + g * vg..2 * nk * dk + (g + 1) * vg].copy_from_slice(&s[2 * dk..2 * dk + vg]);
+                        mt[nk * dk + g * dk..nk * dk + (g + 1) * dk]
+                            .copy_from_slice(&s[dk..2 * dk]);
+                        mt[2 * nk * dk + g * vg..2 * nk * dk + (g + 1) * vg]
+                            .copy_from_slice(&s[2 * dk..2 * dk + vg]);
                         zt[g * vg..(g + 1) * vg].copy_from_slice(&s[2 * dk + vg..]);
                     }
                 }
@@ -487,7 +532,10 @@ impl Qwen35Moe {
         let (n, nv) = (x.len() / hp.n_embd, hp.ssm_n_v_head);
         let (mut beta, mut alpha) = (vec![0f32; n * nv], vec![0f32; n * nv]);
         match g {
-            Gates::Split { ssm_beta, ssm_alpha } => {
+            Gates::Split {
+                ssm_beta,
+                ssm_alpha,
+            } => {
                 ops::matmul(ssm_beta, x, n, &mut beta, exec)?;
                 ops::matmul(ssm_alpha, x, n, &mut alpha, exec)?;
             }
@@ -496,7 +544,10 @@ impl Qwen35Moe {
                 ops::matmul(ssm_beta_alpha, x, n, &mut ba, exec)?;
                 let r = nv / hp.ssm_n_k_head;
                 for t in 0..n {
-                    for (g, s) in ba[t * 2 * nv..(t + 1) * 2 * nv].chunks_exact(2 * r).enumerate() {
+                    for (g, s) in ba[t * 2 * nv..(t + 1) * 2 * nv]
+                        .chunks_exact(2 * r)
+                        .enumerate()
+                    {
                         beta[t * nv + g * r..t * nv + (g + 1) * r].copy_from_slice(&s[..r]);
                         alpha[t * nv + g * r..t * nv + (g + 1) * r].copy_from_slice(&s[r..]);
                     }

@@ -83,7 +83,7 @@ fn use_more_bits(i: u64, n: u64) -> bool {
 /// When a row isn't a whole number of 256-blocks, llama-quantize falls back to a 32-block type
 /// of similar size (`llama_tensor_get_type`'s "fallback" branch).
 fn fallback(ty: GgmlType, ne0: u64) -> GgmlType {
-    if ne0 % ty.block_size() == 0 {
+    if ne0.is_multiple_of(ty.block_size()) {
         return ty;
     }
     let alt = match ty {
@@ -93,7 +93,7 @@ fn fallback(ty: GgmlType, ne0: u64) -> GgmlType {
         GgmlType::Q6_K => GgmlType::Q8_0,
         other => other,
     };
-    if ne0 % alt.block_size() == 0 {
+    if ne0.is_multiple_of(alt.block_size()) {
         alt
     } else {
         GgmlType::F16

@@ -228,8 +228,12 @@ impl Layout {
             (Arch::Qwen35moe, Preset::Tiny) => Layout::Qwen35Moe(qwen35moe::Shape::tiny()),
             (Arch::Qwen3moe, Preset::B35A3) => Layout::Qwen3Moe(qwen3moe::Shape::qwen3_30b_a3b()),
             (Arch::Qwen3moe, Preset::Tiny) => Layout::Qwen3Moe(qwen3moe::Shape::tiny()),
-            (Arch::Qwen3next, Preset::Tiny) => Layout::Qwen35Moe(qwen35moe::Shape::tiny().as_arch("qwen3next", 0)),
-            (Arch::Qwen35, Preset::Tiny) => Layout::Qwen35Moe(qwen35moe::Shape::tiny().as_arch("qwen35", 1024)),
+            (Arch::Qwen3next, Preset::Tiny) => {
+                Layout::Qwen35Moe(qwen35moe::Shape::tiny().into_arch("qwen3next", 0))
+            }
+            (Arch::Qwen35, Preset::Tiny) => {
+                Layout::Qwen35Moe(qwen35moe::Shape::tiny().into_arch("qwen35", 1024))
+            }
             (arch, preset) => bail!("no {preset:?} preset for {arch:?}"),
         })
     }

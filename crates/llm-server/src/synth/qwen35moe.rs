@@ -118,12 +118,16 @@ impl Shape {
 
     /// The same shape as another member of the family: `qwen3next`, or `qwen35` with a dense
     /// FFN of `n_ff` in place of the MoE.
-    pub fn as_arch(self, arch: &'static str, n_ff: u64) -> Shape {
-        Shape { arch, n_ff: if arch == "qwen35" { n_ff } else { 0 }, ..self }
+    pub fn into_arch(self, arch: &'static str, n_ff: u64) -> Shape {
+        Shape {
+            arch,
+            n_ff: if arch == "qwen35" { n_ff } else { 0 },
+            ..self
+        }
     }
 
     pub fn is_recurrent(&self, layer: u64) -> bool {
-        (layer + 1) % self.full_attention_interval != 0
+        !(layer + 1).is_multiple_of(self.full_attention_interval)
     }
 
     /// DeltaNet value width: value heads × head dim (`ssm.inner_size`).
@@ -154,9 +158,15 @@ impl Shape {
         if self.n_ff > 0 {
             md.push(u("feed_forward_length", self.n_ff));
         } else {
-            md.extend([u("expert_count", self.n_expert), u("expert_used_count", self.n_expert_used)]);
+            md.extend([
+                u("expert_count", self.n_expert),
+                u("expert_used_count", self.n_expert_used),
+            ]);
         }
-        md.extend([u("attention.key_length", self.head_dim), u("attention.value_length", self.head_dim)]);
+        md.extend([
+            u("attention.key_length", self.head_dim),
+            u("attention.value_length", self.head_dim),
+        ]);
         if self.n_ff == 0 {
             md.push(u("expert_feed_forward_length", self.n_ff_exp));
             md.push(u("expert_shared_feed_forward_length", self.n_ff_shexp));

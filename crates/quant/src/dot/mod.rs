@@ -17,6 +17,7 @@ use gguf::GgmlType;
 use std::cell::Cell;
 use std::sync::OnceLock;
 
+mod act;
 pub(crate) mod scalar;
 #[cfg(test)]
 mod tests;
@@ -122,7 +123,11 @@ pub(crate) const SCALAR: Kernels = Kernels {
 impl Kernels {
     /// `base` with the kernels in `overrides` swapped in (used to build SIMD tables that
     /// fall back to scalar for the types they do not cover).
-    pub(crate) const fn with(base: &Kernels, name: &'static str, overrides: &[(GgmlType, DotFn)]) -> Kernels {
+    pub(crate) const fn with(
+        base: &Kernels,
+        name: &'static str,
+        overrides: &[(GgmlType, DotFn)],
+    ) -> Kernels {
         let mut dots = base.dots;
         let mut i = 0;
         while i < overrides.len() {
@@ -134,7 +139,7 @@ impl Kernels {
         Kernels { name, dots }
     }
 
-    /// Every path this CPU can run, scalar first and the fastest last.
+    /// Every path this CPU can run, scalar first and the default (fastest measured) last.
     pub fn available() -> &'static [&'static Kernels] {
         static PATHS: OnceLock<Vec<&'static Kernels>> = OnceLock::new();
         PATHS.get_or_init(|| {
@@ -157,7 +162,10 @@ impl Kernels {
 
     /// The path called `name`, if this CPU can run it.
     pub fn get(name: &str) -> Option<&'static Kernels> {
-        Kernels::available().iter().copied().find(|k| k.name == name)
+        Kernels::available()
+            .iter()
+            .copied()
+            .find(|k| k.name == name)
     }
 
     /// The path's name: "scalar", "avx2", "avx512" or "avx512vnni".
@@ -166,8 +174,17 @@ impl Kernels {
     }
 
     /// [`vec_dot`] through this path.
-    pub fn vec_dot(&self, weight: GgmlType, n: usize, w_row: &[u8], act_row: &[u8]) -> Result<f32, Error> {
-        let s = slot(weight).ok_or(Error::Unsupported { ty: weight, op: Op::VecDot })?;
+    pub fn vec_dot(
+        &self,
+        weight: GgmlType,
+        n: usize,
+        w_row: &[u8],
+        act_row: &[u8],
+    ) -> Result<f32, Error> {
+        let s = slot(weight).ok_or(Error::Unsupported {
+            ty: weight,
+            op: Op::VecDot,
+        })?;
         check_lengths(weight, n, w_row.len())?;
         check_lengths(vec_dot_type(weight), n, act_row.len())?;
         // SAFETY: `self` is SCALAR or a table `crate::x86::detect` returned after checking
@@ -190,7 +207,9 @@ pub fn kernel_paths() -> &'static [&'static str] {
 /// Runs `f` with every [`vec_dot`] on this thread going through the path called `path`
 /// (one of [`kernel_paths`]); errors if this CPU lacks it.
 pub fn with_path<R>(path: &str, f: impl FnOnce() -> R) -> Result<R, Error> {
-    let k = Kernels::get(path).ok_or_else(|| Error::NoKernelPath { path: path.to_string() })?;
+    let k = Kernels::get(path).ok_or_else(|| Error::NoKernelPath {
+        path: path.to_string(),
+    })?;
     /// Restores the previous path even if `f` panics.
     struct Restore(Option<&'static Kernels>);
     impl Drop for Restore {
@@ -204,12 +223,16 @@ pub fn with_path<R>(path: &str, f: impl FnOnce() -> R) -> Result<R, Error> {
 
 /// Quantizes one row of activations to `vec_dot_type(weight)` blocks into `out` (resized).
 ///
-/// Uses ggml's reference quantizers (`quantize_row_q8_0_ref`, `_q8_1_ref`, `_q8_K_ref`;
-/// round-to-nearest-even for F16/BF16). `x.len()` must be a whole number of blocks of the
+/// Q8_0 and Q8_1 as ggml's x86 backend quantizes them (see `act.rs`: llama.cpp on x86, our
+/// oracle, does); Q8_K with ggml's reference (`quantize_row_q8_K_ref`, which x86 uses too);
+/// round-to-nearest-even for F16/BF16. `x.len()` must be a whole number of blocks of the
 /// activation type.
 pub fn quantize_activations(weight: GgmlType, x: &[f32], out: &mut Vec<u8>) -> Result<(), Error> {
     if slot(weight).is_none() {
-        return Err(Error::Unsupported { ty: weight, op: Op::VecDot });
+        return Err(Error::Unsupported {
+            ty: weight,
+            op: Op::VecDot,
+        });
     }
     let act = vec_dot_type(weight);
     let bytes = act.bytes_for(x.len() as u64).ok_or(Error::PartialBlock {
@@ -218,11 +241,19 @@ pub fn quantize_activations(weight: GgmlType, x: &[f32], out: &mut Vec<u8>) -> R
         block_size: act.block_size(),
     })?;
     out.resize(bytes as usize, 0);
-    quantize(act, x, out)
+    match act {
+        GgmlType::Q8_0 => act::q8_0_x86(x, out),
+        GgmlType::Q8_1 => act::q8_1_x86(x, out),
+        _ => return quantize(act, x, out),
+    }
+    Ok(())
 }
 
 /// Dot of one weight row (raw blocks of `weight`, `n` elements) with one activation row
 /// from [`quantize_activations`], through [`Kernels::current`].
+///
+/// SIMD paths assume activation codes in `-127..=127`, which [`quantize_activations`]
+/// always produces; a hand-made row holding -128 may differ from the scalar result.
 pub fn vec_dot(weight: GgmlType, n: usize, w_row: &[u8], act_row: &[u8]) -> Result<f32, Error> {
     Kernels::current().vec_dot(weight, n, w_row, act_row)
 }

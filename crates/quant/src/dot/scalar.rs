@@ -24,7 +24,7 @@ use half::f16;
 use std::mem::size_of;
 
 /// The blocks of `bytes` (a whole number of them).
-fn blocks<B: Block>(bytes: &[u8]) -> impl Iterator<Item = B> + '_ {
+fn blocks<'a, B: Block + 'a>(bytes: &'a [u8]) -> impl Iterator<Item = B> + 'a {
     bytes.chunks_exact(size_of::<B>()).map(B::read)
 }
 
@@ -38,7 +38,12 @@ fn pairs<'a, W: Block + 'a, A: Block + 'a>(
 
 /// `Σ x[j] * y[j]` over 32 codes given as 16 packed nibble pairs (`lo(j)`, `hi(j)` for
 /// elements `j` and `j + 16`) against Q8 codes: ggml's `sumi0 + sumi1`.
-fn nibble_dot(qs: &[u8; 16], y: &[i8; 32], lo: impl Fn(usize, u8) -> i32, hi: impl Fn(usize, u8) -> i32) -> i32 {
+fn nibble_dot(
+    qs: &[u8; 16],
+    y: &[i8; 32],
+    lo: impl Fn(usize, u8) -> i32,
+    hi: impl Fn(usize, u8) -> i32,
+) -> i32 {
     let (mut sumi0, mut sumi1) = (0i32, 0i32);
     for j in 0..16 {
         sumi0 += lo(j, qs[j]) * y[j] as i32;
@@ -51,7 +56,11 @@ fn nibble_dot(qs: &[u8; 16], y: &[i8; 32], lo: impl Fn(usize, u8) -> i32, hi: im
 pub(crate) fn q8_0(w: &[u8], a: &[u8]) -> f32 {
     let mut sumf = 0f32;
     for (x, y) in pairs::<BlockQ8_0, BlockQ8_0>(w, a) {
-        let sumi: i32 = x.qs.iter().zip(&y.qs).map(|(&p, &q)| p as i32 * q as i32).sum();
+        let sumi: i32 =
+            x.qs.iter()
+                .zip(&y.qs)
+                .map(|(&p, &q)| p as i32 * q as i32)
+                .sum();
         sumf += sumi as f32 * (x.d.to_f32() * y.d.to_f32());
     }
     sumf
@@ -61,7 +70,12 @@ pub(crate) fn q8_0(w: &[u8], a: &[u8]) -> f32 {
 pub(crate) fn q4_0(w: &[u8], a: &[u8]) -> f32 {
     let mut sumf = 0f32;
     for (x, y) in pairs::<BlockQ4_0, BlockQ8_0>(w, a) {
-        let sumi = nibble_dot(&x.qs, &y.qs, |_, q| (q & 0xF) as i32 - 8, |_, q| (q >> 4) as i32 - 8);
+        let sumi = nibble_dot(
+            &x.qs,
+            &y.qs,
+            |_, q| (q & 0xF) as i32 - 8,
+            |_, q| (q >> 4) as i32 - 8,
+        );
         sumf += sumi as f32 * x.d.to_f32() * y.d.to_f32();
     }
     sumf
@@ -71,7 +85,12 @@ pub(crate) fn q4_0(w: &[u8], a: &[u8]) -> f32 {
 pub(crate) fn q4_1(w: &[u8], a: &[u8]) -> f32 {
     let mut sumf = 0f32;
     for (x, y) in pairs::<BlockQ4_1, BlockQ8_1>(w, a) {
-        let sumi = nibble_dot(&x.qs, &y.qs, |_, q| (q & 0xF) as i32, |_, q| (q >> 4) as i32);
+        let sumi = nibble_dot(
+            &x.qs,
+            &y.qs,
+            |_, q| (q & 0xF) as i32,
+            |_, q| (q >> 4) as i32,
+        );
         sumf += (x.d.to_f32() * y.d.to_f32()) * sumi as f32 + x.m.to_f32() * y.s.to_f32();
     }
     sumf
@@ -156,7 +175,9 @@ pub(crate) fn iq4_xs(w: &[u8], a: &[u8]) -> f32 {
 pub(crate) fn q2_k(w: &[u8], a: &[u8]) -> f32 {
     let mut sumf = 0f32;
     for (x, y) in pairs::<BlockQ2_K, BlockQ8_K>(w, a) {
-        let summs: i32 = (0..16).map(|j| y.bsums[j] as i32 * (x.scales[j] >> 4) as i32).sum();
+        let summs: i32 = (0..16)
+            .map(|j| y.bsums[j] as i32 * (x.scales[j] >> 4) as i32)
+            .sum();
         let dall = y.d * x.d.to_f32();
         let dmin = y.d * x.dmin.to_f32();
         let mut isum = 0i32;
@@ -212,12 +233,19 @@ pub(crate) fn q3_k(w: &[u8], a: &[u8]) -> f32 {
 
 /// Shared body of `ggml_vec_dot_q{4,5}_K_q8_K_generic`: `code(x, i)` is element `i`'s
 /// unsigned code; `d`, `dmin` and `scales` are the block's fields.
-fn k4<W: Block>(w: &[u8], a: &[u8], fields: impl Fn(&W) -> (f16, f16, [u8; 12]), code: impl Fn(&W, usize) -> i32) -> f32 {
+fn k4<W: Block>(
+    w: &[u8],
+    a: &[u8],
+    fields: impl Fn(&W) -> (f16, f16, [u8; 12]),
+    code: impl Fn(&W, usize) -> i32,
+) -> f32 {
     let (mut sumf, mut sums) = (0f32, [0f32; 8]);
     for (x, y) in pairs::<W, BlockQ8_K>(w, a) {
         let (d, dmin, packed) = fields(&x);
         let sm: [(u8, u8); 8] = std::array::from_fn(|j| scale_min_k4(j, &packed));
-        let sumi: i32 = (0..16).map(|j| y.bsums[j] as i32 * sm[j / 2].1 as i32).sum();
+        let sumi: i32 = (0..16)
+            .map(|j| y.bsums[j] as i32 * sm[j / 2].1 as i32)
+            .sum();
         let aux32 = lanes(&y.qs, |i| code(&x, i), |i| sm[i / 32].0 as i32);
         add_lanes(&mut sums, d.to_f32() * y.d, &aux32);
         sumf -= dmin.to_f32() * y.d * sumi as f32;
@@ -227,17 +255,25 @@ fn k4<W: Block>(w: &[u8], a: &[u8], fields: impl Fn(&W) -> (f16, f16, [u8; 12]),
 
 /// `ggml_vec_dot_q4_K_q8_K_generic`.
 pub(crate) fn q4_k(w: &[u8], a: &[u8]) -> f32 {
-    k4::<BlockQ4_K>(w, a, |x| (x.d, x.dmin, x.scales), |x, i| {
-        ((x.qs[(i / 64) * 32 + i % 32] >> (4 * ((i / 32) % 2))) & 0xF) as i32
-    })
+    k4::<BlockQ4_K>(
+        w,
+        a,
+        |x| (x.d, x.dmin, x.scales),
+        |x, i| ((x.qs[(i / 64) * 32 + i % 32] >> (4 * ((i / 32) % 2))) & 0xF) as i32,
+    )
 }
 
 /// `ggml_vec_dot_q5_K_q8_K_generic`.
 pub(crate) fn q5_k(w: &[u8], a: &[u8]) -> f32 {
-    k4::<BlockQ5_K>(w, a, |x| (x.d, x.dmin, x.scales), |x, i| {
-        let low = (x.qs[(i / 64) * 32 + i % 32] >> (4 * ((i / 32) % 2))) & 0xF;
-        (low | (((x.qh[i % 32] >> (i / 32)) & 1) << 4)) as i32
-    })
+    k4::<BlockQ5_K>(
+        w,
+        a,
+        |x| (x.d, x.dmin, x.scales),
+        |x, i| {
+            let low = (x.qs[(i / 64) * 32 + i % 32] >> (4 * ((i / 32) % 2))) & 0xF;
+            (low | (((x.qh[i % 32] >> (i / 32)) & 1) << 4)) as i32
+        },
+    )
 }
 
 /// `ggml_vec_dot_q6_K_q8_K_generic`.
@@ -261,7 +297,10 @@ pub(crate) fn q6_k(w: &[u8], a: &[u8]) -> f32 {
 fn float_dot<const N: usize>(w: &[u8], a: &[u8], widen: impl Fn([u8; N]) -> f32) -> f64 {
     let mut sumf = 0f64;
     for (x, y) in w.chunks_exact(N).zip(a.chunks_exact(N)) {
-        let (x, y) = (widen(crate::block::arr(x, 0)), widen(crate::block::arr(y, 0)));
+        let (x, y) = (
+            widen(crate::block::arr(x, 0)),
+            widen(crate::block::arr(y, 0)),
+        );
         sumf += (x * y) as f64;
     }
     sumf

@@ -8,13 +8,15 @@
 //! | path | features | files |
 //! |---|---|---|
 //! | `avx2` | AVX2, FMA, F16C | `avx2.rs` (legacy blocks, floats), `avx2_k.rs` (K-quants) |
-//! | `avx512` | AVX-512 F/BW/VL, F16C | `avx512.rs`, `avx512_k.rs` |
-//! | `avx512vnni` | the above + AVX512-VNNI | the same bodies with `vpdpbusd`/`vpdpwssd` |
+//! | `avx512` (default) | AVX-512 F/BW/VL + AVX2, FMA, F16C | `avx512.rs` (floats, Q8_0), else AVX2's |
+//! | `avx512vnni` | the above + AVX512-VNNI | `avx512.rs` Q8_0 with `vpdpbusd`, `avx512_k.rs` |
 //!
-//! A 512-bit body is one `#[target_feature]` fn generic over `const VNNI: bool`, compiled
-//! with the base AVX-512 features only; its `_vnni` entry point adds `avx512vnni` and is
-//! the only caller of the `VNNI = true` copy, whose VNNI instructions sit in small
-//! `unsafe` calls that inline once the body inlines into that entry point.
+//! `avx512vnni` is listed before `avx512` because it is not the default: its kernels
+//! measured slower on the development machine (see `avx512_k.rs`). The Q8_0 body is one
+//! `#[target_feature]` fn generic over `const VNNI: bool` compiled with the base AVX-512
+//! features; its `_vnni` entry point adds `avx512vnni` and is the only caller of the
+//! `VNNI = true` copy, whose `vpdpbusd` sits in a small `unsafe` call that inlines once the
+//! body inlines into that entry point.
 //!
 //! All block kernels return the scalar result bit for bit: integer sums are exact whatever
 //! the order, and the f32 steps repeat ggml's generic order (for the K-quants that means
@@ -53,7 +55,8 @@ const AVX2_DOTS: &[(T, DotFn)] = &[
 /// The AVX2 path.
 static AVX2: Kernels = Kernels::with(&SCALAR, "avx2", AVX2_DOTS);
 
-/// The AVX-512 path: AVX2 kernels where 512 bits do not help, then the 512-bit ones.
+/// The AVX-512 path, the default where AVX-512 exists: the AVX2 kernels except where a
+/// 512-bit or batched kernel measured faster (floats, Q8_0).
 static AVX512: Kernels = Kernels::with(
     &Kernels::with(&SCALAR, "avx512", AVX2_DOTS),
     "avx512",
@@ -62,13 +65,12 @@ static AVX512: Kernels = Kernels::with(
         (T::F16, avx512::f16),
         (T::BF16, avx512::bf16),
         (T::Q8_0, avx512::q8_0),
-        (T::Q4_K, avx512_k::q4_k),
-        (T::Q5_K, avx512_k::q5_k),
-        (T::Q6_K, avx512_k::q6_k),
     ],
 );
 
-/// The AVX-512 path with VNNI dot instructions.
+/// AVX-512 with VNNI dot instructions and 512-bit K-quant kernels. Not the default: on the
+/// development machine (Sapphire Rapids class) these measured slower than [`AVX512`]
+/// (`examples/vec_dot_bench.rs`), but they are tested on every CPU that has them.
 static AVX512_VNNI: Kernels = Kernels::with(
     &AVX512,
     "avx512vnni",
@@ -80,7 +82,7 @@ static AVX512_VNNI: Kernels = Kernels::with(
     ],
 );
 
-/// The SIMD paths this CPU can run, slowest first.
+/// The SIMD paths this CPU can run, the default (fastest measured) last.
 pub(crate) fn detect() -> Vec<&'static Kernels> {
     let mut paths = Vec::new();
     let avx2 = is_x86_feature_detected!("avx2")
@@ -94,10 +96,10 @@ pub(crate) fn detect() -> Vec<&'static Kernels> {
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vl");
     if avx512 {
-        paths.push(&AVX512);
         if is_x86_feature_detected!("avx512vnni") {
             paths.push(&AVX512_VNNI);
         }
+        paths.push(&AVX512);
     }
     paths
 }
