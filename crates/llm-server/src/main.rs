@@ -1,6 +1,7 @@
 //! llm-server: the command-line entry point. Each subcommand lives in its own module; this file
 //! only parses arguments and dispatches.
 
+mod bench;
 mod dequant;
 mod inspect;
 mod load;
@@ -28,6 +29,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Run one prompt and print the tokens as they come.
     Run(run::Args),
+    /// Prompt and generation speed, measured like llama-bench (-p 512 -n 128).
+    Bench(bench::Args),
     /// Perplexity of a text file (llama-perplexity's method).
     Perplexity(perplexity::Args),
     /// Write a synthetic-weight GGUF with the exact layout of a real model.
@@ -46,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         Command::Inspect(args) => inspect::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Run(args) => run::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Perplexity(args) => perplexity::run(args),
         Command::Dequant(args) => dequant::run(args),
         Command::Logits(args) => logits::run(args),
