@@ -16,6 +16,7 @@ pub use error::{Error, Result};
 pub use models::{load, Model, State};
 pub use ops::Exec;
 pub use sampler::{Sampler, SamplerError, SamplerParams};
+pub use stop::{StopMatcher, StopStep};
 pub use tokenizer::{Tokenizer, TokenizerError};
 pub use weights::{QTensor, Weights};
 
@@ -24,5 +25,6 @@ mod error;
 pub mod models;
 pub mod ops;
 pub mod sampler;
+mod stop;
 pub mod tokenizer;
 mod weights;

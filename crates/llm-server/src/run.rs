@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use engine::{ChatRequest, Sampler, SamplerParams};
+use engine::{ChatRequest, Sampler, SamplerParams, StopMatcher, StopStep};
 
 use crate::load;
 
@@ -24,6 +24,9 @@ pub struct Args {
     /// Wrap the prompt as a user turn with the model's chat template.
     #[arg(long)]
     pub chat: bool,
+    /// Stop when the output contains this text (repeatable); the text itself is not printed.
+    #[arg(long = "stop")]
+    pub stop: Vec<String>,
     /// Context size (prompt + generated tokens).
     #[arg(short = 'c', long = "ctx-size", default_value_t = 4096)]
     pub ctx_size: usize,
@@ -127,6 +130,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .context("prefill")?;
     let prefill = t0.elapsed();
     let (mut out, mut pending) = (std::io::stdout().lock(), Vec::new());
+    let mut stops = StopMatcher::new(&args.stop);
     let t1 = Instant::now();
     let mut generated = 0;
     while generated < args.n_predict {
@@ -137,11 +141,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         sampler.accept(tok);
         generated += 1;
         pending.extend_from_slice(m.tokenizer.token_bytes(tok));
-        write_utf8_prefix(&mut out, &mut pending)?;
+        let text = take_utf8_prefix(&mut pending);
+        match stops.push(&text) {
+            StopStep::Continue(t) => write_flush(&mut out, t.as_bytes())?,
+            StopStep::Stop(t) => {
+                write_flush(&mut out, t.as_bytes())?;
+                pending.clear();
+                break;
+            }
+        }
         if generated < args.n_predict {
             logits = m.model.forward(&[tok], &mut state, false, m.exec)?;
         }
     }
+    out.write_all(stops.finish().as_bytes())?;
     out.write_all(&pending)?;
     writeln!(out)?;
     let decode = t1.elapsed();
@@ -157,18 +170,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Print the longest complete UTF-8 prefix of `pending`, keeping a split character's bytes.
-fn write_utf8_prefix(out: &mut impl Write, pending: &mut Vec<u8>) -> std::io::Result<()> {
+/// Take the longest complete UTF-8 prefix of `pending`, keeping a split character's bytes
+/// for the next token; bytes that can never be UTF-8 come out as U+FFFD.
+fn take_utf8_prefix(pending: &mut Vec<u8>) -> String {
     let valid = match std::str::from_utf8(pending) {
         Ok(_) => pending.len(),
         // An error with no length is an incomplete sequence at the end: wait for more bytes.
         Err(e) if e.error_len().is_none() => e.valid_up_to(),
-        Err(_) => pending.len(), // invalid bytes: print them as they are
+        Err(_) => pending.len(),
     };
-    out.write_all(&pending[..valid])?;
-    out.flush()?;
+    let text = String::from_utf8_lossy(&pending[..valid]).into_owned();
     pending.drain(..valid);
-    Ok(())
+    text
+}
+
+fn write_flush(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+    out.write_all(bytes)?;
+    out.flush()
 }
 
 #[cfg(test)]
@@ -177,13 +195,10 @@ mod tests {
 
     #[test]
     fn split_utf8_waits_for_the_rest() {
-        let mut out = Vec::new();
         let mut pending = "é".as_bytes()[..1].to_vec();
-        write_utf8_prefix(&mut out, &mut pending).unwrap();
-        assert!(out.is_empty());
+        assert_eq!(take_utf8_prefix(&mut pending), "");
         pending.push("é".as_bytes()[1]);
-        write_utf8_prefix(&mut out, &mut pending).unwrap();
-        assert_eq!(out, "é".as_bytes());
+        assert_eq!(take_utf8_prefix(&mut pending), "é");
         assert!(pending.is_empty());
     }
 }
