@@ -24,6 +24,7 @@ pub mod chat;
 mod error;
 pub mod models;
 pub mod ops;
+mod pool;
 pub mod sampler;
 mod stop;
 pub mod tokenizer;

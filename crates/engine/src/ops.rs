@@ -4,8 +4,10 @@
 //! without changing these signatures.
 
 use std::ops::Range;
+use std::sync::Mutex;
 
 use crate::error::Result;
+use crate::pool::Pool;
 use crate::weights::QTensor;
 
 /// How an operation may run: the number of worker threads.
@@ -83,43 +85,19 @@ pub fn matmul_rows(
         None
     };
     let acts = acts.as_ref();
-    let threads = exec.threads.clamp(1, n.max(1));
+    let pool = Pool::global(exec.threads);
+    let threads = pool.threads().min(exec.threads).clamp(1, n.max(1));
     let per = n.div_ceil(threads);
-    let parts: Vec<Result<Vec<f32>>> = std::thread::scope(|s| {
-        let jobs: Vec<_> = (0..threads)
-            .map(|i| {
-                let rows = (i * per).min(n)..((i + 1) * per).min(n);
-                s.spawn(move || {
-                    let mut part = vec![0f32; rows.len() * n_tokens];
-                    match acts {
-                        Some((a, ab)) => {
-                            let (data, rb) = (w.data(), w.row_bytes());
-                            for (j, r) in rows.enumerate() {
-                                let wr = &data[(first + r) * rb..(first + r + 1) * rb];
-                                for t in 0..n_tokens {
-                                    part[j * n_tokens + t] =
-                                        quant::vec_dot(w.ty, k, wr, &a[t * ab..(t + 1) * ab])?;
-                                }
-                            }
-                        }
-                        None => {
-                            let mut row = vec![0f32; k];
-                            for (j, r) in rows.enumerate() {
-                                w.dequant_row(first + r, &mut row)?;
-                                for t in 0..n_tokens {
-                                    part[j * n_tokens + t] = dot(&row, &x[t * k..(t + 1) * k]);
-                                }
-                            }
-                        }
-                    }
-                    Ok(part)
-                })
-            })
-            .collect();
-        jobs.into_iter()
-            .map(|j| j.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
+    let slots: Vec<Mutex<Option<Result<Vec<f32>>>>> = (0..pool.threads()).map(|_| Mutex::new(None)).collect();
+    pool.run(&|i| {
+        if i >= threads {
+            return;
+        }
+        let rows = (i * per).min(n)..((i + 1) * per).min(n);
+        let part = matmul_part(w, rows, first, x, n_tokens, acts);
+        *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(part);
     });
+    let parts = slots.into_iter().take(threads).map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).unwrap_or(Ok(Vec::new())));
     for (i, part) in parts.into_iter().enumerate() {
         let part = part?;
         let r0 = i * per;
@@ -130,6 +108,35 @@ pub fn matmul_rows(
         }
     }
     Ok(())
+}
+
+/// Rows `rows` (offset by `first`) of W against every token: `rows.len() × n_tokens` values,
+/// row-major. `acts`: the quantized activations and their per-token byte length, or `None` for
+/// the dequantize-and-f32 path.
+fn matmul_part(w: &QTensor, rows: Range<usize>, first: usize, x: &[f32], n_tokens: usize, acts: Option<&(Vec<u8>, usize)>) -> Result<Vec<f32>> {
+    let k = w.row_len();
+    let mut part = vec![0f32; rows.len() * n_tokens];
+    match acts {
+        Some((a, ab)) => {
+            let (data, rb) = (w.data(), w.row_bytes());
+            for (j, r) in rows.enumerate() {
+                let wr = &data[(first + r) * rb..(first + r + 1) * rb];
+                for t in 0..n_tokens {
+                    part[j * n_tokens + t] = quant::vec_dot(w.ty, k, wr, &a[t * ab..(t + 1) * ab])?;
+                }
+            }
+        }
+        None => {
+            let mut row = vec![0f32; k];
+            for (j, r) in rows.enumerate() {
+                w.dequant_row(first + r, &mut row)?;
+                for t in 0..n_tokens {
+                    part[j * n_tokens + t] = dot(&row, &x[t * k..(t + 1) * k]);
+                }
+            }
+        }
+    }
+    Ok(part)
 }
 
 /// Dot product in f32, accumulated in 8 lanes (so the compiler vectorises it).

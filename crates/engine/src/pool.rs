@@ -1,0 +1,194 @@
+//! A persistent worker pool for the CPU ops: one job at a time, split into `n` parts, part 0 on
+//! the calling thread. Workers spin briefly on a generation counter before sleeping, so a decode
+//! step's hundreds of small matmuls pay neither a thread spawn nor a wake-up each
+//! (DESIGN §3: a spinning pool, not rayon, for per-token latency).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::JoinHandle;
+
+/// How long a worker spins for the next job before it sleeps.
+const SPIN_ROUNDS: u32 = 20_000;
+
+/// A job as the workers see it: a lifetime-erased pointer to the caller's closure, valid until
+/// [`Pool::run`] returns (which waits for every part).
+#[derive(Clone, Copy)]
+struct JobPtr(*const (dyn Fn(usize) + Sync));
+
+// SAFETY: the pointee is `Sync`, and `run` keeps it alive until every worker is done with it.
+unsafe impl Send for JobPtr {}
+
+struct Shared {
+    job: Mutex<Option<JobPtr>>,
+    generation: AtomicU64,
+    remaining: AtomicUsize,
+    panicked: AtomicBool,
+    shutdown: AtomicBool,
+    wake: Condvar,
+    done: Condvar,
+    done_lock: Mutex<()>,
+}
+
+/// A fixed set of worker threads.
+pub struct Pool {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    /// Serialises `run` calls from different threads (one job at a time).
+    running: Mutex<()>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pool({} threads)", self.threads())
+    }
+}
+
+impl Pool {
+    /// A pool running jobs on `threads` threads (the caller plus `threads − 1` workers).
+    pub fn new(threads: usize) -> Pool {
+        let shared = Arc::new(Shared {
+            job: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            remaining: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            wake: Condvar::new(),
+            done: Condvar::new(),
+            done_lock: Mutex::new(()),
+        });
+        let workers = (1..threads.max(1))
+            .map(|i| {
+                let s = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("llm-cpu-{i}"))
+                    .spawn(move || worker(&s, i))
+                    .unwrap_or_else(|e| panic!("cannot start CPU worker thread: {e}"))
+            })
+            .collect();
+        Pool { shared, workers, running: Mutex::new(()) }
+    }
+
+    /// The process-wide pool, made on first use with `threads` threads.
+    pub fn global(threads: usize) -> &'static Pool {
+        static POOL: OnceLock<Pool> = OnceLock::new();
+        POOL.get_or_init(|| Pool::new(threads))
+    }
+
+    /// Threads a job is split across.
+    pub fn threads(&self) -> usize {
+        self.workers.len() + 1
+    }
+
+    /// Run `f(0) … f(threads − 1)` at once, `f(0)` on this thread; returns when all are done.
+    /// A panic in any part is raised here.
+    pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
+        if self.workers.is_empty() {
+            return f(0);
+        }
+        let _one_at_a_time = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &self.shared;
+        // SAFETY: only the lifetime is erased; we wait below until no worker uses the pointer.
+        let ptr = JobPtr(unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(f) });
+        *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(ptr);
+        s.remaining.store(self.workers.len(), Ordering::Release);
+        s.generation.fetch_add(1, Ordering::AcqRel);
+        s.wake.notify_all();
+        let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
+        let mut spins = 0u32;
+        while s.remaining.load(Ordering::Acquire) != 0 {
+            if spins < SPIN_ROUNDS {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                let g = s.done_lock.lock().unwrap_or_else(|e| e.into_inner());
+                if s.remaining.load(Ordering::Acquire) != 0 {
+                    drop(s.done.wait_timeout(g, std::time::Duration::from_millis(1)));
+                }
+            }
+        }
+        *s.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if let Err(p) = mine {
+            std::panic::resume_unwind(p);
+        }
+        if s.panicked.swap(false, Ordering::AcqRel) {
+            panic!("a CPU worker thread panicked");
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        self.shared.wake.notify_all();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+fn worker(s: &Shared, index: usize) {
+    let mut seen = 0u64;
+    loop {
+        let mut spins = 0u32;
+        let mut g = s.generation.load(Ordering::Acquire);
+        while g == seen {
+            if spins < SPIN_ROUNDS {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                let job = s.job.lock().unwrap_or_else(|e| e.into_inner());
+                if s.generation.load(Ordering::Acquire) == seen {
+                    drop(s.wake.wait_timeout(job, std::time::Duration::from_millis(10)));
+                }
+            }
+            g = s.generation.load(Ordering::Acquire);
+        }
+        seen = g;
+        if s.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        let job = *s.job.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(JobPtr(f)) = job {
+            // SAFETY: `run` published this pointer and waits for `remaining` to reach 0.
+            let f = unsafe { &*f };
+            if catch_unwind(AssertUnwindSafe(|| f(index))).is_err() {
+                s.panicked.store(true, Ordering::Release);
+            }
+            if s.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                let _g = s.done_lock.lock().unwrap_or_else(|e| e.into_inner());
+                s.done.notify_all();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_part_runs_once_per_job() {
+        let pool = Pool::new(3);
+        for _ in 0..200 {
+            let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+            pool.run(&|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        }
+    }
+
+    #[test]
+    fn worker_panic_reaches_the_caller() {
+        let pool = Pool::new(2);
+        let r = catch_unwind(AssertUnwindSafe(|| pool.run(&|i| assert!(i == 0, "boom"))));
+        assert!(r.is_err());
+        let ok = AtomicUsize::new(0);
+        pool.run(&|_| {
+            ok.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(ok.load(Ordering::Relaxed), 2, "the pool still works after a panic");
+    }
+}
