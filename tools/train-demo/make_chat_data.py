@@ -62,14 +62,19 @@ def titlecase(s: str) -> str:
 
 
 def prose_pair(rng, text):
-    """(prompt passage, continuation) from consecutive sentences of a prose document."""
+    """(prompt passage, continuation) from consecutive sentences of a prose document; half the
+    time the passage stops mid-sentence, so an unfinished prompt is continued where it stops."""
     ss = sentences(text)
     if len(ss) < 6:
         return None
     i = rng.randrange(0, len(ss) - 5)
     a, b = rng.randint(1, 2), rng.randint(2, 3)
     p, c = " ".join(ss[i:i + a]), " ".join(ss[i + a:i + a + b])
-    return (p, c) if 20 < len(p) < 600 and 20 < len(c) < 900 else None
+    if rng.random() < 0.5:
+        words = (p + " " + c).split(" ")
+        cut = rng.randint(3, max(3, min(len(words) - 3, 40)))
+        p, c = " ".join(words[:cut]), " ".join(words[cut:])
+    return (p, c) if 10 < len(p) < 600 and 20 < len(c) < 900 else None
 
 
 def verse_pair(rng, text):
@@ -84,7 +89,7 @@ def sample(rng, docs) -> list[dict] | None:
     """One conversation: a list of messages ending with the assistant answer."""
     kind = rng.random()
     d = rng.choice(docs)
-    if kind < 0.05:
+    if kind < 0.03:
         msgs = [{"role": "user", "content": rng.choice(GREETINGS)},
                 {"role": "assistant", "content": IDENTITY}]
     elif kind < 0.55:
@@ -169,7 +174,7 @@ def main() -> int:
         msgs = sample(rng, docs)
         if msgs is None:
             continue
-        if len(msgs) == 2 and rng.random() < 0.1:
+        if len(msgs) == 2 and rng.random() < 0.05:
             # An earlier turn: the template renders it without a think block.
             first = [{"role": "user", "content": rng.choice(GREETINGS)},
                      {"role": "assistant", "content": IDENTITY}]

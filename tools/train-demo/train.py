@@ -1,14 +1,13 @@
 #!/usr/bin/env python3
 """Train the demo `qwen35moe` model with transformers' Qwen3_5Moe classes; evaluate; save.
 
-Runs on the GPU machine (one H100/H200, PyTorch 2.11, transformers 5.17) in one call of about
-eight minutes, reading the token files that train_tokenizer.py and make_chat_data.py leave in
-.train-carry/. Also runs on a CPU with `--smoke` (a few steps) to check the script itself.
+Runs on the GPU machine (one H100/H200, PyTorch 2.11, transformers 5.17) in about six minutes,
+reading the token files that train_tokenizer.py and make_chat_data.py leave in .train-carry/. Also runs on a CPU with `--smoke` (a few steps) to check the script itself.
 
 Steps:
 1. Pretraining on random windows of the training split. Warmup, then a constant learning rate
-   until the held-out perplexity stops improving (no 0.3% gain over `patience` evaluations) or
-   70% of the time budget is gone, then a linear decay to 10% over 20% more steps
+   until the held-out perplexity stops improving (no 0.5% gain over `patience` evaluations) or
+   75% of the time budget is gone, then a linear decay to 10% over 25% more steps
    (warmup-stable-decay). The best evaluation's weights are kept.
 2. Chat finetune: packed conversations (loss on completion tokens only) mixed half and half
    with pretraining windows, so the model learns the turn format without forgetting the text.
@@ -21,7 +20,7 @@ Steps:
    - routing statistics per layer (README.md explains each);
    - greedy answers to a few chat prompts.
 5. `save_pretrained` in fp16 (two shards, each under the 16 MB that comes back from the
-   machine), metrics.json and the log.
+   machine) and metrics.json, before the greedy answers (so a time-out there loses nothing).
 
 Usage: train.py [--data .train-carry] [--out DIR] [--smoke]
 """
@@ -66,7 +65,7 @@ CONFIG = {
         "shared_expert_intermediate_size": 128,
         "hidden_act": "silu",
         "rms_norm_eps": 1e-6,
-        "max_position_embeddings": 4096,
+        "max_position_embeddings": 2048,
         "rope_parameters": {"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.25,
                             "mrope_section": [3, 3, 2], "mrope_interleaved": True},
         "tie_word_embeddings": False,
@@ -77,11 +76,11 @@ CONFIG = {
         "eos_token_id": IM_END,
         "pad_token_id": VISION_PAD,
     },
-    "pretrain": {"seq_len": 1024, "batch": 32, "lr": 2e-3, "min_lr_frac": 0.1, "warmup": 150,
-                 "weight_decay": 0.1, "betas": (0.9, 0.95), "clip": 1.0, "time_budget_s": 330,
-                 "eval_every": 200, "patience": 3, "min_gain": 0.003, "stable_frac": 0.7,
-                 "decay_frac": 0.2, "seed": 0},
-    "chat": {"steps": 300, "time_budget_s": 60, "lr": 5e-4, "batch": 32, "chat_rows": 16, "seed": 1},
+    "pretrain": {"seq_len": 2048, "batch": 32, "lr": 2e-3, "min_lr_frac": 0.1, "warmup": 100,
+                 "weight_decay": 0.1, "betas": (0.9, 0.95), "clip": 1.0, "time_budget_s": 400,
+                 "eval_every": 50, "patience": 2, "min_gain": 0.005, "stable_frac": 0.75,
+                 "decay_frac": 0.25, "seed": 0},
+    "chat": {"steps": 150, "time_budget_s": 80, "lr": 3e-4, "batch": 32, "chat_rows": 12, "seed": 1},
     "eval": {"n_ctx": 1024, "batch": 16},
 }
 
@@ -90,6 +89,7 @@ CHAT_PROMPTS = [
     "Who gave the State of the Union address in 1862?",
     "What is chapter 1 of Moby-Dick called?",
     "Continue this passage:\n\nCall me Ishmael. Some years ago",
+    "Continue the text:\nFellow-Citizens of the Senate and House of Representatives:",
     "Quote a few lines from Hamlet, Prince of Denmark.",
 ]
 
@@ -381,14 +381,16 @@ def main() -> int:
     metrics["routing"] = routing.summary()
     for row in metrics["routing"]["layers"]:
         log(json.dumps(row))
+    model.half().save_pretrained(args.out / "ckpt", max_shard_size="14MB")
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    model.float()
     metrics["generations"] = []
     for prompt in CHAT_PROMPTS[:1] if args.smoke else CHAT_PROMPTS:
         for thinking in (True, False):
-            ans = greedy_chat(model, tok, prompt, 4 if args.smoke else 80, thinking)
+            ans = greedy_chat(model, tok, prompt, 4 if args.smoke else 64, thinking)
             metrics["generations"].append({"prompt": prompt, "thinking": thinking, "answer": ans})
             log(f"{prompt!r} (thinking={thinking}) -> {ans!r}")
 
-    model.half().save_pretrained(args.out / "ckpt", max_shard_size="14MB")
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     log(f"saved to {args.out}: {sorted(p.name for p in (args.out / 'ckpt').iterdir())}")
     return 0
