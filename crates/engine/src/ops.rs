@@ -6,6 +6,8 @@
 use std::ops::Range;
 use std::sync::Mutex;
 
+use half::f16;
+
 use crate::error::Result;
 use crate::pool::Pool;
 use crate::weights::QTensor;
@@ -88,7 +90,8 @@ pub fn matmul_rows(
     let pool = Pool::global(exec.threads);
     let threads = pool.threads().min(exec.threads).clamp(1, n.max(1));
     let per = n.div_ceil(threads);
-    let slots: Vec<Mutex<Option<Result<Vec<f32>>>>> = (0..pool.threads()).map(|_| Mutex::new(None)).collect();
+    let slots: Vec<Mutex<Option<Result<Vec<f32>>>>> =
+        (0..pool.threads()).map(|_| Mutex::new(None)).collect();
     pool.run(&|i| {
         if i >= threads {
             return;
@@ -97,7 +100,11 @@ pub fn matmul_rows(
         let part = matmul_part(w, rows, first, x, n_tokens, acts);
         *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(part);
     });
-    let parts = slots.into_iter().take(threads).map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).unwrap_or(Ok(Vec::new())));
+    let parts = slots.into_iter().take(threads).map(|m| {
+        m.into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or(Ok(Vec::new()))
+    });
     for (i, part) in parts.into_iter().enumerate() {
         let part = part?;
         let r0 = i * per;
@@ -113,7 +120,14 @@ pub fn matmul_rows(
 /// Rows `rows` (offset by `first`) of W against every token: `rows.len() × n_tokens` values,
 /// row-major. `acts`: the quantized activations and their per-token byte length, or `None` for
 /// the dequantize-and-f32 path.
-fn matmul_part(w: &QTensor, rows: Range<usize>, first: usize, x: &[f32], n_tokens: usize, acts: Option<&(Vec<u8>, usize)>) -> Result<Vec<f32>> {
+fn matmul_part(
+    w: &QTensor,
+    rows: Range<usize>,
+    first: usize,
+    x: &[f32],
+    n_tokens: usize,
+    acts: Option<&(Vec<u8>, usize)>,
+) -> Result<Vec<f32>> {
     let k = w.row_len();
     let mut part = vec![0f32; rows.len() * n_tokens];
     match acts {
@@ -251,25 +265,42 @@ pub struct AttnShape {
     pub scale: f32,
 }
 
-/// Causal attention of one query position over cached keys/values `0..n_kv`.
-/// `q`: n_head × head_dim; `k`, `v`: positions × (n_head_kv × head_dim); `out`: n_head × head_dim.
-pub fn attention(q: &[f32], k: &[f32], v: &[f32], n_kv: usize, s: AttnShape, out: &mut [f32]) {
+/// Store f32 values into the f16 KV cache (round to nearest even, as ggml's F16C does).
+pub fn store_f16(dst: &mut [f16], src: &[f32]) {
+    dst.iter_mut()
+        .zip(src)
+        .for_each(|(d, &v)| *d = f16::from_f32(v));
+}
+
+/// Attention of one query position over cached keys/values `0..n_kv` (f16, position-major,
+/// `n_head_kv × head_dim` per position); `q` and `out` are `n_head × head_dim`.
+///
+/// The cache is f16 like llama.cpp's default (`-ctk/-ctv f16`); the arithmetic stays in f32
+/// (scores, a max-subtracted softmax, the weighted sum of V). ggml's CPU flash-attention kernel
+/// instead rounds q to f16 and sums V in an f16 accumulator; emulating that moved our logits
+/// towards llama.cpp's on Gemma 3 and away from them on SmolLM2 (llama.cpp picks its attention
+/// path per model), so we keep the plain form and its smaller error.
+pub fn attention(q: &[f32], k: &[f16], v: &[f16], n_kv: usize, s: AttnShape, out: &mut [f32]) {
     let (hd, kvw) = (s.head_dim, s.n_head_kv * s.head_dim);
     let group = s.n_head / s.n_head_kv;
     let mut scores = vec![0f32; n_kv];
+    let mut row = vec![0f32; hd];
     for h in 0..s.n_head {
         let qh = &q[h * hd..(h + 1) * hd];
         let kvh = h / group;
         for (p, sc) in scores.iter_mut().enumerate() {
             let kp = &k[p * kvw + kvh * hd..p * kvw + (kvh + 1) * hd];
-            *sc = dot(qh, kp) * s.scale;
+            row.iter_mut().zip(kp).for_each(|(r, x)| *r = x.to_f32());
+            *sc = dot(qh, &row) * s.scale;
         }
         softmax(&mut scores);
         let oh = &mut out[h * hd..(h + 1) * hd];
         oh.fill(0.0);
         for (p, &w) in scores.iter().enumerate() {
             let vp = &v[p * kvw + kvh * hd..p * kvw + (kvh + 1) * hd];
-            oh.iter_mut().zip(vp).for_each(|(o, &x)| *o += w * x);
+            oh.iter_mut()
+                .zip(vp)
+                .for_each(|(o, x)| *o += w * x.to_f32());
         }
     }
 }
@@ -313,8 +344,8 @@ mod tests {
             scale: 1.0,
         };
         let q = [1.0, 0.0, 0.0, 1.0];
-        let k = [0.5, 0.5];
-        let v = [3.0, -2.0];
+        let k = [f16::from_f32(0.5), f16::from_f32(0.5)];
+        let v = [f16::from_f32(3.0), f16::from_f32(-2.0)];
         let mut out = [0f32; 4];
         attention(&q, &k, &v, 1, s, &mut out);
         assert_eq!(out, [3.0, -2.0, 3.0, -2.0]);

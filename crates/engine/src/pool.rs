@@ -66,7 +66,11 @@ impl Pool {
                     .unwrap_or_else(|e| panic!("cannot start CPU worker thread: {e}"))
             })
             .collect();
-        Pool { shared, workers, running: Mutex::new(()) }
+        Pool {
+            shared,
+            workers,
+            running: Mutex::new(()),
+        }
     }
 
     /// The process-wide pool, made on first use with `threads` threads.
@@ -89,7 +93,9 @@ impl Pool {
         let _one_at_a_time = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let s = &self.shared;
         // SAFETY: only the lifetime is erased; we wait below until no worker uses the pointer.
-        let ptr = JobPtr(unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(f) });
+        let ptr = JobPtr(unsafe {
+            std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(f)
+        });
         *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(ptr);
         s.remaining.store(self.workers.len(), Ordering::Release);
         s.generation.fetch_add(1, Ordering::AcqRel);
@@ -140,7 +146,10 @@ fn worker(s: &Shared, index: usize) {
             } else {
                 let job = s.job.lock().unwrap_or_else(|e| e.into_inner());
                 if s.generation.load(Ordering::Acquire) == seen {
-                    drop(s.wake.wait_timeout(job, std::time::Duration::from_millis(10)));
+                    drop(
+                        s.wake
+                            .wait_timeout(job, std::time::Duration::from_millis(10)),
+                    );
                 }
             }
             g = s.generation.load(Ordering::Acquire);
@@ -189,6 +198,10 @@ mod tests {
         pool.run(&|_| {
             ok.fetch_add(1, Ordering::Relaxed);
         });
-        assert_eq!(ok.load(Ordering::Relaxed), 2, "the pool still works after a panic");
+        assert_eq!(
+            ok.load(Ordering::Relaxed),
+            2,
+            "the pool still works after a panic"
+        );
     }
 }

@@ -160,7 +160,7 @@ impl Gemma3 {
     fn attention(
         &self,
         il: usize,
-        (kc, vc): (&mut [f32], &mut [f32]),
+        (kc, vc): (&mut [f16], &mut [f16]),
         x: &[f32],
         pos0: usize,
         exec: Exec,
@@ -190,8 +190,14 @@ impl Gemma3 {
             rope.apply(qt, hd, pos);
             qt.iter_mut().for_each(|x| *x *= q_scale);
             rope.apply(&mut k[t * kvw..(t + 1) * kvw], hd, pos);
-            kc[pos * kvw..(pos + 1) * kvw].copy_from_slice(&k[t * kvw..(t + 1) * kvw]);
-            vc[pos * kvw..(pos + 1) * kvw].copy_from_slice(&v[t * kvw..(t + 1) * kvw]);
+            ops::store_f16(
+                &mut kc[pos * kvw..(pos + 1) * kvw],
+                &k[t * kvw..(t + 1) * kvw],
+            );
+            ops::store_f16(
+                &mut vc[pos * kvw..(pos + 1) * kvw],
+                &v[t * kvw..(t + 1) * kvw],
+            );
             // A sliding layer sees keys with pos − p < n_swa (llama.cpp `is_masked_swa`).
             let first = if hp.is_swa[il] {
                 (pos + 1).saturating_sub(hp.n_swa)

@@ -3,6 +3,8 @@
 //! `src/models/llama.cpp` (`llm_build_llama`) with the options those files add: q/k/v biases
 //! (qwen2), per-head q/k RMS norms (qwen3moe), NeoX RoPE, routed experts, tied output.
 
+use half::f16;
+
 use crate::error::{Error, Result};
 use crate::ops::{self, AttnShape, Exec, Rope, RopeStyle};
 use crate::weights::{QTensor, Weights};
@@ -179,7 +181,7 @@ impl Llama {
     fn attention(
         &self,
         l: &Layer,
-        (k_cache, v_cache): (&mut [f32], &mut [f32]),
+        (k_cache, v_cache): (&mut [f16], &mut [f16]),
         x: &[f32],
         pos0: usize,
         exec: Exec,
@@ -207,8 +209,14 @@ impl Llama {
                 .apply(&mut q[t * qw..(t + 1) * qw], hp.head_dim, pos);
             hp.rope
                 .apply(&mut k[t * kvw..(t + 1) * kvw], hp.head_dim, pos);
-            k_cache[pos * kvw..(pos + 1) * kvw].copy_from_slice(&k[t * kvw..(t + 1) * kvw]);
-            v_cache[pos * kvw..(pos + 1) * kvw].copy_from_slice(&v[t * kvw..(t + 1) * kvw]);
+            ops::store_f16(
+                &mut k_cache[pos * kvw..(pos + 1) * kvw],
+                &k[t * kvw..(t + 1) * kvw],
+            );
+            ops::store_f16(
+                &mut v_cache[pos * kvw..(pos + 1) * kvw],
+                &v[t * kvw..(t + 1) * kvw],
+            );
             let (kc, vc) = (&k_cache[..(pos + 1) * kvw], &v_cache[..(pos + 1) * kvw]);
             ops::attention(
                 &q[t * qw..(t + 1) * qw],

@@ -12,6 +12,7 @@ mod qwen3moe;
 use std::sync::Arc;
 
 use gguf::{GgufFile, Metadata};
+use half::f16;
 
 use crate::error::{Error, Result};
 use crate::ops::Exec;
@@ -58,12 +59,12 @@ pub struct State {
 /// What one layer remembers of the sequence.
 #[derive(Debug)]
 pub enum LayerState {
-    /// Keys and values, `n_ctx × kv_width` each.
+    /// Keys and values, `n_ctx × kv_width` each, in f16 (llama.cpp's default `-ctk/-ctv f16`).
     Kv {
         /// Keys, position-major.
-        k: Vec<f32>,
+        k: Vec<f16>,
         /// Values, position-major.
-        v: Vec<f32>,
+        v: Vec<f16>,
     },
     /// DeltaNet: the last `d_conv − 1` inputs of the short convolution (per channel, oldest
     /// first: `[conv_dim][d_conv − 1]`) and the per-head state matrices (`[n_v_head][v][k]`,
@@ -80,8 +81,8 @@ impl LayerState {
     /// A KV cache for `n_ctx` positions of `kv_width` values.
     pub fn kv(kv_width: usize, n_ctx: usize) -> LayerState {
         LayerState::Kv {
-            k: vec![0f32; n_ctx * kv_width],
-            v: vec![0f32; n_ctx * kv_width],
+            k: vec![f16::ZERO; n_ctx * kv_width],
+            v: vec![f16::ZERO; n_ctx * kv_width],
         }
     }
 }

@@ -8,6 +8,8 @@
 //! (Qwen3-Next; llama.cpp `qwen3next.cpp`), which fuses β/α into one projection, may fuse
 //! q/k/v/z (`ssm_in`, older files), and groups value heads by key head instead of tiling them.
 
+use half::f16;
+
 use crate::error::{Error, Result};
 use crate::ops::{self, AttnShape, Exec, Rope, RopeStyle};
 use crate::weights::{QTensor, Weights};
@@ -391,7 +393,7 @@ impl Qwen35Moe {
     fn full_attn(
         &self,
         m: &Attention,
-        (kc, vc): (&mut [f32], &mut [f32]),
+        (kc, vc): (&mut [f16], &mut [f16]),
         x: &[f32],
         pos0: usize,
         exec: Exec,
@@ -424,8 +426,11 @@ impl Qwen35Moe {
             ops::rms_norm_inplace(kt, &m.attn_k_norm, hp.rms_eps); //    Kcur_normed
             hp.rope.apply(&mut q, hd, pos); // 4.
             hp.rope.apply(kt, hd, pos);
-            kc[pos * kvw..(pos + 1) * kvw].copy_from_slice(kt); // 5.
-            vc[pos * kvw..(pos + 1) * kvw].copy_from_slice(&v[t * kvw..(t + 1) * kvw]);
+            ops::store_f16(&mut kc[pos * kvw..(pos + 1) * kvw], kt); // 5.
+            ops::store_f16(
+                &mut vc[pos * kvw..(pos + 1) * kvw],
+                &v[t * kvw..(t + 1) * kvw],
+            );
             let ot = &mut o[t * qw..(t + 1) * qw];
             ops::attention(
                 &q,
