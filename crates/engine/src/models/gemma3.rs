@@ -286,25 +286,9 @@ impl Model for Gemma3 {
         let hp = &self.hp;
         let (n, e) = (tokens.len(), hp.n_embd);
         let pos0 = state.n_past;
-        if pos0 + n > state.n_ctx {
-            return Err(Error::ContextFull {
-                needed: pos0 + n,
-                n_ctx: state.n_ctx,
-            });
-        }
-        let mut h = vec![0f32; n * e];
+        let mut h = super::embed(&self.token_embd, tokens, state)?;
         let scale = (e as f32).sqrt();
-        for (t, &id) in tokens.iter().enumerate() {
-            if id as usize >= hp.n_vocab {
-                return Err(Error::BadToken {
-                    id,
-                    n_vocab: hp.n_vocab,
-                });
-            }
-            let row = &mut h[t * e..(t + 1) * e];
-            self.token_embd.dequant_row(id as usize, row)?;
-            row.iter_mut().for_each(|v| *v *= scale); // inp_scaled
-        }
+        h.iter_mut().for_each(|v| *v *= scale); // inp_scaled
         let mut x = vec![0f32; n * e];
         let mut y = vec![0f32; n * e];
         for (il, ls) in state.layers.iter_mut().enumerate() {
@@ -322,15 +306,14 @@ impl Model for Gemma3 {
             ops::add_inplace(&mut h, &y); // l_out
         }
         state.n_past += n;
-        let rows = if all_logits {
-            &h[..]
-        } else {
-            &h[(n - 1) * e..]
-        };
-        let mut normed = vec![0f32; rows.len()];
-        ops::rms_norm(rows, &self.output_norm, hp.rms_eps, &mut normed); // result_norm
-        let mut logits = vec![0f32; rows.len() / e * hp.n_vocab];
-        ops::matmul(&self.output, &normed, rows.len() / e, &mut logits, exec)?; // result_output
+        let mut logits = super::lm_head(
+            &h,
+            &self.output_norm,
+            hp.rms_eps,
+            &self.output,
+            all_logits,
+            exec,
+        )?;
         if hp.softcap > 0.0 {
             logits
                 .iter_mut()

@@ -276,23 +276,7 @@ impl Model for Llama {
         let hp = &self.hp;
         let (n, e) = (tokens.len(), hp.n_embd);
         let pos0 = state.n_past;
-        if pos0 + n > state.n_ctx {
-            return Err(Error::ContextFull {
-                needed: pos0 + n,
-                n_ctx: state.n_ctx,
-            });
-        }
-        let mut h = vec![0f32; n * e];
-        for (t, &id) in tokens.iter().enumerate() {
-            if id as usize >= hp.n_vocab {
-                return Err(Error::BadToken {
-                    id,
-                    n_vocab: hp.n_vocab,
-                });
-            }
-            self.token_embd
-                .dequant_row(id as usize, &mut h[t * e..(t + 1) * e])?;
-        }
+        let mut h = super::embed(&self.token_embd, tokens, state)?;
         let mut x = vec![0f32; n * e];
         for (i, (l, kv)) in self.layers.iter().zip(state.layers.iter_mut()).enumerate() {
             ops::rms_norm(&h, &l.attn_norm, hp.rms_eps, &mut x); // attn_norm
@@ -306,16 +290,14 @@ impl Model for Llama {
             ops::add_inplace(&mut h, &f); // l_out
         }
         state.n_past += n;
-        let rows = if all_logits {
-            &h[..]
-        } else {
-            &h[(n - 1) * e..]
-        };
-        let m = rows.len() / e;
-        let mut normed = vec![0f32; rows.len()];
-        ops::rms_norm(rows, &self.output_norm, hp.rms_eps, &mut normed); // result_norm
-        let mut logits = vec![0f32; m * hp.n_vocab];
-        ops::matmul(&self.output, &normed, m, &mut logits, exec)?; // result_output
+        let logits = super::lm_head(
+            &h,
+            &self.output_norm,
+            hp.rms_eps,
+            &self.output,
+            all_logits,
+            exec,
+        )?;
         Ok(logits)
     }
 }

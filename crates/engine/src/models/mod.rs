@@ -15,8 +15,9 @@ use gguf::{GgufFile, Metadata};
 use half::f16;
 
 use crate::error::{Error, Result};
+use crate::ops;
 use crate::ops::Exec;
-use crate::weights::Weights;
+use crate::weights::{QTensor, Weights};
 
 pub use llama::Llama;
 
@@ -104,6 +105,45 @@ pub fn load(file: Arc<GgufFile>) -> Result<Box<dyn Model>> {
             supported: SUPPORTED,
         }),
     }
+}
+
+/// The first step of every `forward`: check the batch fits the state, and look up the token
+/// embeddings (`tokens.len() × n_embd`, ids checked against the vocabulary).
+pub(crate) fn embed(token_embd: &QTensor, tokens: &[u32], state: &State) -> Result<Vec<f32>> {
+    let (n, e, n_vocab) = (tokens.len(), token_embd.row_len(), token_embd.n_rows());
+    if state.n_past + n > state.n_ctx {
+        return Err(Error::ContextFull {
+            needed: state.n_past + n,
+            n_ctx: state.n_ctx,
+        });
+    }
+    let mut h = vec![0f32; n * e];
+    for (row, &id) in h.chunks_exact_mut(e).zip(tokens) {
+        if id as usize >= n_vocab {
+            return Err(Error::BadToken { id, n_vocab });
+        }
+        token_embd.dequant_row(id as usize, row)?;
+    }
+    Ok(h)
+}
+
+/// The last step of every `forward`: the final RMS norm and the output matmul, on the last
+/// row of `h` or (`all_logits`) on every row.
+pub(crate) fn lm_head(
+    h: &[f32],
+    norm: &[f32],
+    eps: f32,
+    output: &QTensor,
+    all_logits: bool,
+    exec: Exec,
+) -> Result<Vec<f32>> {
+    let e = norm.len();
+    let rows = if all_logits { h } else { &h[h.len() - e..] };
+    let mut normed = vec![0f32; rows.len()];
+    ops::rms_norm(rows, norm, eps, &mut normed); // result_norm
+    let mut logits = vec![0f32; rows.len() / e * output.n_rows()];
+    ops::matmul(output, &normed, rows.len() / e, &mut logits, exec)?; // result_output
+    Ok(logits)
 }
 
 /// Typed reads of an architecture's metadata keys (`{arch}.{name}`), erroring with the key.
