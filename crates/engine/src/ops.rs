@@ -120,6 +120,11 @@ pub fn matmul_rows(
 /// Rows `rows` (offset by `first`) of W against every token: `rows.len() × n_tokens` values,
 /// row-major. `acts`: the quantized activations and their per-token byte length, or `None` for
 /// the dequantize-and-f32 path.
+/// Weight rows and activation rows per cache block of [`matmul_part`] (64 rows of a 4096-wide
+/// Q4_K matrix are 147 KB; 32 Q8_K activation rows 150 KB: together well inside L2).
+const ROW_BLOCK: usize = 64;
+const TOKEN_BLOCK: usize = 32;
+
 fn matmul_part(
     w: &QTensor,
     rows: Range<usize>,
@@ -132,11 +137,20 @@ fn matmul_part(
     let mut part = vec![0f32; rows.len() * n_tokens];
     match acts {
         Some((a, ab)) => {
+            // Blocked so that a block of weight rows and a block of activation rows both stay
+            // in cache while every pair is taken (the same dots, in another order).
             let (data, rb) = (w.data(), w.row_bytes());
-            for (j, r) in rows.enumerate() {
-                let wr = &data[(first + r) * rb..(first + r + 1) * rb];
-                for t in 0..n_tokens {
-                    part[j * n_tokens + t] = quant::vec_dot(w.ty, k, wr, &a[t * ab..(t + 1) * ab])?;
+            let kernels = quant::Kernels::current();
+            for r0 in (0..rows.len()).step_by(ROW_BLOCK) {
+                for t0 in (0..n_tokens).step_by(TOKEN_BLOCK) {
+                    for j in r0..(r0 + ROW_BLOCK).min(rows.len()) {
+                        let r = first + rows.start + j;
+                        let wr = &data[r * rb..(r + 1) * rb];
+                        for t in t0..(t0 + TOKEN_BLOCK).min(n_tokens) {
+                            part[j * n_tokens + t] =
+                                kernels.vec_dot(w.ty, k, wr, &a[t * ab..(t + 1) * ab])?;
+                        }
+                    }
                 }
             }
         }
@@ -272,35 +286,36 @@ pub fn store_f16(dst: &mut [f16], src: &[f32]) {
         .for_each(|(d, &v)| *d = f16::from_f32(v));
 }
 
-/// Attention of one query position over cached keys/values `0..n_kv` (f16, position-major,
+/// Widen f16 cache entries to f32.
+pub fn f16_to_f32(src: &[f16]) -> Vec<f32> {
+    src.iter().map(|x| x.to_f32()).collect()
+}
+
+/// Attention of one query position over keys/values `0..n_kv` (position-major,
 /// `n_head_kv × head_dim` per position); `q` and `out` are `n_head × head_dim`.
 ///
-/// The cache is f16 like llama.cpp's default (`-ctk/-ctv f16`); the arithmetic stays in f32
-/// (scores, a max-subtracted softmax, the weighted sum of V). ggml's CPU flash-attention kernel
-/// instead rounds q to f16 and sums V in an f16 accumulator; emulating that moved our logits
-/// towards llama.cpp's on Gemma 3 and away from them on SmolLM2 (llama.cpp picks its attention
-/// path per model), so we keep the plain form and its smaller error.
-pub fn attention(q: &[f32], k: &[f16], v: &[f16], n_kv: usize, s: AttnShape, out: &mut [f32]) {
+/// The cache is f16 like llama.cpp's default (`-ctk/-ctv f16`); callers widen it to f32 once
+/// per call ([`f16_to_f32`]) and the arithmetic stays in f32 (scores, a max-subtracted softmax,
+/// the weighted sum of V). ggml's CPU flash-attention kernel instead rounds q to f16 and sums V
+/// in an f16 accumulator; emulating that moved our logits towards llama.cpp's on Gemma 3 and
+/// away from them on SmolLM2 (llama.cpp picks its attention path per model), so we keep the
+/// plain form and its smaller error.
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], n_kv: usize, s: AttnShape, out: &mut [f32]) {
     let (hd, kvw) = (s.head_dim, s.n_head_kv * s.head_dim);
     let group = s.n_head / s.n_head_kv;
     let mut scores = vec![0f32; n_kv];
-    let mut row = vec![0f32; hd];
     for h in 0..s.n_head {
         let qh = &q[h * hd..(h + 1) * hd];
         let kvh = h / group;
         for (p, sc) in scores.iter_mut().enumerate() {
-            let kp = &k[p * kvw + kvh * hd..p * kvw + (kvh + 1) * hd];
-            row.iter_mut().zip(kp).for_each(|(r, x)| *r = x.to_f32());
-            *sc = dot(qh, &row) * s.scale;
+            *sc = dot(qh, &k[p * kvw + kvh * hd..p * kvw + (kvh + 1) * hd]) * s.scale;
         }
         softmax(&mut scores);
         let oh = &mut out[h * hd..(h + 1) * hd];
         oh.fill(0.0);
         for (p, &w) in scores.iter().enumerate() {
             let vp = &v[p * kvw + kvh * hd..p * kvw + (kvh + 1) * hd];
-            oh.iter_mut()
-                .zip(vp)
-                .for_each(|(o, x)| *o += w * x.to_f32());
+            oh.iter_mut().zip(vp).for_each(|(o, &x)| *o += w * x);
         }
     }
 }
@@ -344,8 +359,8 @@ mod tests {
             scale: 1.0,
         };
         let q = [1.0, 0.0, 0.0, 1.0];
-        let k = [f16::from_f32(0.5), f16::from_f32(0.5)];
-        let v = [f16::from_f32(3.0), f16::from_f32(-2.0)];
+        let k = [0.5, 0.5];
+        let v = [3.0, -2.0];
         let mut out = [0f32; 4];
         attention(&q, &k, &v, 1, s, &mut out);
         assert_eq!(out, [3.0, -2.0, 3.0, -2.0]);

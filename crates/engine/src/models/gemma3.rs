@@ -184,6 +184,9 @@ impl Gemma3 {
         };
         let q_scale = 1.0 / (hd as f32).sqrt();
         let mut o = vec![0f32; n * qw];
+        // The cache widened to f32 once per call, grown by each new position.
+        let mut kf = ops::f16_to_f32(&kc[..pos0 * kvw]);
+        let mut vf = ops::f16_to_f32(&vc[..pos0 * kvw]);
         for t in 0..n {
             let pos = pos0 + t;
             let qt = &mut q[t * qw..(t + 1) * qw];
@@ -204,10 +207,9 @@ impl Gemma3 {
             } else {
                 0
             };
-            let (ks, vs) = (
-                &kc[first * kvw..(pos + 1) * kvw],
-                &vc[first * kvw..(pos + 1) * kvw],
-            );
+            kf.extend(kc[pos * kvw..(pos + 1) * kvw].iter().map(|x| x.to_f32()));
+            vf.extend(vc[pos * kvw..(pos + 1) * kvw].iter().map(|x| x.to_f32()));
+            let (ks, vs) = (&kf[first * kvw..], &vf[first * kvw..]);
             ops::attention(
                 qt,
                 ks,

@@ -203,6 +203,9 @@ impl Llama {
             ops::rms_norm_inplace(&mut k, kn, hp.rms_eps); // Kcur_normed
         }
         let mut attn = vec![0f32; n * qw];
+        // The cache widened to f32 once per call, grown by each new position.
+        let mut kf = ops::f16_to_f32(&k_cache[..pos0 * kvw]);
+        let mut vf = ops::f16_to_f32(&v_cache[..pos0 * kvw]);
         for t in 0..n {
             let pos = pos0 + t;
             hp.rope
@@ -217,7 +220,17 @@ impl Llama {
                 &mut v_cache[pos * kvw..(pos + 1) * kvw],
                 &v[t * kvw..(t + 1) * kvw],
             );
-            let (kc, vc) = (&k_cache[..(pos + 1) * kvw], &v_cache[..(pos + 1) * kvw]);
+            kf.extend(
+                k_cache[pos * kvw..(pos + 1) * kvw]
+                    .iter()
+                    .map(|x| x.to_f32()),
+            );
+            vf.extend(
+                v_cache[pos * kvw..(pos + 1) * kvw]
+                    .iter()
+                    .map(|x| x.to_f32()),
+            );
+            let (kc, vc) = (&kf[..], &vf[..]);
             ops::attention(
                 &q[t * qw..(t + 1) * qw],
                 kc,

@@ -413,6 +413,9 @@ impl Qwen35Moe {
             scale: 1.0 / (hd as f32).sqrt(),
         };
         let mut o = vec![0f32; n * qw];
+        // The cache widened to f32 once per call, grown by each new position.
+        let mut kf = ops::f16_to_f32(&kc[..pos0 * kvw]);
+        let mut vf = ops::f16_to_f32(&vc[..pos0 * kvw]);
         for t in 0..n {
             let pos = pos0 + t;
             let (mut q, mut gate) = (vec![0f32; qw], vec![0f32; qw]);
@@ -431,15 +434,10 @@ impl Qwen35Moe {
                 &mut vc[pos * kvw..(pos + 1) * kvw],
                 &v[t * kvw..(t + 1) * kvw],
             );
+            kf.extend(kc[pos * kvw..(pos + 1) * kvw].iter().map(|x| x.to_f32()));
+            vf.extend(vc[pos * kvw..(pos + 1) * kvw].iter().map(|x| x.to_f32()));
             let ot = &mut o[t * qw..(t + 1) * qw];
-            ops::attention(
-                &q,
-                &kc[..(pos + 1) * kvw],
-                &vc[..(pos + 1) * kvw],
-                pos + 1,
-                shape,
-                ot,
-            ); // 6.
+            ops::attention(&q, &kf, &vf, pos + 1, shape, ot); // 6.
             ot.iter_mut()
                 .zip(&gate)
                 .for_each(|(o, &g)| *o *= ops::sigmoid(g)); // 7.
