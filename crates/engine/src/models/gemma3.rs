@@ -59,15 +59,8 @@ impl Hparams {
             style: RopeStyle::Neox,
         };
         let base_swa = k.opt_f32("rope.freq_base_swa").unwrap_or(10_000.0);
-        let n_vocab = w
-            .metadata()
-            .get_array("tokenizer.ggml.tokens")
-            .map(|a| a.len());
         Ok(Hparams {
-            n_vocab: n_vocab.ok_or(Error::MissingKey {
-                key: "tokenizer.ggml.tokens".into(),
-                expected: "array",
-            })?,
+            n_vocab: k.n_vocab()?,
             n_ctx_train: k.usize("context_length")?,
             n_embd,
             n_layer,

@@ -47,12 +47,8 @@ impl Hparams {
         let head_dim = k
             .opt_usize("attention.key_length")
             .unwrap_or(n_embd / n_head);
-        let n_vocab = match w.metadata().get_array("tokenizer.ggml.tokens") {
-            Some(a) => a.len(),
-            None => k.usize("vocab_size")?,
-        };
         Ok(Hparams {
-            n_vocab,
+            n_vocab: k.n_vocab()?,
             n_ctx_train: k.usize("context_length")?,
             n_embd,
             n_layer: k.usize("block_count")?,

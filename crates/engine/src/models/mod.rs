@@ -158,10 +158,21 @@ impl<'a> Keys<'a> {
     }
 
     fn full(&self, name: &str) -> String {
-        if name.contains('.') && (name.starts_with("general.") || name.starts_with("tokenizer.")) {
+        if name.starts_with("general.") || name.starts_with("tokenizer.") {
             name.to_string()
         } else {
             format!("{}.{name}", self.arch)
+        }
+    }
+
+    /// Vocabulary size: the length of `tokenizer.ggml.tokens`, else `{arch}.vocab_size`.
+    pub(crate) fn n_vocab(&self) -> Result<usize> {
+        match self.md.get_array("tokenizer.ggml.tokens") {
+            Some(tokens) => Ok(tokens.len()),
+            None => self.opt_usize("vocab_size").ok_or(Error::MissingKey {
+                key: "tokenizer.ggml.tokens".into(),
+                expected: "array (or a vocab_size key)",
+            }),
         }
     }
 

@@ -82,17 +82,10 @@ impl Hparams {
             _ => (0..n_layer).map(|i| (i + 1) % interval != 0).collect(),
         };
         let head_dim = k.usize("attention.key_length")?;
-        let n_vocab = w
-            .metadata()
-            .get_array("tokenizer.ggml.tokens")
-            .map(|a| a.len());
         let hp = Hparams {
             arch: arch.to_string(),
             variant,
-            n_vocab: n_vocab.ok_or(Error::MissingKey {
-                key: "tokenizer.ggml.tokens".into(),
-                expected: "array",
-            })?,
+            n_vocab: k.n_vocab()?,
             n_ctx_train: k.usize("context_length")?,
             n_embd: k.usize("embedding_length")?,
             n_layer,
