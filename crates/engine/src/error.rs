@@ -85,6 +85,9 @@ pub enum Error {
         /// Positions the state holds.
         n_ctx: usize,
     },
+    /// An operation's buffers disagree in size (a bug in the caller, reported not panicked).
+    #[error("op shape mismatch: {0}")]
+    Shape(String),
 }
 
 /// Result with the engine's [`Error`].

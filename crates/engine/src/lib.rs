@@ -22,6 +22,7 @@ pub use weights::{QTensor, Weights};
 
 pub mod chat;
 mod error;
+mod matmul;
 pub mod models;
 pub mod ops;
 mod pool;

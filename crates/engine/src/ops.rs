@@ -1,16 +1,9 @@
-//! The CPU operations models are written in: norms, matmuls over quantized weights, RoPE,
-//! attention over a KV cache. Plain f32 reference versions; the fast kernels (activations
-//! quantized once per matmul, SIMD picked at run time) replace `matmul`'s inner loop later
-//! without changing these signatures.
-
-use std::ops::Range;
-use std::sync::Mutex;
+//! The CPU operations models are written in: norms, matmuls over quantized weights (in
+//! `matmul.rs`, re-exported here), RoPE, attention over a KV cache.
 
 use half::f16;
 
-use crate::error::Result;
-use crate::pool::Pool;
-use crate::weights::QTensor;
+pub use crate::matmul::{matmul, matmul_batch, matmul_rows, MatJob};
 
 /// How an operation may run: the number of worker threads.
 #[derive(Clone, Copy, Debug)]
@@ -50,121 +43,6 @@ pub fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
             *v *= scale * g;
         }
     }
-}
-
-/// `out[t] = W · x[t]` for `n_tokens` rows of `x` (each `w.row_len()` long); `out` is
-/// `n_tokens × w.n_rows()`, token-major. Rows of W are split across threads; each row is
-/// dequantized once and used for every token.
-pub fn matmul(w: &QTensor, x: &[f32], n_tokens: usize, out: &mut [f32], exec: Exec) -> Result<()> {
-    matmul_rows(w, 0..w.n_rows(), x, n_tokens, out, exec)
-}
-
-/// [`matmul`] with the rows `rows` of W only (one expert's slice of a 3-D expert tensor);
-/// `out` is `n_tokens × rows.len()`.
-pub fn matmul_rows(
-    w: &QTensor,
-    rows: Range<usize>,
-    x: &[f32],
-    n_tokens: usize,
-    out: &mut [f32],
-    exec: Exec,
-) -> Result<()> {
-    let (k, n, first) = (w.row_len(), rows.len(), rows.start);
-    debug_assert_eq!(x.len(), n_tokens * k);
-    debug_assert_eq!(out.len(), n_tokens * n);
-    // As ggml's CPU backend does: activations quantized once to the weight type's dot type
-    // (Q8_0, Q8_1, Q8_K, F16, BF16), then integer block dots (`quant::vec_dot`, bit-exact with
-    // ggml's reference). Types without a dot kernel fall back to dequantize + f32 dot.
-    let acts = if quant::DOT_TYPES.contains(&w.ty) {
-        let mut all = Vec::new();
-        let mut row = Vec::new();
-        for t in 0..n_tokens {
-            quant::quantize_activations(w.ty, &x[t * k..(t + 1) * k], &mut row)?;
-            all.extend_from_slice(&row);
-        }
-        Some((all, row.len()))
-    } else {
-        None
-    };
-    let acts = acts.as_ref();
-    let pool = Pool::global(exec.threads);
-    let threads = pool.threads().min(exec.threads).clamp(1, n.max(1));
-    let per = n.div_ceil(threads);
-    let slots: Vec<Mutex<Option<Result<Vec<f32>>>>> =
-        (0..pool.threads()).map(|_| Mutex::new(None)).collect();
-    pool.run(&|i| {
-        if i >= threads {
-            return;
-        }
-        let rows = (i * per).min(n)..((i + 1) * per).min(n);
-        let part = matmul_part(w, rows, first, x, n_tokens, acts);
-        *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(part);
-    });
-    let parts = slots.into_iter().take(threads).map(|m| {
-        m.into_inner()
-            .unwrap_or_else(|e| e.into_inner())
-            .unwrap_or(Ok(Vec::new()))
-    });
-    for (i, part) in parts.into_iter().enumerate() {
-        let part = part?;
-        let r0 = i * per;
-        for (j, chunk) in part.chunks_exact(n_tokens.max(1)).enumerate() {
-            for (t, &v) in chunk.iter().enumerate() {
-                out[t * n + r0 + j] = v;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Rows `rows` (offset by `first`) of W against every token: `rows.len() × n_tokens` values,
-/// row-major. `acts`: the quantized activations and their per-token byte length, or `None` for
-/// the dequantize-and-f32 path.
-/// Weight rows and activation rows per cache block of [`matmul_part`] (64 rows of a 4096-wide
-/// Q4_K matrix are 147 KB; 32 Q8_K activation rows 150 KB: together well inside L2).
-const ROW_BLOCK: usize = 64;
-const TOKEN_BLOCK: usize = 32;
-
-fn matmul_part(
-    w: &QTensor,
-    rows: Range<usize>,
-    first: usize,
-    x: &[f32],
-    n_tokens: usize,
-    acts: Option<&(Vec<u8>, usize)>,
-) -> Result<Vec<f32>> {
-    let k = w.row_len();
-    let mut part = vec![0f32; rows.len() * n_tokens];
-    match acts {
-        Some((a, ab)) => {
-            // Blocked so that a block of weight rows and a block of activation rows both stay
-            // in cache while every pair is taken (the same dots, in another order).
-            let (data, rb) = (w.data(), w.row_bytes());
-            let kernels = quant::Kernels::current();
-            for r0 in (0..rows.len()).step_by(ROW_BLOCK) {
-                for t0 in (0..n_tokens).step_by(TOKEN_BLOCK) {
-                    for j in r0..(r0 + ROW_BLOCK).min(rows.len()) {
-                        let r = first + rows.start + j;
-                        let wr = &data[r * rb..(r + 1) * rb];
-                        for t in t0..(t0 + TOKEN_BLOCK).min(n_tokens) {
-                            part[j * n_tokens + t] =
-                                kernels.vec_dot(w.ty, k, wr, &a[t * ab..(t + 1) * ab])?;
-                        }
-                    }
-                }
-            }
-        }
-        None => {
-            let mut row = vec![0f32; k];
-            for (j, r) in rows.enumerate() {
-                w.dequant_row(first + r, &mut row)?;
-                for t in 0..n_tokens {
-                    part[j * n_tokens + t] = dot(&row, &x[t * k..(t + 1) * k]);
-                }
-            }
-        }
-    }
-    Ok(part)
 }
 
 /// Dot product in f32, accumulated in 8 lanes (so the compiler vectorises it).

@@ -1,7 +1,9 @@
 //! `llm-server bench`: prompt-processing and generation speed on a model file, measured the way
 //! llama-bench measures it (`-p 512 -n 128`: a batch of 512 prompt tokens, then 128 tokens
 //! generated one at a time; random token ids; the mean of `-r` repetitions after a warm-up).
-//! Prints a table like llama-bench's so the two sit side by side in BENCHMARKS.md.
+//! Prints a table like llama-bench's so the two sit side by side in BENCHMARKS.md, then the
+//! memory-bandwidth bound of decode: the weight bytes one generated token reads, over the read
+//! bandwidth this machine gives the same number of threads.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -26,6 +28,9 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
+    /// Skip the memory-bandwidth measurement (reads a 2 GiB buffer) after the tg test.
+    #[arg(long)]
+    pub no_bandwidth: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -86,6 +91,73 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         row(format!("tg{}", args.n_gen), &rates);
+        if !args.no_bandwidth {
+            let mean = rates.iter().sum::<f64>() / rates.len() as f64;
+            let file = gguf::GgufFile::open(&path)?;
+            let bytes = decode_bytes(&file);
+            let bw = read_bandwidth(m.exec.threads);
+            println!(
+                "\ndecode reads {:.1} MB of weights per token; memory read bandwidth {:.1} GB/s \
+                 ({} threads) → bound {:.1} tok/s; measured {mean:.1} ({:.0}% of the bound)",
+                bytes as f64 / 1e6,
+                bw / 1e9,
+                m.exec.threads,
+                bw / bytes as f64,
+                100.0 * mean * bytes as f64 / bw
+            );
+        }
     }
     Ok(())
+}
+
+/// Weight bytes one decoded token reads: every tensor once, except the embedding table (one
+/// row, unless it doubles as the output matrix) and routed-expert tensors (`*_exps`: the
+/// `expert_used_count / expert_count` share a token routes to). KV-cache reads are left out:
+/// at llama-bench's tg128 they are under 1% of the weights for these models.
+fn decode_bytes(file: &gguf::GgufFile) -> u64 {
+    let md = file.metadata();
+    let arch = md.get_str("general.architecture").unwrap_or_default();
+    let key = |k: &str| md.get_u64(&format!("{arch}.{k}"));
+    let share = match (key("expert_used_count"), key("expert_count")) {
+        (Some(used), Some(all)) if all > 0 => used as f64 / all as f64,
+        _ => 1.0,
+    };
+    let tied = file.tensor("output.weight").is_none();
+    file.tensors()
+        .iter()
+        .map(|t| {
+            if t.name == "token_embd.weight" {
+                if tied {
+                    t.n_bytes
+                } else {
+                    t.n_bytes / t.dims.get(1).copied().unwrap_or(1).max(1)
+                }
+            } else if t.name.contains("_exps") {
+                (t.n_bytes as f64 * share) as u64
+            } else {
+                t.n_bytes
+            }
+        })
+        .sum()
+}
+
+/// Read bandwidth of `threads` threads summing a 2 GiB buffer (4× any L3 here), best of 3.
+fn read_bandwidth(threads: usize) -> f64 {
+    const BYTES: usize = 2 << 30;
+    let words: Vec<u64> = (0..BYTES / 8).map(|i| i as u64).collect();
+    let per = words.len().div_ceil(threads.max(1));
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let total: u64 = std::thread::scope(|s| {
+            let parts: Vec<_> = words
+                .chunks(per)
+                .map(|c| s.spawn(move || c.iter().fold(0u64, |a, &w| a.wrapping_add(w))))
+                .collect();
+            parts.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+        });
+        best = best.min(t0.elapsed().as_secs_f64());
+        std::hint::black_box(total);
+    }
+    BYTES as f64 / best
 }

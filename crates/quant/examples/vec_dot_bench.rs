@@ -1,9 +1,11 @@
 //! Single-thread matvec speed of every kernel path: a 4096 x 4096 weight matrix of each type
-//! times one activation row, reported as GB/s of weight bytes (no asserts; timings vary).
+//! times one activation row, reported as GB/s of weight bytes; then the tile kernels
+//! (`quant::gemm`) on the same matvec and on a cache-resident 64-row x 32-token block, as
+//! multiply-adds per nanosecond (no asserts; timings vary).
 //!
 //! `cargo run -p quant --release --example vec_dot_bench [TYPE...]` (default Q4_K Q8_0).
 
-use quant::{quantize_activations, random_blocks, GgmlType, Kernels};
+use quant::{gemm, quantize_activations, random_blocks, GgmlType, Kernels, QActs};
 use std::time::Instant;
 
 fn main() -> Result<(), quant::Error> {
@@ -27,7 +29,9 @@ fn main() -> Result<(), quant::Error> {
             .collect();
         let mut act = Vec::new();
         quantize_activations(ty, &x, &mut act)?;
-        for k in Kernels::available() {
+        // TILE_ONLY=1 skips the vec_dot paths (for `perf stat` of the tile kernels alone).
+        let tile_only = std::env::var_os("TILE_ONLY").is_some();
+        for k in Kernels::available().iter().filter(|_| !tile_only) {
             let mut out = vec![0f32; rows];
             let mut best = f64::MAX;
             for _ in 0..7 {
@@ -46,6 +50,45 @@ fn main() -> Result<(), quant::Error> {
                 best * 1e3
             );
         }
+        let a = QActs::new(ty, &x, n)?;
+        let mut out = vec![0f32; rows];
+        let best = best_of(7, || gemm(&w, &a, 0..1, &mut out, 1))?;
+        println!(
+            "{:>6} {:>11}: {:7.2} GB/s  ({:6.3} ms per matvec, checksum {:.6})",
+            ty.name(),
+            "tile",
+            w.len() as f64 / best / 1e9,
+            best * 1e3,
+            out.iter().sum::<f32>()
+        );
+        let (br, bt) = (64, 32);
+        let xb: Vec<f32> = (0..bt * n)
+            .map(|i| x[i % n] * (1.0 + (i / n) as f32))
+            .collect();
+        let ab = QActs::new(ty, &xb, n)?;
+        let mut outb = vec![0f32; br * bt];
+        let wb = &w[..br * row_bytes];
+        let best = best_of(7, || gemm(wb, &ab, 0..bt, &mut outb, bt))?;
+        println!(
+            "{:>6} {:>11}: {:7.2} MAC/ns ({br} rows x {bt} tokens, cache-resident)",
+            ty.name(),
+            "tile gemm",
+            (br * bt * n) as f64 / best / 1e9
+        );
     }
     Ok(())
+}
+
+/// The fastest of `reps` runs of `f`, in seconds.
+fn best_of(
+    reps: usize,
+    mut f: impl FnMut() -> Result<(), quant::Error>,
+) -> Result<f64, quant::Error> {
+    let mut best = f64::MAX;
+    for _ in 0..reps {
+        let t = Instant::now();
+        f()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(best)
 }

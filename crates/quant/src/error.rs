@@ -76,6 +76,9 @@ pub enum Error {
         /// The path asked for.
         path: String,
     },
+    /// A [`gemm`](crate::gemm) call whose weight, activation and output buffers disagree.
+    #[error("gemm: {0}")]
+    GemmShape(String),
     /// A requested RMS that is negative, NaN or infinite.
     #[error("random blocks need a finite, non-negative RMS, got {rms}")]
     BadRms {

@@ -46,6 +46,7 @@ pub use dot::{
     kernel_paths, quantize_activations, vec_dot, vec_dot_type, with_path, Kernels, DOT_TYPES,
 };
 pub use error::{Error, Op};
+pub use gemm::{gemm, tile_types, QActs, TILE};
 pub use gguf::GgmlType;
 pub use iq4::{BlockIQ4_NL, BlockIQ4_XS, KVALUES_IQ4NL};
 pub use k_quants::{BlockQ2_K, BlockQ3_K, BlockQ4_K, BlockQ5_K, BlockQ6_K, BlockQ8_K};
@@ -58,6 +59,7 @@ mod dispatch;
 mod dot;
 mod error;
 mod float;
+mod gemm;
 mod iq4;
 mod k_quantize;
 mod k_quants;

@@ -3,7 +3,7 @@
 //! `build_moe_ffn` with softmax gating and renormalised top-k weights).
 
 use crate::error::Result;
-use crate::ops::{self, Exec};
+use crate::ops::{self, Exec, MatJob};
 use crate::weights::{QTensor, Weights};
 
 /// `down(silu(gate·x) ⊙ up·x)`.
@@ -37,8 +37,13 @@ impl SwiGlu {
         let (e, ff) = (self.gate.row_len(), self.gate.n_rows());
         let n = x.len() / e;
         let (mut gate, mut up) = (vec![0f32; n * ff], vec![0f32; n * ff]);
-        ops::matmul(&self.gate, x, n, &mut gate, exec)?; // ffn_gate
-        ops::matmul(&self.up, x, n, &mut up, exec)?; // ffn_up
+        ops::matmul_batch(
+            &mut [
+                job(&self.gate, 0..ff, x, n, &mut gate), // ffn_gate
+                job(&self.up, 0..ff, x, n, &mut up),     // ffn_up
+            ],
+            exec,
+        )?;
         ops::swiglu(&mut gate, &up); // ffn_swiglu
         let mut out = vec![0f32; n * e];
         ops::matmul(&self.down, &gate, n, &mut out, exec)?; // ffn_down
@@ -94,13 +99,14 @@ impl RoutedExperts {
                 chosen[i].push((t, p[i] / sum)); // ffn_moe_weights_norm
             }
         }
+        let used: Vec<(usize, &Vec<(usize, f32)>)> = chosen
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !t.is_empty())
+            .collect();
+        let out = self.experts(x, &used, exec)?;
         let mut y = vec![0f32; n * e];
-        for (ex, toks) in chosen.iter().enumerate().filter(|(_, t)| !t.is_empty()) {
-            let xs: Vec<f32> = toks
-                .iter()
-                .flat_map(|&(t, _)| x[t * e..(t + 1) * e].iter().copied())
-                .collect();
-            let out = self.expert(ex, &xs, toks.len(), exec)?;
+        for ((_, toks), out) in used.iter().zip(&out) {
             for (i, &(t, wt)) in toks.iter().enumerate() {
                 let dst = &mut y[t * e..(t + 1) * e];
                 dst.iter_mut()
@@ -111,30 +117,65 @@ impl RoutedExperts {
         Ok(y) // ffn_moe_out
     }
 
-    /// Expert `ex` (its slice of the 3-D tensors) on `n` gathered rows.
-    fn expert(&self, ex: usize, xs: &[f32], n: usize, exec: Exec) -> Result<Vec<f32>> {
+    /// Each used expert (its slice of the 3-D tensors) on the rows of `x` routed to it: all
+    /// gate and up projections as one pool job, then all down projections as another.
+    fn experts(
+        &self,
+        x: &[f32],
+        used: &[(usize, &Vec<(usize, f32)>)],
+        exec: Exec,
+    ) -> Result<Vec<Vec<f32>>> {
         let (e, ff) = (self.gate_exps.row_len(), self.gate_exps.dims[1] as usize);
-        let (mut gate, mut up) = (vec![0f32; n * ff], vec![0f32; n * ff]);
-        ops::matmul_rows(
-            &self.gate_exps,
-            ex * ff..(ex + 1) * ff,
-            xs,
-            n,
-            &mut gate,
-            exec,
-        )?;
-        ops::matmul_rows(&self.up_exps, ex * ff..(ex + 1) * ff, xs, n, &mut up, exec)?;
-        ops::swiglu(&mut gate, &up);
-        let mut out = vec![0f32; n * e];
-        ops::matmul_rows(
-            &self.down_exps,
-            ex * e..(ex + 1) * e,
-            &gate,
-            n,
-            &mut out,
-            exec,
-        )?;
-        Ok(out)
+        let xs: Vec<Vec<f32>> = used
+            .iter()
+            .map(|(_, toks)| {
+                toks.iter()
+                    .flat_map(|&(t, _)| x[t * e..(t + 1) * e].iter().copied())
+                    .collect()
+            })
+            .collect();
+        let mut gates: Vec<Vec<f32>> = used.iter().map(|(_, t)| vec![0f32; t.len() * ff]).collect();
+        let mut ups = gates.clone();
+        let mut jobs = Vec::with_capacity(2 * used.len());
+        for (((&(ex, toks), xs), g), u) in used.iter().zip(&xs).zip(&mut gates).zip(&mut ups) {
+            let rows = ex * ff..(ex + 1) * ff;
+            jobs.push(job(&self.gate_exps, rows.clone(), xs, toks.len(), g));
+            jobs.push(job(&self.up_exps, rows, xs, toks.len(), u));
+        }
+        ops::matmul_batch(&mut jobs, exec)?;
+        drop(jobs);
+        for (g, u) in gates.iter_mut().zip(&ups) {
+            ops::swiglu(g, u);
+        }
+        let mut outs: Vec<Vec<f32>> = used.iter().map(|(_, t)| vec![0f32; t.len() * e]).collect();
+        let mut jobs: Vec<MatJob<'_>> = used
+            .iter()
+            .zip(&gates)
+            .zip(&mut outs)
+            .map(|((&(ex, toks), g), o)| {
+                job(&self.down_exps, ex * e..(ex + 1) * e, g, toks.len(), o)
+            })
+            .collect();
+        ops::matmul_batch(&mut jobs, exec)?;
+        drop(jobs);
+        Ok(outs)
+    }
+}
+
+/// A [`MatJob`] from its parts.
+fn job<'a>(
+    w: &'a QTensor,
+    rows: std::ops::Range<usize>,
+    x: &'a [f32],
+    n_tokens: usize,
+    out: &'a mut [f32],
+) -> MatJob<'a> {
+    MatJob {
+        w,
+        rows,
+        x,
+        n_tokens,
+        out,
     }
 }
 

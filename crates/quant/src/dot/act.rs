@@ -39,8 +39,14 @@ fn block(xb: &[f32]) -> (f32, [i8; 32]) {
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let mut qs = [0i8; 32];
     for (q, &v) in qs.iter_mut().zip(xb) {
-        // Saturating like `_mm256_packs_epi32/epi16`; |v·id| ≤ 127 up to rounding anyway.
-        *q = (v * id).round_ties_even().clamp(-128.0, 127.0) as i8;
+        // Saturating like `_mm256_packs_epi32/epi16`; |v·id| ≤ 127 up to rounding anyway
+        // (NaN activations give id = NaN; clamp the code rather than trust the bits).
+        let r = v * id;
+        *q = if r.abs() < 4_194_304.0 {
+            crate::k_quantize::nearest_int(r).clamp(-128, 127) as i8
+        } else {
+            r.clamp(-128.0, 127.0) as i8
+        };
     }
     (d, qs)
 }

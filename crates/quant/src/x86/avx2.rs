@@ -90,7 +90,7 @@ pub(super) fn nibbles(b: &[u8], at: usize) -> __m256i {
 /// (ggml's `bytes_from_bits_32`).
 #[inline]
 #[target_feature(enable = "avx2")]
-fn bits(b: &[u8], at: usize) -> __m256i {
+pub(super) fn bits(b: &[u8], at: usize) -> __m256i {
     let x = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
     let shuf = _mm256_setr_epi64x(
         0,
@@ -106,7 +106,7 @@ fn bits(b: &[u8], at: usize) -> __m256i {
 /// A 16-entry i8 table in both 128-bit lanes, for `pshufb` lookups.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn table(k: &[i8; 16]) -> __m256i {
+pub(super) fn table(k: &[i8; 16]) -> __m256i {
     let t = k.map(|v| v as u8);
     _mm256_broadcastsi128_si256(load128(&t, 0))
 }

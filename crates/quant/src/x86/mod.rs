@@ -31,6 +31,7 @@ mod avx2;
 mod avx2_k;
 mod avx512;
 mod avx512_k;
+mod tile;
 
 /// Kernels every path here has, AVX2 flavour.
 const AVX2_DOTS: &[(T, DotFn)] = &[
@@ -102,4 +103,33 @@ pub(crate) fn detect() -> Vec<&'static Kernels> {
         paths.push(&AVX512);
     }
     paths
+}
+
+/// The tile kernels (`tile.rs`) this CPU can run: none without AVX2/FMA/F16C; the VNNI
+/// flavour of the 32-value formats where AVX512-VNNI and VL exist.
+pub(crate) fn tile_kernels() -> Vec<(T, crate::gemm::TileFn)> {
+    let avx2 = is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
+    if !avx2 {
+        return Vec::new();
+    }
+    let vnni = is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni");
+    tile::kernels(vnni)
+}
+
+/// Every tile-kernel flavour this CPU can run (AVX2, then VNNI), for the tests.
+#[cfg(test)]
+pub(crate) fn tile_flavours() -> Vec<Vec<(T, crate::gemm::TileFn)>> {
+    let mut all = vec![tile_kernels()];
+    if all[0].is_empty() {
+        return Vec::new();
+    }
+    let vnni = is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl");
+    if vnni {
+        all.insert(0, tile::kernels(false));
+    }
+    all
 }
