@@ -195,6 +195,71 @@ fn take_utf8_prefix(pending: &mut Vec<u8>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::demo;
+
+    /// Greedy text and outcome on the demo model; the callback breaks after `cancel_at` calls.
+    fn greedy(max_tokens: usize, stop: &[&str], cancel_at: usize) -> (String, Outcome) {
+        let m = demo();
+        let prompt = prompt_tokens(&m.tokenizer, "Once upon a time", true);
+        let params = Params {
+            max_tokens,
+            n_ctx: m.n_ctx,
+            stop: stop.iter().map(|s| s.to_string()).collect(),
+            sampling: SamplerParams::greedy(),
+        };
+        let (mut text, mut calls) = (String::new(), 0);
+        let o = generate(m.generator(), &prompt, &params, |t| {
+            text.push_str(t);
+            calls += 1;
+            if calls >= cancel_at {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        (text, o.expect("generate"))
+    }
+
+    #[test]
+    fn length_stop_string_and_cancel() {
+        let (full, o) = greedy(24, &[], usize::MAX);
+        assert_eq!(
+            (o.finish, o.completion_tokens),
+            (Finish::Length, 24),
+            "{full:?}"
+        );
+        let stop = full.get(6..9).expect("long enough");
+        let (text, o) = greedy(24, &[stop], usize::MAX);
+        assert_eq!(text, full[..full.find(stop).unwrap_or(0)]);
+        assert_eq!(o.finish, Finish::StopString);
+        assert!(o.completion_tokens < 24);
+        let (_, o) = greedy(24, &[], 3);
+        assert_eq!((o.finish, o.completion_tokens), (Finish::Cancelled, 3));
+    }
+
+    #[test]
+    fn refuses_what_cannot_run() {
+        let m = demo();
+        let params = Params {
+            max_tokens: m.n_ctx,
+            n_ctx: m.n_ctx,
+            stop: Vec::new(),
+            sampling: SamplerParams::greedy(),
+        };
+        let run = |prompt: &[u32]| {
+            generate(
+                m.generator(),
+                prompt,
+                &params,
+                |_| ControlFlow::Continue(()),
+            )
+        };
+        assert!(matches!(run(&[]), Err(GenerateError::EmptyPrompt)));
+        assert!(matches!(
+            run(&[1]),
+            Err(GenerateError::ContextExceeded { prompt: 1, .. })
+        ));
+    }
 
     #[test]
     fn split_utf8_waits_for_the_rest() {
