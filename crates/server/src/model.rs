@@ -92,7 +92,8 @@ pub(crate) fn demo() -> std::sync::Arc<ServedModel> {
         let tokenizer = Tokenizer::from_gguf(file.metadata()).expect("tokenizer");
         let template = ChatTemplate::from_gguf(file.metadata()).expect("template");
         let model = engine::load(file).expect("load");
-        let exec = Exec { threads: 2 };
+        // One thread: tests run in parallel, and a spinning pool on a busy machine crawls.
+        let exec = Exec { threads: 1 };
         let m = ServedModel::new(model, tokenizer, template, exec, "demo".into(), 256);
         Arc::new(m.expect("served model"))
     })

@@ -109,9 +109,6 @@ impl ChatCompletionRequest {
     /// Check everything, render the messages with the chat template and tokenize.
     pub fn into_job(self, m: &ServedModel) -> Result<Job, ApiError> {
         self.gen.check_unsupported()?;
-        if is_set(&self.gen.logprobs) {
-            return Err(ApiError::unsupported("logprobs", "logprobs"));
-        }
         if let Some(format) = &self.chat.response_format {
             if format.get("type").and_then(Value::as_str) != Some("text") {
                 return Err(ApiError::unsupported(
@@ -150,9 +147,6 @@ impl CompletionRequest {
     /// Check everything and tokenize the prompt.
     pub fn into_job(self, m: &ServedModel) -> Result<Job, ApiError> {
         self.gen.check_unsupported()?;
-        if is_set(&self.gen.logprobs) {
-            return Err(ApiError::unsupported("logprobs", "logprobs"));
-        }
         if self.text.echo == Some(true) {
             return Err(ApiError::unsupported("echo", "echo"));
         }
@@ -177,6 +171,9 @@ impl GenFields {
             None | Some(1) => {}
             Some(n) if n < 1 => return Err(ApiError::invalid("n", "n must be at least 1")),
             Some(_) => return Err(ApiError::unsupported("n", "n > 1 (several choices)")),
+        }
+        if is_set(&self.logprobs) {
+            return Err(ApiError::unsupported("logprobs", "logprobs"));
         }
         if is_set(&self.top_logprobs) {
             return Err(ApiError::unsupported("top_logprobs", "top_logprobs"));
