@@ -8,6 +8,7 @@ mod load;
 mod logits;
 mod perplexity;
 mod run;
+mod serve;
 mod synth;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Serve the model over HTTP with the OpenAI API (chat and text completions, streaming).
+    Serve(serve::Args),
     /// Print a GGUF file's architecture, hyperparameters, tokenizer and tensor table.
     Inspect(inspect::Args),
     /// Run one prompt and print the tokens as they come.
@@ -46,6 +49,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(args) => serve::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Run(args) => run::run(args),

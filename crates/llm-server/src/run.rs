@@ -1,11 +1,12 @@
 //! `llm-server run`: one prompt from the terminal, tokens printed as they come, then the speed.
 
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::time::Instant;
 
-use anyhow::{bail, Context};
-use engine::{ChatRequest, Sampler, SamplerParams, StopMatcher, StopStep};
+use anyhow::bail;
+use engine::{ChatRequest, SamplerParams};
+use server::{Generator, Params};
 
 use crate::load;
 
@@ -85,7 +86,6 @@ impl SamplingArgs {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let path = load::model_path(args.model)?;
     let m = load::open(&path, args.threads)?;
-    let mut sampler = Sampler::new(args.sampling.params())?;
     let prompt = if args.chat {
         let Some(t) = &m.template else {
             bail!("{} has no chat template; drop --chat", path.display())
@@ -102,103 +102,41 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         args.prompt.clone()
     };
-    // A template that writes the BOS text itself must not get a second BOS from the tokenizer
-    // (llama.cpp drops the duplicate the same way).
-    let bos_in_text = m
-        .tokenizer
-        .bos()
-        .and_then(|b| m.tokenizer.token_text(b))
-        .is_some_and(|t| prompt.starts_with(t));
-    let tokens = m.tokenizer.encode(&prompt, !bos_in_text, args.chat);
-    if tokens.is_empty() {
-        bail!("the prompt tokenizes to nothing");
-    }
-    if tokens.len() + args.n_predict > args.ctx_size {
-        bail!(
-            "prompt ({} tokens) + {} to generate exceed the context of {}",
-            tokens.len(),
-            args.n_predict,
-            args.ctx_size
-        );
-    }
-    tokens.iter().for_each(|&t| sampler.accept(t));
-    let mut state = m.model.new_state(args.ctx_size);
-    let t0 = Instant::now();
-    let mut logits = m
-        .model
-        .forward(&tokens, &mut state, false, m.exec)
-        .context("prefill")?;
-    let prefill = t0.elapsed();
-    let (mut out, mut pending) = (std::io::stdout().lock(), Vec::new());
-    let mut stops = StopMatcher::new(&args.stop);
-    let t1 = Instant::now();
-    let mut generated = 0;
-    while generated < args.n_predict {
-        let tok = sampler.sample(&logits);
-        if m.tokenizer.is_eog(tok) {
-            break;
-        }
-        sampler.accept(tok);
-        generated += 1;
-        pending.extend_from_slice(m.tokenizer.token_bytes(tok));
-        let text = take_utf8_prefix(&mut pending);
-        match stops.push(&text) {
-            StopStep::Continue(t) => write_flush(&mut out, t.as_bytes())?,
-            StopStep::Stop(t) => {
-                write_flush(&mut out, t.as_bytes())?;
-                pending.clear();
-                break;
+    let tokens = server::prompt_tokens(&m.tokenizer, &prompt, args.chat);
+    let params = Params {
+        max_tokens: args.n_predict,
+        n_ctx: args.ctx_size,
+        stop: args.stop.clone(),
+        sampling: args.sampling.params(),
+    };
+    let generator = Generator {
+        model: m.model.as_ref(),
+        tokenizer: &m.tokenizer,
+        exec: m.exec,
+    };
+    let mut out = std::io::stdout().lock();
+    let mut write_err = None;
+    let o = server::generate(generator, &tokens, &params, |text| {
+        match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                write_err = Some(e);
+                ControlFlow::Break(())
             }
         }
-        if generated < args.n_predict {
-            logits = m.model.forward(&[tok], &mut state, false, m.exec)?;
-        }
+    })?;
+    if let Some(e) = write_err {
+        return Err(e.into());
     }
-    out.write_all(stops.finish().as_bytes())?;
-    out.write_all(&pending)?;
     writeln!(out)?;
-    let decode = t1.elapsed();
     eprintln!(
         "prompt: {} tokens in {:.2} s ({:.1} tok/s); generated: {} tokens in {:.2} s ({:.1} tok/s)",
-        tokens.len(),
-        prefill.as_secs_f64(),
-        tokens.len() as f64 / prefill.as_secs_f64(),
-        generated,
-        decode.as_secs_f64(),
-        generated as f64 / decode.as_secs_f64().max(1e-9)
+        o.prompt_tokens,
+        o.prefill.as_secs_f64(),
+        o.prompt_tokens as f64 / o.prefill.as_secs_f64(),
+        o.completion_tokens,
+        o.decode.as_secs_f64(),
+        o.completion_tokens as f64 / o.decode.as_secs_f64().max(1e-9)
     );
     Ok(())
-}
-
-/// Take the longest complete UTF-8 prefix of `pending`, keeping a split character's bytes
-/// for the next token; bytes that can never be UTF-8 come out as U+FFFD.
-fn take_utf8_prefix(pending: &mut Vec<u8>) -> String {
-    let valid = match std::str::from_utf8(pending) {
-        Ok(_) => pending.len(),
-        // An error with no length is an incomplete sequence at the end: wait for more bytes.
-        Err(e) if e.error_len().is_none() => e.valid_up_to(),
-        Err(_) => pending.len(),
-    };
-    let text = String::from_utf8_lossy(&pending[..valid]).into_owned();
-    pending.drain(..valid);
-    text
-}
-
-fn write_flush(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
-    out.write_all(bytes)?;
-    out.flush()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn split_utf8_waits_for_the_rest() {
-        let mut pending = "é".as_bytes()[..1].to_vec();
-        assert_eq!(take_utf8_prefix(&mut pending), "");
-        pending.push("é".as_bytes()[1]);
-        assert_eq!(take_utf8_prefix(&mut pending), "é");
-        assert!(pending.is_empty());
-    }
 }

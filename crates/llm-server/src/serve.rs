@@ -1,0 +1,76 @@
+//! `llm-server serve`: the OpenAI-compatible HTTP server (the `server` crate) on one model, with
+//! llama-server's flag names.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use server::{AppState, ServedModel};
+
+use crate::load;
+
+/// Arguments of `llm-server serve`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The GGUF model (default: the shipped demo model).
+    #[arg(short, long)]
+    pub model: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0: any free port; the line `listening on http://…` tells which).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Context size of each request, prompt + completion (0: the model's training context).
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 4096)]
+    pub ctx_size: usize,
+    /// Worker threads (default: all cores).
+    #[arg(short = 't', long)]
+    pub threads: Option<usize>,
+    /// Model id in `/v1/models` and responses (default: the file name without `.gguf`).
+    #[arg(short = 'a', long)]
+    pub alias: Option<String>,
+    /// Require `Authorization: Bearer KEY` on `/v1` routes.
+    #[arg(long)]
+    pub api_key: Option<String>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let path = load::model_path(args.model)?;
+    eprintln!("loading {}", path.display());
+    let m = load::open(&path, args.threads)?;
+    let n_ctx = match args.ctx_size {
+        0 => m.model.n_ctx_train(),
+        n => n,
+    };
+    let id = args.alias.unwrap_or_else(|| {
+        path.file_stem()
+            .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
+    });
+    let model = ServedModel::new(m.model, m.tokenizer, m.template, m.exec, id, n_ctx)
+        .with_context(|| format!("{}: chat template", path.display()))?;
+    eprintln!(
+        "model {} ({}), context {n_ctx}, {} threads",
+        model.id,
+        model.model.arch(),
+        model.exec.threads
+    );
+    let state = AppState::new(model, args.api_key);
+    // Generation runs on blocking threads; the async side only parses and streams.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+        let addr = listener.local_addr()?;
+        // Scripts and tests wait for this line (the real port when --port 0).
+        let mut out = std::io::stdout();
+        writeln!(out, "listening on http://{addr}")?;
+        out.flush()?;
+        server::serve(listener, state).await?;
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,279 @@
+//! The token loop shared by `llm-server run` and the HTTP server: prefill the prompt, then
+//! sample, release text as whole UTF-8 characters and watch the stop strings, one token at a
+//! time. Text goes to a callback as soon as it is final, so the terminal and SSE stream alike.
+
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use engine::{Exec, Model, Sampler, SamplerError, SamplerParams, StopMatcher, StopStep, Tokenizer};
+
+/// What generation needs of a loaded model.
+#[derive(Clone, Copy)]
+pub struct Generator<'a> {
+    /// The network.
+    pub model: &'a dyn Model,
+    /// Its tokenizer (token bytes, end-of-generation ids).
+    pub tokenizer: &'a Tokenizer,
+    /// Threads for the forward passes.
+    pub exec: Exec,
+}
+
+impl std::fmt::Debug for Generator<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generator")
+            .field("arch", &self.model.arch())
+            .field("exec", &self.exec)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How to generate.
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Context size: prompt and generated tokens must fit.
+    pub n_ctx: usize,
+    /// Generation ends at the first of these texts, which is not part of the output.
+    pub stop: Vec<String>,
+    /// The sampler's settings.
+    pub sampling: SamplerParams,
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// The model produced an end-of-generation token.
+    Eos,
+    /// A stop string matched.
+    StopString,
+    /// `max_tokens` were generated.
+    Length,
+    /// The callback asked to stop (the HTTP client went away).
+    Cancelled,
+}
+
+/// What a finished generation did.
+#[derive(Clone, Copy, Debug)]
+pub struct Outcome {
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens sampled (the end-of-generation token not counted).
+    pub completion_tokens: usize,
+    /// Why it ended.
+    pub finish: Finish,
+    /// Time of the prompt's forward pass.
+    pub prefill: Duration,
+    /// Time from the first sample to the end.
+    pub decode: Duration,
+}
+
+/// Why generation could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    /// Nothing to condition on.
+    #[error("the prompt tokenizes to nothing")]
+    EmptyPrompt,
+    /// Prompt plus generated tokens do not fit the context.
+    #[error("prompt ({prompt} tokens) + {max_tokens} to generate exceed the context of {n_ctx}")]
+    ContextExceeded {
+        /// Prompt tokens.
+        prompt: usize,
+        /// Tokens asked for.
+        max_tokens: usize,
+        /// The context size.
+        n_ctx: usize,
+    },
+    /// A sampling parameter out of range.
+    #[error(transparent)]
+    Sampler(#[from] SamplerError),
+    /// The forward pass failed.
+    #[error("forward pass: {0}")]
+    Engine(#[from] engine::Error),
+}
+
+/// Token ids of a prompt. A prompt (usually a rendered chat template) that already starts with
+/// the BOS text must not get a second BOS from the tokenizer (llama.cpp drops the duplicate the
+/// same way). `parse_special` turns control-token texts such as `<|im_start|>` into their ids.
+pub fn prompt_tokens(tokenizer: &Tokenizer, prompt: &str, parse_special: bool) -> Vec<u32> {
+    let bos_in_text = tokenizer
+        .bos()
+        .and_then(|b| tokenizer.token_text(b))
+        .is_some_and(|t| prompt.starts_with(t));
+    tokenizer.encode(prompt, !bos_in_text, parse_special)
+}
+
+/// Run `prompt` and generate up to `params.max_tokens` tokens, handing final text to `on_text`
+/// (possibly empty, once per token, so a caller can cancel between tokens by returning
+/// `Break`). Text held back for a possible stop string or a split character is handed over at
+/// the end unless generation was cancelled.
+pub fn generate(
+    g: Generator,
+    prompt: &[u32],
+    params: &Params,
+    mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+) -> Result<Outcome, GenerateError> {
+    if prompt.is_empty() {
+        return Err(GenerateError::EmptyPrompt);
+    }
+    if prompt.len() + params.max_tokens > params.n_ctx {
+        return Err(GenerateError::ContextExceeded {
+            prompt: prompt.len(),
+            max_tokens: params.max_tokens,
+            n_ctx: params.n_ctx,
+        });
+    }
+    let mut sampler = Sampler::new(params.sampling.clone())?;
+    prompt.iter().for_each(|&t| sampler.accept(t));
+    let mut state = g.model.new_state(params.n_ctx);
+    let t0 = Instant::now();
+    let mut logits = g.model.forward(prompt, &mut state, false, g.exec)?;
+    let prefill = t0.elapsed();
+    let (mut stops, mut pending) = (StopMatcher::new(&params.stop), Vec::new());
+    let t1 = Instant::now();
+    let (mut generated, mut finish) = (0, Finish::Length);
+    while generated < params.max_tokens {
+        let tok = sampler.sample(&logits);
+        if g.tokenizer.is_eog(tok) {
+            finish = Finish::Eos;
+            break;
+        }
+        sampler.accept(tok);
+        generated += 1;
+        pending.extend_from_slice(g.tokenizer.token_bytes(tok));
+        let text = take_utf8_prefix(&mut pending);
+        match stops.push(&text) {
+            StopStep::Continue(t) => {
+                if on_text(&t).is_break() {
+                    finish = Finish::Cancelled;
+                    break;
+                }
+            }
+            StopStep::Stop(t) => {
+                // Ending anyway: whether the caller still listens does not matter.
+                let _ = on_text(&t);
+                pending.clear();
+                finish = Finish::StopString;
+                break;
+            }
+        }
+        // The last token's logits would never be sampled.
+        if generated < params.max_tokens {
+            logits = g.model.forward(&[tok], &mut state, false, g.exec)?;
+        }
+    }
+    if finish != Finish::Cancelled {
+        let mut rest = stops.finish();
+        rest.push_str(&String::from_utf8_lossy(&pending));
+        if !rest.is_empty() {
+            let _ = on_text(&rest);
+        }
+    }
+    Ok(Outcome {
+        prompt_tokens: prompt.len(),
+        completion_tokens: generated,
+        finish,
+        prefill,
+        decode: t1.elapsed(),
+    })
+}
+
+/// Take the longest complete UTF-8 prefix of `pending`, keeping a split character's bytes
+/// for the next token; bytes that can never be UTF-8 come out as U+FFFD.
+fn take_utf8_prefix(pending: &mut Vec<u8>) -> String {
+    let valid = match std::str::from_utf8(pending) {
+        Ok(_) => pending.len(),
+        // An error with no length is an incomplete sequence at the end: wait for more bytes.
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        Err(_) => pending.len(),
+    };
+    let text = String::from_utf8_lossy(&pending[..valid]).into_owned();
+    pending.drain(..valid);
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::demo;
+
+    /// Greedy text and outcome on the demo model; the callback breaks after `cancel_at` calls.
+    fn greedy(max_tokens: usize, stop: &[&str], cancel_at: usize) -> (String, Outcome) {
+        let m = demo();
+        let prompt = prompt_tokens(&m.tokenizer, "Once upon a time", true);
+        let params = Params {
+            max_tokens,
+            n_ctx: m.n_ctx,
+            stop: stop.iter().map(|s| s.to_string()).collect(),
+            sampling: SamplerParams::greedy(),
+        };
+        let (mut text, mut calls) = (String::new(), 0);
+        let o = generate(m.generator(), &prompt, &params, |t| {
+            text.push_str(t);
+            calls += 1;
+            if calls >= cancel_at {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        (text, o.expect("generate"))
+    }
+
+    #[test]
+    fn length_stop_string_and_cancel() {
+        let (full, o) = greedy(24, &[], usize::MAX);
+        assert_eq!(
+            (o.finish, o.completion_tokens),
+            (Finish::Length, 24),
+            "{full:?}"
+        );
+        let stop = full.get(6..9).expect("long enough");
+        let (text, o) = greedy(24, &[stop], usize::MAX);
+        assert_eq!(text, full[..full.find(stop).unwrap_or(0)]);
+        assert_eq!(o.finish, Finish::StopString);
+        assert!(o.completion_tokens < 24);
+        let (_, o) = greedy(24, &[], 3);
+        assert_eq!((o.finish, o.completion_tokens), (Finish::Cancelled, 3));
+    }
+
+    #[test]
+    fn refuses_what_cannot_run() {
+        let m = demo();
+        let params = Params {
+            max_tokens: m.n_ctx,
+            n_ctx: m.n_ctx,
+            stop: Vec::new(),
+            sampling: SamplerParams::greedy(),
+        };
+        let run = |prompt: &[u32]| {
+            generate(
+                m.generator(),
+                prompt,
+                &params,
+                |_| ControlFlow::Continue(()),
+            )
+        };
+        assert!(matches!(run(&[]), Err(GenerateError::EmptyPrompt)));
+        assert!(matches!(
+            run(&[1]),
+            Err(GenerateError::ContextExceeded { prompt: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn split_utf8_waits_for_the_rest() {
+        let mut pending = "é".as_bytes()[..1].to_vec();
+        assert_eq!(take_utf8_prefix(&mut pending), "");
+        pending.push("é".as_bytes()[1]);
+        assert_eq!(take_utf8_prefix(&mut pending), "é");
+        assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn invalid_bytes_become_replacement_characters() {
+        let mut pending = vec![b'a', 0xff, b'b'];
+        assert_eq!(take_utf8_prefix(&mut pending), "a\u{fffd}b");
+        assert!(pending.is_empty());
+    }
+}

@@ -1,0 +1,33 @@
+//! The OpenAI-compatible HTTP server (`llm-server serve`), on axum and tokio.
+//!
+//! - [`routes`]: [`router`] with every route (`/health`, `/v1/models`, `/v1/chat/completions`,
+//!   `/v1/completions`), the API-key layer and the handlers.
+//! - [`request`]: OpenAI request bodies validated into a [`Job`]; [`extract`] is the JSON
+//!   extractor that answers bad bodies as [`ApiError`]s (OpenAI's error shape).
+//! - [`response`]: reply bodies and SSE chunks.
+//! - [`queue`]: one generation at a time, cancelled when the client goes away.
+//! - [`generate`]: the token loop (prefill, sample, stop strings, UTF-8), shared with
+//!   `llm-server run`.
+//!
+//! ```no_run
+//! # async fn demo(model: server::ServedModel) -> std::io::Result<()> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! server::serve(listener, server::AppState::new(model, None)).await
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+pub use error::ApiError;
+pub use generate::{generate, prompt_tokens, Finish, GenerateError, Generator, Outcome, Params};
+pub use model::ServedModel;
+pub use request::Job;
+pub use routes::{router, serve, AppState};
+
+mod error;
+pub mod extract;
+pub mod generate;
+mod model;
+pub mod queue;
+pub mod request;
+pub mod response;
+pub mod routes;

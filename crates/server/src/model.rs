@@ -1,0 +1,101 @@
+//! The model being served: network, tokenizer, chat template, and the names and limits the API
+//! reports for it.
+
+use engine::{ChatError, ChatTemplate, Exec, Model, Tokenizer};
+
+use crate::generate::Generator;
+
+/// A loaded model as the server sees it.
+pub struct ServedModel {
+    /// The network.
+    pub model: Box<dyn Model>,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// The GGUF's chat template, or ChatML when the file has none (as llama-server does).
+    pub template: ChatTemplate,
+    /// Threads for forward passes.
+    pub exec: Exec,
+    /// The id in `/v1/models` and in responses (`--alias`, else the file stem).
+    pub id: String,
+    /// Context size of each request (prompt + completion).
+    pub n_ctx: usize,
+    /// When the server loaded it (Unix seconds), the model's `created`.
+    pub created: u64,
+}
+
+impl std::fmt::Debug for ServedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServedModel")
+            .field("id", &self.id)
+            .field("arch", &self.model.arch())
+            .field("n_ctx", &self.n_ctx)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServedModel {
+    /// Wrap a loaded model; without a template in the file, ChatML is used.
+    pub fn new(
+        model: Box<dyn Model>,
+        tokenizer: Tokenizer,
+        template: Option<ChatTemplate>,
+        exec: Exec,
+        id: String,
+        n_ctx: usize,
+    ) -> Result<ServedModel, ChatError> {
+        let template = match template {
+            Some(t) => t,
+            None => {
+                let text = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or("");
+                ChatTemplate::chatml(text(tokenizer.bos()), text(tokenizer.eos()))?
+            }
+        };
+        Ok(ServedModel {
+            model,
+            tokenizer,
+            template,
+            exec,
+            id,
+            n_ctx,
+            created: crate::response::unix_now(),
+        })
+    }
+
+    /// What the token loop needs.
+    pub fn generator(&self) -> Generator<'_> {
+        Generator {
+            model: self.model.as_ref(),
+            tokenizer: &self.tokenizer,
+            exec: self.exec,
+        }
+    }
+
+    /// Ids of every end-of-generation token (banned by `ignore_eos`).
+    pub fn eog_tokens(&self) -> Vec<u32> {
+        (0..self.tokenizer.n_vocab() as u32)
+            .filter(|&t| self.tokenizer.is_eog(t))
+            .collect()
+    }
+}
+
+/// The shipped demo model, loaded once for the crate's tests.
+#[cfg(test)]
+pub(crate) fn demo() -> std::sync::Arc<ServedModel> {
+    use std::sync::{Arc, OnceLock};
+    static DEMO: OnceLock<Arc<ServedModel>> = OnceLock::new();
+    DEMO.get_or_init(|| {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../models/demo-moe-q8_0.gguf"
+        );
+        let file = Arc::new(gguf::GgufFile::open(path).expect("demo model"));
+        let tokenizer = Tokenizer::from_gguf(file.metadata()).expect("tokenizer");
+        let template = ChatTemplate::from_gguf(file.metadata()).expect("template");
+        let model = engine::load(file).expect("load");
+        // One thread: tests run in parallel, and a spinning pool on a busy machine crawls.
+        let exec = Exec { threads: 1 };
+        let m = ServedModel::new(model, tokenizer, template, exec, "demo".into(), 256);
+        Arc::new(m.expect("served model"))
+    })
+    .clone()
+}

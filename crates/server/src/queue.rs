@@ -1,0 +1,161 @@
+//! One generation at a time on the model: requests wait their turn in arrival order (a fair
+//! async mutex), each runs on a blocking thread and sends its text through a channel. A
+//! receiver that goes away (the client disconnected) stops the generation at the next token.
+//! Slots and continuous batching replace this later; the handlers only see [`Queue::submit`].
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Mutex};
+
+use crate::generate::{generate, Finish, Outcome};
+use crate::model::ServedModel;
+use crate::request::Job;
+
+/// Text chunks buffered between the generation thread and the HTTP response: enough to never
+/// stall decoding on a reading client, few enough to stop soon after a client vanishes.
+const CHANNEL_DEPTH: usize = 64;
+
+/// What a running generation reports.
+#[derive(Debug)]
+pub enum Event {
+    /// Final text (never empty).
+    Text(String),
+    /// Generation ended normally.
+    Done(Outcome),
+    /// Generation failed after it was accepted.
+    Failed(String),
+}
+
+/// The model's waiting line.
+#[derive(Clone, Debug, Default)]
+pub struct Queue {
+    turn: Arc<Mutex<()>>,
+}
+
+impl Queue {
+    /// Wait for the model, then start `job` on a blocking thread; its events come on the
+    /// returned channel. `label` names the request in the log line written when it ends.
+    pub async fn submit(
+        &self,
+        model: Arc<ServedModel>,
+        job: Job,
+        label: String,
+    ) -> mpsc::Receiver<Event> {
+        let turn = self.turn.clone().lock_owned().await;
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        tokio::task::spawn_blocking(move || {
+            // Held until this generation ends (a panic included: the guard drops on unwind).
+            let _turn = turn;
+            run(&model, &job, &tx, &label);
+        });
+        rx
+    }
+}
+
+fn run(model: &ServedModel, job: &Job, tx: &mpsc::Sender<Event>, label: &str) {
+    let result = generate(model.generator(), &job.prompt, &job.params, |text| {
+        let gone = if text.is_empty() {
+            tx.is_closed()
+        } else {
+            tx.blocking_send(Event::Text(text.to_string())).is_err()
+        };
+        if gone {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    let event = match result {
+        Ok(o) => {
+            log(label, &o);
+            Event::Done(o)
+        }
+        Err(e) => {
+            eprintln!("{label}: failed: {e}");
+            Event::Failed(e.to_string())
+        }
+    };
+    // The client may be gone by now; nothing to tell it then.
+    let _ = tx.blocking_send(event);
+}
+
+/// One line per request on stderr, like llama-server's timings.
+fn log(label: &str, o: &Outcome) {
+    let finish = match o.finish {
+        Finish::Eos => "eos",
+        Finish::StopString => "stop string",
+        Finish::Length => "length",
+        Finish::Cancelled => "cancelled (client gone)",
+    };
+    let rate = |n: usize, d: std::time::Duration| n as f64 / d.as_secs_f64().max(1e-9);
+    eprintln!(
+        "{label}: prompt {} tokens ({:.1} tok/s), generated {} tokens ({:.1} tok/s), {finish}",
+        o.prompt_tokens,
+        rate(o.prompt_tokens, o.prefill),
+        o.completion_tokens,
+        rate(o.completion_tokens, o.decode),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::Params;
+    use crate::model::demo;
+    use engine::SamplerParams;
+
+    fn job(max_tokens: usize) -> Job {
+        let m = demo();
+        Job {
+            prompt: crate::generate::prompt_tokens(&m.tokenizer, "Once upon a time", true),
+            params: Params {
+                max_tokens,
+                n_ctx: m.n_ctx,
+                stop: Vec::new(),
+                sampling: SamplerParams::greedy(),
+            },
+            stream: None,
+        }
+    }
+
+    async fn collect(mut rx: mpsc::Receiver<Event>) -> (String, Option<Outcome>) {
+        let mut text = String::new();
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                Event::Text(t) => text.push_str(&t),
+                Event::Done(o) => return (text, Some(o)),
+                Event::Failed(e) => panic!("{e}"),
+            }
+        }
+        (text, None)
+    }
+
+    #[tokio::test]
+    async fn requests_take_turns_and_agree() {
+        let q = Queue::default();
+        let a = q.submit(demo(), job(12), "a".into()).await;
+        // The second waits for the first's turn to end, then runs the same greedy job.
+        let b = tokio::spawn({
+            let q = q.clone();
+            async move { collect(q.submit(demo(), job(12), "b".into()).await).await }
+        });
+        let (ta, oa) = collect(a).await;
+        let (tb, ob) = b.await.expect("join");
+        assert_eq!(ta, tb);
+        let (oa, ob) = (oa.expect("done"), ob.expect("done"));
+        assert_eq!(oa.completion_tokens, ob.completion_tokens);
+        assert!(oa.completion_tokens <= 12 && !ta.is_empty());
+    }
+
+    #[tokio::test]
+    async fn dropped_receiver_cancels() {
+        let q = Queue::default();
+        let mut rx = q.submit(demo(), job(200), "gone".into()).await;
+        assert!(matches!(rx.recv().await, Some(Event::Text(_))));
+        drop(rx);
+        // The turn is free again soon: the next job runs to its end.
+        let (_, o) = collect(q.submit(demo(), job(4), "next".into()).await).await;
+        assert!(o.is_some());
+    }
+}

@@ -1,0 +1,629 @@
+//! OpenAI request bodies (`/v1/chat/completions`, `/v1/completions`) and their validation into
+//! a [`Job`]: the prompt's tokens and the generation parameters. Unknown fields are ignored, as
+//! OpenAI and llama-server do; known ones with a wrong type or value are a 400 naming the field.
+//! Besides OpenAI's sampling fields, llama-server's `top_k`, `min_p`, `typical_p`,
+//! `repeat_penalty`, `repeat_last_n` and `ignore_eos` are understood.
+
+use engine::{ChatError, ChatRequest, SamplerError, SamplerParams};
+use serde::Deserialize;
+use serde_json::{Map, Number, Value};
+
+use crate::error::ApiError;
+use crate::extract::{fields, FromJson};
+use crate::generate::{prompt_tokens, Params};
+use crate::model::ServedModel;
+
+/// A validated request, ready for the queue.
+#[derive(Debug)]
+pub struct Job {
+    /// Prompt token ids.
+    pub prompt: Vec<u32>,
+    /// Generation parameters.
+    pub params: Params,
+    /// `Some` when the reply is streamed (SSE).
+    pub stream: Option<StreamOptions>,
+}
+
+/// OpenAI's `stream_options`.
+#[derive(Deserialize, Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// Send a last chunk with the token counts before `[DONE]`.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// Sampling, length and streaming fields common to both endpoints.
+#[derive(Deserialize, Debug, Default)]
+struct GenFields {
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<i64>,
+    min_p: Option<f32>,
+    typical_p: Option<f32>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    repeat_penalty: Option<f32>,
+    repeat_last_n: Option<i64>,
+    seed: Option<Number>,
+    logit_bias: Option<Map<String, Value>>,
+    stop: Option<Value>,
+    max_tokens: Option<i64>,
+    max_completion_tokens: Option<i64>,
+    n: Option<i64>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    ignore_eos: Option<bool>,
+    logprobs: Option<Value>,
+    top_logprobs: Option<Value>,
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Debug)]
+pub struct ChatCompletionRequest {
+    gen: GenFields,
+    chat: ChatFields,
+}
+
+#[derive(Deserialize, Debug)]
+struct ChatFields {
+    messages: Vec<Value>,
+    tools: Option<Vec<Value>>,
+    chat_template_kwargs: Option<Map<String, Value>>,
+    response_format: Option<Value>,
+}
+
+/// `POST /v1/completions` (legacy text completion).
+#[derive(Debug)]
+pub struct CompletionRequest {
+    gen: GenFields,
+    text: CompletionFields,
+}
+
+#[derive(Deserialize, Debug)]
+struct CompletionFields {
+    prompt: Value,
+    echo: Option<bool>,
+    suffix: Option<String>,
+    best_of: Option<i64>,
+}
+
+impl FromJson for ChatCompletionRequest {
+    fn from_json(body: &Value) -> Result<Self, ApiError> {
+        Ok(ChatCompletionRequest {
+            gen: fields(body)?,
+            chat: fields(body)?,
+        })
+    }
+}
+
+impl FromJson for CompletionRequest {
+    fn from_json(body: &Value) -> Result<Self, ApiError> {
+        Ok(CompletionRequest {
+            gen: fields(body)?,
+            text: fields(body)?,
+        })
+    }
+}
+
+impl ChatCompletionRequest {
+    /// Check everything, render the messages with the chat template and tokenize.
+    pub fn into_job(self, m: &ServedModel) -> Result<Job, ApiError> {
+        self.gen.check_unsupported()?;
+        if let Some(format) = &self.chat.response_format {
+            if format.get("type").and_then(Value::as_str) != Some("text") {
+                return Err(ApiError::unsupported(
+                    "response_format",
+                    "response_format other than text (JSON mode, JSON schema)",
+                ));
+            }
+        }
+        let messages = check_messages(self.chat.messages)?;
+        let tools = self.chat.tools.map(Value::Array);
+        let kwargs = self.chat.chat_template_kwargs;
+        let enable_thinking = match kwargs.as_ref().and_then(|k| k.get("enable_thinking")) {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(on)) => Some(*on),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "chat_template_kwargs.enable_thinking",
+                    "chat_template_kwargs.enable_thinking must be a boolean",
+                ))
+            }
+        };
+        let req = ChatRequest {
+            messages: &messages,
+            tools: tools.as_ref(),
+            add_generation_prompt: true,
+            enable_thinking,
+            extra: kwargs.as_ref(),
+        };
+        let text = m.template.render(&req).map_err(template_error)?;
+        let prompt = prompt_tokens(&m.tokenizer, &text, true);
+        self.gen.into_job(m, prompt)
+    }
+}
+
+impl CompletionRequest {
+    /// Check everything and tokenize the prompt.
+    pub fn into_job(self, m: &ServedModel) -> Result<Job, ApiError> {
+        self.gen.check_unsupported()?;
+        if self.text.echo == Some(true) {
+            return Err(ApiError::unsupported("echo", "echo"));
+        }
+        if self.text.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::unsupported(
+                "suffix",
+                "suffix (fill in the middle)",
+            ));
+        }
+        if self.text.best_of.is_some_and(|b| b != 1) {
+            return Err(ApiError::unsupported("best_of", "best_of other than 1"));
+        }
+        let prompt = completion_prompt(&self.text.prompt, m)?;
+        self.gen.into_job(m, prompt)
+    }
+}
+
+impl GenFields {
+    /// Fields whose other values this server cannot honour.
+    fn check_unsupported(&self) -> Result<(), ApiError> {
+        match self.n {
+            None | Some(1) => {}
+            Some(n) if n < 1 => return Err(ApiError::invalid("n", "n must be at least 1")),
+            Some(_) => return Err(ApiError::unsupported("n", "n > 1 (several choices)")),
+        }
+        if is_set(&self.logprobs) {
+            return Err(ApiError::unsupported("logprobs", "logprobs"));
+        }
+        if is_set(&self.top_logprobs) {
+            return Err(ApiError::unsupported("top_logprobs", "top_logprobs"));
+        }
+        Ok(())
+    }
+
+    /// The generation parameters for a prompt of `prompt.len()` tokens.
+    fn into_job(self, m: &ServedModel, prompt: Vec<u32>) -> Result<Job, ApiError> {
+        if prompt.is_empty() {
+            return Err(ApiError::invalid("prompt", "the prompt is empty"));
+        }
+        let max_tokens = self.max_tokens(m.n_ctx, prompt.len())?;
+        let sampling = self.sampling(m)?;
+        let stop = stop_strings(self.stop)?;
+        let stream = match self.stream {
+            Some(true) => Some(self.stream_options.unwrap_or_default()),
+            _ => None,
+        };
+        Ok(Job {
+            prompt,
+            params: Params {
+                max_tokens,
+                n_ctx: m.n_ctx,
+                stop,
+                sampling,
+            },
+            stream,
+        })
+    }
+
+    /// `max_completion_tokens` (newer name) or `max_tokens`, checked against the context;
+    /// without either, up to the end of the context (llama-server's `n_predict = -1`).
+    fn max_tokens(&self, n_ctx: usize, n_prompt: usize) -> Result<usize, ApiError> {
+        let (param, asked) = match (self.max_completion_tokens, self.max_tokens) {
+            (Some(n), _) => ("max_completion_tokens", Some(n)),
+            (None, n) => ("max_tokens", n),
+        };
+        let asked = match asked {
+            Some(n) if n < 1 => {
+                return Err(ApiError::invalid(
+                    param,
+                    format!("{param} must be at least 1"),
+                ))
+            }
+            Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+            None => None,
+        };
+        let completion = asked.unwrap_or(0);
+        if n_prompt >= n_ctx || n_prompt.saturating_add(completion) > n_ctx {
+            return Err(ApiError::ContextLength {
+                n_ctx,
+                prompt: n_prompt,
+                completion,
+            });
+        }
+        Ok(asked.unwrap_or(n_ctx - n_prompt))
+    }
+
+    /// Sampler settings: llama-server's defaults where a field is absent.
+    fn sampling(&self, m: &ServedModel) -> Result<SamplerParams, ApiError> {
+        let d = SamplerParams::default();
+        let repeat_last_n = match self.repeat_last_n {
+            None => d.repeat_last_n,
+            Some(-1) => m.n_ctx,
+            Some(n) => usize::try_from(n).map_err(|_| {
+                ApiError::invalid("repeat_last_n", "repeat_last_n must be -1 or at least 0")
+            })?,
+        };
+        let mut logit_bias = logit_bias(self.logit_bias.as_ref(), m.model.n_vocab())?;
+        if self.ignore_eos == Some(true) {
+            logit_bias.extend(m.eog_tokens().into_iter().map(|t| (t, f32::NEG_INFINITY)));
+        }
+        let p = SamplerParams {
+            temperature: self.temperature.unwrap_or(d.temperature),
+            // llama-server: top_k <= 0 turns it off.
+            top_k: self
+                .top_k
+                .map_or(d.top_k, |k| usize::try_from(k).unwrap_or(0)),
+            top_p: self.top_p.unwrap_or(d.top_p),
+            min_p: self.min_p.unwrap_or(d.min_p),
+            typical_p: self.typical_p.unwrap_or(d.typical_p),
+            repeat_penalty: self.repeat_penalty.unwrap_or(d.repeat_penalty),
+            repeat_last_n,
+            presence_penalty: self.presence_penalty.unwrap_or(d.presence_penalty),
+            frequency_penalty: self.frequency_penalty.unwrap_or(d.frequency_penalty),
+            logit_bias,
+            seed: seed(self.seed.as_ref())?,
+        };
+        // The sampler accepts top_p = 0 as "keep the top token"; OpenAI asks for (0, 1].
+        if p.top_p <= 0.0 {
+            return Err(ApiError::invalid("top_p", "top_p must be greater than 0"));
+        }
+        p.validate().map_err(|e| match e {
+            SamplerError::OutOfRange { name, .. } => ApiError::invalid(name, e.to_string()),
+            SamplerError::BadBias { .. } => ApiError::invalid("logit_bias", e.to_string()),
+        })?;
+        Ok(p)
+    }
+}
+
+/// A field given with a value other than null / false.
+fn is_set(v: &Option<Value>) -> bool {
+    !matches!(v, None | Some(Value::Null) | Some(Value::Bool(false)))
+}
+
+/// The request's seed, or a fresh random one (llama-server's default seed is random too).
+fn seed(n: Option<&Number>) -> Result<u64, ApiError> {
+    let Some(n) = n else {
+        return Ok(crate::response::random_u64());
+    };
+    // A negative seed keeps its bits: any integer is a valid seed.
+    n.as_u64()
+        .or_else(|| n.as_i64().map(|i| i as u64))
+        .ok_or_else(|| ApiError::invalid("seed", "seed must be an integer"))
+}
+
+/// OpenAI's `{"token id": bias}`; llama-server's `false` bans the token.
+fn logit_bias(
+    map: Option<&Map<String, Value>>,
+    n_vocab: usize,
+) -> Result<Vec<(u32, f32)>, ApiError> {
+    let mut out = Vec::new();
+    for (key, value) in map.into_iter().flatten() {
+        let param = format!("logit_bias.{key}");
+        let id = key
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|&id| (id as usize) < n_vocab)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    &param,
+                    format!("logit_bias keys must be token ids below {n_vocab}, got '{key}'"),
+                )
+            })?;
+        let bias = match value {
+            Value::Number(b) => b.as_f64().unwrap_or(f64::NAN) as f32,
+            Value::Bool(false) => f32::NEG_INFINITY,
+            _ => f32::NAN,
+        };
+        if bias.is_nan() {
+            return Err(ApiError::invalid(
+                param,
+                "logit_bias values must be numbers",
+            ));
+        }
+        out.push((id, bias));
+    }
+    Ok(out)
+}
+
+/// `stop`: a string, a list of strings, or null.
+fn stop_strings(stop: Option<Value>) -> Result<Vec<String>, ApiError> {
+    let bad = || ApiError::invalid("stop", "stop must be a string or an array of strings");
+    match stop {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![s]),
+        Some(Value::Array(list)) => list
+            .into_iter()
+            .map(|s| match s {
+                Value::String(s) => Ok(s),
+                _ => Err(bad()),
+            })
+            .collect(),
+        Some(_) => Err(bad()),
+    }
+}
+
+/// Checks roles and content shapes (templates would fail obscurely or silently drop what they
+/// don't know); `developer` becomes `system`, as OpenAI maps it for models without that role.
+fn check_messages(messages: Vec<Value>) -> Result<Value, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid("messages", "messages must not be empty"));
+    }
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, mut message) in messages.into_iter().enumerate() {
+        let Some(obj) = message.as_object_mut() else {
+            return Err(ApiError::invalid(
+                format!("messages[{i}]"),
+                "a message must be an object",
+            ));
+        };
+        let bad_role = |why: String| ApiError::invalid(format!("messages[{i}].role"), why);
+        let role = match obj.get("role").map(Value::as_str) {
+            Some(Some(r @ ("system" | "user" | "assistant" | "tool"))) => r.to_string(),
+            Some(Some("developer")) => "system".to_string(),
+            Some(Some(other)) => {
+                let known = "system, developer, user, assistant or tool";
+                return Err(bad_role(format!(
+                    "unknown role '{other}': expected {known}"
+                )));
+            }
+            Some(None) => return Err(bad_role("role must be a string".into())),
+            None => return Err(bad_role("missing role".into())),
+        };
+        check_content(obj.get("content"), &role, i)?;
+        obj.insert("role".into(), Value::String(role));
+        out.push(message);
+    }
+    Ok(Value::Array(out))
+}
+
+fn check_content(content: Option<&Value>, role: &str, i: usize) -> Result<(), ApiError> {
+    let param = format!("messages[{i}].content");
+    match content {
+        // An assistant turn that only calls tools has no content.
+        None | Some(Value::Null) if role == "assistant" => Ok(()),
+        None | Some(Value::Null) => Err(ApiError::invalid(
+            param,
+            format!("a {role} message needs content"),
+        )),
+        Some(Value::String(_)) => Ok(()),
+        Some(Value::Array(parts)) => {
+            for (j, part) in parts.iter().enumerate() {
+                let param = format!("{param}[{j}]");
+                match part.get("type").and_then(Value::as_str) {
+                    Some("text") if part.get("text").is_some_and(Value::is_string) => {}
+                    Some("text") => {
+                        return Err(ApiError::invalid(
+                            param,
+                            "a text part needs a string `text`",
+                        ))
+                    }
+                    Some(kind @ ("image_url" | "input_audio" | "file")) => {
+                        return Err(ApiError::unsupported(param, format!("{kind} content")))
+                    }
+                    _ => {
+                        return Err(ApiError::invalid(
+                            param,
+                            "a content part needs a known `type`",
+                        ))
+                    }
+                }
+            }
+            Ok(())
+        }
+        Some(_) => Err(ApiError::invalid(
+            param,
+            "content must be a string or an array of parts",
+        )),
+    }
+}
+
+/// A template error: the request's fault (a role order the template refuses) or the file's.
+fn template_error(e: ChatError) -> ApiError {
+    match e {
+        ChatError::Raised { message, .. } => ApiError::invalid("messages", message),
+        ChatError::Render { .. } | ChatError::BadMessage { .. } | ChatError::MessagesNotArray => {
+            ApiError::invalid("messages", e.to_string())
+        }
+        ChatError::Syntax { .. } | ChatError::TokenId { .. } => ApiError::Internal {
+            message: e.to_string(),
+        },
+    }
+}
+
+/// `prompt`: a string, a list of one string, or a list of token ids (as llama-server takes).
+fn completion_prompt(prompt: &Value, m: &ServedModel) -> Result<Vec<u32>, ApiError> {
+    let n_vocab = m.model.n_vocab() as u64;
+    match prompt {
+        Value::String(s) => Ok(prompt_tokens(&m.tokenizer, s, true)),
+        Value::Array(list) => match list.as_slice() {
+            [Value::String(s)] => Ok(prompt_tokens(&m.tokenizer, s, true)),
+            [Value::String(_), ..] => Err(ApiError::unsupported(
+                "prompt",
+                "several prompts in one request",
+            )),
+            ids => ids
+                .iter()
+                .map(|v| v.as_u64().filter(|&t| t < n_vocab).map(|t| t as u32))
+                .collect::<Option<Vec<u32>>>()
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "prompt",
+                        format!("a token-id prompt needs integers below {n_vocab}"),
+                    )
+                }),
+        },
+        _ => Err(ApiError::invalid(
+            "prompt",
+            "prompt must be a string, a list of one string or a list of token ids",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::demo;
+    use serde_json::json;
+
+    fn chat(body: Value) -> Result<Job, ApiError> {
+        ChatCompletionRequest::from_json(&body)?.into_job(&demo())
+    }
+
+    fn param_of(e: ApiError) -> String {
+        e.body()["error"]["param"]
+            .as_str()
+            .unwrap_or("null")
+            .to_string()
+    }
+
+    fn user(text: &str) -> Value {
+        json!([{"role": "user", "content": text}])
+    }
+
+    #[test]
+    fn defaults_and_fields() {
+        let job = chat(json!({"model": "x", "messages": user("hi")})).unwrap();
+        assert!(job.stream.is_none());
+        assert_eq!(job.params.max_tokens, 256 - job.prompt.len());
+        assert_eq!(job.params.sampling.temperature, 0.8);
+        let job = chat(
+            json!({"messages": user("hi"), "temperature": 0, "top_k": -1, "seed": -1,
+            "max_completion_tokens": 5, "max_tokens": 9, "stop": "x", "stream": true,
+            "stream_options": {"include_usage": true}, "logit_bias": {"17": -100, "3": false},
+            "developer_extension": [1, 2]}),
+        )
+        .unwrap();
+        let p = &job.params;
+        assert_eq!(
+            (p.max_tokens, p.sampling.top_k, p.sampling.seed),
+            (5, 0, u64::MAX)
+        );
+        assert_eq!(p.stop, vec!["x".to_string()]);
+        assert_eq!(
+            p.sampling.logit_bias,
+            vec![(17, -100.0), (3, f32::NEG_INFINITY)]
+        );
+        assert_eq!(
+            job.stream,
+            Some(StreamOptions {
+                include_usage: true
+            })
+        );
+    }
+
+    #[test]
+    fn rendered_with_the_template() {
+        let job = chat(
+            json!({"messages": [{"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+            "chat_template_kwargs": {"enable_thinking": false}}),
+        )
+        .unwrap();
+        let text = demo().tokenizer.decode(&job.prompt);
+        assert!(text.starts_with("<|im_start|>system\nBe brief."), "{text}");
+        assert!(text.contains("<|im_start|>user\nhi<|im_end|>"), "{text}");
+        assert!(text.ends_with("<think>\n\n</think>\n\n"), "{text}");
+    }
+
+    #[test]
+    fn bad_values_name_their_parameter() {
+        let cases = [
+            (
+                json!({"messages": user("hi"), "temperature": -1}),
+                "temperature",
+            ),
+            (
+                json!({"messages": user("hi"), "temperature": "hot"}),
+                "temperature",
+            ),
+            (json!({"messages": user("hi"), "top_p": 0}), "top_p"),
+            (json!({"messages": user("hi"), "top_p": 1.5}), "top_p"),
+            (json!({"messages": user("hi"), "n": 2}), "n"),
+            (
+                json!({"messages": user("hi"), "max_tokens": 0}),
+                "max_tokens",
+            ),
+            (json!({"messages": user("hi"), "stop": 3}), "stop"),
+            (json!({"messages": user("hi"), "seed": 1.5}), "seed"),
+            (
+                json!({"messages": user("hi"), "logit_bias": {"999999": 1}}),
+                "logit_bias.999999",
+            ),
+            (
+                json!({"messages": user("hi"), "logprobs": true}),
+                "logprobs",
+            ),
+            (json!({"messages": user("hi"), "stream": "yes"}), "stream"),
+            (
+                json!({"messages": [{"role": "wizard", "content": "x"}]}),
+                "messages[0].role",
+            ),
+            (
+                json!({"messages": [{"role": "user"}]}),
+                "messages[0].content",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": 5}]}),
+                "messages[0].content",
+            ),
+            (json!({"messages": "hi"}), "messages"),
+            (json!({"messages": []}), "messages"),
+            (json!({}), "messages"),
+        ];
+        for (body, param) in cases {
+            let e = chat(body.clone()).expect_err(&body.to_string());
+            assert_eq!(e.status(), 400, "{body}");
+            assert_eq!(param_of(e), param, "{body}");
+        }
+    }
+
+    #[test]
+    fn context_overflow_is_reported_with_its_code() {
+        let e = chat(json!({"messages": user("hi"), "max_tokens": 1000})).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ApiError::ContextLength {
+                    n_ctx: 256,
+                    completion: 1000,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let long = "word ".repeat(400);
+        let e = chat(json!({"messages": user(&long)})).unwrap_err();
+        assert!(
+            matches!(e, ApiError::ContextLength { completion: 0, .. }),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn completion_prompts() {
+        let m = demo();
+        let job = |body: Value| CompletionRequest::from_json(&body)?.into_job(&m);
+        let a = job(json!({"prompt": "Once upon a time"})).unwrap();
+        let b = job(json!({"prompt": ["Once upon a time"]})).unwrap();
+        assert_eq!(a.prompt, b.prompt);
+        assert_eq!(
+            job(json!({"prompt": [1, 2, 3]})).unwrap().prompt,
+            vec![1, 2, 3]
+        );
+        for (body, param) in [
+            (json!({"prompt": ""}), "prompt"),
+            (json!({"prompt": ["a", "b"]}), "prompt"),
+            (json!({"prompt": [1, -2]}), "prompt"),
+            (json!({"prompt": {"a": 1}}), "prompt"),
+            (json!({"prompt": "x", "echo": true}), "echo"),
+            (json!({"max_tokens": 3}), "prompt"),
+        ] {
+            assert_eq!(
+                param_of(job(body.clone()).expect_err(&body.to_string())),
+                param,
+                "{body}"
+            );
+        }
+    }
+}

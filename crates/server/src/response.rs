@@ -1,0 +1,311 @@
+//! OpenAI response bodies: whole replies, and the SSE chunks of a streamed one, spelled as
+//! OpenAI sends them (`data: {json}\n\n` lines ending with `data: [DONE]`).
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::generate::{Finish, Outcome};
+
+/// Identifies this build in `system_fingerprint`.
+pub const FINGERPRINT: &str = concat!("llm-server-", env!("CARGO_PKG_VERSION"));
+
+/// The end of every stream.
+pub const SSE_DONE: &str = "data: [DONE]\n\n";
+
+/// Which endpoint a reply belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/v1/chat/completions`.
+    Chat,
+    /// `/v1/completions`.
+    Completion,
+}
+
+/// What every object of one reply shares.
+#[derive(Clone, Debug)]
+pub struct Meta {
+    /// `chatcmpl-…` or `cmpl-…`.
+    pub id: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// The served model's id.
+    pub model: String,
+    /// The endpoint.
+    pub endpoint: Endpoint,
+}
+
+impl Meta {
+    /// A fresh id for a reply of `model` on `endpoint`.
+    pub fn new(endpoint: Endpoint, model: &str) -> Meta {
+        let prefix = match endpoint {
+            Endpoint::Chat => "chatcmpl",
+            Endpoint::Completion => "cmpl",
+        };
+        Meta {
+            id: format!("{prefix}-{:016x}{:08x}", random_u64(), random_u64() as u32),
+            created: unix_now(),
+            model: model.to_string(),
+            endpoint,
+        }
+    }
+
+    /// The envelope of a reply or chunk, `choices` and `usage` left to the caller.
+    fn envelope(&self, object: &str) -> serde_json::Map<String, Value> {
+        let v = json!({"id": self.id, "object": object, "created": self.created,
+                       "model": self.model, "system_fingerprint": FINGERPRINT});
+        match v {
+            Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        }
+    }
+}
+
+/// OpenAI's `finish_reason`: `stop` for an end-of-generation token or a stop string.
+pub fn finish_reason(f: Finish) -> &'static str {
+    match f {
+        Finish::Length => "length",
+        Finish::Eos | Finish::StopString | Finish::Cancelled => "stop",
+    }
+}
+
+/// The `usage` object.
+pub fn usage(o: &Outcome) -> Value {
+    json!({"prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens,
+           "total_tokens": o.prompt_tokens + o.completion_tokens})
+}
+
+/// A whole (non-streamed) reply.
+pub fn full_reply(meta: &Meta, text: &str, o: &Outcome) -> Value {
+    let finish = finish_reason(o.finish);
+    let (object, choice) = match meta.endpoint {
+        Endpoint::Chat => (
+            "chat.completion",
+            json!({"index": 0, "message": {"role": "assistant", "content": text, "refusal": null},
+                   "logprobs": null, "finish_reason": finish}),
+        ),
+        Endpoint::Completion => (
+            "text_completion",
+            json!({"text": text, "index": 0, "logprobs": null, "finish_reason": finish}),
+        ),
+    };
+    let mut v = meta.envelope(object);
+    v.insert("choices".into(), json!([choice]));
+    v.insert("usage".into(), usage(o));
+    Value::Object(v)
+}
+
+/// Writes one streamed reply as SSE chunks.
+#[derive(Clone, Debug)]
+pub struct SseEncoder {
+    meta: Meta,
+    include_usage: bool,
+}
+
+impl SseEncoder {
+    /// An encoder; with `include_usage` every chunk carries `"usage": null` and a last chunk
+    /// the counts, as OpenAI does.
+    pub fn new(meta: Meta, include_usage: bool) -> SseEncoder {
+        SseEncoder {
+            meta,
+            include_usage,
+        }
+    }
+
+    /// What goes out before any token: a chat stream opens with the assistant role.
+    pub fn start(&self) -> Option<String> {
+        (self.meta.endpoint == Endpoint::Chat).then(|| {
+            self.chunk(
+                json!({"role": "assistant", "content": "", "refusal": null}),
+                None,
+            )
+        })
+    }
+
+    /// A piece of generated text.
+    pub fn text(&self, text: &str) -> String {
+        match self.meta.endpoint {
+            Endpoint::Chat => self.chunk(json!({"content": text}), None),
+            Endpoint::Completion => self.chunk(json!(text), None),
+        }
+    }
+
+    /// The end: the chunk with `finish_reason`, the usage chunk if asked for, `[DONE]`.
+    pub fn done(&self, o: &Outcome) -> String {
+        let empty = match self.meta.endpoint {
+            Endpoint::Chat => json!({}),
+            Endpoint::Completion => json!(""),
+        };
+        let mut out = self.chunk(empty, Some(finish_reason(o.finish)));
+        if self.include_usage {
+            let mut v = self.meta.envelope(self.object());
+            v.insert("choices".into(), json!([]));
+            v.insert("usage".into(), usage(o));
+            out.push_str(&sse_data(&Value::Object(v)));
+        }
+        out.push_str(SSE_DONE);
+        out
+    }
+
+    /// A failure after the stream began: the error object as a data line (what OpenAI's
+    /// clients raise from), then the end of the stream.
+    pub fn error(&self, e: &ApiError) -> String {
+        sse_data(&e.body())
+    }
+
+    fn object(&self) -> &'static str {
+        match self.meta.endpoint {
+            Endpoint::Chat => "chat.completion.chunk",
+            Endpoint::Completion => "text_completion",
+        }
+    }
+
+    /// One chunk: a chat `delta` or a completion `text`.
+    fn chunk(&self, content: Value, finish: Option<&str>) -> String {
+        let choice = match self.meta.endpoint {
+            Endpoint::Chat => {
+                json!({"index": 0, "delta": content, "logprobs": null, "finish_reason": finish})
+            }
+            Endpoint::Completion => {
+                json!({"text": content, "index": 0, "logprobs": null, "finish_reason": finish})
+            }
+        };
+        let mut v = self.meta.envelope(self.object());
+        v.insert("choices".into(), json!([choice]));
+        if self.include_usage {
+            v.insert("usage".into(), Value::Null);
+        }
+        sse_data(&Value::Object(v))
+    }
+}
+
+/// One SSE event carrying `v`.
+pub fn sse_data(v: &Value) -> String {
+    format!("data: {v}\n\n")
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A random number for ids and unseeded requests: std's per-process random hash keys, mixed
+/// with a counter (no RNG crate needed for this).
+pub fn random_u64() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn outcome(finish: Finish) -> Outcome {
+        Outcome {
+            prompt_tokens: 7,
+            completion_tokens: 3,
+            finish,
+            prefill: Duration::ZERO,
+            decode: Duration::ZERO,
+        }
+    }
+
+    fn meta(endpoint: Endpoint) -> Meta {
+        Meta {
+            id: "chatcmpl-1".into(),
+            created: 42,
+            model: "demo".into(),
+            endpoint,
+        }
+    }
+
+    /// The JSON of each `data:` line of an SSE body.
+    fn events(body: &str) -> Vec<Value> {
+        assert!(body.ends_with(SSE_DONE), "{body:?}");
+        body.strip_suffix(SSE_DONE)
+            .unwrap_or_default()
+            .split_terminator("\n\n")
+            .map(|line| {
+                let data = line.strip_prefix("data: ").expect("data line");
+                serde_json::from_str(data).expect("json")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chat_stream_chunks() {
+        let enc = SseEncoder::new(meta(Endpoint::Chat), false);
+        let start = enc.start().unwrap_or_default();
+        let expected = format!(
+            "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":42,\
+             \"model\":\"demo\",\"system_fingerprint\":\"{FINGERPRINT}\",\"choices\":[{{\"index\":0,\
+             \"delta\":{{\"role\":\"assistant\",\"content\":\"\",\"refusal\":null}},\"logprobs\":null,\
+             \"finish_reason\":null}}]}}\n\n"
+        );
+        assert_eq!(start, expected);
+        let body = [start, enc.text("Hel"), enc.done(&outcome(Finish::Length))].concat();
+        let ev = events(&body);
+        assert_eq!(ev.len(), 3);
+        assert_eq!(ev[1]["choices"][0]["delta"], json!({"content": "Hel"}));
+        assert_eq!(ev[2]["choices"][0]["delta"], json!({}));
+        assert_eq!(ev[2]["choices"][0]["finish_reason"], "length");
+        assert!(ev.iter().all(|e| e.get("usage").is_none()));
+    }
+
+    #[test]
+    fn usage_chunk_when_asked() {
+        let enc = SseEncoder::new(meta(Endpoint::Chat), true);
+        let body = [enc.text("a"), enc.done(&outcome(Finish::Eos))].concat();
+        let ev = events(&body);
+        assert_eq!(ev.len(), 3);
+        assert!(ev[..2].iter().all(|e| e["usage"].is_null()));
+        assert_eq!(ev[1]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(ev[2]["choices"], json!([]));
+        assert_eq!(
+            ev[2]["usage"],
+            json!({"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10})
+        );
+    }
+
+    #[test]
+    fn completion_stream_and_reply() {
+        let enc = SseEncoder::new(meta(Endpoint::Completion), false);
+        assert!(enc.start().is_none());
+        let ev = events(&[enc.text("once"), enc.done(&outcome(Finish::StopString))].concat());
+        assert_eq!(ev[0]["object"], "text_completion");
+        assert_eq!(ev[0]["choices"][0]["text"], "once");
+        assert_eq!(ev[1]["choices"][0]["finish_reason"], "stop");
+        let full = full_reply(
+            &meta(Endpoint::Completion),
+            "once",
+            &outcome(Finish::Length),
+        );
+        assert_eq!(full["choices"][0]["text"], "once");
+        assert_eq!(full["choices"][0]["finish_reason"], "length");
+        assert_eq!(full["usage"]["total_tokens"], 10);
+    }
+
+    #[test]
+    fn chat_reply_and_ids() {
+        let full = full_reply(&meta(Endpoint::Chat), "hi", &outcome(Finish::Eos));
+        assert_eq!(full["object"], "chat.completion");
+        assert_eq!(full["choices"][0]["message"]["content"], "hi");
+        assert_eq!(full["choices"][0]["message"]["role"], "assistant");
+        let (a, b) = (
+            Meta::new(Endpoint::Chat, "m"),
+            Meta::new(Endpoint::Chat, "m"),
+        );
+        assert!(a.id.starts_with("chatcmpl-") && a.id.len() == 33);
+        assert_ne!(a.id, b.id);
+        assert!(Meta::new(Endpoint::Completion, "m").id.starts_with("cmpl-"));
+    }
+}

@@ -1,0 +1,378 @@
+//! Every route in one [`router`], and thin handlers: extract, validate into a job, hand it to the
+//! queue, answer whole or as an SSE stream. Rules for all routes are layers: the API key check,
+//! the body limit, and the fallbacks that keep 404/405 in OpenAI's error shape.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, Method, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::error::ApiError;
+use crate::extract::{ApiJson, BODY_LIMIT};
+use crate::generate::Outcome;
+use crate::model::ServedModel;
+use crate::queue::{Event, Queue};
+use crate::request::{ChatCompletionRequest, CompletionRequest, Job};
+use crate::response::{full_reply, Endpoint, Meta, SseEncoder};
+
+/// What the handlers share.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The model.
+    pub model: Arc<ServedModel>,
+    /// Its waiting line.
+    pub queue: Queue,
+    /// With `--api-key`: the key every `/v1` request must bear.
+    pub api_key: Option<Arc<str>>,
+}
+
+impl AppState {
+    /// State for serving `model`, with an optional API key.
+    pub fn new(model: ServedModel, api_key: Option<String>) -> AppState {
+        AppState {
+            model: Arc::new(model),
+            queue: Queue::default(),
+            api_key: api_key.map(Arc::from),
+        }
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ));
+    Router::new()
+        .route("/health", get(health))
+        .merge(api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// Serve `router(state)` on `listener` until Ctrl-C.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn models(State(s): State<AppState>) -> Json<Value> {
+    let m = &s.model;
+    Json(json!({"object": "list", "data": [{
+        "id": m.id, "object": "model", "created": m.created, "owned_by": "llm-server",
+    }]}))
+}
+
+async fn chat_completions(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<ChatCompletionRequest>,
+) -> Result<Response, ApiError> {
+    let model = s.model.clone();
+    let job = prepare(move || req.into_job(&model)).await?;
+    answer(&s, Endpoint::Chat, job).await
+}
+
+async fn completions(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    let model = s.model.clone();
+    let job = prepare(move || req.into_job(&model)).await?;
+    answer(&s, Endpoint::Completion, job).await
+}
+
+/// Template rendering and tokenizing a long prompt take a while: keep them off the async
+/// workers.
+async fn prepare(
+    f: impl FnOnce() -> Result<Job, ApiError> + Send + 'static,
+) -> Result<Job, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal {
+            message: format!("request preparation failed: {e}"),
+        })?
+}
+
+/// Queue the job and answer with its result, whole or streamed.
+async fn answer(s: &AppState, endpoint: Endpoint, job: Job) -> Result<Response, ApiError> {
+    let meta = Meta::new(endpoint, &s.model.id);
+    let stream = job.stream;
+    let events = s.queue.submit(s.model.clone(), job, meta.id.clone()).await;
+    match stream {
+        Some(opts) => Ok(sse_response(
+            SseEncoder::new(meta, opts.include_usage),
+            events,
+        )),
+        None => {
+            let (text, outcome) = collect(events).await?;
+            Ok(Json(full_reply(&meta, &text, &outcome)).into_response())
+        }
+    }
+}
+
+async fn collect(mut events: mpsc::Receiver<Event>) -> Result<(String, Outcome), ApiError> {
+    let mut text = String::new();
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Text(t) => text.push_str(&t),
+            Event::Done(o) => return Ok((text, o)),
+            Event::Failed(message) => return Err(ApiError::Internal { message }),
+        }
+    }
+    Err(ended_early())
+}
+
+fn ended_early() -> ApiError {
+    ApiError::Internal {
+        message: "generation ended without a result".into(),
+    }
+}
+
+/// The stream: the opening chunk, one chunk per text event, then the end. Dropping it (hyper
+/// does when the client disconnects) drops the receiver, which cancels the generation.
+fn sse_response(enc: SseEncoder, events: mpsc::Receiver<Event>) -> Response {
+    let first = enc.start();
+    let chunks = stream::unfold(Some((enc, events, first)), |st| async move {
+        let (enc, mut events, first) = st?;
+        if let Some(chunk) = first {
+            return Some((chunk, Some((enc, events, None))));
+        }
+        let (chunk, more) = match events.recv().await {
+            Some(Event::Text(t)) => (enc.text(&t), true),
+            Some(Event::Done(o)) => (enc.done(&o), false),
+            Some(Event::Failed(message)) => (enc.error(&ApiError::Internal { message }), false),
+            None => (enc.error(&ended_early()), false),
+        };
+        Some((chunk, more.then_some((enc, events, None))))
+    });
+    let body = Body::from_stream(futures_util::StreamExt::map(chunks, Ok::<_, Infallible>));
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// With `--api-key`, `/v1` routes need `Authorization: Bearer <key>` (`/health` stays open,
+/// as in llama-server).
+async fn require_api_key(
+    State(s): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(key) = &s.api_key {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if given != Some(&**key) {
+            return Err(ApiError::Unauthorized);
+        }
+    }
+    Ok(next.run(req).await)
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::demo;
+    use axum::http::{Request as HttpRequest, StatusCode};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    fn app(api_key: Option<&str>) -> Router {
+        router(AppState {
+            model: demo(),
+            queue: Queue::default(),
+            api_key: api_key.map(Arc::from),
+        })
+    }
+
+    async fn call(app: Router, req: HttpRequest<Body>) -> (StatusCode, String) {
+        let res = app.oneshot(req).await.expect("infallible");
+        let status = res.status();
+        let bytes = res.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    fn post_json(uri: &str, body: &str) -> HttpRequest<Body> {
+        HttpRequest::post(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .expect("request")
+    }
+
+    fn error_of(body: &str) -> Value {
+        let v: Value = serde_json::from_str(body).expect("json body");
+        let keys: Vec<&str> = v["error"]
+            .as_object()
+            .expect("error")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, ["message", "type", "param", "code"], "{body}");
+        v["error"].clone()
+    }
+
+    #[tokio::test]
+    async fn health_models_and_unknown_routes() {
+        let (st, body) = call(
+            app(None),
+            HttpRequest::get("/health")
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await;
+        assert_eq!((st, body.as_str()), (StatusCode::OK, r#"{"status":"ok"}"#));
+        let (st, body) = call(
+            app(None),
+            HttpRequest::get("/v1/models")
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK);
+        let v: Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["data"][0]["id"], "demo");
+        let (st, body) = call(app(None), post_json("/v1/nothing", "{}")).await;
+        assert_eq!(st, StatusCode::NOT_FOUND);
+        assert_eq!(error_of(&body)["message"], "Invalid URL (POST /v1/nothing)");
+        let (st, body) = call(
+            app(None),
+            HttpRequest::get("/v1/chat/completions")
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await;
+        assert_eq!(st, StatusCode::METHOD_NOT_ALLOWED);
+        error_of(&body);
+    }
+
+    #[tokio::test]
+    async fn bad_bodies_answer_in_openai_shape() {
+        for body in ["{not json", "[1, 2]", "", r#"{"messages": 3}"#] {
+            let (st, text) = call(app(None), post_json("/v1/chat/completions", body)).await;
+            assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(error_of(&text)["type"], "invalid_request_error");
+        }
+        let big = HttpRequest::post("/v1/completions")
+            .header(header::CONTENT_LENGTH, (BODY_LIMIT + 1).to_string())
+            .body(Body::empty())
+            .expect("req");
+        let (st, text) = call(app(None), big).await;
+        assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(error_of(&text)["code"], "request_too_large");
+        let big = post_json("/v1/completions", &" ".repeat(BODY_LIMIT + 1));
+        let (st, _) = call(app(None), big).await;
+        assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn api_key_guards_v1_only() {
+        let models = |auth: Option<&str>| {
+            let mut req = HttpRequest::get("/v1/models");
+            if let Some(a) = auth {
+                req = req.header(header::AUTHORIZATION, a);
+            }
+            req.body(Body::empty()).expect("req")
+        };
+        let (st, body) = call(app(Some("k1")), models(None)).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+        assert_eq!(error_of(&body)["code"], "invalid_api_key");
+        assert_eq!(
+            call(app(Some("k1")), models(Some("Bearer k2"))).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            call(app(Some("k1")), models(Some("Bearer k1"))).await.0,
+            StatusCode::OK
+        );
+        let health = HttpRequest::get("/health")
+            .body(Body::empty())
+            .expect("req");
+        assert_eq!(call(app(Some("k1")), health).await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn chat_whole_and_streamed_agree() {
+        let req = r#"{"messages": [{"role": "user", "content": "Hello"}], "temperature": 0,
+                      "max_tokens": 6, "stream": STREAM}"#;
+        let (st, body) = call(
+            app(None),
+            post_json("/v1/chat/completions", &req.replace("STREAM", "false")),
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        let whole: Value = serde_json::from_str(&body).expect("json");
+        let (st, body) = call(
+            app(None),
+            post_json("/v1/chat/completions", &req.replace("STREAM", "true")),
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK);
+        let chunks: Vec<Value> = body
+            .split_terminator("\n\n")
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).expect("chunk"))
+            .collect();
+        assert!(body.ends_with("data: [DONE]\n\n"));
+        let streamed: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(whole["choices"][0]["message"]["content"], streamed.as_str());
+        let last = chunks.last().expect("chunks");
+        assert_eq!(
+            last["choices"][0]["finish_reason"],
+            whole["choices"][0]["finish_reason"]
+        );
+        let usage = &whole["usage"];
+        assert_eq!(
+            usage["total_tokens"],
+            usage["prompt_tokens"].as_u64().unwrap_or(0)
+                + usage["completion_tokens"].as_u64().unwrap_or(0)
+        );
+    }
+}

@@ -1,0 +1,272 @@
+"""`llm-server serve` over real HTTP on loopback, driven by the official `openai` client, raw
+HTTP (urllib, sockets) and curl, on the shipped demo model. Replies are short (max_tokens <= 32)
+so the module runs in seconds."""
+import json
+import re
+import select
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+from openai import OpenAI
+
+from helpers import binary
+
+MODEL = "demo"
+HELLO = [{"role": "user", "content": "Tell me about the whale."}]
+
+
+class Server:
+    """A `llm-server serve --port 0` process; its stderr (one line per request) goes to `log`."""
+
+    def __init__(self, log: Path, *args: str):
+        self.log = log
+        with open(log, "w") as err:
+            self.proc = subprocess.Popen(
+                [str(binary()), "serve", "--port", "0", "-t", "1", *args],
+                stdout=subprocess.PIPE, stderr=err, text=True)
+        self.url = self._wait_for_address()
+        self.host, self.port = re.match(r"http://([\d.]+):(\d+)$", self.url).groups()
+
+    def _wait_for_address(self) -> str:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if ready:
+                line = self.proc.stdout.readline()
+                if line.startswith("listening on "):
+                    return line.split()[-1]
+            if self.proc.poll() is not None:
+                break
+        self.stop()
+        pytest.fail(f"server did not start:\n{self.log.read_text()}")
+
+    def client(self, api_key: str = "unused") -> OpenAI:
+        return OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=60)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    # A context big enough that an unstopped generation would run for many seconds.
+    s = Server(tmp_path_factory.mktemp("serve") / "server.log", "--alias", MODEL, "-c", "8192")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server) -> OpenAI:
+    return server.client()
+
+
+def raw(server, method: str, path: str, body: bytes | None = None, headers=None):
+    """(status, parsed JSON body) of a request made with urllib."""
+    req = urllib.request.Request(server.url + path, data=body, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as res:
+            return res.status, json.loads(res.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def assert_error_shape(body, status_type="invalid_request_error"):
+    assert list(body) == ["error"], body
+    err = body["error"]
+    assert list(err) == ["message", "type", "param", "code"], err
+    assert isinstance(err["message"], str) and err["message"]
+    assert err["type"] == status_type
+    return err
+
+
+def test_health_and_models(server, client):
+    assert raw(server, "GET", "/health") == (200, {"status": "ok"})
+    models = client.models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    assert models.data[0].owned_by == "llm-server"
+    assert isinstance(models.data[0].created, int)
+
+
+def test_chat_reply_and_usage(client):
+    r = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=8, temperature=0,
+                                       extra_body={"ignore_eos": True})
+    assert r.id.startswith("chatcmpl-") and r.object == "chat.completion" and r.model == MODEL
+    choice = r.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason == "length"
+    assert r.usage.completion_tokens == 8
+    assert r.usage.prompt_tokens > 0
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    # Without ignore_eos the model may end first; the counts must say which.
+    r = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=32, temperature=0)
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert (r.choices[0].finish_reason == "length") == (r.usage.completion_tokens == 32)
+
+
+def test_streamed_chat_equals_whole(client):
+    args = dict(model=MODEL, messages=HELLO, max_tokens=24, temperature=0)
+    whole = client.chat.completions.create(**args)
+    chunks = list(client.chat.completions.create(**args, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert len({c.id for c in chunks}) == 1 and chunks[0].id.startswith("chatcmpl-")
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == whole.choices[0].finish_reason and not any(finishes[:-1])
+    # include_usage: a last chunk with no choices and the counts; null usage before it.
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_stop_strings(client):
+    args = dict(model=MODEL, messages=HELLO, max_tokens=32, temperature=0,
+                extra_body={"ignore_eos": True})
+    full = client.chat.completions.create(**args).choices[0].message.content
+    assert len(full) > 20, full
+    stop = full[12:16]
+    for given in (stop, [stop, "never in the text"]):
+        r = client.chat.completions.create(**args, stop=given)
+        assert r.choices[0].message.content == full[:full.index(stop)]
+        assert r.choices[0].finish_reason == "stop"
+    streamed = client.chat.completions.create(**args, stop=stop, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == full[:full.index(stop)]
+
+
+def test_seed_reproduces_sampling(client):
+    def sample(seed):
+        r = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=24,
+                                           temperature=0.8, seed=seed)
+        return r.choices[0].message.content
+    assert sample(1234) == sample(1234)
+    assert len({sample(s) for s in range(1, 5)}) > 1
+
+
+def test_text_completions(client):
+    args = dict(model=MODEL, prompt="Once upon a time", max_tokens=16, temperature=0)
+    r = client.completions.create(**args)
+    assert r.id.startswith("cmpl-") and r.object == "text_completion"
+    assert r.choices[0].text and r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    chunks = list(client.completions.create(**args, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == r.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == r.choices[0].finish_reason
+
+
+@pytest.mark.parametrize("kwargs, param", [
+    (dict(temperature=-1), "temperature"),
+    (dict(top_p=1.5), "top_p"),
+    (dict(n=2), "n"),
+    (dict(max_tokens=0), "max_tokens"),
+    (dict(messages=[{"role": "wizard", "content": "hi"}]), "messages[0].role"),
+    (dict(extra_body={"temperature": "hot"}), "temperature"),
+])
+def test_bad_requests_raise_bad_request(client, kwargs, param):
+    args = {"model": MODEL, "messages": HELLO, "max_tokens": 4, **kwargs}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(**args)
+    assert e.value.status_code == 400
+    assert e.value.param == param
+    assert set(e.value.body) == {"message", "type", "param", "code"}
+
+
+def test_context_length_exceeded(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=10_000)
+    assert e.value.code == "context_length_exceeded"
+    assert "maximum context length is 8192 tokens" in e.value.body["message"]
+    long = [{"role": "user", "content": "whale " * 9000}]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=long, max_tokens=4)
+    assert e.value.code == "context_length_exceeded"
+
+
+def test_raw_http_errors(server):
+    status, body = raw(server, "POST", "/v1/chat/completions", b'{"messages": [')
+    assert status == 400 and "parse the JSON body" in assert_error_shape(body)["message"]
+    status, body = raw(server, "POST", "/v1/chat/completions", json.dumps(
+        {"model": MODEL, "messages": "hi"}).encode())
+    assert status == 400 and assert_error_shape(body)["param"] == "messages"
+    status, body = raw(server, "POST", "/v1/completions", json.dumps(
+        {"model": MODEL, "prompt": "x", "max_tokens": "many"}).encode())
+    assert status == 400 and assert_error_shape(body)["param"] == "max_tokens"
+    status, body = raw(server, "GET", "/v1/nothing/here")
+    assert status == 404
+    assert assert_error_shape(body)["message"] == "Invalid URL (GET /v1/nothing/here)"
+    status, body = raw(server, "GET", "/v1/chat/completions")
+    assert status == 405
+    assert_error_shape(body)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+def test_curl_errors(server, tmp_path):
+    def curl(*args):
+        out = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", *args],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        body, status = out.rsplit("\n", 1)
+        return int(status), json.loads(body)
+    status, body = curl(f"{server.url}/v1/chat/completions", "-d", "{oops}")
+    assert status == 400
+    assert_error_shape(body)
+    # Over the 16 MiB limit: refused from Content-Length, before the upload.
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * (17 << 20))
+    status, body = curl(f"{server.url}/v1/chat/completions", "-H", "Expect: 100-continue",
+                        "-H", "Content-Type: application/json", "--data-binary", f"@{big}")
+    assert status == 413
+    assert assert_error_shape(body)["code"] == "request_too_large"
+
+
+def test_api_key(tmp_path):
+    s = Server(tmp_path / "server.log", "--api-key", "sesame", "--alias", MODEL)
+    try:
+        with pytest.raises(openai.AuthenticationError) as e:
+            s.client("wrong").models.list()
+        assert e.value.status_code == 401 and e.value.code == "invalid_api_key"
+        status, body = raw(s, "POST", "/v1/chat/completions", json.dumps(
+            {"model": MODEL, "messages": HELLO, "max_tokens": 2}).encode())
+        assert status == 401
+        assert_error_shape(body)
+        assert raw(s, "GET", "/health") == (200, {"status": "ok"})
+        r = s.client("sesame").chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
+        assert r.usage.completion_tokens <= 2
+    finally:
+        s.stop()
+
+
+def test_disconnect_stops_generation(server, client):
+    body = json.dumps({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 8000,
+                       "stream": True, "ignore_eos": True, "temperature": 0}).encode()
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: {server.host}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection((server.host, int(server.port)), timeout=30) as sock:
+        sock.sendall(head + body)
+        received = b""
+        while received.count(b"data: ") < 3:
+            chunk = sock.recv(4096)
+            assert chunk, received
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 200")
+    # Hanging up stops the 8000-token generation, so the next request is served at once
+    # (8000 tokens take the demo model many seconds).
+    t0 = time.monotonic()
+    r = client.with_options(timeout=10).chat.completions.create(model=MODEL, messages=HELLO,
+                                                                max_tokens=8)
+    assert r.choices[0].message.content
+    assert time.monotonic() - t0 < 5
+    cancelled = re.findall(r"generated (\d+) tokens .*cancelled", server.log.read_text())
+    assert cancelled and int(cancelled[-1]) < 8000
