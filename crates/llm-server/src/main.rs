@@ -48,6 +48,9 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        quiet_broken_pipe();
+    }
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Inspect(args) => inspect::run(args),
@@ -57,5 +60,18 @@ fn main() -> anyhow::Result<()> {
         Command::Perplexity(args) => perplexity::run(args),
         Command::Dequant(args) => dequant::run(args),
         Command::Logits(args) => logits::run(args),
+    }
+}
+
+/// Lets the terminal commands end quietly when their reader goes away (`llm-server inspect
+/// FILE | head`): Rust ignores SIGPIPE, so `println!` on a closed pipe panics. The default
+/// action (exit) is restored for every command but `serve`, where a client closing its socket
+/// must never end the process.
+fn quiet_broken_pipe() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to SIG_DFL at start-up, before any other thread
+    // exists, has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
