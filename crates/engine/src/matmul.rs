@@ -65,8 +65,8 @@ pub fn matmul_rows(
     )
 }
 
-/// Weight rows per chunk at most, and per cache block of [`rows_times_tokens`] (64 rows of a
-/// 4096-wide Q4_K matrix are 147 KB; 32 Q8_K activation rows 150 KB: together inside L2).
+/// Weight rows per chunk at most (64 rows of a 4096-wide Q4_K matrix are 147 KB; 32 Q8_K
+/// activation rows 150 KB: together inside L2).
 const ROW_BLOCK: usize = 64;
 /// Activation rows per cache block.
 const TOKEN_BLOCK: usize = 32;
@@ -158,19 +158,47 @@ struct JobView<'a> {
 }
 
 impl JobView<'_> {
-    /// Rows `r` (of the job's rows) against every token, stored token-major.
+    /// Rows `r` (of the job's rows, at most [`ROW_BLOCK`]) against every token, stored
+    /// token-major. Tokens go in blocks of [`TOKEN_BLOCK`], so the weight rows and the block's
+    /// activations stay in cache and the small result tile is stored row by row.
     fn run(&self, r: Range<usize>) -> Result<()> {
-        let part = rows_times_tokens(
-            self.w,
-            self.first + r.start..self.first + r.end,
-            self.x,
-            self.n_tokens,
-            self.acts,
-        )?;
-        for (j, vals) in part.chunks_exact(self.n_tokens.max(1)).enumerate() {
-            for (t, &v) in vals.iter().enumerate() {
-                // SAFETY: only the chunk owning rows `r` writes indices `t·n + r.start + j`.
-                unsafe { self.dst.write(t * self.n + r.start + j, v) };
+        let rows = self.first + r.start..self.first + r.end;
+        let (nr, k) = (r.len(), self.w.row_len());
+        let store = |t0: usize, tile: &[f32], nt: usize| {
+            for t in 0..nt {
+                // SAFETY: the chunk owning rows `r` is the only writer of these indices.
+                let dst = unsafe { self.dst.slice((t0 + t) * self.n + r.start, nr) };
+                for (j, d) in dst.iter_mut().enumerate() {
+                    *d = tile[j * nt + t];
+                }
+            }
+        };
+        let mut tile = vec![0f32; nr * TOKEN_BLOCK.min(self.n_tokens)];
+        match self.acts {
+            Some(a) => {
+                let (data, rb) = (self.w.data(), self.w.row_bytes());
+                let wr = &data[rows.start * rb..rows.end * rb];
+                for t0 in (0..self.n_tokens).step_by(TOKEN_BLOCK) {
+                    let nt = TOKEN_BLOCK.min(self.n_tokens - t0);
+                    quant::gemm(wr, a, t0..t0 + nt, &mut tile, nt)?;
+                    store(t0, &tile, nt);
+                }
+            }
+            None => {
+                let mut wrows = vec![0f32; nr * k];
+                for (j, row) in wrows.chunks_exact_mut(k.max(1)).enumerate() {
+                    self.w.dequant_row(rows.start + j, row)?;
+                }
+                for t0 in (0..self.n_tokens).step_by(TOKEN_BLOCK) {
+                    let nt = TOKEN_BLOCK.min(self.n_tokens - t0);
+                    for (j, row) in wrows.chunks_exact(k.max(1)).enumerate() {
+                        for t in 0..nt {
+                            let xt = &self.x[(t0 + t) * k..(t0 + t + 1) * k];
+                            tile[j * nt + t] = dot(row, xt);
+                        }
+                    }
+                    store(t0, &tile, nt);
+                }
             }
         }
         Ok(())
@@ -260,51 +288,14 @@ impl<'a> Disjoint<'a> {
         }
     }
 
-    /// Stores `v` at `i` (checked against the length).
+    /// The `len` values from `at` (checked against the length), to write.
     ///
     /// # Safety
-    /// No other thread reads or writes index `i` while the `Disjoint` lives.
-    unsafe fn write(&self, i: usize, v: f32) {
-        assert!(i < self.len, "index {i} out of {}", self.len);
+    /// No other thread touches these indices while the returned slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, at: usize, len: usize) -> &mut [f32] {
+        assert!(at + len <= self.len, "{at}+{len} out of {}", self.len);
         // SAFETY: in bounds (checked), and the caller guarantees no concurrent access.
-        unsafe { *self.ptr.add(i) = v };
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
     }
-}
-
-/// Rows `rows` of W against every token: `rows.len() × n_tokens` values, row-major. `acts`:
-/// the quantized activations, or `None` for the dequantize-and-f32 path.
-fn rows_times_tokens(
-    w: &QTensor,
-    rows: Range<usize>,
-    x: &[f32],
-    n_tokens: usize,
-    acts: Option<&quant::QActs>,
-) -> Result<Vec<f32>> {
-    let k = w.row_len();
-    let mut part = vec![0f32; rows.len() * n_tokens];
-    match acts {
-        Some(a) => {
-            // Blocked so that a block of weight rows and a block of activation rows both stay
-            // in cache while every pair is taken; `quant::gemm` tiles each block further.
-            let (data, rb) = (w.data(), w.row_bytes());
-            for r0 in (0..rows.len()).step_by(ROW_BLOCK) {
-                let r1 = (r0 + ROW_BLOCK).min(rows.len());
-                let wr = &data[(rows.start + r0) * rb..(rows.start + r1) * rb];
-                for t0 in (0..n_tokens).step_by(TOKEN_BLOCK) {
-                    let t1 = (t0 + TOKEN_BLOCK).min(n_tokens);
-                    quant::gemm(wr, a, t0..t1, &mut part[r0 * n_tokens + t0..], n_tokens)?;
-                }
-            }
-        }
-        None => {
-            let mut row = vec![0f32; k];
-            for (j, r) in rows.enumerate() {
-                w.dequant_row(r, &mut row)?;
-                for t in 0..n_tokens {
-                    part[j * n_tokens + t] = dot(&row, &x[t * k..(t + 1) * k]);
-                }
-            }
-        }
-    }
-    Ok(part)
 }
