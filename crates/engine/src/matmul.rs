@@ -70,8 +70,8 @@ pub fn matmul_rows(
 const ROW_BLOCK: usize = 64;
 /// Activation rows per cache block.
 const TOKEN_BLOCK: usize = 32;
-/// Multiply-adds per thread below which a matmul batch uses fewer threads (~30 µs of work).
-const MIN_WORK: usize = 1 << 20;
+/// Multiply-adds per thread below which a matmul batch uses fewer threads (~25 µs of work at decode speed).
+const MIN_WORK: usize = 1 << 18;
 
 /// Every job of `jobs`, as one pool job.
 pub fn matmul_batch(jobs: &mut [MatJob<'_>], exec: Exec) -> Result<()> {
