@@ -50,9 +50,9 @@ pub(crate) fn kernels(vnni: bool) -> Vec<(T, TileFn)> {
             (T::Q5_1, legacy_vnni::<Q5_1>),
             (T::Q8_0, legacy_vnni::<Q8_0>),
             (T::IQ4_NL, legacy_vnni::<IQ4_NL>),
-            (T::Q4_K, k4_avx2::<false>),
-            (T::Q5_K, k4_avx2::<true>),
-            (T::Q6_K, q6_k_avx2),
+            (T::Q4_K, k4_vnni::<false>),
+            (T::Q5_K, k4_vnni::<true>),
+            (T::Q6_K, q6_k_vnni),
         ]
     } else {
         vec![
@@ -118,6 +118,25 @@ fn f16_table() -> &'static [f32; 65536] {
 #[inline]
 fn f16_lut(table: &[f32; 65536], b: &[u8], at: usize) -> f32 {
     table[usize::from(u16::from_le_bytes([b[at], b[at + 1]]))]
+}
+
+/// `vpdpwssd`: `acc` plus the pairwise i16 products of `p` and `s`.
+#[inline]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+fn dpwssd(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpwssd_epi32(acc, p, s)
+}
+
+/// `acc + madd(p, s)`, fused into one `vpdpwssd` when `VNNI`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn madd_acc<const VNNI: bool>(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
+    if VNNI {
+        // SAFETY: as in `udot`, only VNNI entry points instantiate `VNNI = true`.
+        unsafe { dpwssd(acc, p, s) }
+    } else {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(p, s))
+    }
 }
 
 /// A legacy block's codes (unsigned, or signed for Q8_0/IQ4_NL), its scale `d` and the
@@ -203,7 +222,12 @@ fn legacy_vnni<const K: u8>(w: &[u8], a: &QActs, t0: usize, nt: usize, out: &mut
 /// `−dmin·d_y`.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn k4<const Q5: bool, const NT: usize>(w: &[u8], a: &QActs, t0: usize, out: &mut [f32]) {
+fn k4<const Q5: bool, const VNNI: bool, const NT: usize>(
+    w: &[u8],
+    a: &QActs,
+    t0: usize,
+    out: &mut [f32],
+) {
     let (nb, bb) = (a.blocks(), if Q5 { 176 } else { 144 });
     let qs = if Q5 { 48 } else { 16 };
     let ys: [&[u8]; NT] = std::array::from_fn(|t| a.row(t0 + t));
@@ -236,8 +260,7 @@ fn k4<const Q5: bool, const NT: usize>(w: &[u8], a: &QActs, t0: usize, out: &mut
             let mut isum = _mm256_setzero_si256();
             for (j, &qj) in q.iter().enumerate() {
                 let p = _mm256_maddubs_epi16(qj, load(y, 4 + 32 * j));
-                let s = _mm256_madd_epi16(p, _mm256_set1_epi16(i16::from(sm[j])));
-                isum = _mm256_add_epi32(isum, s);
+                isum = madd_acc::<VNNI>(isum, p, _mm256_set1_epi16(i16::from(sm[j])));
             }
             let msum = _mm256_madd_epi16(load(y, 260), mins);
             let dy = sc[t][b];
@@ -252,7 +275,12 @@ fn k4<const Q5: bool, const NT: usize>(w: &[u8], a: &QActs, t0: usize, out: &mut
 
 #[target_feature(enable = "avx2,fma")]
 fn k4_avx2<const Q5: bool>(w: &[u8], a: &QActs, t0: usize, nt: usize, out: &mut [f32]) {
-    by_nt!(nt, k4[Q5](w, a, t0, out))
+    by_nt!(nt, k4[Q5, false](w, a, t0, out))
+}
+
+#[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+fn k4_vnni<const Q5: bool>(w: &[u8], a: &QActs, t0: usize, nt: usize, out: &mut [f32]) {
+    by_nt!(nt, k4[Q5, true](w, a, t0, out))
 }
 
 /// Q6_K row against `NT` tokens: 6-bit codes (`ql` nibble | two `qh` bits) as unsigned,
@@ -260,7 +288,7 @@ fn k4_avx2<const Q5: bool>(w: &[u8], a: &QActs, t0: usize, nt: usize, out: &mut 
 /// offset comes back as `32·Σ scale·bsum` from the Q8_K block sums.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn q6_k<const NT: usize>(w: &[u8], a: &QActs, t0: usize, out: &mut [f32]) {
+fn q6_k<const VNNI: bool, const NT: usize>(w: &[u8], a: &QActs, t0: usize, out: &mut [f32]) {
     let nb = a.blocks();
     let ys: [&[u8]; NT] = std::array::from_fn(|t| a.row(t0 + t));
     let sc: [&[f32]; NT] = std::array::from_fn(|t| &a.scale[(t0 + t) * nb..(t0 + t + 1) * nb]);
@@ -290,7 +318,7 @@ fn q6_k<const NT: usize>(w: &[u8], a: &QActs, t0: usize, out: &mut [f32]) {
             let mut isum = _mm256_setzero_si256();
             for m in 0..8 {
                 let p = _mm256_maddubs_epi16(q[m], load(y, 4 + 32 * m));
-                isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, sv[m]));
+                isum = madd_acc::<VNNI>(isum, p, sv[m]);
             }
             let off = _mm256_slli_epi32::<5>(_mm256_madd_epi16(load(y, 260), s16));
             isum = _mm256_sub_epi32(isum, off);
@@ -305,5 +333,10 @@ fn q6_k<const NT: usize>(w: &[u8], a: &QActs, t0: usize, out: &mut [f32]) {
 
 #[target_feature(enable = "avx2,fma")]
 fn q6_k_avx2(w: &[u8], a: &QActs, t0: usize, nt: usize, out: &mut [f32]) {
-    by_nt!(nt, q6_k[](w, a, t0, out))
+    by_nt!(nt, q6_k[false](w, a, t0, out))
+}
+
+#[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+fn q6_k_vnni(w: &[u8], a: &QActs, t0: usize, nt: usize, out: &mut [f32]) {
+    by_nt!(nt, q6_k[true](w, a, t0, out))
 }
