@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use engine::{ChatRequest, Sampler, SamplerParams, StopMatcher, StopStep};
 
+use crate::cache_args::CacheArgs;
 use crate::load;
 
 /// Arguments of `llm-server run` (llama.cpp's names for the sampling flags).
@@ -33,6 +34,8 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -122,7 +125,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     tokens.iter().for_each(|&t| sampler.accept(t));
-    let mut state = m.model.new_state(args.ctx_size);
+    let mut state = m.model.new_state_with(args.ctx_size, args.cache.config())?;
     let t0 = Instant::now();
     let mut logits = m
         .model
