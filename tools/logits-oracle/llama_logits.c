@@ -3,6 +3,10 @@
 //
 // Built as a shared library exporting
 //   dump_logits(model_path, tokens_path, n_threads, out_path)
+//   dump_logits_ubatch(..., n_ubatch)
+//   dump_logits_cache(..., n_ubatch, type_k, type_v)   (ggml type ids of the KV cache: f16 1,
+//                                                       q4_0 2, q8_0 8; flash attention on,
+//                                                       which llama.cpp needs for a quantized V)
 // tokens_path: little-endian u32 token ids; out_path: f32 logits, n_tokens × n_vocab, one row
 // per position (every position gets logits). The llama_* symbols stay unresolved: logits.py
 // loads the llama.cpp inside the xllamacpp wheel first (RTLD_GLOBAL), as tools/vocab-check does.
@@ -20,15 +24,22 @@ static void quiet(enum ggml_log_level level, const char * text, void * user) {
     }
 }
 
-int dump_logits_ubatch(const char * model_path, const char * tokens_path, int n_threads, const char * out_path, int n_ubatch);
+int dump_logits_cache(const char * model_path, const char * tokens_path, int n_threads, const char * out_path,
+                      int n_ubatch, int type_k, int type_v);
 
 int dump_logits(const char * model_path, const char * tokens_path, int n_threads, const char * out_path) {
-    return dump_logits_ubatch(model_path, tokens_path, n_threads, out_path, 0);
+    return dump_logits_cache(model_path, tokens_path, n_threads, out_path, 0, -1, -1);
 }
 
 // n_ubatch > 0 splits the sequence into micro-batches of that many tokens (1: token by token, the
 // decode path); 0 runs it as one batch.
 int dump_logits_ubatch(const char * model_path, const char * tokens_path, int n_threads, const char * out_path, int n_ubatch) {
+    return dump_logits_cache(model_path, tokens_path, n_threads, out_path, n_ubatch, -1, -1);
+}
+
+// type_k/type_v < 0 keep llama.cpp's defaults (f16 cache, flash attention "auto").
+int dump_logits_cache(const char * model_path, const char * tokens_path, int n_threads, const char * out_path,
+                      int n_ubatch, int type_k, int type_v) {
     llama_log_set(quiet, NULL);
     llama_backend_init();
     FILE * f = fopen(tokens_path, "rb");
@@ -60,6 +71,11 @@ int dump_logits_ubatch(const char * model_path, const char * tokens_path, int n_
     cp.n_ubatch = (uint32_t) (n_ubatch > 0 ? n_ubatch : n_tokens);
     cp.n_threads = n_threads;
     cp.n_threads_batch = n_threads;
+    if (type_k >= 0 && type_v >= 0) {
+        cp.type_k = (enum ggml_type) type_k;
+        cp.type_v = (enum ggml_type) type_v;
+        cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED;
+    }
     struct llama_context * ctx = llama_init_from_model(model, cp);
     if (!ctx) {
         fprintf(stderr, "failed to create a context\n");

@@ -77,6 +77,22 @@ pub enum Error {
         /// The layer whose state had the wrong kind.
         layer: usize,
     },
+    /// A quantized KV cache type was asked of a model whose heads are not whole blocks.
+    #[error("a {ty} KV cache needs a head size that is a multiple of {block}; this model's is {head_dim}")]
+    CacheBlock {
+        /// The cache type (`q8_0`, `q4_0`).
+        ty: &'static str,
+        /// The model's head size.
+        head_dim: usize,
+        /// Values per block of that type.
+        block: usize,
+    },
+    /// A KV cache type name we do not know.
+    #[error("unknown KV cache type {name:?} (expected f16, q8_0 or q4_0)")]
+    UnknownCacheType {
+        /// What was asked for.
+        name: String,
+    },
     /// The sequence would pass the context the state was made for.
     #[error("context full: {needed} positions needed, the state holds {n_ctx}")]
     ContextFull {

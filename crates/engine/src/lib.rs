@@ -4,6 +4,7 @@
 //!   SentencePiece, built from the GGUF vocabulary.
 //! - [`chat`]: the chat template embedded in the GGUF, rendered with minijinja.
 //! - [`models`]: one file per architecture, written top to bottom like its spec.
+//! - [`kv`]: the KV cache (f16, q8_0 or q4_0, llama.cpp's `-ctk/-ctv`) and attention over it.
 //!
 //! Dimension names used in shape comments (GGUF `ne` order, contiguous first):
 //! `n_embd` hidden size, `n_vocab` vocabulary, `n_ff` FFN width, `n_head`/`n_head_kv` query and
@@ -13,6 +14,7 @@
 
 pub use chat::{ChatError, ChatRequest, ChatTemplate};
 pub use error::{Error, Result};
+pub use kv::{CacheConfig, KvCache, KvType};
 pub use models::{load, Model, State};
 pub use ops::Exec;
 pub use sampler::{Sampler, SamplerError, SamplerParams};
@@ -22,6 +24,7 @@ pub use weights::{QTensor, Weights};
 
 pub mod chat;
 mod error;
+pub mod kv;
 mod matmul;
 pub mod models;
 pub mod ops;

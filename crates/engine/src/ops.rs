@@ -1,8 +1,6 @@
 //! The CPU operations models are written in: norms, matmuls over quantized weights (in
 //! `matmul.rs`, re-exported here), RoPE, attention over a KV cache.
 
-use half::f16;
-
 pub use crate::matmul::{matmul, matmul_batch, matmul_rows, MatJob};
 
 /// How an operation may run: the number of worker threads.
@@ -157,24 +155,11 @@ pub struct AttnShape {
     pub scale: f32,
 }
 
-/// Store f32 values into the f16 KV cache (round to nearest even, as ggml's F16C does).
-pub fn store_f16(dst: &mut [f16], src: &[f32]) {
-    dst.iter_mut()
-        .zip(src)
-        .for_each(|(d, &v)| *d = f16::from_f32(v));
-}
-
-/// Widen f16 cache entries to f32.
-pub fn f16_to_f32(src: &[f16]) -> Vec<f32> {
-    src.iter().map(|x| x.to_f32()).collect()
-}
-
 /// Attention of one query position over keys/values `0..n_kv` (position-major,
 /// `n_head_kv × head_dim` per position); `q` and `out` are `n_head × head_dim`.
 ///
-/// The cache is f16 like llama.cpp's default (`-ctk/-ctv f16`); callers widen it to f32 once
-/// per call ([`f16_to_f32`]) and the arithmetic stays in f32 (scores, a max-subtracted softmax,
-/// the weighted sum of V). ggml's CPU flash-attention kernel instead rounds q to f16 and sums V
+/// This is the f16 cache's path (`crate::kv` widens the cache to f32 once per call); the
+/// arithmetic stays in f32 (scores, a max-subtracted softmax, the weighted sum of V). ggml's CPU flash-attention kernel instead rounds q to f16 and sums V
 /// in an f16 accumulator; emulating that moved our logits towards llama.cpp's on Gemma 3 and
 /// away from them on SmolLM2 (llama.cpp picks its attention path per model), so we keep the
 /// plain form and its smaller error.

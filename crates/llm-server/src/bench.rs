@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::cache_args::CacheArgs;
 use crate::load;
 
 /// Arguments of `llm-server bench`.
@@ -31,12 +32,15 @@ pub struct Args {
     /// Skip the memory-bandwidth measurement (reads a 2 GiB buffer) after the tg test.
     #[arg(long)]
     pub no_bandwidth: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let path = load::model_path(args.model)?;
     let m = load::open(&path, args.threads)?;
     let n_vocab = m.model.n_vocab() as u64;
+    let cache = args.cache.config();
     // llama-bench feeds random tokens; a fixed LCG keeps runs comparable.
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut token = move || {
@@ -45,6 +49,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .wrapping_add(1_442_695_040_888_963_407);
         ((seed >> 33) % n_vocab) as u32
     };
+    let per_pos = m.model.new_state_with(1, cache)?.kv_bytes();
+    eprintln!(
+        "KV cache K {} / V {}: {per_pos} bytes per position (all layers)",
+        cache.k, cache.v
+    );
     let size = std::fs::metadata(&path)?.len();
     println!("| model | size | threads | test | t/s |");
     println!("| --- | ---: | ---: | ---: | ---: |");
@@ -67,7 +76,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut rates = Vec::new();
         for rep in 0..=args.reps {
             let prompt: Vec<u32> = (0..args.n_prompt).map(|_| token()).collect();
-            let mut state = m.model.new_state(args.n_prompt);
+            let mut state = m.model.new_state_with(args.n_prompt, cache)?;
             let t0 = Instant::now();
             m.model.forward(&prompt, &mut state, false, m.exec)?;
             if rep > 0 {
@@ -79,7 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.n_gen > 0 {
         let mut rates = Vec::new();
         for rep in 0..=args.reps {
-            let mut state = m.model.new_state(args.n_gen + 1);
+            let mut state = m.model.new_state_with(args.n_gen + 1, cache)?;
             let mut tok = token();
             let t0 = Instant::now();
             for _ in 0..args.n_gen {

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
+use crate::cache_args::CacheArgs;
+
 /// Arguments of `llm-server logits`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -24,6 +26,8 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -47,7 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(t) = args.threads {
         exec.threads = t.max(1);
     }
-    let mut state = model.new_state(tokens.len());
+    let mut state = model.new_state_with(tokens.len(), args.cache.config())?;
     let mut out = Vec::with_capacity(tokens.len() * model.n_vocab() * 4);
     for chunk in tokens.chunks(args.batch.max(1)) {
         let logits = model.forward(chunk, &mut state, true, exec)?;

@@ -2,6 +2,7 @@
 //! only parses arguments and dispatches.
 
 mod bench;
+mod cache_args;
 mod dequant;
 mod inspect;
 mod load;
@@ -47,7 +48,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(cache_args::expand_single_dash(std::env::args_os()));
     if !matches!(cli.command, Command::Serve(_)) {
         quiet_broken_pipe();
     }

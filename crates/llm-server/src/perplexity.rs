@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 
+use crate::cache_args::CacheArgs;
 use crate::load;
 
 /// Arguments of `llm-server perplexity`.
@@ -28,6 +29,8 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -63,7 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if let Some(b) = bos {
             chunk[0] = b;
         }
-        let mut state = m.model.new_state(n_ctx);
+        let mut state = m.model.new_state_with(n_ctx, args.cache.config())?;
         let logits = m.model.forward(chunk, &mut state, true, m.exec)?;
         let nv = m.model.n_vocab();
         for j in first..n_ctx - 1 {

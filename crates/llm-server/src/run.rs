@@ -8,6 +8,7 @@ use anyhow::bail;
 use engine::{ChatRequest, SamplerParams};
 use server::{Generator, Params};
 
+use crate::cache_args::CacheArgs;
 use crate::load;
 
 /// Arguments of `llm-server run` (llama.cpp's names for the sampling flags).
@@ -34,6 +35,8 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -108,6 +111,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         n_ctx: args.ctx_size,
         stop: args.stop.clone(),
         sampling: args.sampling.params(),
+        cache: args.cache.config(),
     };
     let generator = Generator {
         model: m.model.as_ref(),

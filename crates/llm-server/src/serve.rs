@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use server::{AppState, ServedModel};
 
+use crate::cache_args::CacheArgs;
 use crate::load;
 
 /// Arguments of `llm-server serve`.
@@ -33,6 +34,8 @@ pub struct Args {
     /// Require `Authorization: Bearer KEY` on `/v1` routes.
     #[arg(long)]
     pub api_key: Option<String>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -48,7 +51,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
     });
     let model = ServedModel::new(m.model, m.tokenizer, m.template, m.exec, id, n_ctx)
-        .with_context(|| format!("{}: chat template", path.display()))?;
+        .with_context(|| format!("{}: chat template", path.display()))?
+        .with_cache(args.cache.config());
     eprintln!(
         "model {} ({}), context {n_ctx}, {} threads",
         model.id,

@@ -38,6 +38,8 @@ pub struct Params {
     pub stop: Vec<String>,
     /// The sampler's settings.
     pub sampling: SamplerParams,
+    /// KV cache types (`-ctk/-ctv`).
+    pub cache: engine::CacheConfig,
 }
 
 /// Why generation ended.
@@ -125,7 +127,7 @@ pub fn generate(
     }
     let mut sampler = Sampler::new(params.sampling.clone())?;
     prompt.iter().for_each(|&t| sampler.accept(t));
-    let mut state = g.model.new_state(params.n_ctx);
+    let mut state = g.model.new_state_with(params.n_ctx, params.cache)?;
     let t0 = Instant::now();
     let mut logits = g.model.forward(prompt, &mut state, false, g.exec)?;
     let prefill = t0.elapsed();
@@ -206,6 +208,7 @@ mod tests {
             n_ctx: m.n_ctx,
             stop: stop.iter().map(|s| s.to_string()).collect(),
             sampling: SamplerParams::greedy(),
+            cache: Default::default(),
         };
         let (mut text, mut calls) = (String::new(), 0);
         let o = generate(m.generator(), &prompt, &params, |t| {
@@ -245,6 +248,7 @@ mod tests {
             n_ctx: m.n_ctx,
             stop: Vec::new(),
             sampling: SamplerParams::greedy(),
+            cache: Default::default(),
         };
         let run = |prompt: &[u32]| {
             generate(

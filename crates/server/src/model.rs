@@ -21,6 +21,8 @@ pub struct ServedModel {
     pub n_ctx: usize,
     /// When the server loaded it (Unix seconds), the model's `created`.
     pub created: u64,
+    /// KV cache types of each request's state (`-ctk/-ctv`).
+    pub cache: engine::CacheConfig,
 }
 
 impl std::fmt::Debug for ServedModel {
@@ -58,7 +60,14 @@ impl ServedModel {
             id,
             n_ctx,
             created: crate::response::unix_now(),
+            cache: engine::CacheConfig::default(),
         })
+    }
+
+    /// The same model with KV caches of the given types.
+    pub fn with_cache(mut self, cache: engine::CacheConfig) -> ServedModel {
+        self.cache = cache;
+        self
     }
 
     /// What the token loop needs.

@@ -114,6 +114,7 @@ mod tests {
                 n_ctx: m.n_ctx,
                 stop: Vec::new(),
                 sampling: SamplerParams::greedy(),
+                cache: Default::default(),
             },
             stream: None,
         }

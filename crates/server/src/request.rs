@@ -198,6 +198,7 @@ impl GenFields {
             params: Params {
                 max_tokens,
                 n_ctx: m.n_ctx,
+                cache: m.cache,
                 stop,
                 sampling,
             },

@@ -5,6 +5,7 @@
 use half::f16;
 
 use crate::error::{Error, Result};
+use crate::kv::{CacheConfig, KvCache, KvPass};
 use crate::ops::{self, AttnShape, Exec, Rope, RopeStyle};
 use crate::weights::{QTensor, Weights};
 
@@ -153,7 +154,7 @@ impl Gemma3 {
     fn attention(
         &self,
         il: usize,
-        (kc, vc): (&mut [f16], &mut [f16]),
+        (kc, vc): (&mut KvCache, &mut KvCache),
         x: &[f32],
         pos0: usize,
         exec: Exec,
@@ -177,40 +178,22 @@ impl Gemma3 {
         };
         let q_scale = 1.0 / (hd as f32).sqrt();
         let mut o = vec![0f32; n * qw];
-        // The cache widened to f32 once per call, grown by each new position.
-        let mut kf = ops::f16_to_f32(&kc[..pos0 * kvw]);
-        let mut vf = ops::f16_to_f32(&vc[..pos0 * kvw]);
+        let mut pass = KvPass::new(kc, vc, pos0)?;
         for t in 0..n {
             let pos = pos0 + t;
             let qt = &mut q[t * qw..(t + 1) * qw];
             rope.apply(qt, hd, pos);
             qt.iter_mut().for_each(|x| *x *= q_scale);
-            rope.apply(&mut k[t * kvw..(t + 1) * kvw], hd, pos);
-            ops::store_f16(
-                &mut kc[pos * kvw..(pos + 1) * kvw],
-                &k[t * kvw..(t + 1) * kvw],
-            );
-            ops::store_f16(
-                &mut vc[pos * kvw..(pos + 1) * kvw],
-                &v[t * kvw..(t + 1) * kvw],
-            );
+            let kt = &mut k[t * kvw..(t + 1) * kvw];
+            rope.apply(kt, hd, pos);
+            pass.push(kt, &v[t * kvw..(t + 1) * kvw])?;
             // A sliding layer sees keys with pos − p < n_swa (llama.cpp `is_masked_swa`).
             let first = if hp.is_swa[il] {
                 (pos + 1).saturating_sub(hp.n_swa)
             } else {
                 0
             };
-            kf.extend(kc[pos * kvw..(pos + 1) * kvw].iter().map(|x| x.to_f32()));
-            vf.extend(vc[pos * kvw..(pos + 1) * kvw].iter().map(|x| x.to_f32()));
-            let (ks, vs) = (&kf[first * kvw..], &vf[first * kvw..]);
-            ops::attention(
-                qt,
-                ks,
-                vs,
-                pos + 1 - first,
-                shape,
-                &mut o[t * qw..(t + 1) * qw],
-            );
+            pass.attend(qt, first, shape, &mut o[t * qw..(t + 1) * qw])?;
         }
         let mut out = vec![0f32; n * hp.n_embd];
         ops::matmul(&l.wo, &o, n, &mut out, exec)?;
@@ -260,15 +243,16 @@ impl Model for Gemma3 {
         self.hp.n_ctx_train
     }
 
-    fn new_state(&self, n_ctx: usize) -> State {
-        let kv_width = self.hp.n_head_kv * self.hp.head_dim;
-        State {
+    fn new_state_with(&self, n_ctx: usize, cache: CacheConfig) -> Result<State> {
+        let hp = &self.hp;
+        let layers = (0..hp.n_layer)
+            .map(|_| LayerState::kv(hp.n_head_kv, hp.head_dim, n_ctx, cache))
+            .collect::<Result<_>>()?;
+        Ok(State {
             n_past: 0,
             n_ctx,
-            layers: (0..self.hp.n_layer)
-                .map(|_| LayerState::kv(kv_width, n_ctx))
-                .collect(),
-        }
+            layers,
+        })
     }
 
     fn forward(

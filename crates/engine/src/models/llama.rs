@@ -3,9 +3,8 @@
 //! `src/models/llama.cpp` (`llm_build_llama`) with the options those files add: q/k/v biases
 //! (qwen2), per-head q/k RMS norms (qwen3moe), NeoX RoPE, routed experts, tied output.
 
-use half::f16;
-
 use crate::error::{Error, Result};
+use crate::kv::{CacheConfig, KvCache, KvPass};
 use crate::ops::{self, AttnShape, Exec, Rope, RopeStyle};
 use crate::weights::{QTensor, Weights};
 
@@ -177,7 +176,7 @@ impl Llama {
     fn attention(
         &self,
         l: &Layer,
-        (k_cache, v_cache): (&mut [f16], &mut [f16]),
+        (k_cache, v_cache): (&mut KvCache, &mut KvCache),
         x: &[f32],
         pos0: usize,
         exec: Exec,
@@ -199,42 +198,14 @@ impl Llama {
             ops::rms_norm_inplace(&mut k, kn, hp.rms_eps); // Kcur_normed
         }
         let mut attn = vec![0f32; n * qw];
-        // The cache widened to f32 once per call, grown by each new position.
-        let mut kf = ops::f16_to_f32(&k_cache[..pos0 * kvw]);
-        let mut vf = ops::f16_to_f32(&v_cache[..pos0 * kvw]);
+        let mut pass = KvPass::new(k_cache, v_cache, pos0)?;
         for t in 0..n {
             let pos = pos0 + t;
-            hp.rope
-                .apply(&mut q[t * qw..(t + 1) * qw], hp.head_dim, pos);
-            hp.rope
-                .apply(&mut k[t * kvw..(t + 1) * kvw], hp.head_dim, pos);
-            ops::store_f16(
-                &mut k_cache[pos * kvw..(pos + 1) * kvw],
-                &k[t * kvw..(t + 1) * kvw],
-            );
-            ops::store_f16(
-                &mut v_cache[pos * kvw..(pos + 1) * kvw],
-                &v[t * kvw..(t + 1) * kvw],
-            );
-            kf.extend(
-                k_cache[pos * kvw..(pos + 1) * kvw]
-                    .iter()
-                    .map(|x| x.to_f32()),
-            );
-            vf.extend(
-                v_cache[pos * kvw..(pos + 1) * kvw]
-                    .iter()
-                    .map(|x| x.to_f32()),
-            );
-            let (kc, vc) = (&kf[..], &vf[..]);
-            ops::attention(
-                &q[t * qw..(t + 1) * qw],
-                kc,
-                vc,
-                pos + 1,
-                self.attn_shape(),
-                &mut attn[t * qw..(t + 1) * qw],
-            );
+            let (qt, kt) = (&mut q[t * qw..(t + 1) * qw], &mut k[t * kvw..(t + 1) * kvw]);
+            hp.rope.apply(qt, hp.head_dim, pos);
+            hp.rope.apply(kt, hp.head_dim, pos);
+            pass.push(kt, &v[t * kvw..(t + 1) * kvw])?;
+            pass.attend(qt, 0, self.attn_shape(), &mut attn[t * qw..(t + 1) * qw])?;
         }
         let mut out = vec![0f32; n * hp.n_embd];
         ops::matmul(&l.wo, &attn, n, &mut out, exec)?;
@@ -263,16 +234,16 @@ impl Model for Llama {
         self.hp.n_ctx_train
     }
 
-    fn new_state(&self, n_ctx: usize) -> State {
-        let kv_width = self.hp.n_head_kv * self.hp.head_dim;
-        let layers = (0..self.hp.n_layer)
-            .map(|_| LayerState::kv(kv_width, n_ctx))
-            .collect();
-        State {
+    fn new_state_with(&self, n_ctx: usize, cache: CacheConfig) -> Result<State> {
+        let hp = &self.hp;
+        let layers = (0..hp.n_layer)
+            .map(|_| LayerState::kv(hp.n_head_kv, hp.head_dim, n_ctx, cache))
+            .collect::<Result<_>>()?;
+        Ok(State {
             n_past: 0,
             n_ctx,
             layers,
-        }
+        })
     }
 
     fn forward(

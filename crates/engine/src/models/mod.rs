@@ -12,9 +12,9 @@ mod qwen3moe;
 use std::sync::Arc;
 
 use gguf::{GgufFile, Metadata};
-use half::f16;
 
 use crate::error::{Error, Result};
+use crate::kv::{CacheConfig, KvCache};
 use crate::ops;
 use crate::ops::Exec;
 use crate::weights::{QTensor, Weights};
@@ -32,8 +32,14 @@ pub trait Model: Send + Sync {
     fn n_vocab(&self) -> usize;
     /// Context length the model was trained for.
     fn n_ctx_train(&self) -> usize;
-    /// A fresh per-sequence state (KV cache, recurrent state) for up to `n_ctx` positions.
-    fn new_state(&self, n_ctx: usize) -> State;
+    /// A fresh per-sequence state (KV cache, recurrent state) for up to `n_ctx` positions,
+    /// with the KV cache types of `cache`; errors if the model's heads do not fit the types.
+    fn new_state_with(&self, n_ctx: usize, cache: CacheConfig) -> Result<State>;
+    /// [`Model::new_state_with`] and the default f16 cache, which takes any head size.
+    fn new_state(&self, n_ctx: usize) -> State {
+        self.new_state_with(n_ctx, CacheConfig::default())
+            .unwrap_or_else(|e| unreachable!("an f16 cache fits every model: {e}"))
+    }
     /// Run `tokens` at positions `state.n_past..`; write logits of the last token into
     /// `logits` (`n_vocab`), or of every token (`tokens.len() × n_vocab`) when `all_logits`.
     fn forward(
@@ -46,7 +52,7 @@ pub trait Model: Send + Sync {
 }
 
 /// Per-sequence state: for each layer its KV cache (attention) or its recurrent state
-/// (DeltaNet). f32 for now.
+/// (DeltaNet).
 #[derive(Debug)]
 pub struct State {
     /// Positions already processed.
@@ -57,19 +63,32 @@ pub struct State {
     pub layers: Vec<LayerState>,
 }
 
+impl State {
+    /// Bytes of the KV caches (every attention layer, keys and values).
+    pub fn kv_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| match l {
+                LayerState::Kv { k, v } => k.bytes() + v.bytes(),
+                LayerState::Recurrent { .. } => 0,
+            })
+            .sum()
+    }
+}
+
 /// What one layer remembers of the sequence.
 #[derive(Debug)]
 pub enum LayerState {
-    /// Keys and values, `n_ctx × kv_width` each, in f16 (llama.cpp's default `-ctk/-ctv f16`).
+    /// Keys and values, `n_ctx` rows of `kv_width` each, in the state's cache types.
     Kv {
         /// Keys, position-major.
-        k: Vec<f16>,
+        k: KvCache,
         /// Values, position-major.
-        v: Vec<f16>,
+        v: KvCache,
     },
     /// DeltaNet: the last `d_conv − 1` inputs of the short convolution (per channel, oldest
     /// first: `[conv_dim][d_conv − 1]`) and the per-head state matrices (`[n_v_head][v][k]`,
-    /// value index major, as ggml stores them).
+    /// value index major, as ggml stores them), f32 like llama.cpp's (`type_r/type_s`).
     Recurrent {
         /// Convolution taps.
         conv: Vec<f32>,
@@ -79,12 +98,18 @@ pub enum LayerState {
 }
 
 impl LayerState {
-    /// A KV cache for `n_ctx` positions of `kv_width` values.
-    pub fn kv(kv_width: usize, n_ctx: usize) -> LayerState {
-        LayerState::Kv {
-            k: vec![f16::ZERO; n_ctx * kv_width],
-            v: vec![f16::ZERO; n_ctx * kv_width],
-        }
+    /// A KV cache for `n_ctx` positions of `n_head_kv` heads of `head_dim`, in the types of
+    /// `cache`.
+    pub fn kv(
+        n_head_kv: usize,
+        head_dim: usize,
+        n_ctx: usize,
+        cache: CacheConfig,
+    ) -> Result<LayerState> {
+        Ok(LayerState::Kv {
+            k: KvCache::keys(cache.k, n_head_kv, head_dim, n_ctx)?,
+            v: KvCache::values(cache.v, n_head_kv, head_dim, n_ctx)?,
+        })
     }
 }
 

@@ -8,9 +8,8 @@
 //! (Qwen3-Next; llama.cpp `qwen3next.cpp`), which fuses β/α into one projection, may fuse
 //! q/k/v/z (`ssm_in`, older files), and groups value heads by key head instead of tiling them.
 
-use half::f16;
-
 use crate::error::{Error, Result};
+use crate::kv::{CacheConfig, KvCache, KvPass};
 use crate::ops::{self, AttnShape, Exec, Rope, RopeStyle};
 use crate::weights::{QTensor, Weights};
 
@@ -386,7 +385,7 @@ impl Qwen35Moe {
     fn full_attn(
         &self,
         m: &Attention,
-        (kc, vc): (&mut [f16], &mut [f16]),
+        (kc, vc): (&mut KvCache, &mut KvCache),
         x: &[f32],
         pos0: usize,
         exec: Exec,
@@ -406,9 +405,7 @@ impl Qwen35Moe {
             scale: 1.0 / (hd as f32).sqrt(),
         };
         let mut o = vec![0f32; n * qw];
-        // The cache widened to f32 once per call, grown by each new position.
-        let mut kf = ops::f16_to_f32(&kc[..pos0 * kvw]);
-        let mut vf = ops::f16_to_f32(&vc[..pos0 * kvw]);
+        let mut pass = KvPass::new(kc, vc, pos0)?;
         for t in 0..n {
             let pos = pos0 + t;
             let (mut q, mut gate) = (vec![0f32; qw], vec![0f32; qw]);
@@ -422,15 +419,9 @@ impl Qwen35Moe {
             ops::rms_norm_inplace(kt, &m.attn_k_norm, hp.rms_eps); //    Kcur_normed
             hp.rope.apply(&mut q, hd, pos); // 4.
             hp.rope.apply(kt, hd, pos);
-            ops::store_f16(&mut kc[pos * kvw..(pos + 1) * kvw], kt); // 5.
-            ops::store_f16(
-                &mut vc[pos * kvw..(pos + 1) * kvw],
-                &v[t * kvw..(t + 1) * kvw],
-            );
-            kf.extend(kc[pos * kvw..(pos + 1) * kvw].iter().map(|x| x.to_f32()));
-            vf.extend(vc[pos * kvw..(pos + 1) * kvw].iter().map(|x| x.to_f32()));
+            pass.push(kt, &v[t * kvw..(t + 1) * kvw])?; // 5.
             let ot = &mut o[t * qw..(t + 1) * qw];
-            ops::attention(&q, &kf, &vf, pos + 1, shape, ot); // 6.
+            pass.attend(&q, 0, shape, ot)?; // 6.
             ot.iter_mut()
                 .zip(&gate)
                 .for_each(|(o, &g)| *o *= ops::sigmoid(g)); // 7.
@@ -632,25 +623,25 @@ impl Model for Qwen35Moe {
         self.hp.n_ctx_train
     }
 
-    fn new_state(&self, n_ctx: usize) -> State {
+    fn new_state_with(&self, n_ctx: usize, cache: CacheConfig) -> Result<State> {
         let hp = &self.hp;
         let layers = (0..hp.n_layer)
             .map(|i| {
                 if hp.recurrent[i] {
-                    LayerState::Recurrent {
+                    Ok(LayerState::Recurrent {
                         conv: vec![0f32; hp.conv_dim() * (hp.ssm_d_conv - 1)],
                         ssm: vec![0f32; hp.ssm_n_v_head * hp.head_v_dim() * hp.ssm_d_state],
-                    }
+                    })
                 } else {
-                    LayerState::kv(hp.n_head_kv * hp.head_dim, n_ctx)
+                    LayerState::kv(hp.n_head_kv, hp.head_dim, n_ctx, cache)
                 }
             })
-            .collect();
-        State {
+            .collect::<Result<_>>()?;
+        Ok(State {
             n_past: 0,
             n_ctx,
             layers,
-        }
+        })
     }
 
     fn forward(
