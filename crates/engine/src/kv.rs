@@ -25,7 +25,7 @@ use std::str::FromStr;
 use gguf::GgmlType;
 
 use crate::error::{Error, Result};
-use crate::ops::{self, AttnShape};
+use crate::ops::{self, AttnShape, Exec};
 
 /// The element type of a K or V cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -230,11 +230,9 @@ pub struct KvPass<'a> {
     kf: Vec<f32>,
     /// Values as f32.
     vf: Vec<f32>,
-    /// Scratch: a rotated row or query, the query in the key type's dot type, one head's
-    /// scores.
+    /// Scratch: a rotated row, and [`KvPass::attend`]'s.
     rotated: Vec<f32>,
-    q_dot: Vec<u8>,
-    scores: Vec<f32>,
+    scratch: Scratch,
 }
 
 impl<'a> KvPass<'a> {
@@ -253,8 +251,7 @@ impl<'a> KvPass<'a> {
             kf,
             vf,
             rotated: Vec::new(),
-            q_dot: Vec::new(),
-            scores: Vec::new(),
+            scratch: Scratch::default(),
         })
     }
 
@@ -288,36 +285,74 @@ impl<'a> KvPass<'a> {
     /// Attention of query `q` (`n_head × head_dim`) over the stored positions `first..`
     /// (`first > 0` for a sliding window); the result goes to `out` (`n_head × head_dim`).
     pub fn attend(&mut self, q: &[f32], first: usize, s: AttnShape, out: &mut [f32]) -> Result<()> {
-        let (kvw, n) = (self.k.width, self.len);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let r = self.attend_one(q, first, self.len, s, out, &mut scratch);
+        self.scratch = scratch;
+        r
+    }
+
+    /// Attention for the last `n` pushed positions at once: query `t` of `q`
+    /// (`n × n_head × head_dim`) sees the stored positions up to its own, `pos = len − n + t`,
+    /// from `pos + 1 − window` when a sliding window is given. Queries run in parallel.
+    pub fn attend_all(
+        &self,
+        q: &[f32],
+        window: Option<usize>,
+        s: AttnShape,
+        out: &mut [f32],
+        exec: Exec,
+    ) -> Result<()> {
+        let qw = s.n_head * s.head_dim;
+        let n = q.len() / qw.max(1);
+        let base = self.len - n;
+        let work = n * (base + n) * qw;
+        crate::matmul::rows_parallel(out, qw, work, exec, &|t, ot, scratch: &mut Scratch| {
+            let pos = base + t;
+            let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            self.attend_one(&q[t * qw..(t + 1) * qw], first, pos + 1, s, ot, scratch)
+        })
+    }
+
+    /// Attention of `q` over the stored positions `first..end`.
+    fn attend_one(
+        &self,
+        q: &[f32],
+        first: usize,
+        end: usize,
+        s: AttnShape,
+        out: &mut [f32],
+        sc: &mut Scratch,
+    ) -> Result<()> {
+        let kvw = self.k.width;
         if self.k.ty == KvType::F16 {
             let (ks, vs) = (&self.kf[first * kvw..], &self.vf[first * kvw..]);
-            ops::attention(q, ks, vs, n - first, s, out);
+            ops::attention(q, ks, vs, end - first, s, out);
             return Ok(());
         }
         let (hd, group) = (s.head_dim, s.n_head / s.n_head_kv);
         let kty = self.k.ty.ggml();
         if self.k.rot > 0 {
-            self.rotated.clear();
-            self.rotated.extend_from_slice(q);
-            hadamard(&mut self.rotated, self.k.rot);
-            quant::quantize_activations(kty, &self.rotated, &mut self.q_dot)?;
+            sc.rotated.clear();
+            sc.rotated.extend_from_slice(q);
+            hadamard(&mut sc.rotated, self.k.rot);
+            quant::quantize_activations(kty, &sc.rotated, &mut sc.q_dot)?;
         } else {
-            quant::quantize_activations(kty, q, &mut self.q_dot)?;
+            quant::quantize_activations(kty, q, &mut sc.q_dot)?;
         }
-        let (q_head, k_head) = (self.q_dot.len() / s.n_head, self.k.ty.row_bytes(hd));
+        let (q_head, k_head) = (sc.q_dot.len() / s.n_head, self.k.ty.row_bytes(hd));
         let kernels = quant::Kernels::current();
-        self.scores.resize(n - first, 0.0);
+        sc.scores.resize(end - first, 0.0);
         for h in 0..s.n_head {
             let kvh = h / group;
-            let qh = &self.q_dot[h * q_head..(h + 1) * q_head];
-            for (p, sc) in (first..n).zip(self.scores.iter_mut()) {
+            let qh = &sc.q_dot[h * q_head..(h + 1) * q_head];
+            for (p, score) in (first..end).zip(sc.scores.iter_mut()) {
                 let kr = &self.k.row(p)[kvh * k_head..(kvh + 1) * k_head];
-                *sc = kernels.vec_dot(kty, hd, kr, qh)? * s.scale;
+                *score = kernels.vec_dot(kty, hd, kr, qh)? * s.scale;
             }
-            ops::softmax(&mut self.scores);
+            ops::softmax(&mut sc.scores);
             let oh = &mut out[h * hd..(h + 1) * hd];
             oh.fill(0.0);
-            for (p, &w) in (first..n).zip(self.scores.iter()) {
+            for (p, &w) in (first..end).zip(sc.scores.iter()) {
                 let vp = &self.vf[p * kvw + kvh * hd..p * kvw + (kvh + 1) * hd];
                 oh.iter_mut().zip(vp).for_each(|(o, &x)| *o += w * x);
             }
@@ -327,6 +362,15 @@ impl<'a> KvPass<'a> {
         }
         Ok(())
     }
+}
+
+/// Per-thread scratch of an attention: a rotated query, the query in the key type's dot type,
+/// one head's scores.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    rotated: Vec<f32>,
+    q_dot: Vec<u8>,
+    scores: Vec<f32>,
 }
 
 /// The orthonormal Walsh–Hadamard transform (Sylvester order, `H[i][j] = (−1)^popcount(i&j)/√n`)

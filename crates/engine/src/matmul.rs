@@ -65,6 +65,29 @@ pub fn matmul_rows(
     )
 }
 
+/// Several whole matrices times the same input (a layer's Q, K and V projections), as one
+/// pool job with the input quantized once per weight type.
+pub fn matmuls<const N: usize>(
+    ws: [&QTensor; N],
+    x: &[f32],
+    n_tokens: usize,
+    outs: [&mut [f32]; N],
+    exec: Exec,
+) -> Result<()> {
+    let mut jobs: Vec<MatJob<'_>> = ws
+        .into_iter()
+        .zip(outs)
+        .map(|(w, out)| MatJob {
+            w,
+            rows: 0..w.n_rows(),
+            x,
+            n_tokens,
+            out,
+        })
+        .collect();
+    matmul_batch(&mut jobs, exec)
+}
+
 /// Weight rows per chunk at most (64 rows of a 4096-wide Q4_K matrix are 147 KB; 32 Q8_K
 /// activation rows 150 KB: together inside L2).
 const ROW_BLOCK: usize = 64;
@@ -267,6 +290,61 @@ fn quantize_acts(
         }
     }
     Ok(quant::QActs::concat(parts)?)
+}
+
+/// The work of [`rows_parallel`] on one row: its index, the row, the thread's scratch.
+pub(crate) type RowFn<'a, S> = dyn Fn(usize, &mut [f32], &mut S) -> Result<()> + Sync + 'a;
+
+/// `f(t, row_t, scratch)` for every `row_len`-sized row of `out`, rows shared out in chunks
+/// across the pool (one thread per [`MIN_WORK`] of `work`, the caller's estimate of the
+/// multiply-adds). Each thread keeps one `S` scratch for all its rows.
+pub(crate) fn rows_parallel<S: Default>(
+    out: &mut [f32],
+    row_len: usize,
+    work: usize,
+    exec: Exec,
+    f: &RowFn<'_, S>,
+) -> Result<()> {
+    let n = out.len().checked_div(row_len).unwrap_or(0);
+    let pool = Pool::global(exec.threads);
+    let threads = pool
+        .threads()
+        .min(exec.threads)
+        .min(work / MIN_WORK)
+        .clamp(1, n.max(1));
+    let chunk = n.div_ceil(threads * 4).max(1);
+    let next = AtomicUsize::new(0);
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    let dst = Disjoint::new(out);
+    let part = |i: usize| {
+        if i >= threads {
+            return;
+        }
+        let mut scratch = S::default();
+        loop {
+            let c = next.fetch_add(1, Ordering::Relaxed);
+            if c * chunk >= n {
+                return;
+            }
+            for t in c * chunk..((c + 1) * chunk).min(n) {
+                // SAFETY: row `t` belongs to chunk `c` alone.
+                let row = unsafe { dst.slice(t * row_len, row_len) };
+                if let Err(e) = f(t, row, &mut scratch) {
+                    *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                    return;
+                }
+            }
+        }
+    };
+    if threads == 1 {
+        part(0);
+    } else {
+        pool.run(&part);
+    }
+    match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// A slice that several threads write at disjoint indices.

@@ -37,13 +37,7 @@ impl SwiGlu {
         let (e, ff) = (self.gate.row_len(), self.gate.n_rows());
         let n = x.len() / e;
         let (mut gate, mut up) = (vec![0f32; n * ff], vec![0f32; n * ff]);
-        ops::matmul_batch(
-            &mut [
-                job(&self.gate, 0..ff, x, n, &mut gate), // ffn_gate
-                job(&self.up, 0..ff, x, n, &mut up),     // ffn_up
-            ],
-            exec,
-        )?;
+        ops::matmuls([&self.gate, &self.up], x, n, [&mut gate, &mut up], exec)?; // ffn_gate, ffn_up
         ops::swiglu(&mut gate, &up); // ffn_swiglu
         let mut out = vec![0f32; n * e];
         ops::matmul(&self.down, &gate, n, &mut out, exec)?; // ffn_down

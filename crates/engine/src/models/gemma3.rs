@@ -163,9 +163,7 @@ impl Gemma3 {
         let (n, hd) = (x.len() / hp.n_embd, hp.head_dim);
         let (qw, kvw) = (hp.n_head * hd, hp.n_head_kv * hd);
         let (mut q, mut k, mut v) = (vec![0f32; n * qw], vec![0f32; n * kvw], vec![0f32; n * kvw]);
-        ops::matmul(&l.wq, x, n, &mut q, exec)?;
-        ops::matmul(&l.wk, x, n, &mut k, exec)?;
-        ops::matmul(&l.wv, x, n, &mut v, exec)?;
+        ops::matmuls([&l.wq, &l.wk, &l.wv], x, n, [&mut q, &mut k, &mut v], exec)?;
         ops::rms_norm_inplace(&mut q, &l.q_norm, hp.rms_eps); // Qcur_normed
         ops::rms_norm_inplace(&mut k, &l.k_norm, hp.rms_eps); // Kcur_normed
         let rope = if hp.is_swa[il] { hp.rope_swa } else { hp.rope };
@@ -187,14 +185,10 @@ impl Gemma3 {
             let kt = &mut k[t * kvw..(t + 1) * kvw];
             rope.apply(kt, hd, pos);
             pass.push(kt, &v[t * kvw..(t + 1) * kvw])?;
-            // A sliding layer sees keys with pos − p < n_swa (llama.cpp `is_masked_swa`).
-            let first = if hp.is_swa[il] {
-                (pos + 1).saturating_sub(hp.n_swa)
-            } else {
-                0
-            };
-            pass.attend(qt, first, shape, &mut o[t * qw..(t + 1) * qw])?;
         }
+        // A sliding layer sees keys with pos − p < n_swa (llama.cpp `is_masked_swa`).
+        let window = hp.is_swa[il].then_some(hp.n_swa);
+        pass.attend_all(&q, window, shape, &mut o, exec)?;
         let mut out = vec![0f32; n * hp.n_embd];
         ops::matmul(&l.wo, &o, n, &mut out, exec)?;
         Ok(out)

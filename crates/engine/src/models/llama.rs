@@ -185,9 +185,7 @@ impl Llama {
         let n = x.len() / hp.n_embd;
         let (qw, kvw) = (hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim);
         let (mut q, mut k, mut v) = (vec![0f32; n * qw], vec![0f32; n * kvw], vec![0f32; n * kvw]);
-        ops::matmul(&l.wq, x, n, &mut q, exec)?;
-        ops::matmul(&l.wk, x, n, &mut k, exec)?;
-        ops::matmul(&l.wv, x, n, &mut v, exec)?;
+        ops::matmuls([&l.wq, &l.wk, &l.wv], x, n, [&mut q, &mut k, &mut v], exec)?;
         for (t, b) in [(&mut q, &l.bq), (&mut k, &l.bk), (&mut v, &l.bv)] {
             if let Some(b) = b {
                 ops::add_bias(t, b);
@@ -205,8 +203,8 @@ impl Llama {
             hp.rope.apply(qt, hp.head_dim, pos);
             hp.rope.apply(kt, hp.head_dim, pos);
             pass.push(kt, &v[t * kvw..(t + 1) * kvw])?;
-            pass.attend(qt, 0, self.attn_shape(), &mut attn[t * qw..(t + 1) * qw])?;
         }
+        pass.attend_all(&q, None, self.attn_shape(), &mut attn, exec)?;
         let mut out = vec![0f32; n * hp.n_embd];
         ops::matmul(&l.wo, &attn, n, &mut out, exec)?;
         Ok(out)

@@ -395,9 +395,9 @@ impl Qwen35Moe {
         let (qw, kvw) = (hp.n_head * hd, hp.n_head_kv * hd);
         let mut qg = vec![0f32; n * 2 * qw];
         let (mut k, mut v) = (vec![0f32; n * kvw], vec![0f32; n * kvw]);
-        ops::matmul(&m.attn_q, x, n, &mut qg, exec)?; // 1. per head: query ‖ gate
-        ops::matmul(&m.attn_k, x, n, &mut k, exec)?; // 2.
-        ops::matmul(&m.attn_v, x, n, &mut v, exec)?;
+        // 1. per head: query ‖ gate; 2. keys and values.
+        let (wq, wk, wv) = (&m.attn_q, &m.attn_k, &m.attn_v);
+        ops::matmuls([wq, wk, wv], x, n, [&mut qg, &mut k, &mut v], exec)?;
         let shape = AttnShape {
             n_head: hp.n_head,
             n_head_kv: hp.n_head_kv,
@@ -405,27 +405,30 @@ impl Qwen35Moe {
             scale: 1.0 / (hd as f32).sqrt(),
         };
         let mut o = vec![0f32; n * qw];
+        let (mut q, mut gate) = (vec![0f32; n * qw], vec![0f32; n * qw]);
         let mut pass = KvPass::new(kc, vc, pos0)?;
         for t in 0..n {
             let pos = pos0 + t;
-            let (mut q, mut gate) = (vec![0f32; qw], vec![0f32; qw]);
+            let (qt, gt) = (
+                &mut q[t * qw..(t + 1) * qw],
+                &mut gate[t * qw..(t + 1) * qw],
+            );
             for h in 0..hp.n_head {
                 let src = &qg[t * 2 * qw + h * 2 * hd..t * 2 * qw + (h + 1) * 2 * hd];
-                q[h * hd..(h + 1) * hd].copy_from_slice(&src[..hd]);
-                gate[h * hd..(h + 1) * hd].copy_from_slice(&src[hd..]);
+                qt[h * hd..(h + 1) * hd].copy_from_slice(&src[..hd]);
+                gt[h * hd..(h + 1) * hd].copy_from_slice(&src[hd..]);
             }
             let kt = &mut k[t * kvw..(t + 1) * kvw];
-            ops::rms_norm_inplace(&mut q, &m.attn_q_norm, hp.rms_eps); // 3. Qcur_normed
+            ops::rms_norm_inplace(qt, &m.attn_q_norm, hp.rms_eps); // 3. Qcur_normed
             ops::rms_norm_inplace(kt, &m.attn_k_norm, hp.rms_eps); //    Kcur_normed
-            hp.rope.apply(&mut q, hd, pos); // 4.
+            hp.rope.apply(qt, hd, pos); // 4.
             hp.rope.apply(kt, hd, pos);
             pass.push(kt, &v[t * kvw..(t + 1) * kvw])?; // 5.
-            let ot = &mut o[t * qw..(t + 1) * qw];
-            pass.attend(&q, 0, shape, ot)?; // 6.
-            ot.iter_mut()
-                .zip(&gate)
-                .for_each(|(o, &g)| *o *= ops::sigmoid(g)); // 7.
         }
+        pass.attend_all(&q, None, shape, &mut o, exec)?; // 6.
+        o.iter_mut()
+            .zip(&gate)
+            .for_each(|(o, &g)| *o *= ops::sigmoid(g)); // 7.
         let mut out = vec![0f32; n * hp.n_embd];
         ops::matmul(&m.attn_output, &o, n, &mut out, exec)?; // 8.
         Ok(out)
