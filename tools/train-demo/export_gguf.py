@@ -17,9 +17,12 @@ blocks; every name, shape, key and transform is chosen here:
   `attn_qkv`, the V channels of `ssm_conv1d`, the rows of `attn_gate`, `ssm_alpha`, `ssm_beta`,
   `ssm_a`, `ssm_dt` and the input columns of `ssm_out`;
 - `shared_expert_gate.weight` [1, H] -> `ffn_gate_inp_shexp.weight` {H};
+- tied embeddings (`tie_word_embeddings`): no `output.weight`; llama.cpp's qwen35moe loader and
+  our engine then use `token_embd` for the output projection, as HF's tied `lm_head` does;
 - types: 1-D tensors, norms, the router `ffn_gate_inp` and `ssm_conv1d` stay F32 (as
   convert_hf_to_gguf.py and llama-quantize keep them, §2.3 and §3); every other weight gets
-  `--outtype` (q8_0, f16 or f32) unless an `--override REGEX=TYPE` names it.
+  `--outtype` (q8_0, f16 or f32) unless an `--override REGEX=TYPE` names it; rows that do not
+  fill whole quant blocks fall back to F16, as in llama-quantize.
 
 Metadata: the `qwen35moe.*` keys of §2.1 from config.json, and the tokenizer from tokenizer.json
 (byte-level BPE: `gpt2` model, `qwen35` pre-tokenizer, tokens, token types, merges, EOS
@@ -131,15 +134,21 @@ def convert_layer(t: dict, i: int, cfg: dict) -> list[tuple[str, np.ndarray]]:
 
 def tensor_type(name: str, data: np.ndarray, qtype, overrides: list[tuple[re.Pattern, str]]):
     """F32 for what llama.cpp never quantises (spec §2.3/§3); else the first matching
-    `--override`, else `qtype`."""
+    `--override`, else `qtype`. A row length that is no multiple of the type's block (the
+    experts' down projection when the expert FFN is 16) falls back to F16, as llama-quantize's
+    `tensor_type_fallback` does for 32-block types."""
     keep_f32 = (data.ndim < 2 or name.endswith("norm.weight") or ".ffn_gate_inp." in name
                 or ".ssm_conv1d." in name)
     if keep_f32:
         return gguf.GGMLQuantizationType.F32
+    ty = qtype
     for pattern, outtype in overrides:
         if pattern.search(name):
-            return OUTTYPES[outtype][0]
-    return qtype
+            ty = OUTTYPES[outtype][0]
+            break
+    if data.shape[-1] % gguf.GGML_QUANT_SIZES[ty][0] != 0:
+        return gguf.GGMLQuantizationType.F16
+    return ty
 
 
 def add_tokenizer(w: gguf.GGUFWriter, tok_dir: Path, n_vocab: int) -> None:
@@ -222,7 +231,9 @@ def main() -> int:
     tensors = [("token_embd.weight", t["model.embed_tokens.weight"])]
     for i in range(cfg["num_hidden_layers"]):
         tensors += convert_layer(t, i, cfg)
-    tensors += [("output_norm.weight", t["model.norm.weight"] + 1), ("output.weight", t["lm_head.weight"])]
+    tensors.append(("output_norm.weight", t["model.norm.weight"] + 1))
+    if not cfg.get("tie_word_embeddings", False):
+        tensors.append(("output.weight", t["lm_head.weight"]))
     for name, data in tensors:
         ty = tensor_type(name, data, qtype, overrides)
         data = np.ascontiguousarray(data, dtype=np.float32)

@@ -15,18 +15,23 @@ PY=${PYTHON:-python3}
 WORK=.cache/train-demo/gguf
 mkdir -p "$WORK"
 
-# The shipped file, plus F32 and F16 exports of the same checkpoint: F32 isolates the
+# The shipped F16 file, plus F32 and Q8_0 exports of the same checkpoint: F32 isolates the
 # conversion (it must match transformers to rounding), F16 and Q8_0 add their own rounding.
-$PY tools/train-demo/export_gguf.py "$CKPT" models/demo-moe-q8_0.gguf --outtype q8_0
+$PY tools/train-demo/export_gguf.py "$CKPT" models/demo-moe-f16.gguf --outtype f16
 $PY tools/train-demo/export_gguf.py "$CKPT" "$WORK/demo-moe-f32.gguf" --outtype f32
-$PY tools/train-demo/export_gguf.py "$CKPT" "$WORK/demo-moe-f16.gguf" --outtype f16
+$PY tools/train-demo/export_gguf.py "$CKPT" "$WORK/demo-moe-q8_0.gguf" --outtype q8_0
 
-$PY tools/train-demo/verify_llama.py --ckpt "$CKPT" --llama-src "$LLAMA_SRC" --n 1024 --windows 4 --q8-ref \
-    --chat "Hello, who are you?" --chat "Who gave the State of the Union address in 1862?" \
-    models/demo-moe-q8_0.gguf --json "$WORK/verify_q8.json"
 $PY tools/train-demo/verify_llama.py --ckpt "$CKPT" --llama-src "$LLAMA_SRC" --n 1024 --windows 4 \
-    "$WORK/demo-moe-f32.gguf" "$WORK/demo-moe-f16.gguf" --json "$WORK/verify_f32_f16.json"
+    --chat "Hello, who are you?" --chat "Who gave the State of the Union address in 1862?" \
+    --chat "Quote a few lines from Hamlet, Prince of Denmark." \
+    models/demo-moe-f16.gguf "$WORK/demo-moe-f32.gguf" --json "$WORK/verify_f16_f32.json"
+$PY tools/train-demo/verify_llama.py --ckpt "$CKPT" --llama-src "$LLAMA_SRC" --n 1024 --windows 4 --q8-ref \
+    "$WORK/demo-moe-q8_0.gguf" --json "$WORK/verify_q8.json"
 
 # Same windows as train.py's final figure (n_ctx 1024, second half of each window scored).
-"$LLAMA_BIN/llama-perplexity" -m models/demo-moe-q8_0.gguf -f .cache/train-demo/corpus/heldout.txt \
-    -c 1024 -b 1024 2>&1 | grep -E "calculating|Final estimate"
+# Each log goes to a file first: the final line once went missing through a pipe.
+for m in models/demo-moe-f16.gguf "$WORK/demo-moe-f32.gguf" "$WORK/demo-moe-q8_0.gguf"; do
+    log="$WORK/perplexity-$(basename "$m" .gguf).log"
+    "$LLAMA_BIN/llama-perplexity" -m "$m" -f .cache/train-demo/corpus/heldout.txt -c 1024 -b 1024 -t 2 >"$log" 2>&1
+    echo "$m: $(grep -E "Final estimate" "$log")"
+done

@@ -68,12 +68,16 @@ def q8_round(model) -> None:
     """Round, in place, every weight that export_gguf.py stores as Q8_0 through Q8_0 and back
     (gguf-py's reference quantizer), so the model holds exactly the Q8_0 file's weights.
     Blocks of 32 run along the input dimension (the last axis) in HF and in GGUF alike; the
-    V-head reorder moves whole rows, or in ssm_out whole 32-column blocks, so it commutes."""
+    V-head reorder moves whole rows, or in ssm_out whole 32-column blocks, so it commutes.
+    Rows shorter than a block (the experts' down projection with an expert FFN of 16) stay
+    F16 in the file, as the checkpoint already holds them."""
     import gguf
     import torch
     q8 = gguf.GGMLQuantizationType.Q8_0
     for name, p in model.named_parameters():
         if p.ndim < 2 or name.endswith("mlp.gate.weight") or "conv1d" in name or "shared_expert_gate" in name:
+            continue
+        if p.shape[-1] % gguf.GGML_QUANT_SIZES[q8][0] != 0:
             continue
         a = p.detach().numpy().reshape(-1, p.shape[-1])
         p.data = torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(a, q8), q8).reshape(p.shape))
