@@ -8,7 +8,7 @@ use anyhow::Context;
 use engine::{ChatTemplate, Exec, Model, Tokenizer};
 
 /// The shipped demo model, used when no `-m` is given (issue 4 trains and ships it).
-pub const DEFAULT_MODEL: &str = "models/demo-moe-q8_0.gguf";
+pub const DEFAULT_MODEL: &str = "models/demo-moe-f16.gguf";
 
 /// A model ready to run.
 pub struct Loaded {
