@@ -95,7 +95,7 @@ pub(crate) fn demo() -> std::sync::Arc<ServedModel> {
     DEMO.get_or_init(|| {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../models/demo-moe-q8_0.gguf"
+            "/../../models/demo-moe-f16.gguf"
         );
         let file = Arc::new(gguf::GgufFile::open(path).expect("demo model"));
         let tokenizer = Tokenizer::from_gguf(file.metadata()).expect("tokenizer");
