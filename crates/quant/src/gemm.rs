@@ -27,10 +27,22 @@ use crate::error::Error;
 /// Tokens one kernel call takes.
 pub const TILE: usize = 4;
 
-/// A tile kernel: one weight row (whole blocks) against tokens `t0..t0 + nt` of `a`
-/// (`1 ≤ nt ≤ TILE`), writing `out[..nt]`. Unsafe only for its CPU features; [`tile_kernel`]
-/// hands out only kernels this CPU runs.
-pub(crate) type TileFn = unsafe fn(w: &[u8], a: &QActs, t0: usize, nt: usize, out: &mut [f32]);
+/// One kernel call's shape: `rows` weight rows (1, or 4 with `nt = 1`) of `row_bytes` each
+/// from `w`, against tokens `t0..t0 + nt` (`1 ≤ nt ≤ TILE`); row `r`, token `t` goes to
+/// `out[r·ld + t]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tile<'a> {
+    pub(crate) w: &'a [u8],
+    pub(crate) row_bytes: usize,
+    pub(crate) rows: usize,
+    pub(crate) t0: usize,
+    pub(crate) nt: usize,
+    pub(crate) ld: usize,
+}
+
+/// A tile kernel. Unsafe only for its CPU features; [`tile_kernel`] hands out only kernels
+/// this CPU runs.
+pub(crate) type TileFn = unsafe fn(g: &Tile<'_>, a: &QActs, out: &mut [f32]);
 
 /// Activations of a batch quantized for one weight type, with per-block scales unpacked.
 #[derive(Debug, Clone)]
@@ -177,13 +189,34 @@ pub fn gemm(
     let kernels = Kernels::current();
     match tile_kernel(ty).filter(|_| kernels.name() != "scalar") {
         Some(f) => {
-            for (j, wr) in w.chunks_exact(row_bytes).enumerate() {
-                let o = &mut out[j * ld..j * ld + nt];
-                for (c, oc) in o.chunks_mut(TILE).enumerate() {
-                    let t0 = tokens.start + c * TILE;
-                    // SAFETY: `tile_kernel` returned `f` only after checking this CPU's
-                    // features; `wr` is one whole row of `ty`, and `t0 + oc.len() ≤ acts.n`.
-                    unsafe { f(wr, acts, t0, oc.len(), oc) };
+            let call = |j: usize, rows: usize, t0: usize, nt: usize, out: &mut [f32]| {
+                let g = Tile {
+                    w: &w[j * row_bytes..(j + rows) * row_bytes],
+                    row_bytes,
+                    rows,
+                    t0,
+                    nt,
+                    ld,
+                };
+                // SAFETY: `tile_kernel` returned `f` only after checking this CPU's features;
+                // `g.w` holds `rows` whole rows of `ty`, `t0 + nt ≤ acts.n` (checked above),
+                // and `out` reaches `(rows − 1)·ld + nt` (checked above).
+                unsafe { f(&g, acts, &mut out[j * ld..]) };
+            };
+            if nt == 1 {
+                // Decode: four rows per call (independent chains), the rest one by one.
+                let quads = n_rows / 4 * 4;
+                for j in (0..quads).step_by(4) {
+                    call(j, 4, tokens.start, 1, out);
+                }
+                for j in quads..n_rows {
+                    call(j, 1, tokens.start, 1, out);
+                }
+            } else {
+                for j in 0..n_rows {
+                    for t0 in (0..nt).step_by(TILE) {
+                        call(j, 1, tokens.start + t0, TILE.min(nt - t0), &mut out[t0..]);
+                    }
                 }
             }
         }
@@ -268,8 +301,16 @@ mod tests {
                 for (j, wr) in w.chunks_exact(rb).enumerate() {
                     let mut out = vec![0f32; n];
                     for (c, oc) in out.chunks_mut(TILE).enumerate() {
+                        let g = Tile {
+                            w: wr,
+                            row_bytes: rb,
+                            rows: 1,
+                            t0: c * TILE,
+                            nt: oc.len(),
+                            ld: n,
+                        };
                         // SAFETY: `tile_flavours` lists only kernels this CPU runs.
-                        unsafe { f(wr, &a, c * TILE, oc.len(), oc) };
+                        unsafe { f(&g, &a, oc) };
                     }
                     for (t, &got) in out.iter().enumerate() {
                         let want = crate::vec_dot(ty, k, wr, a.row(t)).unwrap();
@@ -282,6 +323,38 @@ mod tests {
                             "{ty:?} k={k} row {j} token {t}: {got} vs {want}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// `gemm` for one token (four-row kernels plus a remainder) and for a batch, every tile
+    /// type, against `vec_dot`.
+    #[test]
+    fn gemm_matches_vec_dot_for_decode_and_batches() {
+        for ty in tile_types() {
+            for (k, n, rows) in [(512, 1, 7), (256, 1, 4), (256, 6, 5)] {
+                let mut w = vec![0u8; ty.bytes_for((k * rows) as u64).unwrap() as usize];
+                random_blocks(ty, &mut w, 11 + rows as u64, 1.0).unwrap();
+                let a = QActs::new(ty, &acts(k, n, 5), k).unwrap();
+                let ld = n + 1; // a stride wider than the batch must be honoured
+                let mut out = vec![f32::NAN; rows * ld];
+                gemm(&w, &a, 0..n, &mut out, ld).unwrap();
+                let rb = w.len() / rows;
+                for (j, wr) in w.chunks_exact(rb).enumerate() {
+                    for t in 0..n {
+                        let want = crate::vec_dot(ty, k, wr, a.row(t)).unwrap();
+                        let got = out[j * ld + t];
+                        let tol = want.abs().max(1.0) * 1e-4;
+                        assert!(
+                            (got - want).abs() <= tol,
+                            "{ty:?} row {j} token {t}: {got} vs {want}"
+                        );
+                    }
+                    assert!(
+                        j + 1 == rows || out[j * ld + n].is_nan(),
+                        "wrote past the tile"
+                    );
                 }
             }
         }

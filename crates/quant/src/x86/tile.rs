@@ -12,7 +12,7 @@
 
 use super::avx2::{bits, f16_at, load, load128, mul_sum_u8, nibbles, table};
 use super::avx2_k::k4_scales;
-use crate::gemm::{QActs, TileFn};
+use crate::gemm::{QActs, Tile, TileFn};
 use crate::iq4::KVALUES_IQ4NL;
 use gguf::GgmlType as T;
 use std::arch::x86_64::*;
@@ -28,14 +28,16 @@ const IQ4_NL: u8 = 5;
 /// Block bytes of each legacy tag.
 const BYTES: [usize; 6] = [18, 20, 22, 24, 34, 18];
 
-/// Dispatches a runtime token count to the const-generic body.
-macro_rules! by_nt {
-    ($nt:expr, $f:ident [$($g:tt),*] ($($arg:expr),*)) => {
-        match $nt {
-            1 => $f::<$($g,)* 1>($($arg),*),
-            2 => $f::<$($g,)* 2>($($arg),*),
-            3 => $f::<$($g,)* 3>($($arg),*),
-            _ => $f::<$($g,)* 4>($($arg),*),
+/// Dispatches a tile's shape to the const-generic body: four rows of one token, or one row
+/// of one to four tokens.
+macro_rules! by_shape {
+    ($g:expr, $f:ident [$($p:tt),*] ($($arg:expr),*)) => {
+        match ($g.rows, $g.nt) {
+            (4, 1) => $f::<$($p,)* 4, 1>($($arg),*),
+            (_, 1) => $f::<$($p,)* 1, 1>($($arg),*),
+            (_, 2) => $f::<$($p,)* 1, 2>($($arg),*),
+            (_, 3) => $f::<$($p,)* 1, 3>($($arg),*),
+            _ => $f::<$($p,)* 1, 4>($($arg),*),
         }
     };
 }
@@ -164,179 +166,202 @@ fn decode<const K: u8>(x: &[u8], lut: &[f32; 65536]) -> (__m256i, f32, f32) {
     }
 }
 
-/// One row of legacy tag `K` against `NT` tokens.
+/// `R` rows of legacy tag `K` against `NT` tokens (`R = 1`, or `R = 4` for one token: four
+/// independent chains hide the FMA latency a lone matvec row waits on).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn legacy<const K: u8, const VNNI: bool, const NT: usize>(
-    w: &[u8],
+fn legacy<const K: u8, const VNNI: bool, const R: usize, const NT: usize>(
+    g: &Tile<'_>,
     a: &QActs,
-    t0: usize,
     out: &mut [f32],
 ) {
     let signed = K == Q8_0 || K == IQ4_NL;
     let (nb, bb) = (a.blocks(), BYTES[K as usize]);
     let ab = if K == Q4_1 || K == Q5_1 { 36 } else { 34 };
-    let ys: [&[u8]; NT] = std::array::from_fn(|t| a.row(t0 + t));
-    let span = |t: usize| (t0 + t) * nb..(t0 + t + 1) * nb;
+    let ys: [&[u8]; NT] = std::array::from_fn(|t| a.row(g.t0 + t));
+    let span = |t: usize| (g.t0 + t) * nb..(g.t0 + t + 1) * nb;
     let sc: [&[f32]; NT] = std::array::from_fn(|t| &a.scale[span(t)]);
-    // Q8_K-free formats only: the signed ones need no block sums.
+    // The signed formats need no block sums.
     let sm: [&[f32]; NT] = std::array::from_fn(|t| if signed { &[][..] } else { &a.sum[span(t)] });
+    let rows: [&[u8]; R] = std::array::from_fn(|r| &g.w[r * g.row_bytes..(r + 1) * g.row_bytes]);
     let lut = f16_table();
-    let mut acc = [_mm256_setzero_ps(); NT];
-    let mut bias = [0f32; NT];
-    for (b, x) in w.chunks_exact(bb).take(nb).enumerate() {
-        let (q, d, c) = decode::<K>(x, lut);
-        let u = if signed { _mm256_abs_epi8(q) } else { q };
-        let dv = _mm256_set1_ps(d);
-        for t in 0..NT {
-            let mut y = load(ys[t], b * ab + ab - 32);
-            if signed {
-                y = _mm256_sign_epi8(y, q);
-            }
-            let s = _mm256_cvtepi32_ps(udot::<VNNI>(u, y));
-            let dd = _mm256_mul_ps(dv, _mm256_set1_ps(sc[t][b]));
-            acc[t] = _mm256_fmadd_ps(s, dd, acc[t]);
-            if !signed {
-                bias[t] += c * sm[t][b];
+    let mut acc = [[_mm256_setzero_ps(); NT]; R];
+    let mut bias = [[0f32; NT]; R];
+    for b in 0..nb {
+        for r in 0..R {
+            let (q, d, c) = decode::<K>(&rows[r][b * bb..(b + 1) * bb], lut);
+            let u = if signed { _mm256_abs_epi8(q) } else { q };
+            let dv = _mm256_set1_ps(d);
+            for t in 0..NT {
+                let mut y = load(ys[t], b * ab + ab - 32);
+                if signed {
+                    y = _mm256_sign_epi8(y, q);
+                }
+                let s = _mm256_cvtepi32_ps(udot::<VNNI>(u, y));
+                let dd = _mm256_mul_ps(dv, _mm256_set1_ps(sc[t][b]));
+                acc[r][t] = _mm256_fmadd_ps(s, dd, acc[r][t]);
+                if !signed {
+                    bias[r][t] += c * sm[t][b];
+                }
             }
         }
     }
-    for t in 0..NT {
-        out[t] = hsum_ps(acc[t]) + bias[t];
+    for r in 0..R {
+        for t in 0..NT {
+            out[r * g.ld + t] = hsum_ps(acc[r][t]) + bias[r][t];
+        }
     }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn legacy_avx2<const K: u8>(w: &[u8], a: &QActs, t0: usize, nt: usize, out: &mut [f32]) {
-    by_nt!(nt, legacy[K, false](w, a, t0, out))
+fn legacy_avx2<const K: u8>(g: &Tile<'_>, a: &QActs, out: &mut [f32]) {
+    by_shape!(g, legacy[K, false](g, a, out))
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-fn legacy_vnni<const K: u8>(w: &[u8], a: &QActs, t0: usize, nt: usize, out: &mut [f32]) {
-    by_nt!(nt, legacy[K, true](w, a, t0, out))
+fn legacy_vnni<const K: u8>(g: &Tile<'_>, a: &QActs, out: &mut [f32]) {
+    by_shape!(g, legacy[K, true](g, a, out))
 }
 
-/// Q4_K (`Q5 = false`) or Q5_K row against `NT` tokens. Per super-block and token: the
+/// `R` Q4_K (`Q5 = false`) or Q5_K rows against `NT` tokens. Per super-block and token: the
 /// eight sub-block sums times their 6-bit scales (`madd` with the scale as i16), and the
 /// mins times the Q8_K block's 16-value sums, both folded into the lanes with `d·d_y` and
 /// `−dmin·d_y`.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn k4<const Q5: bool, const VNNI: bool, const NT: usize>(
-    w: &[u8],
+fn k4<const Q5: bool, const VNNI: bool, const R: usize, const NT: usize>(
+    g: &Tile<'_>,
     a: &QActs,
-    t0: usize,
     out: &mut [f32],
 ) {
     let (nb, bb) = (a.blocks(), if Q5 { 176 } else { 144 });
     let qs = if Q5 { 48 } else { 16 };
-    let ys: [&[u8]; NT] = std::array::from_fn(|t| a.row(t0 + t));
-    let sc: [&[f32]; NT] = std::array::from_fn(|t| &a.scale[(t0 + t) * nb..(t0 + t + 1) * nb]);
+    let ys: [&[u8]; NT] = std::array::from_fn(|t| a.row(g.t0 + t));
+    let sc: [&[f32]; NT] = std::array::from_fn(|t| &a.scale[(g.t0 + t) * nb..(g.t0 + t + 1) * nb]);
+    let rows: [&[u8]; R] = std::array::from_fn(|r| &g.w[r * g.row_bytes..(r + 1) * g.row_bytes]);
     let m4 = _mm256_set1_epi8(0x0F);
     let dup = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
-    let mut acc = [_mm256_setzero_ps(); NT];
-    for (b, x) in w.chunks_exact(bb).take(nb).enumerate() {
-        let sm = k4_scales(x, 4);
-        let (d, dmin) = (f16_at(x, 0), f16_at(x, 2));
-        let mins = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(load128(&sm, 0), dup));
-        let q: [__m256i; 8] = std::array::from_fn(|j| {
-            let v = load(x, qs + 32 * (j / 2));
-            let v = if j % 2 == 0 {
-                v
-            } else {
-                _mm256_srli_epi16::<4>(v)
-            };
-            let v = _mm256_and_si256(v, m4);
-            if Q5 {
-                let hb = _mm256_srl_epi16(load(x, 16), _mm_cvtsi32_si128(j as i32));
-                let hb = _mm256_and_si256(hb, _mm256_set1_epi8(1));
-                _mm256_or_si256(v, _mm256_slli_epi16::<4>(hb))
-            } else {
-                v
+    let mut acc = [[_mm256_setzero_ps(); NT]; R];
+    for b in 0..nb {
+        for r in 0..R {
+            let x = &rows[r][b * bb..(b + 1) * bb];
+            let sm = k4_scales(x, 4);
+            let (d, dmin) = (f16_at(x, 0), f16_at(x, 2));
+            let mins = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(load128(&sm, 0), dup));
+            let q: [__m256i; 8] = std::array::from_fn(|j| {
+                let v = load(x, qs + 32 * (j / 2));
+                let v = if j % 2 == 0 {
+                    v
+                } else {
+                    _mm256_srli_epi16::<4>(v)
+                };
+                let v = _mm256_and_si256(v, m4);
+                if Q5 {
+                    let hb = _mm256_srl_epi16(load(x, 16), _mm_cvtsi32_si128(j as i32));
+                    let hb = _mm256_and_si256(hb, _mm256_set1_epi8(1));
+                    _mm256_or_si256(v, _mm256_slli_epi16::<4>(hb))
+                } else {
+                    v
+                }
+            });
+            for t in 0..NT {
+                let y = &ys[t][b * 292..(b + 1) * 292];
+                let mut isum = _mm256_setzero_si256();
+                for (j, &qj) in q.iter().enumerate() {
+                    let p = _mm256_maddubs_epi16(qj, load(y, 4 + 32 * j));
+                    isum = madd_acc::<VNNI>(isum, p, _mm256_set1_epi16(i16::from(sm[j])));
+                }
+                let msum = _mm256_madd_epi16(load(y, 260), mins);
+                let dy = sc[t][b];
+                let a0 =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * dy), acc[r][t]);
+                acc[r][t] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(-dmin * dy), a0);
             }
-        });
-        for t in 0..NT {
-            let y = &ys[t][b * 292..(b + 1) * 292];
-            let mut isum = _mm256_setzero_si256();
-            for (j, &qj) in q.iter().enumerate() {
-                let p = _mm256_maddubs_epi16(qj, load(y, 4 + 32 * j));
-                isum = madd_acc::<VNNI>(isum, p, _mm256_set1_epi16(i16::from(sm[j])));
-            }
-            let msum = _mm256_madd_epi16(load(y, 260), mins);
-            let dy = sc[t][b];
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * dy), acc[t]);
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(-dmin * dy), acc[t]);
         }
     }
-    for t in 0..NT {
-        out[t] = hsum_ps(acc[t]);
+    for r in 0..R {
+        for t in 0..NT {
+            out[r * g.ld + t] = hsum_ps(acc[r][t]);
+        }
     }
 }
 
 #[target_feature(enable = "avx2,fma")]
-fn k4_avx2<const Q5: bool>(w: &[u8], a: &QActs, t0: usize, nt: usize, out: &mut [f32]) {
-    by_nt!(nt, k4[Q5, false](w, a, t0, out))
+fn k4_avx2<const Q5: bool>(g: &Tile<'_>, a: &QActs, out: &mut [f32]) {
+    by_shape!(g, k4[Q5, false](g, a, out))
 }
 
 #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
-fn k4_vnni<const Q5: bool>(w: &[u8], a: &QActs, t0: usize, nt: usize, out: &mut [f32]) {
-    by_nt!(nt, k4[Q5, true](w, a, t0, out))
+fn k4_vnni<const Q5: bool>(g: &Tile<'_>, a: &QActs, out: &mut [f32]) {
+    by_shape!(g, k4[Q5, true](g, a, out))
 }
 
-/// Q6_K row against `NT` tokens: 6-bit codes (`ql` nibble | two `qh` bits) as unsigned,
+/// `R` Q6_K rows against `NT` tokens: 6-bit codes (`ql` nibble | two `qh` bits) as unsigned,
 /// each 32-code vector spanning two 16-value groups (one scale per 128-bit half); the −32
 /// offset comes back as `32·Σ scale·bsum` from the Q8_K block sums.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn q6_k<const VNNI: bool, const NT: usize>(w: &[u8], a: &QActs, t0: usize, out: &mut [f32]) {
+fn q6_k<const VNNI: bool, const R: usize, const NT: usize>(
+    g: &Tile<'_>,
+    a: &QActs,
+    out: &mut [f32],
+) {
     let nb = a.blocks();
-    let ys: [&[u8]; NT] = std::array::from_fn(|t| a.row(t0 + t));
-    let sc: [&[f32]; NT] = std::array::from_fn(|t| &a.scale[(t0 + t) * nb..(t0 + t + 1) * nb]);
+    let ys: [&[u8]; NT] = std::array::from_fn(|t| a.row(g.t0 + t));
+    let sc: [&[f32]; NT] = std::array::from_fn(|t| &a.scale[(g.t0 + t) * nb..(g.t0 + t + 1) * nb]);
+    let rows: [&[u8]; R] = std::array::from_fn(|r| &g.w[r * g.row_bytes..(r + 1) * g.row_bytes]);
     let (m4, m3) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
-    let mut acc = [_mm256_setzero_ps(); NT];
-    for (b, x) in w.chunks_exact(210).take(nb).enumerate() {
-        let d = f16_at(x, 208);
-        let s16 = _mm256_cvtepi8_epi16(load128(x, 192));
-        let q: [__m256i; 8] = std::array::from_fn(|m| {
-            let (n, r) = (m / 4, m % 4);
-            let ql = load(x, 64 * n + 32 * (r % 2));
-            let low = if r < 2 {
-                ql
-            } else {
-                _mm256_srli_epi16::<4>(ql)
-            };
-            let qh = _mm256_srl_epi16(load(x, 128 + 32 * n), _mm_cvtsi32_si128(2 * r as i32));
-            let high = _mm256_slli_epi16::<4>(_mm256_and_si256(qh, m3));
-            _mm256_or_si256(_mm256_and_si256(low, m4), high)
-        });
-        let sv: [__m256i; 8] = std::array::from_fn(|m| {
-            let s = |i: usize| i16::from(x[192 + i] as i8);
-            _mm256_set_m128i(_mm_set1_epi16(s(2 * m + 1)), _mm_set1_epi16(s(2 * m)))
-        });
-        for t in 0..NT {
-            let y = &ys[t][b * 292..(b + 1) * 292];
-            let mut isum = _mm256_setzero_si256();
-            for m in 0..8 {
-                let p = _mm256_maddubs_epi16(q[m], load(y, 4 + 32 * m));
-                isum = madd_acc::<VNNI>(isum, p, sv[m]);
+    let mut acc = [[_mm256_setzero_ps(); NT]; R];
+    for b in 0..nb {
+        for r in 0..R {
+            let x = &rows[r][b * 210..(b + 1) * 210];
+            let d = f16_at(x, 208);
+            let s16 = _mm256_cvtepi8_epi16(load128(x, 192));
+            let q: [__m256i; 8] = std::array::from_fn(|m| {
+                let (n, k) = (m / 4, m % 4);
+                let ql = load(x, 64 * n + 32 * (k % 2));
+                let low = if k < 2 {
+                    ql
+                } else {
+                    _mm256_srli_epi16::<4>(ql)
+                };
+                let qh = _mm256_srl_epi16(load(x, 128 + 32 * n), _mm_cvtsi32_si128(2 * k as i32));
+                let high = _mm256_slli_epi16::<4>(_mm256_and_si256(qh, m3));
+                _mm256_or_si256(_mm256_and_si256(low, m4), high)
+            });
+            let sv: [__m256i; 8] = std::array::from_fn(|m| {
+                let s = |i: usize| i16::from(x[192 + i] as i8);
+                _mm256_set_m128i(_mm_set1_epi16(s(2 * m + 1)), _mm_set1_epi16(s(2 * m)))
+            });
+            for t in 0..NT {
+                let y = &ys[t][b * 292..(b + 1) * 292];
+                let mut isum = _mm256_setzero_si256();
+                for m in 0..8 {
+                    let p = _mm256_maddubs_epi16(q[m], load(y, 4 + 32 * m));
+                    isum = madd_acc::<VNNI>(isum, p, sv[m]);
+                }
+                let off = _mm256_slli_epi32::<5>(_mm256_madd_epi16(load(y, 260), s16));
+                isum = _mm256_sub_epi32(isum, off);
+                let dy = sc[t][b];
+                acc[r][t] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * dy), acc[r][t]);
             }
-            let off = _mm256_slli_epi32::<5>(_mm256_madd_epi16(load(y, 260), s16));
-            isum = _mm256_sub_epi32(isum, off);
-            let dy = sc[t][b];
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * dy), acc[t]);
         }
     }
-    for t in 0..NT {
-        out[t] = hsum_ps(acc[t]);
+    for r in 0..R {
+        for t in 0..NT {
+            out[r * g.ld + t] = hsum_ps(acc[r][t]);
+        }
     }
 }
 
 #[target_feature(enable = "avx2,fma")]
-fn q6_k_avx2(w: &[u8], a: &QActs, t0: usize, nt: usize, out: &mut [f32]) {
-    by_nt!(nt, q6_k[false](w, a, t0, out))
+fn q6_k_avx2(g: &Tile<'_>, a: &QActs, out: &mut [f32]) {
+    by_shape!(g, q6_k[false](g, a, out))
 }
 
 #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
-fn q6_k_vnni(w: &[u8], a: &QActs, t0: usize, nt: usize, out: &mut [f32]) {
-    by_nt!(nt, q6_k[true](w, a, t0, out))
+fn q6_k_vnni(g: &Tile<'_>, a: &QActs, out: &mut [f32]) {
+    by_shape!(g, q6_k[true](g, a, out))
 }
