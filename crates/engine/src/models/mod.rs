@@ -2,6 +2,7 @@
 //!
 //! [`load`] reads `general.architecture` and builds the matching model from a GGUF file.
 
+pub mod deltanet;
 mod ffn;
 mod gemma3;
 mod llama;

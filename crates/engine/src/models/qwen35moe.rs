@@ -13,6 +13,7 @@ use crate::kv::{CacheConfig, KvCache, KvPass};
 use crate::ops::{self, AttnShape, Exec, Rope, RopeStyle};
 use crate::weights::{QTensor, Weights};
 
+use super::deltanet;
 use super::ffn::{RoutedExperts, SwiGlu};
 use super::{Keys, LayerState, Model, State};
 
@@ -434,7 +435,8 @@ impl Qwen35Moe {
         Ok(out)
     }
 
-    /// Spec §4.2: gated DeltaNet, token by token (the recurrent form).
+    /// Spec §4.2: gated DeltaNet for `n` tokens of normed input `x` (the delta rule itself in
+    /// `models/deltanet/`: recurrent for one token, chunked for more).
     fn deltanet(
         &self,
         m: &DeltaNet,
@@ -444,33 +446,78 @@ impl Qwen35Moe {
     ) -> Result<Vec<f32>> {
         let hp = &self.hp;
         let n = x.len() / hp.n_embd;
-        let (cd, di, nv) = (hp.conv_dim(), hp.ssm_d_inner, hp.ssm_n_v_head);
+        let (di, nv) = (hp.ssm_d_inner, hp.ssm_n_v_head);
         let (mix, z) = self.project(&m.proj, x, exec)?; // 1.
         let (beta, alpha) = self.gates(&m.gates, x, exec)?; // 2.
+        let beta: Vec<f32> = beta.iter().map(|&v| ops::sigmoid(v)).collect();
+        let g: Vec<f32> = alpha
+            .chunks_exact(nv)
+            .flat_map(|at| (0..nv).map(move |j| m.ssm_a[j] * softplus(at[j] + m.ssm_dt[j])))
+            .collect();
+        let (q, k, v) = self.conv_qkv(m, conv, &mix); // 3.–4.
+        let inputs = deltanet::Inputs {
+            q: &q,
+            k: &k,
+            v: &v,
+            beta: &beta,
+            g: &g,
+        };
+        let o = deltanet::run(ssm, &inputs, &self.delta_dims(), exec); // 5.–6.
+        let hv = hp.head_v_dim();
         let mut normed = vec![0f32; n * di];
-        for t in 0..n {
-            let b: Vec<f32> = beta[t * nv..(t + 1) * nv]
-                .iter()
-                .map(|&v| ops::sigmoid(v))
-                .collect();
-            let g: Vec<f32> = (0..nv)
-                .map(|j| m.ssm_a[j] * softplus(alpha[t * nv + j] + m.ssm_dt[j]))
-                .collect();
-            let y = self.conv_step(m, conv, &mix[t * cd..(t + 1) * cd]); // 3.
-            let o = self.delta_rule(ssm, &y, &b, &g); // 4.–6.
-            let hv = hp.head_v_dim();
-            for j in 0..nv {
-                let nj = &mut normed[t * di + j * hv..t * di + (j + 1) * hv];
-                ops::rms_norm(&o[j * hv..(j + 1) * hv], &m.ssm_norm, hp.rms_eps, nj); // 7.
-                let zj = &z[t * di + j * hv..t * di + (j + 1) * hv];
-                nj.iter_mut()
-                    .zip(zj)
-                    .for_each(|(v, &zv)| *v *= ops::silu(zv));
-            }
+        for ((nt, ot), zt) in normed
+            .chunks_exact_mut(hv)
+            .zip(o.chunks_exact(hv))
+            .zip(z.chunks_exact(hv))
+        {
+            ops::rms_norm(ot, &m.ssm_norm, hp.rms_eps, nt); // 7.
+            nt.iter_mut()
+                .zip(zt)
+                .for_each(|(v, &zv)| *v *= ops::silu(zv));
         }
         let mut out = vec![0f32; n * hp.n_embd];
         ops::matmul(&m.ssm_out, &normed, n, &mut out, exec)?; // 8.
         Ok(out)
+    }
+
+    /// Spec §4.2 steps 3–4 for every token: the short convolution, then q and k L2-normalised
+    /// per key head (q also scaled by 1/√d_k); returns q, k (`n × n_k_head·d_k`) and v
+    /// (`n × d_inner`).
+    fn conv_qkv(
+        &self,
+        m: &DeltaNet,
+        conv: &mut [f32],
+        mix: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let hp = &self.hp;
+        let (cd, dk) = (hp.conv_dim(), hp.ssm_d_state);
+        let kw = hp.ssm_n_k_head * dk;
+        let n = mix.len() / cd;
+        let (mut q, mut k) = (Vec::with_capacity(n * kw), Vec::with_capacity(n * kw));
+        let mut v = Vec::with_capacity(n * hp.ssm_d_inner);
+        for mt in mix.chunks_exact(cd) {
+            let y = self.conv_step(m, conv, mt);
+            q.extend_from_slice(&y[..kw]);
+            k.extend_from_slice(&y[kw..2 * kw]);
+            v.extend_from_slice(&y[2 * kw..]);
+        }
+        let q_scale = 1.0 / (dk as f32).sqrt();
+        for (qh, kh) in q.chunks_exact_mut(dk).zip(k.chunks_exact_mut(dk)) {
+            l2_norm(qh, hp.rms_eps, q_scale);
+            l2_norm(kh, hp.rms_eps, 1.0);
+        }
+        (q, k, v)
+    }
+
+    /// The head layout the delta rule needs.
+    fn delta_dims(&self) -> deltanet::Dims {
+        let hp = &self.hp;
+        deltanet::Dims {
+            n_k_head: hp.ssm_n_k_head,
+            d_k: hp.ssm_d_state,
+            d_v: hp.head_v_dim(),
+            k_head: (0..hp.ssm_n_v_head).map(|j| hp.k_head(j)).collect(),
+        }
     }
 
     /// Spec §4.2 step 1: `mix` = q‖k‖v (`n × conv_dim`) and `z` (`n × d_inner`), unpacking the
@@ -566,38 +613,6 @@ impl Qwen35Moe {
             }
         }
         y
-    }
-
-    /// Spec §4.2 steps 4–6 for one token: L2-normalise q and k per key head, then per value
-    /// head j (key head `j mod n_k_head`, the tiled order): decay, delta update, read out.
-    /// The state is `[n_v_head][v][k]`: row `a` of head j is column `a` of S_j.
-    fn delta_rule(&self, ssm: &mut [f32], y: &[f32], beta: &[f32], g: &[f32]) -> Vec<f32> {
-        let hp = &self.hp;
-        let (dk, hv, nk) = (hp.ssm_d_state, hp.head_v_dim(), hp.ssm_n_k_head);
-        let mut q = y[..nk * dk].to_vec();
-        let mut k = y[nk * dk..2 * nk * dk].to_vec();
-        let v = &y[2 * nk * dk..];
-        let q_scale = 1.0 / (dk as f32).sqrt();
-        for (qh, kh) in q.chunks_exact_mut(dk).zip(k.chunks_exact_mut(dk)) {
-            l2_norm(qh, hp.rms_eps, q_scale);
-            l2_norm(kh, hp.rms_eps, 1.0);
-        }
-        let mut o = vec![0f32; hp.ssm_d_inner];
-        for j in 0..hp.ssm_n_v_head {
-            let kj = hp.k_head(j);
-            let kh = &k[kj * dk..(kj + 1) * dk];
-            let qh = &q[kj * dk..(kj + 1) * dk];
-            let s = &mut ssm[j * hv * dk..(j + 1) * hv * dk];
-            let decay = g[j].exp();
-            s.iter_mut().for_each(|x| *x *= decay);
-            for a in 0..hv {
-                let row = &mut s[a * dk..(a + 1) * dk];
-                let u = beta[j] * (v[j * hv + a] - ops::dot(row, kh));
-                row.iter_mut().zip(kh).for_each(|(x, &kv)| *x += kv * u);
-                o[j * hv + a] = ops::dot(row, qh);
-            }
-        }
-        o
     }
 
     /// Spec §4.3: the routed experts plus the sigmoid-gated shared expert.
