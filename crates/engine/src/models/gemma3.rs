@@ -198,8 +198,7 @@ impl Gemma3 {
     fn ffn(&self, l: &Layer, x: &[f32], exec: Exec) -> Result<Vec<f32>> {
         let (n, ff) = (x.len() / self.hp.n_embd, self.hp.n_ff);
         let (mut gate, mut up) = (vec![0f32; n * ff], vec![0f32; n * ff]);
-        ops::matmul(&l.ffn_gate, x, n, &mut gate, exec)?;
-        ops::matmul(&l.ffn_up, x, n, &mut up, exec)?;
+        ops::matmuls([&l.ffn_gate, &l.ffn_up], x, n, [&mut gate, &mut up], exec)?;
         gate.iter_mut()
             .zip(&up)
             .for_each(|(g, &u)| *g = gelu_ggml(*g) * u); // ffn_geglu

@@ -532,8 +532,7 @@ impl Qwen35Moe {
                 attn_qkv,
                 attn_gate,
             } => {
-                ops::matmul(attn_qkv, x, n, &mut mix, exec)?;
-                ops::matmul(attn_gate, x, n, &mut z, exec)?;
+                ops::matmuls([attn_qkv, attn_gate], x, n, [&mut mix, &mut z], exec)?;
             }
             Projection::Fused { ssm_in } => {
                 let mut fused = vec![0f32; n * (cd + di)];
@@ -573,8 +572,7 @@ impl Qwen35Moe {
                 ssm_beta,
                 ssm_alpha,
             } => {
-                ops::matmul(ssm_beta, x, n, &mut beta, exec)?;
-                ops::matmul(ssm_alpha, x, n, &mut alpha, exec)?;
+                ops::matmuls([ssm_beta, ssm_alpha], x, n, [&mut beta, &mut alpha], exec)?;
             }
             Gates::Fused { ssm_beta_alpha } => {
                 let mut ba = vec![0f32; n * 2 * nv];
