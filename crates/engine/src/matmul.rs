@@ -146,22 +146,33 @@ pub fn matmul_batch(jobs: &mut [MatJob<'_>], exec: Exec) -> Result<()> {
         })
         .collect();
     let next = AtomicUsize::new(0);
-    let failed: Mutex<Option<Error>> = Mutex::new(None);
-    let part = |i: usize| {
-        if i >= threads {
-            return;
-        }
+    fork_join(pool, threads, &|_| {
         while let Some((job, r)) = chunks.get(next.fetch_add(1, Ordering::Relaxed)) {
-            if let Err(e) = views[*job].run(r.clone()) {
+            views[*job].run(r.clone())?;
+        }
+        Ok(())
+    })
+}
+
+/// `part(0) … part(threads − 1)` on the pool (on this thread alone when `threads` is 1); the
+/// first error a part returns is the result.
+fn fork_join(
+    pool: &Pool,
+    threads: usize,
+    part: &(dyn Fn(usize) -> Result<()> + Sync),
+) -> Result<()> {
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    let run = |i: usize| {
+        if i < threads {
+            if let Err(e) = part(i) {
                 *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
-                return;
             }
         }
     };
     if threads == 1 {
-        part(0);
+        run(0);
     } else {
-        pool.run(&part);
+        pool.run(&run);
     }
     match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
         Some(e) => Err(e),
@@ -314,37 +325,21 @@ pub(crate) fn rows_parallel<S: Default>(
         .clamp(1, n.max(1));
     let chunk = n.div_ceil(threads * 4).max(1);
     let next = AtomicUsize::new(0);
-    let failed: Mutex<Option<Error>> = Mutex::new(None);
     let dst = Disjoint::new(out);
-    let part = |i: usize| {
-        if i >= threads {
-            return;
-        }
+    fork_join(pool, threads, &|_| {
         let mut scratch = S::default();
         loop {
             let c = next.fetch_add(1, Ordering::Relaxed);
             if c * chunk >= n {
-                return;
+                return Ok(());
             }
             for t in c * chunk..((c + 1) * chunk).min(n) {
                 // SAFETY: row `t` belongs to chunk `c` alone.
                 let row = unsafe { dst.slice(t * row_len, row_len) };
-                if let Err(e) = f(t, row, &mut scratch) {
-                    *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
-                    return;
-                }
+                f(t, row, &mut scratch)?;
             }
         }
-    };
-    if threads == 1 {
-        part(0);
-    } else {
-        pool.run(&part);
-    }
-    match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    })
 }
 
 /// A slice that several threads write at disjoint indices.

@@ -28,21 +28,7 @@ pub(super) struct Portable;
 impl F32Ops for Portable {
     #[inline(always)]
     fn dot(self, a: &[f32], b: &[f32]) -> f32 {
-        // Eight lanes the compiler keeps in vector registers.
-        let mut acc = [0f32; 8];
-        let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-        let tail: f32 = ac
-            .remainder()
-            .iter()
-            .zip(bc.remainder())
-            .map(|(x, y)| x * y)
-            .sum();
-        for (x, y) in ac.zip(bc) {
-            for l in 0..8 {
-                acc[l] += x[l] * y[l];
-            }
-        }
-        acc.iter().sum::<f32>() + tail
+        crate::ops::dot(a, b)
     }
 
     #[inline(always)]
