@@ -230,9 +230,8 @@ pub struct KvPass<'a> {
     kf: Vec<f32>,
     /// Values as f32.
     vf: Vec<f32>,
-    /// Scratch: a rotated row, and [`KvPass::attend`]'s.
+    /// Scratch: a rotated row.
     rotated: Vec<f32>,
-    scratch: Scratch,
 }
 
 impl<'a> KvPass<'a> {
@@ -251,7 +250,6 @@ impl<'a> KvPass<'a> {
             kf,
             vf,
             rotated: Vec::new(),
-            scratch: Scratch::default(),
         })
     }
 
@@ -280,15 +278,6 @@ impl<'a> KvPass<'a> {
         self.v.dequant_rows(pos, pos + 1, &mut self.vf)?;
         self.len += 1;
         Ok(())
-    }
-
-    /// Attention of query `q` (`n_head × head_dim`) over the stored positions `first..`
-    /// (`first > 0` for a sliding window); the result goes to `out` (`n_head × head_dim`).
-    pub fn attend(&mut self, q: &[f32], first: usize, s: AttnShape, out: &mut [f32]) -> Result<()> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let r = self.attend_one(q, first, self.len, s, out, &mut scratch);
-        self.scratch = scratch;
-        r
     }
 
     /// Attention for the last `n` pushed positions at once: query `t` of `q`
@@ -398,16 +387,11 @@ pub fn hadamard(x: &mut [f32], n: usize) {
 mod tests {
     use super::*;
 
-    /// Deterministic values in about ±1 (an LCG; no extra test dependency).
+    /// Deterministic values in about ±1.
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
+        crate::testutil::uniform(n, seed)
+            .into_iter()
+            .map(|u| u * 2.0 - 1.0)
             .collect()
     }
 
@@ -504,15 +488,10 @@ mod tests {
             for t in a..b {
                 pass.push(&k[t * kvw..(t + 1) * kvw], &v[t * kvw..(t + 1) * kvw])
                     .unwrap();
-                let o = &mut out[t * qw..(t + 1) * qw];
-                pass.attend(
-                    &q[t * qw..(t + 1) * qw],
-                    (t + 1).saturating_sub(window),
-                    s,
-                    o,
-                )
-                .unwrap();
             }
+            let (q, o) = (&q[a * qw..b * qw], &mut out[a * qw..b * qw]);
+            pass.attend_all(q, Some(window), s, o, Exec::default())
+                .unwrap();
         }
         out
     }

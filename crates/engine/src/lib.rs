@@ -31,5 +31,7 @@ pub mod ops;
 mod pool;
 pub mod sampler;
 mod stop;
+#[cfg(test)]
+mod testutil;
 pub mod tokenizer;
 mod weights;

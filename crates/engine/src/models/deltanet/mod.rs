@@ -365,19 +365,7 @@ impl Work {
 mod tests {
     use super::*;
     use crate::ops;
-
-    /// Deterministic uniform values in [0, 1).
-    fn uniform(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                (s >> 40) as f32 / (1u64 << 24) as f32
-            })
-            .collect()
-    }
+    use crate::testutil::uniform;
 
     /// Inputs shaped like the model's: unit keys, queries scaled by 1/√d_k, β in (0, 1), and
     /// log-decays from −0.01 to −6 so a chunk's γ runs into the hundreds.
