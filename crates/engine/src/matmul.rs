@@ -123,9 +123,18 @@ pub fn matmul_batch(jobs: &mut [MatJob<'_>], exec: Exec) -> Result<()> {
         .map(|j| j.rows.len() * j.w.row_len() * j.n_tokens)
         .sum();
     let threads = pool.threads().min(exec.threads).min(work / MIN_WORK).max(1);
+    let mut packed = Vec::with_capacity(jobs.len());
+    for j in jobs.iter() {
+        packed.push(j.w.packed(|rows| pack(j.w, rows, pool, exec.threads))?);
+    }
     let (store, which) = quantize_all(jobs, threads, pool)?;
     let total_rows: usize = jobs.iter().map(|j| j.rows.len()).sum();
-    let chunk = total_rows.div_ceil(threads * 4).clamp(4, ROW_BLOCK);
+    // Whole packed groups per chunk (a job's rows start at a group in every model here; where
+    // not, `gemm_rows` takes the odd rows through the row kernels).
+    let chunk = total_rows
+        .div_ceil(threads * 4)
+        .clamp(quant::GROUP, ROW_BLOCK)
+        .next_multiple_of(quant::GROUP);
     // (job, rows of the job) of every chunk, in job order.
     let mut chunks = Vec::new();
     for (i, j) in jobs.iter().enumerate() {
@@ -135,8 +144,10 @@ pub fn matmul_batch(jobs: &mut [MatJob<'_>], exec: Exec) -> Result<()> {
     let views: Vec<JobView<'_>> = jobs
         .iter_mut()
         .zip(&which)
-        .map(|(j, a)| JobView {
+        .zip(packed)
+        .map(|((j, a), packed)| JobView {
             w: j.w,
+            packed,
             first: j.rows.start,
             n: j.rows.len(),
             x: j.x,
@@ -180,9 +191,37 @@ fn fork_join(
     }
 }
 
+/// `rows` (whole groups of eight rows of `w`) packed on up to `threads` threads.
+fn pack(w: &QTensor, rows: &[u8], pool: &Pool, threads: usize) -> Result<Option<quant::Packed>> {
+    let (ty, k) = (w.ty, w.row_len());
+    let Some(gb) = quant::group_bytes(ty, k) else {
+        return Ok(None);
+    };
+    let src = quant::GROUP * w.row_bytes();
+    let groups = rows.len() / src;
+    let mut data = vec![0u8; groups * gb];
+    let dst = Disjoint::new(&mut data);
+    // 64 groups (a few hundred KB) per chunk, from a shared counter.
+    let next = AtomicUsize::new(0);
+    let threads = threads.min(pool.threads()).min(groups / 64 + 1);
+    fork_join(pool, threads, &|_| loop {
+        let c = next.fetch_add(1, Ordering::Relaxed) * 64;
+        if c >= groups {
+            return Ok(());
+        }
+        for g in c..(c + 64).min(groups) {
+            // SAFETY: group `g` belongs to chunk `c` alone.
+            let out = unsafe { dst.slice(g * gb, gb) };
+            quant::pack_group(ty, k, &rows[g * src..(g + 1) * src], out)?;
+        }
+    })?;
+    Ok(Some(quant::Packed::from_groups(ty, k, data)?))
+}
+
 /// A job as the pool threads see it.
 struct JobView<'a> {
     w: &'a QTensor,
+    packed: Option<&'a quant::Packed>,
     first: usize,
     n: usize,
     x: &'a [f32],
@@ -210,11 +249,9 @@ impl JobView<'_> {
         let mut tile = vec![0f32; nr * TOKEN_BLOCK.min(self.n_tokens)];
         match self.acts {
             Some(a) => {
-                let (data, rb) = (self.w.data(), self.w.row_bytes());
-                let wr = &data[rows.start * rb..rows.end * rb];
                 for t0 in (0..self.n_tokens).step_by(TOKEN_BLOCK) {
                     let nt = TOKEN_BLOCK.min(self.n_tokens - t0);
-                    quant::gemm(wr, a, t0..t0 + nt, &mut tile, nt)?;
+                    self.gemm_rows(rows.clone(), a, t0..t0 + nt, &mut tile)?;
                     store(t0, &tile, nt);
                 }
             }
@@ -234,6 +271,40 @@ impl JobView<'_> {
                     store(t0, &tile, nt);
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl JobView<'_> {
+    /// `out[j·nt + t] = row_{rows.start + j} · x_{tokens.start + t}`: whole packed groups
+    /// through the packed kernels, rows outside them through the row kernels.
+    fn gemm_rows(
+        &self,
+        rows: Range<usize>,
+        a: &quant::QActs,
+        tokens: Range<usize>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let (data, rb, nt) = (self.w.data(), self.w.row_bytes(), tokens.len());
+        let by_row = |r: Range<usize>, out: &mut [f32]| {
+            quant::gemm(&data[r.start * rb..r.end * rb], a, tokens.clone(), out, nt)
+        };
+        let Some(p) = self.packed else {
+            return Ok(by_row(rows, out)?);
+        };
+        let g = quant::GROUP;
+        let lo = rows.start.next_multiple_of(g).min(rows.end);
+        let hi = (rows.end / g * g).min(p.rows()).max(lo);
+        if lo > rows.start {
+            by_row(rows.start..lo, out)?;
+        }
+        if hi > lo {
+            let o = &mut out[(lo - rows.start) * nt..];
+            quant::gemm_packed(p, lo..hi, a, tokens.clone(), o, nt)?;
+        }
+        if rows.end > hi {
+            by_row(hi..rows.end, &mut out[(hi - rows.start) * nt..])?;
         }
         Ok(())
     }
@@ -343,17 +414,17 @@ pub(crate) fn rows_parallel<S: Default>(
 }
 
 /// A slice that several threads write at disjoint indices.
-struct Disjoint<'a> {
-    ptr: *mut f32,
+struct Disjoint<'a, T = f32> {
+    ptr: *mut T,
     len: usize,
-    _slice: std::marker::PhantomData<&'a mut [f32]>,
+    _slice: std::marker::PhantomData<&'a mut [T]>,
 }
 
-// SAFETY: `write`'s contract (no index written by two threads) makes shared use sound.
-unsafe impl Sync for Disjoint<'_> {}
+// SAFETY: `slice`'s contract (no index handed to two threads at once) makes shared use sound.
+unsafe impl<T: Send> Sync for Disjoint<'_, T> {}
 
-impl<'a> Disjoint<'a> {
-    fn new(s: &'a mut [f32]) -> Disjoint<'a> {
+impl<'a, T> Disjoint<'a, T> {
+    fn new(s: &'a mut [T]) -> Disjoint<'a, T> {
         Disjoint {
             ptr: s.as_mut_ptr(),
             len: s.len(),
@@ -366,7 +437,7 @@ impl<'a> Disjoint<'a> {
     /// # Safety
     /// No other thread touches these indices while the returned slice lives.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, at: usize, len: usize) -> &mut [f32] {
+    unsafe fn slice(&self, at: usize, len: usize) -> &mut [T] {
         assert!(at + len <= self.len, "{at}+{len} out of {}", self.len);
         // SAFETY: in bounds (checked), and the caller guarantees no concurrent access.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }

@@ -44,6 +44,7 @@ pub fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
 }
 
 /// Dot product in f32, accumulated in 8 lanes (so the compiler vectorises it).
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -91,6 +92,7 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
 }
 
 /// Softmax in place (max-subtracted, f32).
+#[inline(always)]
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f32;
@@ -164,6 +166,24 @@ pub struct AttnShape {
 /// away from them on SmolLM2 (llama.cpp picks its attention path per model), so we keep the
 /// plain form and its smaller error.
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], n_kv: usize, s: AttnShape, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present (checked just above).
+        return unsafe { attention_avx2(q, k, v, n_kv, s, out) };
+    }
+    attention_body(q, k, v, n_kv, s, out)
+}
+
+/// [`attention`] compiled for AVX2: the same code, its dots and sums of V eight lanes wide
+/// (the baseline build's SSE2 is four; attention was 13% of a SmolLM2 prefill).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn attention_avx2(q: &[f32], k: &[f32], v: &[f32], n_kv: usize, s: AttnShape, out: &mut [f32]) {
+    attention_body(q, k, v, n_kv, s, out)
+}
+
+#[inline(always)]
+fn attention_body(q: &[f32], k: &[f32], v: &[f32], n_kv: usize, s: AttnShape, out: &mut [f32]) {
     let (hd, kvw) = (s.head_dim, s.n_head_kv * s.head_dim);
     let group = s.n_head / s.n_head_kv;
     let mut scores = vec![0f32; n_kv];

@@ -1,9 +1,11 @@
 //! Weights: typed, shape-checked views of a GGUF file's tensors.
 //!
 //! A [`QTensor`] keeps the file alive (an `Arc`) and its byte range, so models can hold weights
-//! without lifetimes and the data stays zero-copy in the memory map.
+//! without lifetimes and the data stays zero-copy in the memory map. A matrix the matmuls use
+//! also gets, on its first matmul, a copy packed eight rows at a time (`quant::Packed`, the
+//! layout of the fastest kernels); lookups of single rows (embeddings) keep reading the map.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use gguf::{GgmlType, GgufFile};
 
@@ -20,6 +22,8 @@ pub struct QTensor {
     /// Shape, contiguous dimension first.
     pub dims: Vec<u64>,
     index: usize,
+    /// The packed copy, made by the first [`QTensor::packed`] (shared by clones).
+    packed: Arc<OnceLock<Option<quant::Packed>>>,
 }
 
 impl QTensor {
@@ -56,6 +60,27 @@ impl QTensor {
             })?;
         quant::dequantize(self.ty, bytes, out)?;
         Ok(())
+    }
+
+    /// The first `8·⌊n_rows / 8⌋` rows packed for `quant::gemm_packed`, packed on first use
+    /// by `pack` (which gets the row bytes and returns the packed copy); `None` where the type
+    /// has no packed kernel on this CPU, or `LLM_SERVER_PACK=0` is set (for A/B runs).
+    pub(crate) fn packed(
+        &self,
+        pack: impl FnOnce(&[u8]) -> Result<Option<quant::Packed>>,
+    ) -> Result<Option<&quant::Packed>> {
+        if let Some(p) = self.packed.get() {
+            return Ok(p.as_ref());
+        }
+        let off = std::env::var("LLM_SERVER_PACK").is_ok_and(|v| v == "0");
+        let rows = self.n_rows() / quant::GROUP * quant::GROUP;
+        let p = if off || rows == 0 || quant::group_bytes(self.ty, self.row_len()).is_none() {
+            None
+        } else {
+            pack(&self.data()[..rows * self.row_bytes()])?
+        };
+        // Another thread may have packed it meanwhile: either copy is the same.
+        Ok(self.packed.get_or_init(|| p).as_ref())
     }
 
     /// The whole tensor as f32 (for small tensors: norms, biases).
@@ -113,6 +138,7 @@ impl Weights {
             ty: info.ty,
             dims: info.dims.clone(),
             index,
+            packed: Arc::default(),
         }))
     }
 

@@ -1,11 +1,13 @@
 //! Single-thread matvec speed of every kernel path: a 4096 x 4096 weight matrix of each type
 //! times one activation row, reported as GB/s of weight bytes; then the tile kernels
-//! (`quant::gemm`) on the same matvec and on a cache-resident 64-row x 32-token block, as
-//! multiply-adds per nanosecond (no asserts; timings vary).
+//! (`quant::gemm`) and the packed-group kernels (`quant::gemm_packed`) on the same matvec and
+//! on a cache-resident 64-row x 32-token block, as multiply-adds per nanosecond (no asserts; timings vary).
 //!
 //! `cargo run -p quant --release --example vec_dot_bench [TYPE...]` (default Q4_K Q8_0).
 
-use quant::{gemm, quantize_activations, random_blocks, GgmlType, Kernels, QActs};
+use quant::{
+    gemm, gemm_packed, quantize_activations, random_blocks, GgmlType, Kernels, Packed, QActs,
+};
 use std::time::Instant;
 
 fn main() -> Result<(), quant::Error> {
@@ -73,6 +75,26 @@ fn main() -> Result<(), quant::Error> {
             "{:>6} {:>11}: {:7.2} MAC/ns ({br} rows x {bt} tokens, cache-resident)",
             ty.name(),
             "tile gemm",
+            (br * bt * n) as f64 / best / 1e9
+        );
+        let Some(p) = Packed::new(ty, n, &w)? else {
+            continue;
+        };
+        let best = best_of(7, || gemm_packed(&p, 0..rows, &a, 0..1, &mut out, 1))?;
+        println!(
+            "{:>6} {:>11}: {:7.2} GB/s  ({:6.3} ms per matvec, checksum {:.6})",
+            ty.name(),
+            "packed",
+            w.len() as f64 / best / 1e9,
+            best * 1e3,
+            out.iter().sum::<f32>()
+        );
+        let pb = Packed::new(ty, n, wb)?.expect("packed above");
+        let best = best_of(7, || gemm_packed(&pb, 0..br, &ab, 0..bt, &mut outb, bt))?;
+        println!(
+            "{:>6} {:>11}: {:7.2} MAC/ns ({br} rows x {bt} tokens, cache-resident)",
+            ty.name(),
+            "packed gemm",
             (br * bt * n) as f64 / best / 1e9
         );
     }

@@ -14,6 +14,8 @@ pub enum Op {
     Random,
     /// Dot product with quantized activations.
     VecDot,
+    /// Eight-row packing for the packed matmul kernels.
+    Pack,
 }
 
 impl fmt::Display for Op {
@@ -23,6 +25,7 @@ impl fmt::Display for Op {
             Op::Quantize => "quantize",
             Op::Random => "random blocks",
             Op::VecDot => "vec_dot",
+            Op::Pack => "packed matmul",
         })
     }
 }

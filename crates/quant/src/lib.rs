@@ -52,6 +52,7 @@ pub use iq4::{BlockIQ4_NL, BlockIQ4_XS, KVALUES_IQ4NL};
 pub use k_quants::{BlockQ2_K, BlockQ3_K, BlockQ4_K, BlockQ5_K, BlockQ6_K, BlockQ8_K};
 pub use legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
 pub use mxfp4::{e8m0_to_f32_half, BlockMXFP4, KVALUES_MXFP4};
+pub use packed::{gemm_packed, group_bytes, pack_group, Packed, GROUP};
 pub use random::random_blocks;
 
 mod block;
@@ -65,6 +66,7 @@ mod k_quantize;
 mod k_quants;
 mod legacy;
 mod mxfp4;
+mod packed;
 mod random;
 #[cfg(target_arch = "x86_64")]
 mod x86;

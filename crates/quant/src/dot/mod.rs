@@ -244,6 +244,7 @@ pub fn quantize_activations(weight: GgmlType, x: &[f32], out: &mut Vec<u8>) -> R
     match act {
         GgmlType::Q8_0 => act::q8_0_x86(x, out),
         GgmlType::Q8_1 => act::q8_1_x86(x, out),
+        GgmlType::Q8_K => act::q8_k(x, out),
         _ => return quantize(act, x, out),
     }
     Ok(())

@@ -31,6 +31,7 @@ mod avx2;
 mod avx2_k;
 mod avx512;
 mod avx512_k;
+mod packed;
 mod tile;
 
 /// Kernels every path here has, AVX2 flavour.
@@ -114,10 +115,35 @@ pub(crate) fn tile_kernels() -> Vec<(T, crate::gemm::TileFn)> {
     if !avx2 {
         return Vec::new();
     }
-    let vnni = is_x86_feature_detected!("avx512f")
+    tile::kernels(has_vnni())
+}
+
+/// The packed-group kernels (`packed.rs`) this CPU can run, chosen as for [`tile_kernels`].
+pub(crate) fn packed_kernels() -> Vec<(T, crate::packed::PackedFn)> {
+    if tile_kernels().is_empty() {
+        return Vec::new();
+    }
+    packed::kernels(has_vnni())
+}
+
+/// AVX512-VNNI on 256-bit registers (the VNNI flavour of the tile and packed kernels).
+fn has_vnni() -> bool {
+    is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512vl")
-        && is_x86_feature_detected!("avx512vnni");
-    tile::kernels(vnni)
+        && is_x86_feature_detected!("avx512vnni")
+}
+
+/// Every packed-kernel flavour this CPU can run (AVX2, then VNNI), for the tests.
+#[cfg(test)]
+pub(crate) fn packed_flavours() -> Vec<Vec<(T, crate::packed::PackedFn)>> {
+    if tile_kernels().is_empty() {
+        return Vec::new();
+    }
+    let mut all = vec![packed::kernels(false)];
+    if has_vnni() {
+        all.push(packed::kernels(true));
+    }
+    all
 }
 
 /// Every tile-kernel flavour this CPU can run (AVX2, then VNNI), for the tests.
