@@ -44,14 +44,18 @@ use crate::k_quants::scale_min_k4;
 /// Rows per packed group.
 pub const GROUP: usize = 8;
 
-/// One kernel call: group-blocks `w` (one group, all its blocks) against tokens
-/// `t0..t0 + nt` (`1 ≤ nt ≤ TILE`), row `r`, token `t` into `out[r·ld + t]`.
+/// One kernel call: the group at the start of `w` (its blocks one after another; `w` runs on
+/// through the following groups, which the kernel may prefetch but does not compute) against
+/// tokens `t0..t0 + nt` (`1 ≤ nt ≤ TILE`), row `r`, token `t` into `out[r·ld + t]`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PTile<'a> {
     pub(crate) w: &'a [u8],
     pub(crate) t0: usize,
     pub(crate) nt: usize,
     pub(crate) ld: usize,
+    /// Whether to prefetch the following group-blocks (the first token tile of a group: later
+    /// tiles find the group in cache).
+    pub(crate) prefetch: bool,
 }
 
 /// A packed kernel; unsafe only for its CPU features (see [`packed_kernel`]).
@@ -295,16 +299,17 @@ pub fn gemm_packed(
         )));
     }
     for (i, g) in (rows.start / GROUP..rows.end / GROUP).enumerate() {
-        let w = &p.data[g * p.group_bytes..(g + 1) * p.group_bytes];
+        let w = &p.data[g * p.group_bytes..];
         for t0 in (0..nt).step_by(crate::TILE) {
             let tile = PTile {
                 w,
                 t0: tokens.start + t0,
                 nt: crate::TILE.min(nt - t0),
                 ld,
+                prefetch: t0 == 0,
             };
-            // SAFETY: `packed_kernel` hands out only kernels this CPU runs; `w` is one whole
-            // group of `p.ty` rows of `acts.k` values, the tokens are inside the batch and
+            // SAFETY: `packed_kernel` hands out only kernels this CPU runs; `w` starts with a
+            // whole group of `p.ty` rows of `acts.k` values, the tokens are inside the batch and
             // `out` reaches row `8i + 7`, token `t0 + nt − 1` (all checked above).
             unsafe { f(&tile, acts, &mut out[GROUP * i * ld + t0..]) };
         }
@@ -375,7 +380,7 @@ mod tests {
                 let p = Packed::new(ty, k, &w).unwrap().unwrap();
                 let a = QActs::new(ty, &acts(k, n, k as u64 + 1), k).unwrap();
                 for g in 0..2 {
-                    let gw = &p.data[g * p.group_bytes..(g + 1) * p.group_bytes];
+                    let gw = &p.data[g * p.group_bytes..];
                     let mut out = vec![f32::NAN; GROUP * n];
                     for t0 in (0..n).step_by(crate::TILE) {
                         let tile = PTile {
@@ -383,6 +388,7 @@ mod tests {
                             t0,
                             nt: crate::TILE.min(n - t0),
                             ld: n,
+                            prefetch: true,
                         };
                         // SAFETY: `packed_flavours` lists only kernels this CPU runs.
                         unsafe { f(&tile, &a, &mut out[t0..]) };

@@ -27,6 +27,11 @@ const Q5_1: u8 = 3;
 const Q8_0: u8 = 4;
 const IQ4_NL: u8 = 5;
 
+/// Group-blocks ahead that the kernels prefetch (into the next group: `PTile::w` runs on to
+/// the end of the packed rows). Streaming weights from DRAM, the hardware prefetchers alone
+/// left decode ~7% slower on the development machine.
+const PREFETCH_BLOCKS: usize = 2;
+
 /// Group-block bytes per legacy tag.
 const GB: [usize; 6] = [144, 160, 176, 192, 272, 144];
 
@@ -79,6 +84,21 @@ fn bcast(b: &[u8], at: usize) -> __m256i {
     // byte loads and shifts where the offset is not a constant).
     let v: [u8; 4] = b[at..at + 4].try_into().expect("4 bytes");
     _mm256_set1_epi32(i32::from_le_bytes(v))
+}
+
+/// Asks for the cache lines of `g.w[at..at + len]` (those inside it) ahead of use, if the
+/// tile prefetches.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn prefetch(g: &PTile<'_>, at: usize, len: usize) {
+    if !g.prefetch {
+        return;
+    }
+    let b = g.w;
+    for off in (at..(at + len).min(b.len())).step_by(64) {
+        // SAFETY: `off < b.len()`; a prefetch never faults anyway.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().add(off).cast()) };
+    }
 }
 
 /// Eight bytes of `b` at `at` in the low half of a vector.
@@ -200,6 +220,7 @@ fn legacy<const K: u8, const VNNI: bool, const NT: usize>(
     };
     let mut acc = [_mm256_setzero_ps(); NT];
     for b in 0..nb {
+        prefetch(g, (b + PREFETCH_BLOCKS) * gb, gb);
         let x = &g.w[b * gb..(b + 1) * gb];
         let d = halves(x, 0);
         let m = match K {
@@ -265,6 +286,7 @@ fn k4<const Q5: bool, const VNNI: bool, const NT: usize>(
     let m4 = _mm256_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); NT];
     for b in 0..nb {
+        prefetch(g, (b + PREFETCH_BLOCKS) * gb, gb);
         let x = &g.w[b * gb..(b + 1) * gb];
         let y: [&[u8]; NT] = std::array::from_fn(|t| &ys[t][b * 292..(b + 1) * 292]);
         let mut isum = [_mm256_setzero_si256(); NT];
@@ -334,6 +356,7 @@ fn q6_k<const VNNI: bool, const NT: usize>(g: &PTile<'_>, a: &QActs, out: &mut [
     let (m4, m30) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x30));
     let mut acc = [_mm256_setzero_ps(); NT];
     for b in 0..nb {
+        prefetch(g, (b + PREFETCH_BLOCKS) * 1680, 1680);
         let x = &g.w[b * 1680..(b + 1) * 1680];
         let y: [&[u8]; NT] = std::array::from_fn(|t| &ys[t][b * 292..(b + 1) * 292]);
         let mut isum = [_mm256_setzero_si256(); NT];
@@ -396,6 +419,7 @@ fn q6_k_one<const VNNI: bool>(g: &PTile<'_>, a: &QActs, out: &mut [f32]) {
     let (m4, m30) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x30));
     let mut acc = _mm256_setzero_ps();
     for b in 0..nb {
+        prefetch(g, (b + PREFETCH_BLOCKS) * 1680, 1680);
         let x = &g.w[b * 1680..(b + 1) * 1680];
         let y = &ys[b * 292..(b + 1) * 292];
         let mut isum = _mm256_setzero_si256();
