@@ -25,7 +25,7 @@ use std::str::FromStr;
 use gguf::GgmlType;
 
 use crate::error::{Error, Result};
-use crate::ops::{self, AttnShape, Exec};
+use crate::ops::{AttnShape, Exec};
 
 /// The element type of a K or V cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -217,19 +217,15 @@ impl KvCache {
     }
 }
 
-/// One forward call's use of a layer's cache: each new position is stored with [`KvPass::push`]
-/// and every query attends with [`KvPass::attend`]. What the arithmetic reads as f32 (f16 keys,
-/// all values) is widened once per call and grown by each push, not once per query.
+/// One forward call's use of a layer's cache: each new position is stored with
+/// [`KvPass::push`], then the call's queries attend with [`KvPass::attend_all`] (`attn.rs`),
+/// which reads the cache in its stored type.
 #[derive(Debug)]
 pub struct KvPass<'a> {
     k: &'a mut KvCache,
     v: &'a mut KvCache,
     /// Positions stored so far.
     len: usize,
-    /// f16 keys widened to f32 (empty for quantized keys, which are read in their blocks).
-    kf: Vec<f32>,
-    /// Values as f32.
-    vf: Vec<f32>,
     /// Scratch: a rotated row.
     rotated: Vec<f32>,
 }
@@ -237,18 +233,10 @@ pub struct KvPass<'a> {
 impl<'a> KvPass<'a> {
     /// Start a call whose first new position is `pos0` (positions `..pos0` are in the cache).
     pub fn new(k: &'a mut KvCache, v: &'a mut KvCache, pos0: usize) -> Result<KvPass<'a>> {
-        let mut kf = Vec::new();
-        if k.ty == KvType::F16 {
-            k.dequant_rows(0, pos0, &mut kf)?;
-        }
-        let mut vf = Vec::new();
-        v.dequant_rows(0, pos0, &mut vf)?;
         Ok(KvPass {
             k,
             v,
             len: pos0,
-            kf,
-            vf,
             rotated: Vec::new(),
         })
     }
@@ -272,17 +260,13 @@ impl<'a> KvPass<'a> {
                 cache.store(pos, row)?;
             }
         }
-        if self.k.ty == KvType::F16 {
-            self.k.dequant_rows(pos, pos + 1, &mut self.kf)?;
-        }
-        self.v.dequant_rows(pos, pos + 1, &mut self.vf)?;
         self.len += 1;
         Ok(())
     }
 
     /// Attention for the last `n` pushed positions at once: query `t` of `q`
     /// (`n × n_head × head_dim`) sees the stored positions up to its own, `pos = len − n + t`,
-    /// from `pos + 1 − window` when a sliding window is given. Queries run in parallel.
+    /// from `pos + 1 − window` when a sliding window is given.
     pub fn attend_all(
         &self,
         q: &[f32],
@@ -291,75 +275,9 @@ impl<'a> KvPass<'a> {
         out: &mut [f32],
         exec: Exec,
     ) -> Result<()> {
-        let qw = s.n_head * s.head_dim;
-        let n = q.len() / qw.max(1);
-        let base = self.len - n;
-        let work = n * (base + n) * qw;
-        crate::matmul::rows_parallel(out, qw, work, exec, &|t, ot, scratch: &mut Scratch| {
-            let pos = base + t;
-            let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            self.attend_one(&q[t * qw..(t + 1) * qw], first, pos + 1, s, ot, scratch)
-        })
+        let n = q.len() / (s.n_head * s.head_dim).max(1);
+        crate::attn::attend((self.k, self.v), q, self.len - n, window, s, out, exec)
     }
-
-    /// Attention of `q` over the stored positions `first..end`.
-    fn attend_one(
-        &self,
-        q: &[f32],
-        first: usize,
-        end: usize,
-        s: AttnShape,
-        out: &mut [f32],
-        sc: &mut Scratch,
-    ) -> Result<()> {
-        let kvw = self.k.width;
-        if self.k.ty == KvType::F16 {
-            let (ks, vs) = (&self.kf[first * kvw..], &self.vf[first * kvw..]);
-            ops::attention(q, ks, vs, end - first, s, out);
-            return Ok(());
-        }
-        let (hd, group) = (s.head_dim, s.n_head / s.n_head_kv);
-        let kty = self.k.ty.ggml();
-        if self.k.rot > 0 {
-            sc.rotated.clear();
-            sc.rotated.extend_from_slice(q);
-            hadamard(&mut sc.rotated, self.k.rot);
-            quant::quantize_activations(kty, &sc.rotated, &mut sc.q_dot)?;
-        } else {
-            quant::quantize_activations(kty, q, &mut sc.q_dot)?;
-        }
-        let (q_head, k_head) = (sc.q_dot.len() / s.n_head, self.k.ty.row_bytes(hd));
-        let kernels = quant::Kernels::current();
-        sc.scores.resize(end - first, 0.0);
-        for h in 0..s.n_head {
-            let kvh = h / group;
-            let qh = &sc.q_dot[h * q_head..(h + 1) * q_head];
-            for (p, score) in (first..end).zip(sc.scores.iter_mut()) {
-                let kr = &self.k.row(p)[kvh * k_head..(kvh + 1) * k_head];
-                *score = kernels.vec_dot(kty, hd, kr, qh)? * s.scale;
-            }
-            ops::softmax(&mut sc.scores);
-            let oh = &mut out[h * hd..(h + 1) * hd];
-            oh.fill(0.0);
-            for (p, &w) in (first..end).zip(sc.scores.iter()) {
-                let vp = &self.vf[p * kvw + kvh * hd..p * kvw + (kvh + 1) * hd];
-                oh.iter_mut().zip(vp).for_each(|(o, &x)| *o += w * x);
-            }
-        }
-        if self.v.rot > 0 {
-            hadamard(out, self.v.rot);
-        }
-        Ok(())
-    }
-}
-
-/// Per-thread scratch of an attention: a rotated query, the query in the key type's dot type,
-/// one head's scores.
-#[derive(Debug, Default)]
-pub(crate) struct Scratch {
-    rotated: Vec<f32>,
-    q_dot: Vec<u8>,
-    scores: Vec<f32>,
 }
 
 /// The orthonormal Walsh–Hadamard transform (Sylvester order, `H[i][j] = (−1)^popcount(i&j)/√n`)

@@ -22,6 +22,7 @@ pub use stop::{StopMatcher, StopStep};
 pub use tokenizer::{Tokenizer, TokenizerError};
 pub use weights::{QTensor, Weights};
 
+mod attn;
 pub mod chat;
 mod error;
 pub mod kv;

@@ -122,7 +122,7 @@ pub fn matmul_batch(jobs: &mut [MatJob<'_>], exec: Exec) -> Result<()> {
         .iter()
         .map(|j| j.rows.len() * j.w.row_len() * j.n_tokens)
         .sum();
-    let threads = pool.threads().min(exec.threads).min(work / MIN_WORK).max(1);
+    let threads = threads_for(work, exec, pool);
     let mut packed = Vec::with_capacity(jobs.len());
     for j in jobs.iter() {
         packed.push(j.w.packed(|rows| pack(j.w, rows, pool, exec.threads))?);
@@ -167,7 +167,7 @@ pub fn matmul_batch(jobs: &mut [MatJob<'_>], exec: Exec) -> Result<()> {
 
 /// `part(0) … part(threads − 1)` on the pool (on this thread alone when `threads` is 1); the
 /// first error a part returns is the result.
-fn fork_join(
+pub(crate) fn fork_join(
     pool: &Pool,
     threads: usize,
     part: &(dyn Fn(usize) -> Result<()> + Sync),
@@ -374,47 +374,14 @@ fn quantize_acts(
     Ok(quant::QActs::concat(parts)?)
 }
 
-/// The work of [`rows_parallel`] on one row: its index, the row, the thread's scratch.
-pub(crate) type RowFn<'a, S> = dyn Fn(usize, &mut [f32], &mut S) -> Result<()> + Sync + 'a;
-
-/// `f(t, row_t, scratch)` for every `row_len`-sized row of `out`, rows shared out in chunks
-/// across the pool (one thread per [`MIN_WORK`] of `work`, the caller's estimate of the
-/// multiply-adds). Each thread keeps one `S` scratch for all its rows.
-pub(crate) fn rows_parallel<S: Default>(
-    out: &mut [f32],
-    row_len: usize,
-    work: usize,
-    exec: Exec,
-    f: &RowFn<'_, S>,
-) -> Result<()> {
-    let n = out.len().checked_div(row_len).unwrap_or(0);
-    let pool = Pool::global(exec.threads);
-    let threads = pool
-        .threads()
-        .min(exec.threads)
-        .min(work / MIN_WORK)
-        .clamp(1, n.max(1));
-    let chunk = n.div_ceil(threads * 4).max(1);
-    let next = AtomicUsize::new(0);
-    let dst = Disjoint::new(out);
-    fork_join(pool, threads, &|_| {
-        let mut scratch = S::default();
-        loop {
-            let c = next.fetch_add(1, Ordering::Relaxed);
-            if c * chunk >= n {
-                return Ok(());
-            }
-            for t in c * chunk..((c + 1) * chunk).min(n) {
-                // SAFETY: row `t` belongs to chunk `c` alone.
-                let row = unsafe { dst.slice(t * row_len, row_len) };
-                f(t, row, &mut scratch)?;
-            }
-        }
-    })
+/// Threads for a job of `work` multiply-adds: one per [`MIN_WORK`], at most the pool's and
+/// `exec`'s.
+pub(crate) fn threads_for(work: usize, exec: Exec, pool: &Pool) -> usize {
+    pool.threads().min(exec.threads).min(work / MIN_WORK).max(1)
 }
 
 /// A slice that several threads write at disjoint indices.
-struct Disjoint<'a, T = f32> {
+pub(crate) struct Disjoint<'a, T = f32> {
     ptr: *mut T,
     len: usize,
     _slice: std::marker::PhantomData<&'a mut [T]>,
@@ -424,7 +391,7 @@ struct Disjoint<'a, T = f32> {
 unsafe impl<T: Send> Sync for Disjoint<'_, T> {}
 
 impl<'a, T> Disjoint<'a, T> {
-    fn new(s: &'a mut [T]) -> Disjoint<'a, T> {
+    pub(crate) fn new(s: &'a mut [T]) -> Disjoint<'a, T> {
         Disjoint {
             ptr: s.as_mut_ptr(),
             len: s.len(),
@@ -437,7 +404,7 @@ impl<'a, T> Disjoint<'a, T> {
     /// # Safety
     /// No other thread touches these indices while the returned slice lives.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, at: usize, len: usize) -> &mut [T] {
+    pub(crate) unsafe fn slice(&self, at: usize, len: usize) -> &mut [T] {
         assert!(at + len <= self.len, "{at}+{len} out of {}", self.len);
         // SAFETY: in bounds (checked), and the caller guarantees no concurrent access.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }

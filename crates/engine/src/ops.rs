@@ -1,5 +1,5 @@
 //! The CPU operations models are written in: norms, matmuls over quantized weights (in
-//! `matmul.rs`, re-exported here), RoPE, attention over a KV cache.
+//! `matmul.rs`, re-exported here), RoPE. Attention over a KV cache is `attn.rs`.
 
 pub use crate::matmul::{matmul, matmul_batch, matmul_rows, matmuls, MatJob};
 
@@ -157,52 +157,6 @@ pub struct AttnShape {
     pub scale: f32,
 }
 
-/// Attention of one query position over keys/values `0..n_kv` (position-major,
-/// `n_head_kv × head_dim` per position); `q` and `out` are `n_head × head_dim`.
-///
-/// This is the f16 cache's path (`crate::kv` widens the cache to f32 once per call); the
-/// arithmetic stays in f32 (scores, a max-subtracted softmax, the weighted sum of V). ggml's CPU flash-attention kernel instead rounds q to f16 and sums V
-/// in an f16 accumulator; emulating that moved our logits towards llama.cpp's on Gemma 3 and
-/// away from them on SmolLM2 (llama.cpp picks its attention path per model), so we keep the
-/// plain form and its smaller error.
-pub fn attention(q: &[f32], k: &[f32], v: &[f32], n_kv: usize, s: AttnShape, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is present (checked just above).
-        return unsafe { attention_avx2(q, k, v, n_kv, s, out) };
-    }
-    attention_body(q, k, v, n_kv, s, out)
-}
-
-/// [`attention`] compiled for AVX2: the same code, its dots and sums of V eight lanes wide
-/// (the baseline build's SSE2 is four; attention was 13% of a SmolLM2 prefill).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn attention_avx2(q: &[f32], k: &[f32], v: &[f32], n_kv: usize, s: AttnShape, out: &mut [f32]) {
-    attention_body(q, k, v, n_kv, s, out)
-}
-
-#[inline(always)]
-fn attention_body(q: &[f32], k: &[f32], v: &[f32], n_kv: usize, s: AttnShape, out: &mut [f32]) {
-    let (hd, kvw) = (s.head_dim, s.n_head_kv * s.head_dim);
-    let group = s.n_head / s.n_head_kv;
-    let mut scores = vec![0f32; n_kv];
-    for h in 0..s.n_head {
-        let qh = &q[h * hd..(h + 1) * hd];
-        let kvh = h / group;
-        for (p, sc) in scores.iter_mut().enumerate() {
-            *sc = dot(qh, &k[p * kvw + kvh * hd..p * kvw + (kvh + 1) * hd]) * s.scale;
-        }
-        softmax(&mut scores);
-        let oh = &mut out[h * hd..(h + 1) * hd];
-        oh.fill(0.0);
-        for (p, &w) in scores.iter().enumerate() {
-            let vp = &v[p * kvw + kvh * hd..p * kvw + (kvh + 1) * hd];
-            oh.iter_mut().zip(vp).for_each(|(o, &x)| *o += w * x);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,21 +185,5 @@ mod tests {
         let n1: f32 = x.iter().map(|v| v * v).sum();
         assert!((n0 - n1).abs() < 1e-4);
         assert_eq!(&x[8..], &orig[8..], "dims past n_rot pass through");
-    }
-
-    #[test]
-    fn attention_over_one_position_returns_its_value() {
-        let s = AttnShape {
-            n_head: 2,
-            n_head_kv: 1,
-            head_dim: 2,
-            scale: 1.0,
-        };
-        let q = [1.0, 0.0, 0.0, 1.0];
-        let k = [0.5, 0.5];
-        let v = [3.0, -2.0];
-        let mut out = [0f32; 4];
-        attention(&q, &k, &v, 1, s, &mut out);
-        assert_eq!(out, [3.0, -2.0, 3.0, -2.0]);
     }
 }

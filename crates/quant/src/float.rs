@@ -13,8 +13,19 @@ pub(crate) fn dequantize_f32(data: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Widens little-endian f16s (exact for every value, subnormals included).
+/// Widens little-endian f16s (exact for every value, subnormals included): eight at a time
+/// with F16C where the CPU has it (the conversion of an f16 KV cache runs through here).
 pub(crate) fn dequantize_f16(data: &[u8], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: F16C and AVX are present (checked just above).
+        let done = unsafe { crate::x86::widen_f16(data, out) };
+        return dequantize_f16_scalar(&data[2 * done..], &mut out[done..]);
+    }
+    dequantize_f16_scalar(data, out)
+}
+
+fn dequantize_f16_scalar(data: &[u8], out: &mut [f32]) {
     for (b, y) in data.chunks_exact(2).zip(out.iter_mut()) {
         *y = f16::from_le_bytes(arr(b, 0)).to_f32();
     }

@@ -118,6 +118,28 @@ pub(crate) fn tile_kernels() -> Vec<(T, crate::gemm::TileFn)> {
     tile::kernels(has_vnni())
 }
 
+/// Widens the f16s of `data` into `out` eight at a time (`vcvtph2ps`, exact); returns how
+/// many it converted (the caller does the last `< 8`).
+///
+/// # Safety
+/// The CPU must have F16C and AVX.
+#[target_feature(enable = "avx,f16c")]
+pub(crate) unsafe fn widen_f16(data: &[u8], out: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let n = (data.len() / 2).min(out.len()) / 8 * 8;
+    for (src, dst) in data[..2 * n]
+        .chunks_exact(16)
+        .zip(out[..n].chunks_exact_mut(8))
+    {
+        // SAFETY: `src` is 16 readable bytes, `dst` 8 writable f32; no alignment needed.
+        unsafe {
+            let h = _mm_loadu_si128(src.as_ptr().cast());
+            _mm256_storeu_ps(dst.as_mut_ptr(), _mm256_cvtph_ps(h));
+        }
+    }
+    n
+}
+
 /// The packed-group kernels (`packed.rs`) this CPU can run, chosen as for [`tile_kernels`].
 pub(crate) fn packed_kernels() -> Vec<(T, crate::packed::PackedFn)> {
     if tile_kernels().is_empty() {
