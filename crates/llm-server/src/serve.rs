@@ -50,6 +50,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         path.file_stem()
             .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
     });
+    // One token through the model before listening: the first matmul of each weight matrix
+    // repacks it for the fast kernels (and reads it from disk), which the first request
+    // should not wait for.
+    let t0 = std::time::Instant::now();
+    let mut state = m.model.new_state(1);
+    m.model
+        .forward(&[0], &mut state, false, m.exec)
+        .context("warm-up forward pass")?;
+    eprintln!("weights ready in {:.1} s", t0.elapsed().as_secs_f64());
     let model = ServedModel::new(m.model, m.tokenizer, m.template, m.exec, id, n_ctx)
         .with_context(|| format!("{}: chat template", path.display()))?
         .with_cache(args.cache.config());
