@@ -42,6 +42,7 @@ pub(crate) fn attend(
     out: &mut [f32],
     exec: Exec,
 ) -> Result<()> {
+    let _stage = crate::prof::stage("attention");
     let (hd, group) = (s.head_dim, s.n_head / s.n_head_kv);
     let qw = s.n_head * hd;
     let n = q.len() / qw.max(1);
@@ -273,13 +274,13 @@ impl Ctx<'_> {
                     let e = &mut part[(qi * g + j) * (hd + 2)..(qi * g + j + 1) * (hd + 2)];
                     let m_new = scores.iter().copied().fold(e[0], f32::max);
                     if m_new > e[0] {
-                        let c = (e[0] - m_new).exp();
+                        let c = crate::ops::exp_fast(e[0] - m_new);
                         e[1..].iter_mut().for_each(|v| *v *= c);
                         e[0] = m_new;
                     }
                     let (head, acc) = e.split_at_mut(2);
                     for (p, &sv) in (lo..hi).zip(scores.iter()) {
-                        let w = (sv - m_new).exp();
+                        let w = crate::ops::exp_fast(sv - m_new);
                         head[1] += w;
                         let vr = &values[(p - c0) * hd..(p - c0 + 1) * hd];
                         acc.iter_mut().zip(vr).for_each(|(a, &x)| *a += w * x);

@@ -30,6 +30,7 @@ mod matmul;
 pub mod models;
 pub mod ops;
 mod pool;
+pub mod prof;
 pub mod sampler;
 mod stop;
 #[cfg(test)]

@@ -114,6 +114,7 @@ pub fn matmul_batch(jobs: &mut [MatJob<'_>], exec: Exec) -> Result<()> {
             )));
         }
     }
+    let _stage = crate::prof::stage("matmul");
     let pool = Pool::global(exec.threads);
     // A thread per MIN_WORK multiply-adds at most: below that the fork/join costs more than
     // it saves (the 12M-parameter demo model decoded 50× faster on one thread than on two
@@ -312,66 +313,109 @@ impl JobView<'_> {
 
 /// Each job's activations quantized, once per distinct (input slice, weight type): the
 /// quantized batches, and for each job the index of its batch (`None`: no dot kernel for the
-/// type, rows are dequantized instead).
+/// type, rows are dequantized instead). All batches are quantized in one pool job, in units of
+/// [`QUANT_UNIT`] tokens (a MoE layer has a distinct input per expert: one pool round trip
+/// each left most threads idle at 16 threads).
 fn quantize_all(
     jobs: &[MatJob<'_>],
     threads: usize,
     pool: &Pool,
 ) -> Result<(Vec<quant::QActs>, Vec<Option<usize>>)> {
-    let (mut store, mut which) = (Vec::new(), Vec::new());
     // A shared batch needs the same input and the same weight type (`gemm` picks its kernel
     // by the type the batch was quantized for).
-    let mut seen: Vec<((*const f32, usize, quant::GgmlType), usize)> = Vec::new();
+    let mut inputs: Vec<(quant::GgmlType, &[f32], usize)> = Vec::new();
+    let mut which = Vec::with_capacity(jobs.len());
     for j in jobs {
         let ty = j.w.ty;
         if !quant::DOT_TYPES.contains(&ty) {
             which.push(None);
             continue;
         }
-        let key = (j.x.as_ptr(), j.x.len(), ty);
-        match seen.iter().find(|s| s.0 == key) {
-            Some(&(_, i)) => which.push(Some(i)),
+        let same = |&(t, x, _): &(quant::GgmlType, &[f32], usize)| t == ty && std::ptr::eq(x, j.x);
+        match inputs.iter().position(same) {
+            Some(i) => which.push(Some(i)),
             None => {
-                let k = j.w.row_len();
-                store.push(quantize_acts(ty, j.x, k, j.n_tokens, threads, pool)?);
-                seen.push((key, store.len() - 1));
-                which.push(Some(store.len() - 1));
+                inputs.push((ty, j.x, j.w.row_len()));
+                which.push(Some(inputs.len() - 1));
             }
         }
+    }
+    // (input, token range) of every unit, in input order.
+    let mut units = Vec::new();
+    for (i, &(_, x, k)) in inputs.iter().enumerate() {
+        let n = x.len() / k.max(1);
+        units.extend(
+            (0..n.max(1))
+                .step_by(QUANT_UNIT)
+                .map(|t| (i, t..(t + QUANT_UNIT).min(n))),
+        );
+    }
+    let slots: Vec<Mutex<Option<quant::QActs>>> = units.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let quantize = |u: usize| -> Result<()> {
+        let (i, ref t) = units[u];
+        let (ty, x, k) = inputs[i];
+        let part = quant::QActs::new(ty, &x[t.start * k..t.end * k], k)?;
+        *slots[u].lock().unwrap_or_else(|e| e.into_inner()) = Some(part);
+        Ok(())
+    };
+    // A decode step's few rows: not worth waking the pool.
+    let tokens: usize = inputs.iter().map(|&(_, x, k)| x.len() / k.max(1)).sum();
+    let threads = if tokens < QUANT_UNIT {
+        1
+    } else {
+        threads.min(units.len()).max(1)
+    };
+    fork_join(pool, threads, &|_| loop {
+        let u = next.fetch_add(1, Ordering::Relaxed);
+        if u >= units.len() {
+            return Ok(());
+        }
+        quantize(u)?;
+    })?;
+    let mut parts: Vec<Vec<quant::QActs>> = inputs.iter().map(|_| Vec::new()).collect();
+    for ((i, _), slot) in units.iter().zip(slots) {
+        if let Some(p) = slot.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            parts[*i].push(p);
+        }
+    }
+    let mut store = Vec::with_capacity(inputs.len());
+    for p in parts {
+        store.push(quant::QActs::concat(p)?);
     }
     Ok((store, which))
 }
 
-/// `x` (`n_tokens × k`) quantized for `ty` weights, on up to `threads` threads for batches
-/// large enough to be worth it (a prefill quantizes megabytes per matmul).
-fn quantize_acts(
-    ty: quant::GgmlType,
-    x: &[f32],
-    k: usize,
-    n_tokens: usize,
-    threads: usize,
-    pool: &Pool,
-) -> Result<quant::QActs> {
-    if threads < 2 || n_tokens < 16 {
-        return Ok(quant::QActs::new(ty, x, k)?);
-    }
-    let per = n_tokens.div_ceil(threads);
-    let slots: Vec<Mutex<Option<Result<quant::QActs>>>> =
-        (0..threads).map(|_| Mutex::new(None)).collect();
-    pool.run(&|i| {
-        if i < threads {
-            let t = (i * per).min(n_tokens)..((i + 1) * per).min(n_tokens);
-            let part = quant::QActs::new(ty, &x[t.start * k..t.end * k], k).map_err(Into::into);
-            *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(part);
+/// Tokens per unit of activation quantization.
+const QUANT_UNIT: usize = 16;
+
+/// `f(i, row_i)` for every `row_len`-sized row of `out`, the rows shared out in chunks across
+/// the pool (one thread per [`MIN_WORK`] of `cost` per row, the caller's estimate in
+/// multiply-adds): the element-wise stages between matmuls, which on one thread kept fifteen
+/// of sixteen threads waiting for half of a MoE prefill.
+pub(crate) fn par_rows<T: Send>(
+    out: &mut [T],
+    row_len: usize,
+    cost: usize,
+    exec: Exec,
+    f: &(dyn Fn(usize, &mut [T]) -> Result<()> + Sync),
+) -> Result<()> {
+    let n = out.len().checked_div(row_len).unwrap_or(0);
+    let pool = Pool::global(exec.threads);
+    let threads = threads_for(n * cost, exec, pool).min(n.max(1));
+    let chunk = n.div_ceil(threads * 4).max(1);
+    let next = AtomicUsize::new(0);
+    let dst = Disjoint::new(out);
+    fork_join(pool, threads, &|_| loop {
+        let c = next.fetch_add(1, Ordering::Relaxed) * chunk;
+        if c >= n {
+            return Ok(());
         }
-    });
-    let mut parts = Vec::with_capacity(threads);
-    for s in slots {
-        if let Some(p) = s.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            parts.push(p?);
+        for i in c..(c + chunk).min(n) {
+            // SAFETY: row `i` belongs to this chunk alone.
+            f(i, unsafe { dst.slice(i * row_len, row_len) })?;
         }
-    }
-    Ok(quant::QActs::concat(parts)?)
+    })
 }
 
 /// Threads for a job of `work` multiply-adds: one per [`MIN_WORK`], at most the pool's and

@@ -77,6 +77,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         for rep in 0..=args.reps {
             let prompt: Vec<u32> = (0..args.n_prompt).map(|_| token()).collect();
             let mut state = m.model.new_state_with(args.n_prompt, cache)?;
+            if rep == 1 {
+                engine::prof::reset(); // the warm-up packs the weights: not a stage to show
+            }
             let t0 = Instant::now();
             m.model.forward(&prompt, &mut state, false, m.exec)?;
             if rep > 0 {
@@ -84,6 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         row(format!("pp{}", args.n_prompt), &rates);
+        print_profile(&format!("pp{}", args.n_prompt));
     }
     if args.n_gen > 0 {
         let mut rates = Vec::new();
@@ -100,6 +104,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         row(format!("tg{}", args.n_gen), &rates);
+        print_profile(&format!("tg{}", args.n_gen));
         if !args.no_bandwidth {
             let mean = rates.iter().sum::<f64>() / rates.len() as f64;
             let file = gguf::GgufFile::open(&path)?;
@@ -117,6 +122,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The stages `LLM_SERVER_PROFILE=1` timed since the last reset (nothing when it is off), then
+/// a reset.
+fn print_profile(test: &str) {
+    let stages = engine::prof::report();
+    engine::prof::reset();
+    let Some(total) = stages
+        .iter()
+        .find(|s| s.0.starts_with("forward"))
+        .map(|s| s.1)
+    else {
+        return;
+    };
+    println!("\nprofile of {test} (wall time of the calling thread, all reps):");
+    for (name, t, calls) in stages {
+        let pct = 100.0 * t.as_secs_f64() / total.as_secs_f64().max(1e-9);
+        println!(
+            "  {name:<36} {:>9.1} ms {pct:>5.1}%  {calls} calls",
+            t.as_secs_f64() * 1e3
+        );
+    }
 }
 
 /// Weight bytes one decoded token reads: every tensor once, except the embedding table (one

@@ -38,7 +38,7 @@ impl SwiGlu {
         let n = x.len() / e;
         let (mut gate, mut up) = (vec![0f32; n * ff], vec![0f32; n * ff]);
         ops::matmuls([&self.gate, &self.up], x, n, [&mut gate, &mut up], exec)?; // ffn_gate, ffn_up
-        ops::swiglu(&mut gate, &up); // ffn_swiglu
+        ops::swiglu_par(&mut gate, &up, exec)?; // ffn_swiglu
         let mut out = vec![0f32; n * e];
         ops::matmul(&self.down, &gate, n, &mut out, exec)?; // ffn_down
         Ok(out)
@@ -82,15 +82,25 @@ impl RoutedExperts {
         let n = x.len() / e;
         let mut logits = vec![0f32; n * n_expert];
         ops::matmul(&self.gate_inp, x, n, &mut logits, exec)?; // ffn_moe_logits
-        let mut chosen: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n_expert];
-        for t in 0..n {
-            let p = &mut logits[t * n_expert..(t + 1) * n_expert];
-            ops::softmax(p); // ffn_moe_probs
-            let top = top_k(p, self.n_expert_used); // ffn_moe_topk
-                                                    // ggml clamps the sum before dividing (`ggml_clamp(…, 6.103515625e-5, INF)`).
+        let route = crate::prof::stage("moe routing");
+        // Per token its k experts (largest first) and their renormalised weights.
+        let k = self.n_expert_used;
+        let mut sel = vec![(0usize, 0f32); n * k];
+        crate::matmul::par_rows(&mut sel, k, 16 * n_expert, exec, &|t, row| {
+            let mut p = logits[t * n_expert..(t + 1) * n_expert].to_vec();
+            ops::softmax(&mut p); // ffn_moe_probs
+            let top = top_k(&p, k); // ffn_moe_topk
+                                    // ggml clamps the sum before dividing (`ggml_clamp(…, 6.103515625e-5, INF)`).
             let sum: f32 = top.iter().map(|&i| p[i]).sum::<f32>().max(6.103_515_6e-5);
-            for &i in &top {
-                chosen[i].push((t, p[i] / sum)); // ffn_moe_weights_norm
+            for (s, &i) in row.iter_mut().zip(&top) {
+                *s = (i, p[i] / sum); // ffn_moe_weights_norm
+            }
+            Ok(())
+        })?;
+        let mut chosen: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n_expert];
+        for (t, row) in sel.chunks_exact(k.max(1)).enumerate() {
+            for &(i, w) in row {
+                chosen[i].push((t, w));
             }
         }
         let used: Vec<(usize, &Vec<(usize, f32)>)> = chosen
@@ -98,16 +108,25 @@ impl RoutedExperts {
             .enumerate()
             .filter(|(_, t)| !t.is_empty())
             .collect();
+        drop(route);
         let out = self.experts(x, &used, exec)?;
-        let mut y = vec![0f32; n * e];
-        for ((_, toks), out) in used.iter().zip(&out) {
+        let _sum = crate::prof::stage("moe weighted sum");
+        // Each token's (expert slot, row of that expert's output, weight), in expert order.
+        let mut per_token: Vec<Vec<(usize, usize, f32)>> = vec![Vec::new(); n];
+        for (slot, (_, toks)) in used.iter().enumerate() {
             for (i, &(t, wt)) in toks.iter().enumerate() {
-                let dst = &mut y[t * e..(t + 1) * e];
-                dst.iter_mut()
-                    .zip(&out[i * e..(i + 1) * e])
-                    .for_each(|(a, &b)| *a += wt * b);
+                per_token[t].push((slot, i, wt));
             }
         }
+        let mut y = vec![0f32; n * e];
+        crate::matmul::par_rows(&mut y, e, 8 * e, exec, &|t, dst| {
+            for &(slot, i, wt) in &per_token[t] {
+                dst.iter_mut()
+                    .zip(&out[slot][i * e..(i + 1) * e])
+                    .for_each(|(a, &b)| *a += wt * b);
+            }
+            Ok(())
+        })?;
         Ok(y) // ffn_moe_out
     }
 
@@ -120,33 +139,53 @@ impl RoutedExperts {
         exec: Exec,
     ) -> Result<Vec<Vec<f32>>> {
         let (e, ff) = (self.gate_exps.row_len(), self.gate_exps.dims[1] as usize);
-        let xs: Vec<Vec<f32>> = used
+        let gather = crate::prof::stage("moe gather");
+        // Every expert's rows of `x` in one buffer (and its gate and up outputs in one buffer
+        // each, so that SwiGLU runs once over all of them on the pool).
+        let counts: Vec<usize> = used.iter().map(|(_, t)| t.len()).collect();
+        let total: usize = counts.iter().sum();
+        let src: Vec<usize> = used
             .iter()
-            .map(|(_, toks)| {
-                toks.iter()
-                    .flat_map(|&(t, _)| x[t * e..(t + 1) * e].iter().copied())
-                    .collect()
-            })
+            .flat_map(|(_, t)| t.iter().map(|&(t, _)| t))
             .collect();
-        let mut gates: Vec<Vec<f32>> = used.iter().map(|(_, t)| vec![0f32; t.len() * ff]).collect();
-        let mut ups = gates.clone();
+        let mut x_all = vec![0f32; total * e];
+        crate::matmul::par_rows(&mut x_all, e, e, exec, &|r, dst| {
+            dst.copy_from_slice(&x[src[r] * e..(src[r] + 1) * e]);
+            Ok(())
+        })?;
+        let mut xs = Vec::with_capacity(used.len());
+        let mut rest = &x_all[..];
+        for &c in &counts {
+            let (head, tail) = rest.split_at(c * e);
+            xs.push(head);
+            rest = tail;
+        }
+        let (mut gate_all, mut up_all) = (vec![0f32; total * ff], vec![0f32; total * ff]);
+        drop(gather);
         let mut jobs = Vec::with_capacity(2 * used.len());
-        for (((&(ex, toks), xs), g), u) in used.iter().zip(&xs).zip(&mut gates).zip(&mut ups) {
+        let gates = split_rows(&mut gate_all, &counts, ff);
+        let ups = split_rows(&mut up_all, &counts, ff);
+        for (((&(ex, toks), &xs), g), u) in used.iter().zip(&xs).zip(gates).zip(ups) {
             let rows = ex * ff..(ex + 1) * ff;
             jobs.push(job(&self.gate_exps, rows.clone(), xs, toks.len(), g));
             jobs.push(job(&self.up_exps, rows, xs, toks.len(), u));
         }
         ops::matmul_batch(&mut jobs, exec)?;
         drop(jobs);
-        for (g, u) in gates.iter_mut().zip(&ups) {
-            ops::swiglu(g, u);
+        ops::swiglu_par(&mut gate_all, &up_all, exec)?;
+        let mut gates = Vec::with_capacity(used.len());
+        let mut rest = &gate_all[..];
+        for &c in &counts {
+            let (g, r) = rest.split_at(c * ff);
+            gates.push(g);
+            rest = r;
         }
         let mut outs: Vec<Vec<f32>> = used.iter().map(|(_, t)| vec![0f32; t.len() * e]).collect();
         let mut jobs: Vec<MatJob<'_>> = used
             .iter()
             .zip(&gates)
             .zip(&mut outs)
-            .map(|((&(ex, toks), g), o)| {
+            .map(|((&(ex, toks), &g), o)| {
                 job(&self.down_exps, ex * e..(ex + 1) * e, g, toks.len(), o)
             })
             .collect();
@@ -154,6 +193,17 @@ impl RoutedExperts {
         drop(jobs);
         Ok(outs)
     }
+}
+
+/// `buf` cut into consecutive slices of `counts[i] · width` values.
+fn split_rows<'a>(mut buf: &'a mut [f32], counts: &[usize], width: usize) -> Vec<&'a mut [f32]> {
+    let mut parts = Vec::with_capacity(counts.len());
+    for &c in counts {
+        let (head, tail) = std::mem::take(&mut buf).split_at_mut(c * width);
+        parts.push(head);
+        buf = tail;
+    }
+    parts
 }
 
 /// A [`MatJob`] from its parts.

@@ -449,12 +449,14 @@ impl Qwen35Moe {
         let (di, nv) = (hp.ssm_d_inner, hp.ssm_n_v_head);
         let (mix, z) = self.project(&m.proj, x, exec)?; // 1.
         let (beta, alpha) = self.gates(&m.gates, x, exec)?; // 2.
+        let glue = crate::prof::stage("deltanet glue (gates, conv, norm)");
         let beta: Vec<f32> = beta.iter().map(|&v| ops::sigmoid(v)).collect();
         let g: Vec<f32> = alpha
             .chunks_exact(nv)
             .flat_map(|at| (0..nv).map(move |j| m.ssm_a[j] * softplus(at[j] + m.ssm_dt[j])))
             .collect();
-        let (q, k, v) = self.conv_qkv(m, conv, &mix); // 3.–4.
+        let (q, k, v) = self.conv_qkv(m, conv, &mix, exec)?; // 3.–4.
+        drop(glue);
         let inputs = deltanet::Inputs {
             q: &q,
             k: &k,
@@ -464,17 +466,16 @@ impl Qwen35Moe {
         };
         let o = deltanet::run(ssm, &inputs, &self.delta_dims(), exec); // 5.–6.
         let hv = hp.head_v_dim();
+        let glue = crate::prof::stage("deltanet glue (gates, conv, norm)");
         let mut normed = vec![0f32; n * di];
-        for ((nt, ot), zt) in normed
-            .chunks_exact_mut(hv)
-            .zip(o.chunks_exact(hv))
-            .zip(z.chunks_exact(hv))
-        {
-            ops::rms_norm(ot, &m.ssm_norm, hp.rms_eps, nt); // 7.
+        crate::matmul::par_rows(&mut normed, hv, 16 * hv, exec, &|i, nt| {
+            ops::rms_norm(&o[i * hv..(i + 1) * hv], &m.ssm_norm, hp.rms_eps, nt); // 7.
             nt.iter_mut()
-                .zip(zt)
+                .zip(&z[i * hv..(i + 1) * hv])
                 .for_each(|(v, &zv)| *v *= ops::silu(zv));
-        }
+            Ok(())
+        })?;
+        drop(glue);
         let mut out = vec![0f32; n * hp.n_embd];
         ops::matmul(&m.ssm_out, &normed, n, &mut out, exec)?; // 8.
         Ok(out)
@@ -488,25 +489,35 @@ impl Qwen35Moe {
         m: &DeltaNet,
         conv: &mut [f32],
         mix: &[f32],
-    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        exec: Exec,
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
         let hp = &self.hp;
         let (cd, dk) = (hp.conv_dim(), hp.ssm_d_state);
         let kw = hp.ssm_n_k_head * dk;
         let n = mix.len() / cd;
-        let (mut q, mut k) = (Vec::with_capacity(n * kw), Vec::with_capacity(n * kw));
-        let mut v = Vec::with_capacity(n * hp.ssm_d_inner);
-        for mt in mix.chunks_exact(cd) {
-            let y = self.conv_step(m, conv, mt);
-            q.extend_from_slice(&y[..kw]);
-            k.extend_from_slice(&y[kw..2 * kw]);
-            v.extend_from_slice(&y[2 * kw..]);
-        }
+        let y = self.conv(m, conv, mix, exec)?;
+        let (mut q, mut k) = (vec![0f32; n * kw], vec![0f32; n * kw]);
+        let mut v = vec![0f32; n * hp.ssm_d_inner];
         let q_scale = 1.0 / (dk as f32).sqrt();
-        for (qh, kh) in q.chunks_exact_mut(dk).zip(k.chunks_exact_mut(dk)) {
-            l2_norm(qh, hp.rms_eps, q_scale);
-            l2_norm(kh, hp.rms_eps, 1.0);
-        }
-        (q, k, v)
+        // q, k and v of token t, normed: one row of `v` per token, q and k alongside it.
+        let (qd, kd) = (
+            crate::matmul::Disjoint::new(&mut q),
+            crate::matmul::Disjoint::new(&mut k),
+        );
+        crate::matmul::par_rows(&mut v, hp.ssm_d_inner, 4 * cd, exec, &|t, vt| {
+            let yt = &y[t * cd..(t + 1) * cd];
+            // SAFETY: token t alone writes row t of q and of k.
+            let (qt, kt) = unsafe { (qd.slice(t * kw, kw), kd.slice(t * kw, kw)) };
+            qt.copy_from_slice(&yt[..kw]);
+            kt.copy_from_slice(&yt[kw..2 * kw]);
+            vt.copy_from_slice(&yt[2 * kw..]);
+            for (qh, kh) in qt.chunks_exact_mut(dk).zip(kt.chunks_exact_mut(dk)) {
+                l2_norm(qh, hp.rms_eps, q_scale);
+                l2_norm(kh, hp.rms_eps, 1.0);
+            }
+            Ok(())
+        })?;
+        Ok((q, k, v))
     }
 
     /// The head layout the delta rule needs.
@@ -592,25 +603,49 @@ impl Qwen35Moe {
         Ok((beta, alpha))
     }
 
-    /// Spec §4.2 step 3: causal depthwise convolution over (state ‖ new input), then SiLU;
-    /// the state keeps the last `d_conv − 1` raw inputs.
-    fn conv_step(&self, m: &DeltaNet, state: &mut [f32], mix: &[f32]) -> Vec<f32> {
-        let k = self.hp.ssm_d_conv;
-        let mut y = vec![0f32; mix.len()];
-        for (c, yc) in y.iter_mut().enumerate() {
-            let taps = &m.ssm_conv1d[c * k..(c + 1) * k];
-            let st = &mut state[c * (k - 1)..(c + 1) * (k - 1)];
-            let mut acc = taps[k - 1] * mix[c];
-            for t in 0..k - 1 {
-                acc += taps[t] * st[t];
+    /// Spec §4.2 step 3 for every token (`mix`: `n × conv_dim`): causal depthwise
+    /// convolution over (state ‖ new inputs), then SiLU; the state keeps the last
+    /// `d_conv − 1` raw inputs. Channels are independent: blocks of them go out across the
+    /// pool, each block reading and writing whole runs of a token's row (one channel at a
+    /// time strode across rows a cache line per value).
+    fn conv(&self, m: &DeltaNet, state: &mut [f32], mix: &[f32], exec: Exec) -> Result<Vec<f32>> {
+        let (cd, k) = (self.hp.conv_dim(), self.hp.ssm_d_conv);
+        let n = mix.len() / cd;
+        let cb = [64, 32, 16, 8, 4, 2, 1]
+            .into_iter()
+            .find(|b| cd % b == 0)
+            .unwrap_or(1);
+        let mut y = vec![0f32; n * cd];
+        let yd = crate::matmul::Disjoint::new(&mut y);
+        let cost = 4 * k * n * cb;
+        crate::matmul::par_rows(state, (k - 1) * cb, cost, exec, &|blk, st| {
+            let c0 = blk * cb;
+            // Each channel's window: its k − 1 stored inputs, then this call's.
+            let len = k - 1 + n;
+            let mut w = vec![0f32; cb * len];
+            for (j, wj) in w.chunks_exact_mut(len).enumerate() {
+                wj[..k - 1].copy_from_slice(&st[j * (k - 1)..(j + 1) * (k - 1)]);
             }
-            *yc = ops::silu(acc);
-            st.rotate_left(1.min(k - 1));
-            if let Some(last) = st.last_mut() {
-                *last = mix[c];
+            for t in 0..n {
+                for (j, &x) in mix[t * cd + c0..t * cd + c0 + cb].iter().enumerate() {
+                    w[j * len + k - 1 + t] = x;
+                }
             }
-        }
-        y
+            for t in 0..n {
+                // SAFETY: this block alone writes columns c0..c0 + cb.
+                let yt = unsafe { yd.slice(t * cd + c0, cb) };
+                for (j, out) in yt.iter_mut().enumerate() {
+                    let (taps, wj) = (&m.ssm_conv1d[(c0 + j) * k..][..k], &w[j * len + t..]);
+                    let acc = taps[k - 1] * wj[k - 1];
+                    *out = ops::silu((0..k - 1).fold(acc, |a, i| a + taps[i] * wj[i]));
+                }
+            }
+            for (j, wj) in w.chunks_exact(len).enumerate() {
+                st[j * (k - 1)..(j + 1) * (k - 1)].copy_from_slice(&wj[n..]);
+            }
+            Ok(())
+        })?;
+        Ok(y)
     }
 
     /// Spec §4.3: the routed experts plus the sigmoid-gated shared expert.
@@ -618,6 +653,7 @@ impl Qwen35Moe {
         let e = self.hp.n_embd;
         let mut y = m.routed.forward(x, exec)?; // ffn_moe_out
         let sh = m.shexp.forward(x, exec)?; // ffn_shexp
+        let _stage = crate::prof::stage("moe shared-expert gate");
         for (t, (yt, st)) in y.chunks_exact_mut(e).zip(sh.chunks_exact(e)).enumerate() {
             let s = ops::sigmoid(ops::dot(&m.ffn_gate_inp_shexp, &x[t * e..(t + 1) * e]));
             yt.iter_mut().zip(st).for_each(|(a, &b)| *a += s * b);
@@ -667,13 +703,16 @@ impl Model for Qwen35Moe {
         all_logits: bool,
         exec: Exec,
     ) -> Result<Vec<f32>> {
+        let _stage = crate::prof::stage("forward (total)");
         let hp = &self.hp;
         let (n, e) = (tokens.len(), hp.n_embd);
         let pos0 = state.n_past;
         let mut h = super::embed(&self.token_embd, tokens, state)?;
         let mut x = vec![0f32; n * e];
         for (il, (l, ls)) in self.layers.iter().zip(state.layers.iter_mut()).enumerate() {
-            ops::rms_norm(&h, &l.attn_norm, hp.rms_eps, &mut x); // attn_norm
+            let norm = crate::prof::stage("norms, residuals");
+            ops::rms_norm_par(&h, &l.attn_norm, hp.rms_eps, &mut x, exec)?; // attn_norm
+            drop(norm);
             let a = match (&l.mixer, ls) {
                 (Mixer::DeltaNet(m), LayerState::Recurrent { conv, ssm }) => {
                     self.deltanet(m, (conv, ssm), &x, exec)?
@@ -683,8 +722,10 @@ impl Model for Qwen35Moe {
                 }
                 _ => return Err(Error::StateMismatch { layer: il }),
             };
+            let norm = crate::prof::stage("norms, residuals");
             ops::add_inplace(&mut h, &a); // attn_residual
-            ops::rms_norm(&h, &l.post_attention_norm, hp.rms_eps, &mut x); // attn_post_norm
+            ops::rms_norm_par(&h, &l.post_attention_norm, hp.rms_eps, &mut x, exec)?; // attn_post_norm
+            drop(norm);
             let f = match &l.ffn {
                 Ffn::Moe(m) => self.moe(m, &x, exec)?,
                 Ffn::Dense(d) => d.forward(&x, exec)?,

@@ -110,6 +110,7 @@ const MIN_PARALLEL_WORK: usize = 1 << 18;
 
 /// [`run`] with the form chosen by the caller.
 pub fn run_with(state: &mut [f32], x: &Inputs, d: &Dims, form: Form, exec: Exec) -> Vec<f32> {
+    let _stage = crate::prof::stage("deltanet");
     let (nv, dv, dk) = (d.n_v_head(), d.d_v, d.d_k);
     let n = x.beta.len() / nv.max(1);
     // One slot per value head: its state and its outputs (`n × d_v`), taken by one thread.
