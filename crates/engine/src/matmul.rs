@@ -421,7 +421,14 @@ pub(crate) fn par_rows<T: Send>(
 /// Threads for a job of `work` multiply-adds: one per [`MIN_WORK`], at most the pool's and
 /// `exec`'s.
 pub(crate) fn threads_for(work: usize, exec: Exec, pool: &Pool) -> usize {
-    pool.threads().min(exec.threads).min(work / MIN_WORK).max(1)
+    let max = pool.threads().min(exec.threads);
+    // Each thread more costs every thread a little (wake-up, the shared chunk counter, the
+    // join), so a thread's share must grow with the count: MIN_WORK · (15 + t)/16 each.
+    let mut t = 1;
+    while t < max && work / (t + 1) >= MIN_WORK * (16 + t) / 16 {
+        t += 1;
+    }
+    t
 }
 
 /// A slice that several threads write at disjoint indices.

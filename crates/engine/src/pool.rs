@@ -2,32 +2,51 @@
 //! the calling thread. Workers spin briefly on a generation counter before sleeping, so a decode
 //! step's hundreds of small matmuls pay neither a thread spawn nor a wake-up each
 //! (DESIGN §3: a spinning pool, not rayon, for per-token latency).
+//!
+//! A job is handed over through atomics alone: the caller publishes a pointer and bumps the
+//! generation, each worker counts itself out when done. The condition variables (and their
+//! system calls) come in only when a side has actually gone to sleep, which the `sleepers`
+//! and `caller_waits` counters say: with sixteen threads a mutex around the job pointer and an
+//! unconditional `notify_all` per job cost a decode step more than its small matmuls.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 /// How long a worker spins for the next job before it sleeps.
 const SPIN_ROUNDS: u32 = 20_000;
 
-/// A job as the workers see it: a lifetime-erased pointer to the caller's closure, valid until
-/// [`Pool::run`] returns (which waits for every part).
-#[derive(Clone, Copy)]
-struct JobPtr(*const (dyn Fn(usize) + Sync));
-
-// SAFETY: the pointee is `Sync`, and `run` keeps it alive until every worker is done with it.
-unsafe impl Send for JobPtr {}
+/// The caller's closure, lifetime erased; [`Pool::run`] keeps it (and this reference to it, on
+/// its stack) alive until every worker is done with it.
+type Job = &'static (dyn Fn(usize) + Sync);
 
 struct Shared {
-    job: Mutex<Option<JobPtr>>,
+    /// The current job: a pointer to a [`Job`] on the caller's stack (null between jobs).
+    job: AtomicPtr<Job>,
     generation: AtomicU64,
     remaining: AtomicUsize,
     panicked: AtomicBool,
     shutdown: AtomicBool,
+    /// Workers sleeping (or about to) on `wake`.
+    sleepers: AtomicUsize,
+    sleep_lock: Mutex<()>,
     wake: Condvar,
+    /// Whether the caller sleeps (or is about to) on `done`.
+    caller_waits: AtomicBool,
     done: Condvar,
     done_lock: Mutex<()>,
+}
+
+impl Shared {
+    /// Wakes sleeping workers, if any (SeqCst with the workers' own check: a worker either
+    /// sees the new generation before it sleeps, or is counted here and gets the signal).
+    fn wake_workers(&self) {
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            let _g = self.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.wake.notify_all();
+        }
+    }
 }
 
 /// A fixed set of worker threads.
@@ -48,12 +67,15 @@ impl Pool {
     /// A pool running jobs on `threads` threads (the caller plus `threads − 1` workers).
     pub fn new(threads: usize) -> Pool {
         let shared = Arc::new(Shared {
-            job: Mutex::new(None),
+            job: AtomicPtr::new(std::ptr::null_mut()),
             generation: AtomicU64::new(0),
             remaining: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
+            sleep_lock: Mutex::new(()),
             wake: Condvar::new(),
+            caller_waits: AtomicBool::new(false),
             done: Condvar::new(),
             done_lock: Mutex::new(()),
         });
@@ -93,13 +115,14 @@ impl Pool {
         let _one_at_a_time = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let s = &self.shared;
         // SAFETY: only the lifetime is erased; we wait below until no worker uses the pointer.
-        let ptr = JobPtr(unsafe {
+        let job: Job = unsafe {
             std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(f)
-        });
-        *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(ptr);
+        };
+        s.job
+            .store(&job as *const Job as *mut Job, Ordering::Release);
         s.remaining.store(self.workers.len(), Ordering::Release);
-        s.generation.fetch_add(1, Ordering::AcqRel);
-        s.wake.notify_all();
+        s.generation.fetch_add(1, Ordering::SeqCst);
+        s.wake_workers();
         let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
         let mut spins = 0u32;
         while s.remaining.load(Ordering::Acquire) != 0 {
@@ -108,12 +131,14 @@ impl Pool {
                 spin(spins);
             } else {
                 let g = s.done_lock.lock().unwrap_or_else(|e| e.into_inner());
-                if s.remaining.load(Ordering::Acquire) != 0 {
+                s.caller_waits.store(true, Ordering::SeqCst);
+                if s.remaining.load(Ordering::SeqCst) != 0 {
                     drop(s.done.wait_timeout(g, std::time::Duration::from_millis(1)));
                 }
+                s.caller_waits.store(false, Ordering::SeqCst);
             }
         }
-        *s.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        s.job.store(std::ptr::null_mut(), Ordering::Release);
         if let Err(p) = mine {
             std::panic::resume_unwind(p);
         }
@@ -126,8 +151,14 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Ordering::Release);
-        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        let _g = self
+            .shared
+            .sleep_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         self.shared.wake.notify_all();
+        drop(_g);
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
@@ -156,13 +187,15 @@ fn worker(s: &Shared, index: usize) {
                 spins += 1;
                 spin(spins);
             } else {
-                let job = s.job.lock().unwrap_or_else(|e| e.into_inner());
-                if s.generation.load(Ordering::Acquire) == seen {
+                let lock = s.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
+                s.sleepers.fetch_add(1, Ordering::SeqCst);
+                if s.generation.load(Ordering::SeqCst) == seen {
                     drop(
                         s.wake
-                            .wait_timeout(job, std::time::Duration::from_millis(10)),
+                            .wait_timeout(lock, std::time::Duration::from_millis(10)),
                     );
                 }
+                s.sleepers.fetch_sub(1, Ordering::SeqCst);
             }
             g = s.generation.load(Ordering::Acquire);
         }
@@ -170,17 +203,20 @@ fn worker(s: &Shared, index: usize) {
         if s.shutdown.load(Ordering::Acquire) {
             return;
         }
-        let job = *s.job.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(JobPtr(f)) = job {
-            // SAFETY: `run` published this pointer and waits for `remaining` to reach 0.
-            let f = unsafe { &*f };
-            if catch_unwind(AssertUnwindSafe(|| f(index))).is_err() {
-                s.panicked.store(true, Ordering::Release);
-            }
-            if s.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                let _g = s.done_lock.lock().unwrap_or_else(|e| e.into_inner());
-                s.done.notify_all();
-            }
+        let job = s.job.load(Ordering::Acquire);
+        if job.is_null() {
+            continue;
+        }
+        // SAFETY: `run` published this pointer before the generation and keeps the job alive
+        // until `remaining` reaches 0, which needs this worker's decrement below.
+        let f = unsafe { *job };
+        if catch_unwind(AssertUnwindSafe(|| f(index))).is_err() {
+            s.panicked.store(true, Ordering::Release);
+        }
+        if s.remaining.fetch_sub(1, Ordering::SeqCst) == 1 && s.caller_waits.load(Ordering::SeqCst)
+        {
+            let _g = s.done_lock.lock().unwrap_or_else(|e| e.into_inner());
+            s.done.notify_all();
         }
     }
 }
