@@ -153,13 +153,7 @@ impl RoutedExperts {
             dst.copy_from_slice(&x[src[r] * e..(src[r] + 1) * e]);
             Ok(())
         })?;
-        let mut xs = Vec::with_capacity(used.len());
-        let mut rest = &x_all[..];
-        for &c in &counts {
-            let (head, tail) = rest.split_at(c * e);
-            xs.push(head);
-            rest = tail;
-        }
+        let xs = split_rows_ref(&x_all, &counts, e);
         let (mut gate_all, mut up_all) = (vec![0f32; total * ff], vec![0f32; total * ff]);
         drop(gather);
         let mut jobs = Vec::with_capacity(2 * used.len());
@@ -173,13 +167,7 @@ impl RoutedExperts {
         ops::matmul_batch(&mut jobs, exec)?;
         drop(jobs);
         ops::swiglu_par(&mut gate_all, &up_all, exec)?;
-        let mut gates = Vec::with_capacity(used.len());
-        let mut rest = &gate_all[..];
-        for &c in &counts {
-            let (g, r) = rest.split_at(c * ff);
-            gates.push(g);
-            rest = r;
-        }
+        let gates = split_rows_ref(&gate_all, &counts, ff);
         let mut outs: Vec<Vec<f32>> = used.iter().map(|(_, t)| vec![0f32; t.len() * e]).collect();
         let mut jobs: Vec<MatJob<'_>> = used
             .iter()
@@ -200,6 +188,17 @@ fn split_rows<'a>(mut buf: &'a mut [f32], counts: &[usize], width: usize) -> Vec
     let mut parts = Vec::with_capacity(counts.len());
     for &c in counts {
         let (head, tail) = std::mem::take(&mut buf).split_at_mut(c * width);
+        parts.push(head);
+        buf = tail;
+    }
+    parts
+}
+
+/// [`split_rows`] for reading.
+fn split_rows_ref<'a>(mut buf: &'a [f32], counts: &[usize], width: usize) -> Vec<&'a [f32]> {
+    let mut parts = Vec::with_capacity(counts.len());
+    for &c in counts {
+        let (head, tail) = buf.split_at(c * width);
         parts.push(head);
         buf = tail;
     }
