@@ -93,7 +93,12 @@ pub(crate) fn attend(
             let range = (lo + split * per).min(hi)..(lo + (split + 1) * per).min(hi);
             // SAFETY: item `i` alone writes its stride of `partial`.
             let part = unsafe { dst.slice(i * stride, stride) };
-            ctx.item(queries, kvh, range, part, &mut sc)?;
+            let it = Item {
+                queries,
+                kvh,
+                range,
+            };
+            ctx.item(it, part, &mut sc)?;
         }
     })?;
     // Merge the splits of each (query, head) and undo the value rotation.
@@ -142,6 +147,13 @@ struct Ctx<'a> {
     first: &'a (dyn Fn(usize) -> usize + Sync),
 }
 
+/// One work item: a block of queries, a KV head, a range of positions.
+struct Item {
+    queries: std::ops::Range<usize>,
+    kvh: usize,
+    range: std::ops::Range<usize>,
+}
+
 /// A thread's buffers: one chunk of widened keys and values, scores, the quantized queries.
 #[derive(Default)]
 struct Scratch {
@@ -153,47 +165,31 @@ struct Scratch {
 }
 
 impl Ctx<'_> {
-    /// Queries `queries` × the heads of KV head `kvh` over positions `range`, into `part`:
+    /// The queries of `it` × the heads of its KV head over its positions, into `part`:
     /// per (query, head) `[max, sum, Σ weight·value (hd)]`, max −∞ where no position is seen.
-    fn item(
-        &self,
-        queries: std::ops::Range<usize>,
-        kvh: usize,
-        range: std::ops::Range<usize>,
-        part: &mut [f32],
-        sc: &mut Scratch,
-    ) -> Result<()> {
+    fn item(&self, it: Item, part: &mut [f32], sc: &mut Scratch) -> Result<()> {
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") {
             // SAFETY: AVX2 is present (checked just above).
-            return unsafe { self.item_avx2(queries, kvh, range, part, sc) };
+            return unsafe { self.item_avx2(it, part, sc) };
         }
-        self.item_body(queries, kvh, range, part, sc)
+        self.item_body(it, part, sc)
     }
 
     /// [`Ctx::item`] compiled for AVX2 (eight-lane dots and sums of values).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    fn item_avx2(
-        &self,
-        queries: std::ops::Range<usize>,
-        kvh: usize,
-        range: std::ops::Range<usize>,
-        part: &mut [f32],
-        sc: &mut Scratch,
-    ) -> Result<()> {
-        self.item_body(queries, kvh, range, part, sc)
+    fn item_avx2(&self, it: Item, part: &mut [f32], sc: &mut Scratch) -> Result<()> {
+        self.item_body(it, part, sc)
     }
 
     #[inline(always)]
-    fn item_body(
-        &self,
-        queries: std::ops::Range<usize>,
-        kvh: usize,
-        range: std::ops::Range<usize>,
-        part: &mut [f32],
-        sc: &mut Scratch,
-    ) -> Result<()> {
+    fn item_body(&self, it: Item, part: &mut [f32], sc: &mut Scratch) -> Result<()> {
+        let Item {
+            queries,
+            kvh,
+            range,
+        } = it;
         let (s, g) = (self.s, self.group);
         let (hd, qw) = (s.head_dim, s.n_head * s.head_dim);
         let nq = queries.len();

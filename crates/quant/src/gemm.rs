@@ -257,12 +257,12 @@ pub fn tile_types() -> Vec<GgmlType> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{random_blocks, with_path};
 
     /// Random activations with a few large values, as real hidden states have.
-    fn acts(k: usize, n: usize, seed: u64) -> Vec<f32> {
+    pub(crate) fn acts(k: usize, n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..k * n)
             .map(|i| {

@@ -339,25 +339,8 @@ pub(crate) fn packed_kernel(ty: GgmlType) -> Option<PackedFn> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gemm::tests::acts;
     use crate::random_blocks;
-
-    /// Activations with a few large values (as real hidden states have).
-    fn acts(k: usize, n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..k * n)
-            .map(|i| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                let v = (s >> 11) as f32 / (1u64 << 53) as f32 - 0.5;
-                if i % 89 == 0 {
-                    v * 30.0
-                } else {
-                    v
-                }
-            })
-            .collect()
-    }
 
     /// Every packed kernel of every flavour this CPU has, against `vec_dot` for each row ×
     /// token: two groups, row lengths of one to five super-blocks, batches with every tile

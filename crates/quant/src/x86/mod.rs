@@ -34,6 +34,26 @@ mod avx512_k;
 mod packed;
 mod tile;
 
+/// The legacy 32-value formats as const-generic tags (`tile.rs`, `packed.rs`).
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q5_0: u8 = 2;
+const Q5_1: u8 = 3;
+const Q8_0: u8 = 4;
+const IQ4_NL: u8 = 5;
+
+/// `vpdpbusd` on 256-bit registers: `acc` plus the four-byte dots of unsigned `u` and signed
+/// `y`. Only the VNNI flavours of the tile and packed kernels reach it.
+#[inline]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+fn dpbusd(
+    acc: std::arch::x86_64::__m256i,
+    u: std::arch::x86_64::__m256i,
+    y: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    std::arch::x86_64::_mm256_dpbusd_epi32(acc, u, y)
+}
+
 /// Kernels every path here has, AVX2 flavour.
 const AVX2_DOTS: &[(T, DotFn)] = &[
     (T::F32, avx2::f32),

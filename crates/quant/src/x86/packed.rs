@@ -19,13 +19,7 @@ use crate::packed::{PTile, PackedFn};
 use gguf::GgmlType as T;
 use std::arch::x86_64::*;
 
-/// Legacy format tags (const generics), as in `tile.rs`.
-const Q4_0: u8 = 0;
-const Q4_1: u8 = 1;
-const Q5_0: u8 = 2;
-const Q5_1: u8 = 3;
-const Q8_0: u8 = 4;
-const IQ4_NL: u8 = 5;
+use super::{dpbusd, IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
 
 /// Group-blocks ahead that the kernels prefetch (into the next group: `PTile::w` runs on to
 /// the end of the packed rows). Streaming weights from DRAM, the hardware prefetchers alone
@@ -114,13 +108,6 @@ fn load64(b: &[u8], at: usize) -> __m128i {
 #[target_feature(enable = "avx2,f16c")]
 fn halves(b: &[u8], at: usize) -> __m256 {
     _mm256_cvtph_ps(load128(b, at))
-}
-
-/// `vpdpbusd`: `acc` plus the four-byte dots of unsigned `u` and signed `y`.
-#[inline]
-#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
-fn dpbusd(acc: __m256i, u: __m256i, y: __m256i) -> __m256i {
-    _mm256_dpbusd_epi32(acc, u, y)
 }
 
 /// `acc` plus the four-byte dots of unsigned `u` (`maddubs`-safe on AVX2: pair sums within

@@ -17,13 +17,7 @@ use crate::iq4::KVALUES_IQ4NL;
 use gguf::GgmlType as T;
 use std::arch::x86_64::*;
 
-/// The legacy 32-value formats, as const-generic tags.
-const Q4_0: u8 = 0;
-const Q4_1: u8 = 1;
-const Q5_0: u8 = 2;
-const Q5_1: u8 = 3;
-const Q8_0: u8 = 4;
-const IQ4_NL: u8 = 5;
+use super::{dpbusd, IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
 
 /// Block bytes of each legacy tag.
 const BYTES: [usize; 6] = [18, 20, 22, 24, 34, 18];
@@ -81,13 +75,6 @@ fn hsum_ps(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// `vpdpbusd` from zero: unsigned `u` times signed `y`, four bytes into each i32.
-#[inline]
-#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
-fn dpbusd(u: __m256i, y: __m256i) -> __m256i {
-    _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, y)
-}
-
 /// Unsigned `u` times signed `y` into eight i32, through VNNI when `VNNI`.
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -95,7 +82,7 @@ fn udot<const VNNI: bool>(u: __m256i, y: __m256i) -> __m256i {
     if VNNI {
         // SAFETY: only the `_vnni` entry points, compiled with (and handed out only on CPUs
         // with) AVX512-VNNI/VL, instantiate `VNNI = true`.
-        unsafe { dpbusd(u, y) }
+        unsafe { dpbusd(_mm256_setzero_si256(), u, y) }
     } else {
         mul_sum_u8(u, y)
     }
