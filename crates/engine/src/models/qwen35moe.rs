@@ -153,7 +153,15 @@ impl Hparams {
                 ),
             );
         }
-        if !self.ssm_d_inner.is_multiple_of(self.ssm_n_v_head) || self.ssm_d_conv == 0 {
+        if self.ssm_d_conv < 2 {
+            // The convolution keeps d_conv − 1 past inputs per channel; every released model
+            // has 4.
+            return bad(
+                "ssm.conv_kernel",
+                format!("{} (at least 2 expected)", self.ssm_d_conv),
+            );
+        }
+        if !self.ssm_d_inner.is_multiple_of(self.ssm_n_v_head) {
             return bad(
                 "ssm.inner_size",
                 format!(
@@ -617,33 +625,52 @@ impl Qwen35Moe {
             .unwrap_or(1);
         let mut y = vec![0f32; n * cd];
         let yd = crate::matmul::Disjoint::new(&mut y);
-        // ~20 ns per channel and token in this scalar loop: about 64 matmul multiply-adds
-        // (a 35B decode step spent 15% of its time here on one thread).
-        let cost = 64 * k * n * cb;
+        // A few ns per channel and token (taps, SiLU): ~16 matmul multiply-adds each.
+        let cost = 16 * k * n * cb;
         crate::matmul::par_rows(state, (k - 1) * cb, cost, exec, &|blk, st| {
             let c0 = blk * cb;
-            // Each channel's window: its k − 1 stored inputs, then this call's.
-            let len = k - 1 + n;
-            let mut w = vec![0f32; cb * len];
-            for (j, wj) in w.chunks_exact_mut(len).enumerate() {
-                wj[..k - 1].copy_from_slice(&st[j * (k - 1)..(j + 1) * (k - 1)]);
-            }
-            for t in 0..n {
-                for (j, &x) in mix[t * cd + c0..t * cd + c0 + cb].iter().enumerate() {
-                    w[j * len + k - 1 + t] = x;
+            // The block's window, time-major (so the loops below run along channels): its
+            // k − 1 stored inputs, then this call's; and its taps, tap-major.
+            let mut w = vec![0f32; (k - 1 + n) * cb];
+            let mut taps = vec![0f32; k * cb];
+            for j in 0..cb {
+                for i in 0..k - 1 {
+                    w[i * cb + j] = st[j * (k - 1) + i];
+                }
+                for i in 0..k {
+                    taps[i * cb + j] = m.ssm_conv1d[(c0 + j) * k + i];
                 }
             }
             for t in 0..n {
+                w[(k - 1 + t) * cb..(k + t) * cb]
+                    .copy_from_slice(&mix[t * cd + c0..t * cd + c0 + cb]);
+            }
+            let mut acc = vec![0f32; cb];
+            for t in 0..n {
+                // The last tap first, then the others in order (the single-channel order).
+                let (last, cur) = (&taps[(k - 1) * cb..], &w[(t + k - 1) * cb..(t + k) * cb]);
+                acc.iter_mut()
+                    .zip(last.iter().zip(cur))
+                    .for_each(|(a, (&tp, &x))| *a = tp * x);
+                for i in 0..k - 1 {
+                    let (tp, x) = (
+                        &taps[i * cb..(i + 1) * cb],
+                        &w[(t + i) * cb..(t + i + 1) * cb],
+                    );
+                    acc.iter_mut()
+                        .zip(tp.iter().zip(x))
+                        .for_each(|(a, (&tp, &x))| *a += tp * x);
+                }
                 // SAFETY: this block alone writes columns c0..c0 + cb.
                 let yt = unsafe { yd.slice(t * cd + c0, cb) };
-                for (j, out) in yt.iter_mut().enumerate() {
-                    let (taps, wj) = (&m.ssm_conv1d[(c0 + j) * k..][..k], &w[j * len + t..]);
-                    let acc = taps[k - 1] * wj[k - 1];
-                    *out = ops::silu((0..k - 1).fold(acc, |a, i| a + taps[i] * wj[i]));
-                }
+                yt.iter_mut()
+                    .zip(&acc)
+                    .for_each(|(y, &a)| *y = ops::silu(a));
             }
-            for (j, wj) in w.chunks_exact(len).enumerate() {
-                st[j * (k - 1)..(j + 1) * (k - 1)].copy_from_slice(&wj[n..]);
+            for j in 0..cb {
+                for i in 0..k - 1 {
+                    st[j * (k - 1) + i] = w[(n + i) * cb + j];
+                }
             }
             Ok(())
         })?;
