@@ -362,6 +362,77 @@ impl Work {
     }
 }
 
+/// Spec §4.2 step 3 for every token (`mix`: `n × conv_dim`, `taps`: `conv_dim × k`): causal depthwise
+/// convolution over (state ‖ new inputs), then SiLU; the state keeps the last
+/// `d_conv − 1` raw inputs. Channels are independent: blocks of them go out across the
+/// pool, each block reading and writing whole runs of a token's row (one channel at a
+/// time strode across rows a cache line per value).
+pub fn conv(
+    taps_in: &[f32],
+    k: usize,
+    state: &mut [f32],
+    mix: &[f32],
+    exec: Exec,
+) -> crate::Result<Vec<f32>> {
+    let cd = taps_in.len() / k.max(1);
+    let n = mix.len() / cd;
+    let cb = [64, 32, 16, 8, 4, 2, 1]
+        .into_iter()
+        .find(|&b| cd.is_multiple_of(b))
+        .unwrap_or(1);
+    let mut y = vec![0f32; n * cd];
+    let yd = crate::matmul::Disjoint::new(&mut y);
+    // A few ns per channel and token (taps, SiLU): ~16 matmul multiply-adds each.
+    let cost = 16 * k * n * cb;
+    crate::matmul::par_rows(state, (k - 1) * cb, cost, exec, &|blk, st| {
+        let c0 = blk * cb;
+        // The block's window, time-major (so the loops below run along channels): its
+        // k − 1 stored inputs, then this call's; and its taps, tap-major.
+        let mut w = vec![0f32; (k - 1 + n) * cb];
+        let mut taps = vec![0f32; k * cb];
+        for j in 0..cb {
+            for i in 0..k - 1 {
+                w[i * cb + j] = st[j * (k - 1) + i];
+            }
+            for i in 0..k {
+                taps[i * cb + j] = taps_in[(c0 + j) * k + i];
+            }
+        }
+        for t in 0..n {
+            w[(k - 1 + t) * cb..(k + t) * cb].copy_from_slice(&mix[t * cd + c0..t * cd + c0 + cb]);
+        }
+        let mut acc = vec![0f32; cb];
+        for t in 0..n {
+            // The last tap first, then the others in order (the single-channel order).
+            let (last, cur) = (&taps[(k - 1) * cb..], &w[(t + k - 1) * cb..(t + k) * cb]);
+            acc.iter_mut()
+                .zip(last.iter().zip(cur))
+                .for_each(|(a, (&tp, &x))| *a = tp * x);
+            for i in 0..k - 1 {
+                let (tp, x) = (
+                    &taps[i * cb..(i + 1) * cb],
+                    &w[(t + i) * cb..(t + i + 1) * cb],
+                );
+                acc.iter_mut()
+                    .zip(tp.iter().zip(x))
+                    .for_each(|(a, (&tp, &x))| *a += tp * x);
+            }
+            // SAFETY: this block alone writes columns c0..c0 + cb.
+            let yt = unsafe { yd.slice(t * cd + c0, cb) };
+            yt.iter_mut()
+                .zip(&acc)
+                .for_each(|(y, &a)| *y = crate::ops::silu(a));
+        }
+        for j in 0..cb {
+            for i in 0..k - 1 {
+                st[j * (k - 1) + i] = w[(n + i) * cb + j];
+            }
+        }
+        Ok(())
+    })?;
+    Ok(y)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
