@@ -728,6 +728,29 @@ fn l2_norm(x: &mut [f32], eps: f32, scale: f32) {
 mod tests {
     use super::*;
 
+    /// Hyperparameters that would break the layer shapes are load errors naming the key.
+    #[test]
+    fn bad_hyperparameters_are_errors() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../models/demo-moe-f16.gguf"
+        );
+        let file = std::sync::Arc::new(gguf::GgufFile::open(path).expect("demo model"));
+        let hp = Hparams::from_gguf(&Weights::new(file), "qwen35moe").expect("demo hparams");
+        assert!(hp.check().is_ok());
+        for (d_conv, ok) in [(1, false), (0, false), (2, true)] {
+            let bad = Hparams {
+                ssm_d_conv: d_conv,
+                ..hp.clone()
+            };
+            let r = bad.check();
+            assert_eq!(r.is_ok(), ok, "d_conv {d_conv}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("ssm.conv_kernel"), "{e}");
+            }
+        }
+    }
+
     #[test]
     fn l2_norm_unit() {
         let mut x = vec![3.0, 4.0];
