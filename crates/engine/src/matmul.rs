@@ -126,7 +126,7 @@ pub fn matmul_batch(jobs: &mut [MatJob<'_>], exec: Exec) -> Result<()> {
     let threads = threads_for(work, exec, pool);
     let mut packed = Vec::with_capacity(jobs.len());
     for j in jobs.iter() {
-        packed.push(j.w.packed(|rows| pack(j.w, rows, pool, exec.threads))?);
+        packed.push(j.w.packed(|rows| pack(j.w, rows, exec))?);
     }
     let (store, which) = quantize_all(jobs, threads, pool)?;
     let total_rows: usize = jobs.iter().map(|j| j.rows.len()).sum();
@@ -192,29 +192,23 @@ pub(crate) fn fork_join(
     }
 }
 
-/// `rows` (whole groups of eight rows of `w`) packed on up to `threads` threads.
-fn pack(w: &QTensor, rows: &[u8], pool: &Pool, threads: usize) -> Result<Option<quant::Packed>> {
+/// `rows` (whole groups of eight rows of `w`) packed on the pool.
+fn pack(w: &QTensor, rows: &[u8], exec: Exec) -> Result<Option<quant::Packed>> {
     let (ty, k) = (w.ty, w.row_len());
     let Some(gb) = quant::group_bytes(ty, k) else {
         return Ok(None);
     };
     let src = quant::GROUP * w.row_bytes();
-    let groups = rows.len() / src;
-    let mut data = vec![0u8; groups * gb];
-    let dst = Disjoint::new(&mut data);
-    // 64 groups (a few hundred KB) per chunk, from a shared counter.
-    let next = AtomicUsize::new(0);
-    let threads = threads.min(pool.threads()).min(groups / 64 + 1);
-    fork_join(pool, threads, &|_| loop {
-        let c = next.fetch_add(1, Ordering::Relaxed) * 64;
-        if c >= groups {
-            return Ok(());
-        }
-        for g in c..(c + 64).min(groups) {
-            // SAFETY: group `g` belongs to chunk `c` alone.
-            let out = unsafe { dst.slice(g * gb, gb) };
-            quant::pack_group(ty, k, &rows[g * src..(g + 1) * src], out)?;
-        }
+    let mut data = vec![0u8; rows.len() / src * gb];
+    // Moving a byte counted as eight multiply-adds: a 1024-wide Q4_K matrix of 1024 rows goes
+    // out to about nine threads, an expert tensor to all.
+    par_rows(&mut data, gb, 8 * src, exec, &|g, out| {
+        Ok(quant::pack_group(
+            ty,
+            k,
+            &rows[g * src..(g + 1) * src],
+            out,
+        )?)
     })?;
     Ok(Some(quant::Packed::from_groups(ty, k, data)?))
 }
@@ -389,10 +383,11 @@ fn quantize_all(
 /// Tokens per unit of activation quantization.
 const QUANT_UNIT: usize = 16;
 
-/// `f(i, row_i)` for every `row_len`-sized row of `out`, the rows shared out in chunks across
-/// the pool (one thread per [`MIN_WORK`] of `cost` per row, the caller's estimate in
-/// multiply-adds): the element-wise stages between matmuls, which on one thread kept fifteen
-/// of sixteen threads waiting for half of a MoE prefill.
+/// `f(i, row_i)` for every `row_len`-sized row of `out` (the last may be shorter), the rows
+/// shared out in chunks across the pool (one thread per [`MIN_WORK`] of `cost` per row, the
+/// caller's estimate in multiply-adds): the element-wise stages between matmuls, which on one
+/// thread kept fifteen of sixteen threads waiting for half of a MoE prefill, and the packing
+/// of weights.
 pub(crate) fn par_rows<T: Send>(
     out: &mut [T],
     row_len: usize,
@@ -400,7 +395,12 @@ pub(crate) fn par_rows<T: Send>(
     exec: Exec,
     f: &(dyn Fn(usize, &mut [T]) -> Result<()> + Sync),
 ) -> Result<()> {
-    let n = out.len().checked_div(row_len).unwrap_or(0);
+    let len = out.len();
+    let n = if row_len == 0 {
+        0
+    } else {
+        len.div_ceil(row_len)
+    };
     let pool = Pool::global(exec.threads);
     let threads = threads_for(n * cost, exec, pool).min(n.max(1));
     let chunk = n.div_ceil(threads * 4).max(1);
@@ -412,8 +412,9 @@ pub(crate) fn par_rows<T: Send>(
             return Ok(());
         }
         for i in c..(c + chunk).min(n) {
+            let at = i * row_len;
             // SAFETY: row `i` belongs to this chunk alone.
-            f(i, unsafe { dst.slice(i * row_len, row_len) })?;
+            f(i, unsafe { dst.slice(at, row_len.min(len - at)) })?;
         }
     })
 }

@@ -158,19 +158,10 @@ fn swiglu_body(gate: &mut [f32], up: &[f32]) {
 pub fn swiglu_par(gate: &mut [f32], up: &[f32], exec: Exec) -> crate::Result<()> {
     const CHUNK: usize = 1 << 14;
     let _stage = crate::prof::stage("swiglu");
-    let pool = crate::pool::Pool::global(exec.threads);
     let n = gate.len().min(up.len());
-    let threads = crate::matmul::threads_for(n * 16, exec, pool).min(n.div_ceil(CHUNK));
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let dst = crate::matmul::Disjoint::new(gate);
-    crate::matmul::fork_join(pool, threads, &|_| loop {
-        let c = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) * CHUNK;
-        if c >= n {
-            return Ok(());
-        }
-        let len = CHUNK.min(n - c);
-        // SAFETY: chunk `c` alone writes `gate[c..c + len]`.
-        swiglu(unsafe { dst.slice(c, len) }, &up[c..c + len]);
+    crate::matmul::par_rows(&mut gate[..n], CHUNK, 16 * CHUNK, exec, &|i, g| {
+        swiglu(g, &up[i * CHUNK..i * CHUNK + g.len()]);
+        Ok(())
     })
 }
 

@@ -141,6 +141,18 @@ impl QActs {
         &self.data[t * self.row_bytes..(t + 1) * self.row_bytes]
     }
 
+    /// Token `t`'s block scales (`d` as f32), one per block.
+    pub(crate) fn scales(&self, t: usize) -> &[f32] {
+        let nb = self.blocks();
+        &self.scale[t * nb..(t + 1) * nb]
+    }
+
+    /// Token `t`'s block sums (`d·Σq`; Q8_0/Q8_1 activations only), one per block.
+    pub(crate) fn sums(&self, t: usize) -> &[f32] {
+        let nb = self.blocks();
+        &self.sum[t * nb..(t + 1) * nb]
+    }
+
     /// Blocks per token row.
     pub(crate) fn blocks(&self) -> usize {
         self.scale.len() / self.n.max(1)
@@ -172,20 +184,9 @@ pub fn gemm(
             acts.k
         )));
     }
-    if tokens.start > tokens.end || tokens.end > acts.n {
-        return Err(Error::GemmShape(format!(
-            "tokens {tokens:?} outside a batch of {}",
-            acts.n
-        )));
-    }
     let n_rows = w.len() / row_bytes;
+    check_output(acts, &tokens, n_rows, out.len(), ld)?;
     let nt = tokens.len();
-    if n_rows > 1 && ld < nt || n_rows > 0 && nt > 0 && out.len() < (n_rows - 1) * ld + nt {
-        return Err(Error::GemmShape(format!(
-            "output of {} values for {n_rows} rows × {nt} tokens at stride {ld}",
-            out.len()
-        )));
-    }
     let kernels = Kernels::current();
     match tile_kernel(ty).filter(|_| kernels.name() != "scalar") {
         Some(f) => {
@@ -227,6 +228,30 @@ pub fn gemm(
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// That `tokens` lie in the batch and that `n_rows` rows × those tokens at stride `ld` fit in
+/// an output of `out_len` values (row `r`, token `t` at `r·ld + t`).
+pub(crate) fn check_output(
+    acts: &QActs,
+    tokens: &Range<usize>,
+    n_rows: usize,
+    out_len: usize,
+    ld: usize,
+) -> Result<(), Error> {
+    if tokens.start > tokens.end || tokens.end > acts.n {
+        return Err(Error::GemmShape(format!(
+            "tokens {tokens:?} outside a batch of {}",
+            acts.n
+        )));
+    }
+    let nt = tokens.len();
+    if n_rows > 1 && ld < nt || n_rows > 0 && nt > 0 && out_len < (n_rows - 1) * ld + nt {
+        return Err(Error::GemmShape(format!(
+            "output of {out_len} values for {n_rows} rows × {nt} tokens at stride {ld}"
+        )));
     }
     Ok(())
 }

@@ -281,23 +281,16 @@ pub fn gemm_packed(
             acts.weight, acts.k, p.ty, p.k
         )));
     }
-    let nt = tokens.len();
     let bad_rows =
         !rows.start.is_multiple_of(GROUP) || !rows.end.is_multiple_of(GROUP) || rows.end > p.rows();
-    if bad_rows || tokens.start > tokens.end || tokens.end > acts.n {
+    if bad_rows {
         return Err(Error::GemmShape(format!(
-            "rows {rows:?} of {} packed, tokens {tokens:?} of {}",
-            p.rows(),
-            acts.n
+            "rows {rows:?} of {} packed (whole groups of {GROUP})",
+            p.rows()
         )));
     }
-    if !rows.is_empty() && nt > 0 && (ld < nt || out.len() < (rows.len() - 1) * ld + nt) {
-        return Err(Error::GemmShape(format!(
-            "output of {} values for {} rows × {nt} tokens at stride {ld}",
-            out.len(),
-            rows.len()
-        )));
-    }
+    crate::gemm::check_output(acts, &tokens, rows.len(), out.len(), ld)?;
+    let nt = tokens.len();
     for (i, g) in (rows.start / GROUP..rows.end / GROUP).enumerate() {
         let w = &p.data[g * p.group_bytes..];
         for t0 in (0..nt).step_by(crate::TILE) {

@@ -107,10 +107,7 @@ static AVX512_VNNI: Kernels = Kernels::with(
 /// The SIMD paths this CPU can run, the default (fastest measured) last.
 pub(crate) fn detect() -> Vec<&'static Kernels> {
     let mut paths = Vec::new();
-    let avx2 = is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c");
-    if !avx2 {
+    if !has_avx2() {
         return paths;
     }
     paths.push(&AVX2);
@@ -129,10 +126,7 @@ pub(crate) fn detect() -> Vec<&'static Kernels> {
 /// The tile kernels (`tile.rs`) this CPU can run: none without AVX2/FMA/F16C; the VNNI
 /// flavour of the 32-value formats where AVX512-VNNI and VL exist.
 pub(crate) fn tile_kernels() -> Vec<(T, crate::gemm::TileFn)> {
-    let avx2 = is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c");
-    if !avx2 {
+    if !has_avx2() {
         return Vec::new();
     }
     tile::kernels(has_vnni())
@@ -162,10 +156,17 @@ pub(crate) unsafe fn widen_f16(data: &[u8], out: &mut [f32]) -> usize {
 
 /// The packed-group kernels (`packed.rs`) this CPU can run, chosen as for [`tile_kernels`].
 pub(crate) fn packed_kernels() -> Vec<(T, crate::packed::PackedFn)> {
-    if tile_kernels().is_empty() {
+    if !has_avx2() {
         return Vec::new();
     }
     packed::kernels(has_vnni())
+}
+
+/// AVX2 with FMA and F16C: what every SIMD path here needs.
+fn has_avx2() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
 }
 
 /// AVX512-VNNI on 256-bit registers (the VNNI flavour of the tile and packed kernels).
@@ -178,7 +179,7 @@ fn has_vnni() -> bool {
 /// Every packed-kernel flavour this CPU can run (AVX2, then VNNI), for the tests.
 #[cfg(test)]
 pub(crate) fn packed_flavours() -> Vec<Vec<(T, crate::packed::PackedFn)>> {
-    if tile_kernels().is_empty() {
+    if !has_avx2() {
         return Vec::new();
     }
     let mut all = vec![packed::kernels(false)];

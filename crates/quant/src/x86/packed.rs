@@ -196,10 +196,14 @@ fn legacy<const K: u8, const VNNI: bool, const NT: usize>(
     let (nb, gb) = (a.blocks(), GB[K as usize]);
     let ab = if K == Q4_1 || K == Q5_1 { 36 } else { 34 };
     let ys: [&[u8]; NT] = std::array::from_fn(|t| a.row(g.t0 + t));
-    let span = |t: usize| (g.t0 + t) * nb..(g.t0 + t + 1) * nb;
-    let sc: [&[f32]; NT] = std::array::from_fn(|t| &a.scale[span(t)]);
-    let sm: [&[f32]; NT] =
-        std::array::from_fn(|t| if sign_trick { &[][..] } else { &a.sum[span(t)] });
+    let sc: [&[f32]; NT] = std::array::from_fn(|t| a.scales(g.t0 + t));
+    let sm: [&[f32]; NT] = std::array::from_fn(|t| {
+        if sign_trick {
+            &[][..]
+        } else {
+            a.sums(g.t0 + t)
+        }
+    });
     let iq4 = {
         let shift = if VNNI { 128 } else { 0 };
         let t = KVALUES_IQ4NL.map(|v| (i16::from(v) + shift) as u8);
@@ -269,7 +273,7 @@ fn k4<const Q5: bool, const VNNI: bool, const NT: usize>(
         if Q5 { 416 } else { 160 },
     );
     let ys: [&[u8]; NT] = std::array::from_fn(|t| a.row(g.t0 + t));
-    let sc: [&[f32]; NT] = std::array::from_fn(|t| &a.scale[(g.t0 + t) * nb..(g.t0 + t + 1) * nb]);
+    let sc: [&[f32]; NT] = std::array::from_fn(|t| a.scales(g.t0 + t));
     let m4 = _mm256_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); NT];
     for b in 0..nb {
@@ -339,7 +343,7 @@ fn q6_k<const VNNI: bool, const NT: usize>(g: &PTile<'_>, a: &QActs, out: &mut [
     }
     let nb = a.blocks();
     let ys: [&[u8]; NT] = std::array::from_fn(|t| a.row(g.t0 + t));
-    let sc: [&[f32]; NT] = std::array::from_fn(|t| &a.scale[(g.t0 + t) * nb..(g.t0 + t + 1) * nb]);
+    let sc: [&[f32]; NT] = std::array::from_fn(|t| a.scales(g.t0 + t));
     let (m4, m30) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x30));
     let mut acc = [_mm256_setzero_ps(); NT];
     for b in 0..nb {
@@ -402,7 +406,7 @@ fn q6_k<const VNNI: bool, const NT: usize>(g: &PTile<'_>, a: &QActs, out: &mut [
 fn q6_k_one<const VNNI: bool>(g: &PTile<'_>, a: &QActs, out: &mut [f32]) {
     let nb = a.blocks();
     let ys = a.row(g.t0);
-    let sc = &a.scale[g.t0 * nb..(g.t0 + 1) * nb];
+    let sc = a.scales(g.t0);
     let (m4, m30) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x30));
     let mut acc = _mm256_setzero_ps();
     for b in 0..nb {

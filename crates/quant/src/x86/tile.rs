@@ -166,10 +166,9 @@ fn legacy<const K: u8, const VNNI: bool, const R: usize, const NT: usize>(
     let (nb, bb) = (a.blocks(), BYTES[K as usize]);
     let ab = if K == Q4_1 || K == Q5_1 { 36 } else { 34 };
     let ys: [&[u8]; NT] = std::array::from_fn(|t| a.row(g.t0 + t));
-    let span = |t: usize| (g.t0 + t) * nb..(g.t0 + t + 1) * nb;
-    let sc: [&[f32]; NT] = std::array::from_fn(|t| &a.scale[span(t)]);
+    let sc: [&[f32]; NT] = std::array::from_fn(|t| a.scales(g.t0 + t));
     // The signed formats need no block sums.
-    let sm: [&[f32]; NT] = std::array::from_fn(|t| if signed { &[][..] } else { &a.sum[span(t)] });
+    let sm: [&[f32]; NT] = std::array::from_fn(|t| if signed { &[][..] } else { a.sums(g.t0 + t) });
     let rows: [&[u8]; R] = std::array::from_fn(|r| &g.w[r * g.row_bytes..(r + 1) * g.row_bytes]);
     let lut = f16_table();
     let mut acc = [[_mm256_setzero_ps(); NT]; R];
@@ -224,7 +223,7 @@ fn k4<const Q5: bool, const VNNI: bool, const R: usize, const NT: usize>(
     let (nb, bb) = (a.blocks(), if Q5 { 176 } else { 144 });
     let qs = if Q5 { 48 } else { 16 };
     let ys: [&[u8]; NT] = std::array::from_fn(|t| a.row(g.t0 + t));
-    let sc: [&[f32]; NT] = std::array::from_fn(|t| &a.scale[(g.t0 + t) * nb..(g.t0 + t + 1) * nb]);
+    let sc: [&[f32]; NT] = std::array::from_fn(|t| a.scales(g.t0 + t));
     let rows: [&[u8]; R] = std::array::from_fn(|r| &g.w[r * g.row_bytes..(r + 1) * g.row_bytes]);
     let m4 = _mm256_set1_epi8(0x0F);
     let dup = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
@@ -296,7 +295,7 @@ fn q6_k<const VNNI: bool, const R: usize, const NT: usize>(
 ) {
     let nb = a.blocks();
     let ys: [&[u8]; NT] = std::array::from_fn(|t| a.row(g.t0 + t));
-    let sc: [&[f32]; NT] = std::array::from_fn(|t| &a.scale[(g.t0 + t) * nb..(g.t0 + t + 1) * nb]);
+    let sc: [&[f32]; NT] = std::array::from_fn(|t| a.scales(g.t0 + t));
     let rows: [&[u8]; R] = std::array::from_fn(|r| &g.w[r * g.row_bytes..(r + 1) * g.row_bytes]);
     let (m4, m3) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
     let mut acc = [[_mm256_setzero_ps(); NT]; R];
