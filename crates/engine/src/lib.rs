@@ -15,7 +15,7 @@
 pub use chat::{ChatError, ChatRequest, ChatTemplate};
 pub use error::{Error, Result};
 pub use kv::{CacheConfig, KvCache, KvType};
-pub use models::{load, Model, State};
+pub use models::{load, Logits, Model, State};
 pub use ops::Exec;
 pub use sampler::{Sampler, SamplerError, SamplerParams};
 pub use stop::{StopMatcher, StopStep};

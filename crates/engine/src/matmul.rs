@@ -388,7 +388,7 @@ const QUANT_UNIT: usize = 16;
 /// caller's estimate in multiply-adds): the element-wise stages between matmuls, which on one
 /// thread kept fifteen of sixteen threads waiting for half of a MoE prefill, and the packing
 /// of weights.
-pub(crate) fn par_rows<T: Send>(
+pub fn par_rows<T: Send>(
     out: &mut [T],
     row_len: usize,
     cost: usize,

@@ -81,7 +81,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 engine::prof::reset(); // the warm-up packs the weights: not a stage to show
             }
             let t0 = Instant::now();
-            m.model.forward(&prompt, &mut state, false, m.exec)?;
+            m.model
+                .forward(&prompt, &mut state, engine::Logits::Last, m.exec)?;
             if rep > 0 {
                 rates.push(args.n_prompt as f64 / t0.elapsed().as_secs_f64()); // rep 0 is the warm-up
             }
@@ -96,7 +97,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let mut tok = token();
             let t0 = Instant::now();
             for _ in 0..args.n_gen {
-                let logits = m.model.forward(&[tok], &mut state, false, m.exec)?;
+                let logits = m
+                    .model
+                    .forward(&[tok], &mut state, engine::Logits::Last, m.exec)?;
                 tok = engine::sampler::argmax(&logits);
             }
             if rep > 0 {

@@ -54,7 +54,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut state = model.new_state_with(tokens.len(), args.cache.config())?;
     let mut out = Vec::with_capacity(tokens.len() * model.n_vocab() * 4);
     for chunk in tokens.chunks(args.batch.max(1)) {
-        let logits = model.forward(chunk, &mut state, true, exec)?;
+        let logits = model.forward(chunk, &mut state, engine::Logits::All, exec)?;
         out.extend(logits.iter().flat_map(|v| v.to_le_bytes()));
     }
     std::fs::write(&args.output, out)

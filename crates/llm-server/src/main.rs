@@ -5,6 +5,7 @@ mod bench;
 mod cache_args;
 mod dequant;
 mod inspect;
+mod kld;
 mod load;
 mod logits;
 mod perplexity;

@@ -56,7 +56,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     let mut state = m.model.new_state(1);
     m.model
-        .forward(&[0], &mut state, false, m.exec)
+        .forward(&[0], &mut state, engine::Logits::Last, m.exec)
         .context("warm-up forward pass")?;
     eprintln!("weights ready in {:.1} s", t0.elapsed().as_secs_f64());
     let model = ServedModel::new(m.model, m.tokenizer, m.template, m.exec, id, n_ctx)

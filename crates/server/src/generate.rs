@@ -5,7 +5,9 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use engine::{Exec, Model, Sampler, SamplerError, SamplerParams, StopMatcher, StopStep, Tokenizer};
+use engine::{
+    Exec, Logits, Model, Sampler, SamplerError, SamplerParams, StopMatcher, StopStep, Tokenizer,
+};
 
 /// What generation needs of a loaded model.
 #[derive(Clone, Copy)]
@@ -129,7 +131,7 @@ pub fn generate(
     prompt.iter().for_each(|&t| sampler.accept(t));
     let mut state = g.model.new_state_with(params.n_ctx, params.cache)?;
     let t0 = Instant::now();
-    let mut logits = g.model.forward(prompt, &mut state, false, g.exec)?;
+    let mut logits = g.model.forward(prompt, &mut state, Logits::Last, g.exec)?;
     let prefill = t0.elapsed();
     let (mut stops, mut pending) = (StopMatcher::new(&params.stop), Vec::new());
     let t1 = Instant::now();
@@ -161,7 +163,7 @@ pub fn generate(
         }
         // The last token's logits would never be sampled.
         if generated < params.max_tokens {
-            logits = g.model.forward(&[tok], &mut state, false, g.exec)?;
+            logits = g.model.forward(&[tok], &mut state, Logits::Last, g.exec)?;
         }
     }
     if finish != Finish::Cancelled {

@@ -9,7 +9,7 @@ use crate::ops::{self, AttnShape, Exec, Rope, RopeStyle};
 use crate::weights::{QTensor, Weights};
 
 use super::ffn::{RoutedExperts, SwiGlu};
-use super::{Keys, LayerState, Model, State};
+use super::{Keys, LayerState, Logits, Model, State};
 
 /// Hyperparameters, read once from `{arch}.*` keys.
 #[derive(Clone, Debug)]
@@ -248,7 +248,7 @@ impl Model for Llama {
         &self,
         tokens: &[u32],
         state: &mut State,
-        all_logits: bool,
+        which: Logits,
         exec: Exec,
     ) -> Result<Vec<f32>> {
         let hp = &self.hp;
@@ -256,6 +256,7 @@ impl Model for Llama {
         let pos0 = state.n_past;
         let mut h = super::embed(&self.token_embd, tokens, state)?;
         let mut x = vec![0f32; n * e];
+        let last = self.layers.len() - 1;
         for (i, (l, kv)) in self.layers.iter().zip(state.layers.iter_mut()).enumerate() {
             ops::rms_norm(&h, &l.attn_norm, hp.rms_eps, &mut x); // attn_norm
             let LayerState::Kv { k, v } = kv else {
@@ -263,19 +264,15 @@ impl Model for Llama {
             };
             let a = self.attention(l, (k, v), &x, pos0, exec)?; // kqv_out
             ops::add_inplace(&mut h, &a); // ffn_inp
+            if i == last {
+                super::keep_output_rows(which, e, &mut [&mut h, &mut x]);
+            }
             ops::rms_norm(&h, &l.ffn_norm, hp.rms_eps, &mut x); // ffn_norm
             let f = self.ffn(l, &x, exec)?; // ffn_out
             ops::add_inplace(&mut h, &f); // l_out
         }
         state.n_past += n;
-        let logits = super::lm_head(
-            &h,
-            &self.output_norm,
-            hp.rms_eps,
-            &self.output,
-            all_logits,
-            exec,
-        )?;
+        let logits = super::lm_head(&h, &self.output_norm, hp.rms_eps, &self.output, exec)?;
         Ok(logits)
     }
 }

@@ -41,15 +41,48 @@ pub trait Model: Send + Sync {
         self.new_state_with(n_ctx, CacheConfig::default())
             .unwrap_or_else(|e| unreachable!("an f16 cache fits every model: {e}"))
     }
-    /// Run `tokens` at positions `state.n_past..`; write logits of the last token into
-    /// `logits` (`n_vocab`), or of every token (`tokens.len() × n_vocab`) when `all_logits`.
+    /// Run `tokens` at positions `state.n_past..` and return the logits of the tokens `which`
+    /// names, one row of `n_vocab` each.
     fn forward(
         &self,
         tokens: &[u32],
         state: &mut State,
-        all_logits: bool,
+        which: Logits,
         exec: Exec,
     ) -> Result<Vec<f32>>;
+}
+
+/// The tokens of a [`Model::forward`] batch that get logits. The others' last layer stops
+/// after its mixer (attention or DeltaNet, which the state needs) — llama.cpp does the same
+/// with its `inp_out_ids` — so a prompt's final layer runs its FFN for one row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// The last token (generation).
+    Last,
+    /// Every token.
+    All,
+    /// Tokens `i..` of the batch (perplexity scores the second half of a chunk).
+    From(usize),
+}
+
+impl Logits {
+    /// The first row of a batch of `n` tokens that gets logits.
+    pub fn first(self, n: usize) -> usize {
+        match self {
+            Logits::Last => n.saturating_sub(1),
+            Logits::All => 0,
+            Logits::From(i) => i.min(n),
+        }
+    }
+}
+
+/// Drop the rows of `bufs` (each `n × width`) that [`Logits`] `which` does not need, before the
+/// last layer's FFN.
+pub(crate) fn keep_output_rows(which: Logits, width: usize, bufs: &mut [&mut Vec<f32>]) {
+    for b in bufs {
+        let first = which.first(b.len() / width);
+        b.drain(..first * width);
+    }
 }
 
 /// Per-sequence state: for each layer its KV cache (attention) or its recurrent state
@@ -153,18 +186,16 @@ pub(crate) fn embed(token_embd: &QTensor, tokens: &[u32], state: &State) -> Resu
     Ok(h)
 }
 
-/// The last step of every `forward`: the final RMS norm and the output matmul, on the last
-/// row of `h` or (`all_logits`) on every row.
+/// The last step of every `forward`: the final RMS norm and the output matmul, on every row
+/// of `h` (the rows that get logits: [`keep_output_rows`] has dropped the others).
 pub(crate) fn lm_head(
-    h: &[f32],
+    rows: &[f32],
     norm: &[f32],
     eps: f32,
     output: &QTensor,
-    all_logits: bool,
     exec: Exec,
 ) -> Result<Vec<f32>> {
     let e = norm.len();
-    let rows = if all_logits { h } else { &h[h.len() - e..] };
     let mut normed = vec![0f32; rows.len()];
     ops::rms_norm(rows, norm, eps, &mut normed); // result_norm
     let mut logits = vec![0f32; rows.len() / e * output.n_rows()];

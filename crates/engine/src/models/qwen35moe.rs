@@ -15,7 +15,7 @@ use crate::weights::{QTensor, Weights};
 
 use super::deltanet;
 use super::ffn::{RoutedExperts, SwiGlu};
-use super::{Keys, LayerState, Model, State};
+use super::{Keys, LayerState, Logits, Model, State};
 
 /// Which member of the family a file is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -663,7 +663,7 @@ impl Model for Qwen35Moe {
         &self,
         tokens: &[u32],
         state: &mut State,
-        all_logits: bool,
+        which: Logits,
         exec: Exec,
     ) -> Result<Vec<f32>> {
         let _stage = crate::prof::stage("forward (total)");
@@ -687,6 +687,9 @@ impl Model for Qwen35Moe {
             };
             let norm = crate::prof::stage("norms, residuals");
             ops::add_inplace(&mut h, &a); // attn_residual
+            if il + 1 == self.layers.len() {
+                super::keep_output_rows(which, e, &mut [&mut h, &mut x]);
+            }
             ops::rms_norm_par(&h, &l.post_attention_norm, hp.rms_eps, &mut x, exec)?; // attn_post_norm
             drop(norm);
             let f = match &l.ffn {
@@ -696,14 +699,7 @@ impl Model for Qwen35Moe {
             ops::add_inplace(&mut h, &f); // l_out
         }
         state.n_past += n;
-        let logits = super::lm_head(
-            &h,
-            &self.output_norm,
-            hp.rms_eps,
-            &self.output,
-            all_logits,
-            exec,
-        )?;
+        let logits = super::lm_head(&h, &self.output_norm, hp.rms_eps, &self.output, exec)?;
         Ok(logits)
     }
 }
