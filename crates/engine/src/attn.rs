@@ -154,13 +154,14 @@ struct Item {
     range: std::ops::Range<usize>,
 }
 
-/// A thread's buffers: one chunk of widened keys and values, scores, the quantized queries.
+/// A thread's buffers: one chunk of widened keys and values, the scores (then weights) of an
+/// item's rows, its queries gathered (f32) or quantized (`q_dot`).
 #[derive(Default)]
 struct Scratch {
     keys: Vec<f32>,
     values: Vec<f32>,
     scores: Vec<f32>,
-    rotated: Vec<f32>,
+    q_f32: Vec<f32>,
     q_dot: Vec<u8>,
 }
 
@@ -169,22 +170,33 @@ impl Ctx<'_> {
     /// per (query, head) `[max, sum, Σ weight·value (hd)]`, max −∞ where no position is seen.
     fn item(&self, it: Item, part: &mut [f32], sc: &mut Scratch) -> Result<()> {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") {
-            // SAFETY: AVX2 is present (checked just above).
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: AVX2 and FMA are present (checked just above).
             return unsafe { self.item_avx2(it, part, sc) };
         }
-        self.item_body(it, part, sc)
+        self.item_body::<false>(it, part, sc)
     }
 
-    /// [`Ctx::item`] compiled for AVX2 (eight-lane dots and sums of values).
+    /// [`Ctx::item`] compiled for AVX2 and FMA (the tiles below in eight-lane registers).
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,fma")]
     fn item_avx2(&self, it: Item, part: &mut [f32], sc: &mut Scratch) -> Result<()> {
-        self.item_body(it, part, sc)
+        self.item_body::<true>(it, part, sc)
     }
 
+    /// Per chunk of positions: the scores of every row (query × head of the group) against
+    /// every position, masked to what each query sees; the online-softmax update per row,
+    /// which turns scores into weights; then the rows' weighted sums of values. Scores and
+    /// sums go through register tiles ([`score_tile`], [`value_tile`]): one key or value
+    /// loaded serves several rows, and the sums stay in registers across positions instead of
+    /// being read and written back per position.
     #[inline(always)]
-    fn item_body(&self, it: Item, part: &mut [f32], sc: &mut Scratch) -> Result<()> {
+    fn item_body<const FMA: bool>(
+        &self,
+        it: Item,
+        part: &mut [f32],
+        sc: &mut Scratch,
+    ) -> Result<()> {
         let Item {
             queries,
             kvh,
@@ -192,41 +204,44 @@ impl Ctx<'_> {
         } = it;
         let (s, g) = (self.s, self.group);
         let (hd, qw) = (s.head_dim, s.n_head * s.head_dim);
-        let nq = queries.len();
-        for e in part.chunks_exact_mut(hd + 2).take(nq * g) {
+        let rows = queries.len() * g;
+        for e in part.chunks_exact_mut(hd + 2).take(rows) {
             e[0] = f32::NEG_INFINITY;
             e[1..].fill(0.0);
         }
-        let q_of = |t: usize, j: usize| {
-            let h = kvh * g + j;
-            &self.q[t * qw + h * hd..t * qw + (h + 1) * hd]
-        };
         let quant_keys = self.k.ty() != KvType::F16;
         let kty = self.k.ty().ggml();
         let khb = self.k.ty().row_bytes(hd);
         let Scratch {
             keys,
             values,
-            scores: score_buf,
-            rotated,
+            scores,
+            q_f32,
             q_dot,
         } = sc;
+        // The rows' queries, row r = (query r / g, head kvh·g + r % g): contiguous f32 for the
+        // score tiles, or (quantized keys) in the key type's dot type, rotated as the keys are.
         let q_row = quant::vec_dot_type(kty).bytes_for(hd as u64).unwrap_or(0) as usize;
+        let q_of = |r: usize| {
+            let (t, h) = (queries.start + r / g, kvh * g + r % g);
+            &self.q[t * qw + h * hd..t * qw + (h + 1) * hd]
+        };
+        q_f32.clear();
+        q_dot.clear();
         if quant_keys {
-            // Each (query, head) in the key type's dot type, rotated as the keys are.
-            q_dot.clear();
             let mut row = Vec::new();
-            for t in queries.clone() {
-                for j in 0..g {
-                    rotated.clear();
-                    rotated.extend_from_slice(q_of(t, j));
-                    if self.k.rotation() > 0 {
-                        hadamard(rotated, self.k.rotation());
-                    }
-                    quant::quantize_activations(kty, rotated, &mut row)?;
-                    q_dot.extend_from_slice(&row);
+            let mut one = Vec::new();
+            for r in 0..rows {
+                one.clear();
+                one.extend_from_slice(q_of(r));
+                if self.k.rotation() > 0 {
+                    hadamard(&mut one, self.k.rotation());
                 }
+                quant::quantize_activations(kty, &one, &mut row)?;
+                q_dot.extend_from_slice(&row);
             }
+        } else {
+            (0..rows).for_each(|r| q_f32.extend_from_slice(q_of(r)));
         }
         let kernels = quant::Kernels::current();
         let (vty, vhb) = (self.v.ty().ggml(), self.v.ty().row_bytes(hd));
@@ -244,47 +259,197 @@ impl Ctx<'_> {
             for (p, vr) in (c0..c1).zip(values.chunks_exact_mut(hd)) {
                 quant::dequantize(vty, &self.v.row(p)[kvh * vhb..(kvh + 1) * vhb], vr)?;
             }
-            score_buf.resize(np, 0.0);
-            for (qi, t) in queries.clone().enumerate() {
-                let pos = self.base + t;
-                // Positions of the chunk this query sees.
-                let lo = (self.first)(t).max(c0);
-                let hi = (pos + 1).min(c1);
+            scores.resize(rows * np, 0.0);
+            if quant_keys {
+                for (r, sr) in scores.chunks_exact_mut(np).enumerate() {
+                    let qd = &q_dot[r * q_row..(r + 1) * q_row];
+                    for (p, x) in (c0..c1).zip(sr.iter_mut()) {
+                        let kb = &self.k.row(p)[kvh * khb..(kvh + 1) * khb];
+                        *x = kernels.vec_dot(kty, hd, kb, qd)?;
+                    }
+                }
+            } else {
+                scores_f32::<FMA>(q_f32, keys, hd, np, scores);
+            }
+            // Scores to weights: mask, scale, running max, exponentials, running sum.
+            for (r, (sr, e)) in scores
+                .chunks_exact_mut(np)
+                .zip(part.chunks_exact_mut(hd + 2))
+                .enumerate()
+            {
+                let t = queries.start + r / g;
+                let lo = (self.first)(t).max(c0) - c0;
+                let hi = (self.base + t + 1).min(c1).saturating_sub(c0);
                 if lo >= hi {
+                    sr.fill(0.0);
                     continue;
                 }
-                for j in 0..g {
-                    let scores = &mut score_buf[lo - c0..hi - c0];
-                    if quant_keys {
-                        let qd = &q_dot[(qi * g + j) * q_row..(qi * g + j + 1) * q_row];
-                        for (p, x) in (lo..hi).zip(scores.iter_mut()) {
-                            let kb = &self.k.row(p)[kvh * khb..(kvh + 1) * khb];
-                            *x = kernels.vec_dot(kty, hd, kb, qd)? * s.scale;
-                        }
-                    } else {
-                        let qv = q_of(t, j);
-                        for (p, x) in (lo..hi).zip(scores.iter_mut()) {
-                            *x = dot(qv, &keys[(p - c0) * hd..(p - c0 + 1) * hd]) * s.scale;
-                        }
+                sr.iter_mut().for_each(|x| *x *= s.scale);
+                let m_new = sr[lo..hi].iter().copied().fold(e[0], f32::max);
+                if m_new > e[0] {
+                    let c = crate::ops::exp_fast(e[0] - m_new);
+                    e[1..].iter_mut().for_each(|v| *v *= c);
+                    e[0] = m_new;
+                }
+                sr[..lo].fill(0.0);
+                sr[hi..].fill(0.0);
+                let w = &mut sr[lo..hi];
+                w.iter_mut()
+                    .for_each(|x| *x = crate::ops::exp_fast(*x - m_new));
+                e[1] += w.iter().sum::<f32>();
+            }
+            weighted_values::<FMA>(scores, values, hd, np, part);
+        }
+        Ok(())
+    }
+}
+
+/// `a·b + c`, fused where the caller was compiled with FMA (Rust does not contract `a * b + c`
+/// by itself; without the feature `mul_add` would be a libm call).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// `scores[r][p] = q_r · k_p` for the `rows × np` pairs (`q`: rows × hd, `k`: np × hd), in
+/// tiles of [`score_tile`].
+#[inline(always)]
+fn scores_f32<const FMA: bool>(q: &[f32], k: &[f32], hd: usize, np: usize, scores: &mut [f32]) {
+    const R: usize = 4;
+    const P: usize = 3;
+    let rows = q.len() / hd;
+    if !hd.is_multiple_of(8) {
+        for (r, sr) in scores.chunks_exact_mut(np).enumerate() {
+            for (p, x) in sr.iter_mut().enumerate() {
+                *x = dot(&q[r * hd..(r + 1) * hd], &k[p * hd..(p + 1) * hd]);
+            }
+        }
+        return;
+    }
+    let mut r = 0;
+    while r < rows {
+        let nr = R.min(rows - r);
+        let mut p = 0;
+        while p < np {
+            let npp = P.min(np - p);
+            let (qs, ks) = (&q[r * hd..(r + nr) * hd], &k[p * hd..(p + npp) * hd]);
+            let tile = if nr == R && npp == P {
+                score_tile::<FMA, R, P>(qs, ks, hd)
+            } else {
+                let mut t = [[0f32; P]; R];
+                for i in 0..nr {
+                    for j in 0..npp {
+                        t[i][j] = dot(&qs[i * hd..(i + 1) * hd], &ks[j * hd..(j + 1) * hd]);
                     }
-                    let e = &mut part[(qi * g + j) * (hd + 2)..(qi * g + j + 1) * (hd + 2)];
-                    let m_new = scores.iter().copied().fold(e[0], f32::max);
-                    if m_new > e[0] {
-                        let c = crate::ops::exp_fast(e[0] - m_new);
-                        e[1..].iter_mut().for_each(|v| *v *= c);
-                        e[0] = m_new;
-                    }
-                    let (head, acc) = e.split_at_mut(2);
-                    for (p, &sv) in (lo..hi).zip(scores.iter()) {
-                        let w = crate::ops::exp_fast(sv - m_new);
-                        head[1] += w;
-                        let vr = &values[(p - c0) * hd..(p - c0 + 1) * hd];
-                        acc.iter_mut().zip(vr).for_each(|(a, &x)| *a += w * x);
-                    }
+                }
+                t
+            };
+            for (i, tr) in tile.iter().enumerate().take(nr) {
+                scores[(r + i) * np + p..(r + i) * np + p + npp].copy_from_slice(&tr[..npp]);
+            }
+            p += npp;
+        }
+        r += nr;
+    }
+}
+
+/// The R × P dot products of R query rows with P key rows (`hd` a multiple of 8): R·P
+/// eight-lane sums held in registers over the whole head.
+#[inline(always)]
+fn score_tile<const FMA: bool, const R: usize, const P: usize>(
+    q: &[f32],
+    k: &[f32],
+    hd: usize,
+) -> [[f32; P]; R] {
+    // Rows as arrays of eight, all `n8` long, so the loop below indexes without checks and
+    // the R·P sums stay in registers.
+    let n8 = hd / 8;
+    let qc: [&[[f32; 8]]; R] =
+        std::array::from_fn(|i| &q[i * hd..(i + 1) * hd].as_chunks().0[..n8]);
+    let kc: [&[[f32; 8]]; P] =
+        std::array::from_fn(|j| &k[j * hd..(j + 1) * hd].as_chunks().0[..n8]);
+    let mut acc = [[[0f32; 8]; P]; R];
+    for d in 0..n8 {
+        for (ai, qr) in acc.iter_mut().zip(&qc) {
+            let qv = &qr[d];
+            for (aij, kr) in ai.iter_mut().zip(&kc) {
+                let kv = &kr[d];
+                for l in 0..8 {
+                    aij[l] = madd::<FMA>(qv[l], kv[l], aij[l]);
                 }
             }
         }
-        Ok(())
+    }
+    acc.map(|ai| ai.map(|a| a.iter().sum()))
+}
+
+/// `part[r][2..] += Σ_p w[r][p] · v_p` for every row (`w`: rows × np, `v`: np × hd, `part`
+/// rows of `hd + 2`), in tiles of [`value_tile`] over 32 dimensions at a time.
+#[inline(always)]
+fn weighted_values<const FMA: bool>(w: &[f32], v: &[f32], hd: usize, np: usize, part: &mut [f32]) {
+    const R: usize = 3;
+    const D: usize = 32;
+    let rows = w.len() / np.max(1);
+    let mut r = 0;
+    while r < rows {
+        let nr = R.min(rows - r);
+        let mut d = 0;
+        while d < hd {
+            if nr == R && d + D <= hd {
+                value_tile::<FMA, R, D>(
+                    &w[r * np..(r + R) * np],
+                    v,
+                    hd,
+                    np,
+                    d,
+                    &mut part[r * (hd + 2)..],
+                );
+                d += D;
+                continue;
+            }
+            for i in r..r + nr {
+                let acc = &mut part[i * (hd + 2) + 2 + d..i * (hd + 2) + 2 + hd.min(d + D)];
+                for (p, &wp) in w[i * np..(i + 1) * np].iter().enumerate() {
+                    let vr = &v[p * hd + d..p * hd + d + acc.len()];
+                    acc.iter_mut().zip(vr).for_each(|(a, &x)| *a += wp * x);
+                }
+            }
+            d += D;
+        }
+        r += nr;
+    }
+}
+
+/// Dimensions `d0..d0 + D` of R rows' weighted sums, kept in registers over the chunk's
+/// positions: per position D values loaded once for R rows.
+#[inline(always)]
+fn value_tile<const FMA: bool, const R: usize, const D: usize>(
+    w: &[f32],
+    v: &[f32],
+    hd: usize,
+    np: usize,
+    d0: usize,
+    part: &mut [f32],
+) {
+    let mut acc = [[0f32; D]; R];
+    for (i, a) in acc.iter_mut().enumerate() {
+        a.copy_from_slice(&part[i * (hd + 2) + 2 + d0..i * (hd + 2) + 2 + d0 + D]);
+    }
+    for p in 0..np {
+        let vr = &v[p * hd + d0..p * hd + d0 + D];
+        for (i, a) in acc.iter_mut().enumerate() {
+            let wp = w[i * np + p];
+            for l in 0..D {
+                a[l] = madd::<FMA>(wp, vr[l], a[l]);
+            }
+        }
+    }
+    for (i, a) in acc.iter().enumerate() {
+        part[i * (hd + 2) + 2 + d0..i * (hd + 2) + 2 + d0 + D].copy_from_slice(a);
     }
 }
 
@@ -324,12 +489,20 @@ mod tests {
     /// threads) against the plain form on the same f16-rounded keys and values.
     #[test]
     fn chunked_online_softmax_equals_the_plain_form() {
-        let s = AttnShape {
-            n_head: 6,
-            n_head_kv: 2,
-            head_dim: 64,
-            scale: 0.125,
-        };
+        // Head sizes for every path of the tiles: whole tiles (64, 256), a value tail (80),
+        // no eight-lane tiles at all (36); groups of 3 and 4 query heads per KV head.
+        for (n_head, n_head_kv, head_dim) in [(6, 2, 64), (4, 1, 256), (3, 1, 80), (2, 2, 36)] {
+            let s = AttnShape {
+                n_head,
+                n_head_kv,
+                head_dim,
+                scale: 1.0 / (head_dim as f32).sqrt(),
+            };
+            check_against_plain(s);
+        }
+    }
+
+    fn check_against_plain(s: AttnShape) {
         let (kvw, qw) = (s.n_head_kv * s.head_dim, s.n_head * s.head_dim);
         for (n_ctx, n, window) in [(19, 19, None), (700, 1, None), (300, 40, Some(100))] {
             let round = |x: Vec<f32>| -> Vec<f32> {
@@ -360,7 +533,7 @@ mod tests {
                 for (i, (a, b)) in out[t * qw..(t + 1) * qw].iter().zip(&want).enumerate() {
                     assert!(
                         (a - b).abs() < 2e-5,
-                        "ctx {n_ctx} query {t} [{i}]: {a} vs {b}"
+                        "{s:?} ctx {n_ctx} query {t} [{i}]: {a} vs {b}"
                     );
                 }
             }
