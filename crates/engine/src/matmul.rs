@@ -29,8 +29,11 @@ pub struct MatJob<'a> {
     pub w: &'a QTensor,
     /// Which rows of `w`.
     pub rows: Range<usize>,
-    /// Activations, `n_tokens × w.row_len()`.
+    /// Activations, `n_tokens × w.row_len()` (not read when `acts` is given).
     pub x: &'a [f32],
+    /// The activations already quantized for `w`'s type ([`quantize`]), where the caller
+    /// has them: a MoE layer quantizes its input once for all its experts.
+    pub acts: Option<&'a quant::QActs>,
     /// Tokens in `x`.
     pub n_tokens: usize,
     /// Output, `n_tokens × rows.len()`.
@@ -58,6 +61,7 @@ pub fn matmul_rows(
             w,
             rows,
             x,
+            acts: None,
             n_tokens,
             out,
         }],
@@ -81,6 +85,7 @@ pub fn matmuls<const N: usize>(
             w,
             rows: 0..w.n_rows(),
             x,
+            acts: None,
             n_tokens,
             out,
         })
@@ -100,10 +105,11 @@ const MIN_WORK: usize = 1 << 18;
 pub fn matmul_batch(jobs: &mut [MatJob<'_>], exec: Exec) -> Result<()> {
     for j in jobs.iter() {
         let k = j.w.row_len();
-        if j.x.len() != j.n_tokens * k
-            || j.out.len() != j.n_tokens * j.rows.len()
-            || j.rows.end > j.w.n_rows()
-        {
+        let input_ok = match j.acts {
+            Some(a) => a.n_tokens() == j.n_tokens && a.row_len() == k && a.weight() == j.w.ty,
+            None => j.x.len() == j.n_tokens * k,
+        };
+        if !input_ok || j.out.len() != j.n_tokens * j.rows.len() || j.rows.end > j.w.n_rows() {
             return Err(Error::Shape(format!(
                 "matmul of {} rows {:?} (row length {k}) with {} activations for {} tokens into {}",
                 j.w.n_rows(),
@@ -153,7 +159,7 @@ pub fn matmul_batch(jobs: &mut [MatJob<'_>], exec: Exec) -> Result<()> {
             n: j.rows.len(),
             x: j.x,
             n_tokens: j.n_tokens,
-            acts: a.map(|i| &store[i]),
+            acts: j.acts.or(a.map(|i| &store[i])),
             dst: Disjoint::new(j.out),
         })
         .collect();
@@ -181,11 +187,7 @@ pub(crate) fn fork_join(
             }
         }
     };
-    if threads == 1 {
-        run(0);
-    } else {
-        pool.run(&run);
-    }
+    pool.run_parts(threads, &run);
     match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
         Some(e) => Err(e),
         None => Ok(()),
@@ -321,7 +323,7 @@ fn quantize_all(
     let mut which = Vec::with_capacity(jobs.len());
     for j in jobs {
         let ty = j.w.ty;
-        if !quant::DOT_TYPES.contains(&ty) {
+        if !quant::DOT_TYPES.contains(&ty) || j.acts.is_some() {
             which.push(None);
             continue;
         }
@@ -382,6 +384,29 @@ fn quantize_all(
 
 /// Tokens per unit of activation quantization.
 const QUANT_UNIT: usize = 16;
+
+/// `x` (`n × w_ty`'s row length `k`) quantized for products with rows of type `w_ty`, in
+/// units of [`QUANT_UNIT`] tokens across the pool; `None` where the type has no dot kernel.
+pub fn quantize(
+    w_ty: quant::GgmlType,
+    x: &[f32],
+    k: usize,
+    exec: Exec,
+) -> Result<Option<quant::QActs>> {
+    if !quant::DOT_TYPES.contains(&w_ty) {
+        return Ok(None);
+    }
+    let n = x.len() / k.max(1);
+    let mut parts: Vec<Option<quant::QActs>> = vec![None; n.div_ceil(QUANT_UNIT).max(1)];
+    par_rows(&mut parts, 1, QUANT_UNIT * k * 4, exec, &|u, slot| {
+        let t = u * QUANT_UNIT..((u + 1) * QUANT_UNIT).min(n);
+        slot[0] = Some(quant::QActs::new(w_ty, &x[t.start * k..t.end * k], k)?);
+        Ok(())
+    })?;
+    Ok(Some(quant::QActs::concat(
+        parts.into_iter().flatten().collect(),
+    )?))
+}
 
 /// `f(i, row_i)` for every `row_len`-sized row of `out` (the last may be shorter), the rows
 /// shared out in chunks across the pool (one thread per [`MIN_WORK`] of `cost` per row, the

@@ -1,7 +1,7 @@
 //! The CPU operations models are written in: norms, matmuls over quantized weights (in
 //! `matmul.rs`, re-exported here), RoPE. Attention over a KV cache is `attn.rs`.
 
-pub use crate::matmul::{matmul, matmul_batch, matmul_rows, matmuls, par_rows, MatJob};
+pub use crate::matmul::{matmul, matmul_batch, matmul_rows, matmuls, par_rows, quantize, MatJob};
 
 /// How an operation may run: the number of worker threads.
 #[derive(Clone, Copy, Debug)]

@@ -1,10 +1,13 @@
-//! A persistent worker pool for the CPU ops: one job at a time, split into `n` parts, part 0 on
-//! the calling thread. Workers spin briefly on a generation counter before sleeping, so a decode
-//! step's hundreds of small matmuls pay neither a thread spawn nor a wake-up each
-//! (DESIGN §3: a spinning pool, not rayon, for per-token latency).
+//! A persistent worker pool for the CPU ops: one job at a time, split into `n` parts (at most
+//! one per thread), part 0 on the calling thread. Workers spin briefly on a ticket counter
+//! before sleeping, so a decode step's hundreds of small matmuls pay neither a thread spawn
+//! nor a wake-up each (DESIGN §3: a spinning pool, not rayon, for per-token latency).
 //!
 //! A job is handed over through atomics alone: the caller publishes a pointer and bumps the
-//! generation, each worker counts itself out when done. The condition variables (and their
+//! ticket (generation and part count in one word), each worker of the job counts itself out
+//! when done. Workers past the part count skip the job: a small job on sixteen threads waits
+//! for the threads it uses, not for all fifteen workers to check in (any of them descheduled
+//! held up every small matmul of a decode step). The condition variables (and their
 //! system calls) come in only when a side has actually gone to sleep, which the `sleepers`
 //! and `caller_waits` counters say: with sixteen threads a mutex around the job pointer and an
 //! unconditional `notify_all` per job cost a decode step more than its small matmuls.
@@ -24,7 +27,8 @@ type Job = &'static (dyn Fn(usize) + Sync);
 struct Shared {
     /// The current job: a pointer to a [`Job`] on the caller's stack (null between jobs).
     job: AtomicPtr<Job>,
-    generation: AtomicU64,
+    /// `generation << 16 | parts` of the current job (see [`ticket`]).
+    ticket: AtomicU64,
     remaining: AtomicUsize,
     panicked: AtomicBool,
     shutdown: AtomicBool,
@@ -68,7 +72,7 @@ impl Pool {
     pub fn new(threads: usize) -> Pool {
         let shared = Arc::new(Shared {
             job: AtomicPtr::new(std::ptr::null_mut()),
-            generation: AtomicU64::new(0),
+            ticket: AtomicU64::new(0),
             remaining: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
@@ -106,10 +110,12 @@ impl Pool {
         self.workers.len() + 1
     }
 
-    /// Run `f(0) … f(threads − 1)` at once, `f(0)` on this thread; returns when all are done.
-    /// A panic in any part is raised here.
-    pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
-        if self.workers.is_empty() {
+    /// Run `f(0) … f(parts − 1)` at once (`parts` clamped to `1..=threads`), `f(0)` on this
+    /// thread and the others on the first `parts − 1` workers; returns when all are done. A
+    /// panic in any part is raised here.
+    pub fn run_parts(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
+        let parts = parts.clamp(1, self.threads());
+        if parts == 1 {
             return f(0);
         }
         let _one_at_a_time = self.running.lock().unwrap_or_else(|e| e.into_inner());
@@ -120,8 +126,10 @@ impl Pool {
         };
         s.job
             .store(&job as *const Job as *mut Job, Ordering::Release);
-        s.remaining.store(self.workers.len(), Ordering::Release);
-        s.generation.fetch_add(1, Ordering::SeqCst);
+        s.remaining.store(parts - 1, Ordering::Release);
+        let generation = s.ticket.load(Ordering::Relaxed) >> 16;
+        s.ticket
+            .store(ticket(generation + 1, parts), Ordering::SeqCst);
         s.wake_workers();
         let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
         let mut spins = 0u32;
@@ -151,7 +159,10 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Ordering::Release);
-        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        let generation = self.shared.ticket.load(Ordering::Relaxed) >> 16;
+        self.shared
+            .ticket
+            .store(ticket(generation + 1, 0), Ordering::SeqCst);
         let _g = self
             .shared
             .sleep_lock
@@ -177,11 +188,18 @@ fn spin(round: u32) {
     }
 }
 
+/// The ticket of a job: its generation and its part count. Read in one load, so a worker can
+/// never pair one job's generation with another's part count.
+fn ticket(generation: u64, parts: usize) -> u64 {
+    debug_assert!(parts < 1 << 16);
+    generation << 16 | parts as u64
+}
+
 fn worker(s: &Shared, index: usize) {
     let mut seen = 0u64;
     loop {
         let mut spins = 0u32;
-        let mut g = s.generation.load(Ordering::Acquire);
+        let mut g = s.ticket.load(Ordering::Acquire);
         while g == seen {
             if spins < SPIN_ROUNDS {
                 spins += 1;
@@ -189,7 +207,7 @@ fn worker(s: &Shared, index: usize) {
             } else {
                 let lock = s.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
                 s.sleepers.fetch_add(1, Ordering::SeqCst);
-                if s.generation.load(Ordering::SeqCst) == seen {
+                if s.ticket.load(Ordering::SeqCst) == seen {
                     drop(
                         s.wake
                             .wait_timeout(lock, std::time::Duration::from_millis(10)),
@@ -197,11 +215,16 @@ fn worker(s: &Shared, index: usize) {
                 }
                 s.sleepers.fetch_sub(1, Ordering::SeqCst);
             }
-            g = s.generation.load(Ordering::Acquire);
+            g = s.ticket.load(Ordering::Acquire);
         }
         seen = g;
         if s.shutdown.load(Ordering::Acquire) {
             return;
+        }
+        if index >= (g & 0xFFFF) as usize {
+            // Not one of this job's parts. (A part of a job is never skipped over: the job
+            // cannot end, nor the next begin, until that part has counted itself out.)
+            continue;
         }
         let job = s.job.load(Ordering::Acquire);
         if job.is_null() {
@@ -230,7 +253,7 @@ mod tests {
         let pool = Pool::new(3);
         for _ in 0..200 {
             let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
-            pool.run(&|i| {
+            pool.run_parts(3, &|i| {
                 hits[i].fetch_add(1, Ordering::Relaxed);
             });
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
@@ -238,12 +261,33 @@ mod tests {
     }
 
     #[test]
+    fn a_job_of_fewer_parts_runs_only_those() {
+        let pool = Pool::new(4);
+        for round in 0..300 {
+            let parts = 1 + round % 4;
+            let hits: Vec<AtomicUsize> = (0..4).map(|_| AtomicUsize::new(0)).collect();
+            pool.run_parts(parts, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            for (i, h) in hits.iter().enumerate() {
+                assert_eq!(
+                    h.load(Ordering::Relaxed),
+                    usize::from(i < parts),
+                    "round {round}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn worker_panic_reaches_the_caller() {
         let pool = Pool::new(2);
-        let r = catch_unwind(AssertUnwindSafe(|| pool.run(&|i| assert!(i == 0, "boom"))));
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            pool.run_parts(2, &|i| assert!(i == 0, "boom"))
+        }));
         assert!(r.is_err());
         let ok = AtomicUsize::new(0);
-        pool.run(&|_| {
+        pool.run_parts(2, &|_| {
             ok.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(

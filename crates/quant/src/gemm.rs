@@ -136,6 +136,45 @@ impl QActs {
         self.n
     }
 
+    /// The weight type the batch was quantized for.
+    pub fn weight(&self) -> GgmlType {
+        self.weight
+    }
+
+    /// Values per token row.
+    pub fn row_len(&self) -> usize {
+        self.k
+    }
+
+    /// Tokens `rows` of the batch, in that order: a MoE expert's tokens out of activations
+    /// quantized once for every expert.
+    pub fn gather(&self, rows: &[usize]) -> Result<QActs, Error> {
+        let nb = self.blocks();
+        let mut out = QActs {
+            weight: self.weight,
+            k: self.k,
+            n: rows.len(),
+            data: Vec::with_capacity(rows.len() * self.row_bytes),
+            row_bytes: self.row_bytes,
+            scale: Vec::with_capacity(rows.len() * nb),
+            sum: Vec::new(),
+        };
+        for &t in rows {
+            if t >= self.n {
+                return Err(Error::GemmShape(format!(
+                    "token {t} of a batch of {}",
+                    self.n
+                )));
+            }
+            out.data.extend_from_slice(self.row(t));
+            out.scale.extend_from_slice(self.scales(t));
+            if !self.sum.is_empty() {
+                out.sum.extend_from_slice(self.sums(t));
+            }
+        }
+        Ok(out)
+    }
+
     /// Token `t`'s quantized row, as [`vec_dot`](crate::vec_dot) takes it.
     pub fn row(&self, t: usize) -> &[u8] {
         &self.data[t * self.row_bytes..(t + 1) * self.row_bytes]
@@ -417,6 +456,27 @@ pub(crate) mod tests {
         assert_eq!(joined.data, whole.data);
         assert_eq!(joined.scale, whole.scale);
         assert!(QActs::concat(vec![whole, QActs::new(GgmlType::Q8_0, &x, 256).unwrap()]).is_err());
+    }
+
+    #[test]
+    fn gather_equals_quantizing_the_rows() {
+        for ty in [GgmlType::Q4_K, GgmlType::Q4_1] {
+            let x = acts(256, 6, 4);
+            let all = QActs::new(ty, &x, 256).unwrap();
+            let rows = [4, 0, 4, 5];
+            let picked: Vec<f32> = rows
+                .iter()
+                .flat_map(|&t| x[t * 256..(t + 1) * 256].to_vec())
+                .collect();
+            let want = QActs::new(ty, &picked, 256).unwrap();
+            let got = all.gather(&rows).unwrap();
+            assert_eq!(got.n_tokens(), 4);
+            assert_eq!(
+                (got.data, got.scale, got.sum),
+                (want.data, want.scale, want.sum)
+            );
+            assert!(all.gather(&[6]).is_err());
+        }
     }
 
     #[test]

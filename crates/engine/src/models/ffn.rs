@@ -140,29 +140,63 @@ impl RoutedExperts {
     ) -> Result<Vec<Vec<f32>>> {
         let (e, ff) = (self.gate_exps.row_len(), self.gate_exps.dims[1] as usize);
         let gather = crate::prof::stage("moe gather");
-        // Every expert's rows of `x` in one buffer (and its gate and up outputs in one buffer
-        // each, so that SwiGLU runs once over all of them on the pool).
         let counts: Vec<usize> = used.iter().map(|(_, t)| t.len()).collect();
         let total: usize = counts.iter().sum();
-        let src: Vec<usize> = used
-            .iter()
-            .flat_map(|(_, t)| t.iter().map(|&(t, _)| t))
-            .collect();
-        let mut x_all = vec![0f32; total * e];
-        crate::matmul::par_rows(&mut x_all, e, e, exec, &|r, dst| {
-            dst.copy_from_slice(&x[src[r] * e..(src[r] + 1) * e]);
-            Ok(())
-        })?;
-        let xs = split_rows_ref(&x_all, &counts, e);
+        // Each token's row quantized once (a prefill token goes to eight experts), then each
+        // expert's rows gathered already quantized: an eighth of the bytes of gathering f32
+        // rows and quantizing each copy. Where gate and up differ in type, or the type has
+        // no dot kernel, the f32 rows are gathered and each job quantizes its own.
+        let ty = self.gate_exps.ty;
+        let whole = match self.up_exps.ty == ty {
+            true => ops::quantize(ty, x, e, exec)?,
+            false => None,
+        };
+        let mut picked: Vec<Option<quant::QActs>> = vec![None; used.len()];
+        let mut x_all = Vec::new();
+        if let Some(whole) = &whole {
+            crate::matmul::par_rows(
+                &mut picked,
+                1,
+                4 * e * total / used.len().max(1),
+                exec,
+                &|i, slot| {
+                    let rows: Vec<usize> = used[i].1.iter().map(|&(t, _)| t).collect();
+                    slot[0] = Some(whole.gather(&rows)?);
+                    Ok(())
+                },
+            )?;
+        } else {
+            // Every expert's rows of `x` in one buffer.
+            let src: Vec<usize> = used
+                .iter()
+                .flat_map(|(_, t)| t.iter().map(|&(t, _)| t))
+                .collect();
+            x_all = vec![0f32; total * e];
+            crate::matmul::par_rows(&mut x_all, e, e, exec, &|r, dst| {
+                dst.copy_from_slice(&x[src[r] * e..(src[r] + 1) * e]);
+                Ok(())
+            })?;
+        }
+        let xs = match whole {
+            Some(_) => vec![&x_all[..0]; used.len()],
+            None => split_rows_ref(&x_all, &counts, e),
+        };
+        // Gate and up outputs of every expert in one buffer each, so that SwiGLU runs once
+        // over all of them on the pool.
         let (mut gate_all, mut up_all) = (vec![0f32; total * ff], vec![0f32; total * ff]);
         drop(gather);
         let mut jobs = Vec::with_capacity(2 * used.len());
         let gates = split_rows(&mut gate_all, &counts, ff);
         let ups = split_rows(&mut up_all, &counts, ff);
-        for (((&(ex, toks), &xs), g), u) in used.iter().zip(&xs).zip(gates).zip(ups) {
+        for ((((&(ex, toks), &xs), g), u), acts) in
+            used.iter().zip(&xs).zip(gates).zip(ups).zip(&picked)
+        {
             let rows = ex * ff..(ex + 1) * ff;
-            jobs.push(job(&self.gate_exps, rows.clone(), xs, toks.len(), g));
-            jobs.push(job(&self.up_exps, rows, xs, toks.len(), u));
+            let mut gate = job(&self.gate_exps, rows.clone(), xs, toks.len(), g);
+            let mut up = job(&self.up_exps, rows, xs, toks.len(), u);
+            (gate.acts, up.acts) = (acts.as_ref(), acts.as_ref());
+            jobs.push(gate);
+            jobs.push(up);
         }
         ops::matmul_batch(&mut jobs, exec)?;
         drop(jobs);
@@ -217,6 +251,7 @@ fn job<'a>(
         w,
         rows,
         x,
+        acts: None,
         n_tokens,
         out,
     }

@@ -457,14 +457,14 @@ impl Qwen35Moe {
         let (di, nv) = (hp.ssm_d_inner, hp.ssm_n_v_head);
         let (mix, z) = self.project(&m.proj, x, exec)?; // 1.
         let (beta, alpha) = self.gates(&m.gates, x, exec)?; // 2.
-        let glue = crate::prof::stage("deltanet glue (gates, conv, norm)");
+        let glue = crate::prof::stage("deltanet glue: gates");
         let beta: Vec<f32> = beta.iter().map(|&v| ops::sigmoid(v)).collect();
         let g: Vec<f32> = alpha
             .chunks_exact(nv)
             .flat_map(|at| (0..nv).map(move |j| m.ssm_a[j] * softplus(at[j] + m.ssm_dt[j])))
             .collect();
-        let (q, k, v) = self.conv_qkv(m, conv, &mix, exec)?; // 3.–4.
         drop(glue);
+        let (q, k, v) = self.conv_qkv(m, conv, &mix, exec)?; // 3.–4.
         let inputs = deltanet::Inputs {
             q: &q,
             k: &k,
@@ -474,7 +474,7 @@ impl Qwen35Moe {
         };
         let o = deltanet::run(ssm, &inputs, &self.delta_dims(), exec); // 5.–6.
         let hv = hp.head_v_dim();
-        let glue = crate::prof::stage("deltanet glue (gates, conv, norm)");
+        let glue = crate::prof::stage("deltanet glue: output norm");
         let mut normed = vec![0f32; n * di];
         crate::matmul::par_rows(&mut normed, hv, 16 * hv, exec, &|i, nt| {
             ops::rms_norm(&o[i * hv..(i + 1) * hv], &m.ssm_norm, hp.rms_eps, nt); // 7.
@@ -503,7 +503,10 @@ impl Qwen35Moe {
         let (cd, dk) = (hp.conv_dim(), hp.ssm_d_state);
         let kw = hp.ssm_n_k_head * dk;
         let n = mix.len() / cd;
+        let glue = crate::prof::stage("deltanet glue: conv");
         let y = deltanet::conv(&m.ssm_conv1d, hp.ssm_d_conv, conv, mix, exec)?; // 3.
+        drop(glue);
+        let _glue = crate::prof::stage("deltanet glue: q/k/v");
         let (mut q, mut k) = (vec![0f32; n * kw], vec![0f32; n * kw]);
         let mut v = vec![0f32; n * hp.ssm_d_inner];
         let q_scale = 1.0 / (dk as f32).sqrt();
