@@ -50,6 +50,8 @@ pub const GROUP: usize = 8;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PTile<'a> {
     pub(crate) w: &'a [u8],
+    /// Bytes from one group to the next in `w` (the pair kernels' second group).
+    pub(crate) stride: usize,
     pub(crate) t0: usize,
     pub(crate) nt: usize,
     pub(crate) ld: usize,
@@ -291,23 +293,56 @@ pub fn gemm_packed(
     }
     crate::gemm::check_output(acts, &tokens, rows.len(), out.len(), ld)?;
     let nt = tokens.len();
-    for (i, g) in (rows.start / GROUP..rows.end / GROUP).enumerate() {
+    let pair = packed_pair_kernel(p.ty);
+    let groups = rows.start / GROUP..rows.end / GROUP;
+    let mut g = groups.start;
+    while g < groups.end {
+        // Two groups at once where a pair kernel exists and two are left.
+        let (k, n) = match pair {
+            Some(fp) if g + 1 < groups.end => (fp, 2),
+            _ => (f, 1),
+        };
+        let i = g - groups.start;
         let w = &p.data[g * p.group_bytes..];
         for t0 in (0..nt).step_by(crate::TILE) {
             let tile = PTile {
                 w,
+                stride: p.group_bytes,
                 t0: tokens.start + t0,
                 nt: crate::TILE.min(nt - t0),
                 ld,
                 prefetch: t0 == 0,
             };
-            // SAFETY: `packed_kernel` hands out only kernels this CPU runs; `w` starts with a
-            // whole group of `p.ty` rows of `acts.k` values, the tokens are inside the batch and
-            // `out` reaches row `8i + 7`, token `t0 + nt − 1` (all checked above).
-            unsafe { f(&tile, acts, &mut out[GROUP * i * ld + t0..]) };
+            // SAFETY: `packed_kernel` and `packed_pair_kernel` hand out only kernels this CPU
+            // runs; `w` starts with `n` whole groups of `p.ty` rows of `acts.k` values, the
+            // tokens are inside the batch and `out` reaches row `8(i + n) − 1`, token
+            // `t0 + nt − 1` (all checked above).
+            unsafe { k(&tile, acts, &mut out[GROUP * i * ld + t0..]) };
         }
+        g += n;
     }
     Ok(())
+}
+
+/// The two-group kernel for `ty` on this CPU, if any (`x86/packed512.rs`).
+pub(crate) fn packed_pair_kernel(ty: GgmlType) -> Option<PackedFn> {
+    static TABLE: OnceLock<Vec<(GgmlType, PackedFn)>> = OnceLock::new();
+    if crate::Kernels::current().name() == "scalar"
+        || std::env::var_os("LLM_SERVER_NO_ZMM").is_some()
+    {
+        return None;
+    }
+    let table = TABLE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            crate::x86::packed_pair_kernels()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            Vec::new()
+        }
+    });
+    table.iter().find(|(t, _)| *t == ty).map(|(_, f)| *f)
 }
 
 /// The packed kernel for `ty` on this CPU, if any (none under `with_path("scalar")`).
@@ -348,41 +383,56 @@ mod tests {
             assert!(!flavours.is_empty() && flavours[0].len() == 9);
         }
         for (ty, f) in flavours.into_iter().flatten() {
-            for (k, n) in [(256, 1), (512, 3), (1280, 6), (256, 9)] {
-                let rows = 2 * GROUP;
-                let rb = ty.bytes_for(k as u64).unwrap() as usize;
-                let mut w = vec![0u8; rows * rb];
-                random_blocks(ty, &mut w, 3 + k as u64, 1.0).unwrap();
-                let p = Packed::new(ty, k, &w).unwrap().unwrap();
-                let a = QActs::new(ty, &acts(k, n, k as u64 + 1), k).unwrap();
-                for g in 0..2 {
-                    let gw = &p.data[g * p.group_bytes..];
-                    let mut out = vec![f32::NAN; GROUP * n];
-                    for t0 in (0..n).step_by(crate::TILE) {
-                        let tile = PTile {
-                            w: gw,
-                            t0,
-                            nt: crate::TILE.min(n - t0),
-                            ld: n,
-                            prefetch: true,
-                        };
-                        // SAFETY: `packed_flavours` lists only kernels this CPU runs.
-                        unsafe { f(&tile, &a, &mut out[t0..]) };
-                    }
-                    for r in 0..GROUP {
-                        let wr = &w[(g * GROUP + r) * rb..][..rb];
-                        for t in 0..n {
-                            let want = crate::vec_dot(ty, k, wr, a.row(t)).unwrap();
-                            let got = out[r * n + t];
-                            // Another f32 summation order: far above rounding, far below
-                            // any code, scale or offset taken from the wrong place.
-                            let tol = want.abs().max(1.0) * 1e-4;
-                            assert!(
-                                (got - want).abs() <= tol,
-                                "{ty:?} k={k} row {} token {t}: {got} vs {want}",
-                                g * GROUP + r
-                            );
-                        }
+            check_against_vec_dot(ty, f, 1);
+        }
+    }
+
+    /// The two-group (512-bit) kernels, the same way: one call covers both groups.
+    #[test]
+    fn pair_kernels_match_vec_dot() {
+        #[cfg(target_arch = "x86_64")]
+        for (ty, f) in crate::x86::packed_pair_kernels() {
+            check_against_vec_dot(ty, f, 2);
+        }
+    }
+
+    /// Kernel `f` over two groups of `ty` rows, `per_call` groups per call.
+    fn check_against_vec_dot(ty: GgmlType, f: PackedFn, per_call: usize) {
+        for (k, n) in [(256, 1), (512, 3), (1280, 6), (256, 9)] {
+            let rows = 2 * GROUP;
+            let rb = ty.bytes_for(k as u64).unwrap() as usize;
+            let mut w = vec![0u8; rows * rb];
+            random_blocks(ty, &mut w, 3 + k as u64, 1.0).unwrap();
+            let p = Packed::new(ty, k, &w).unwrap().unwrap();
+            let a = QActs::new(ty, &acts(k, n, k as u64 + 1), k).unwrap();
+            for g in (0..2).step_by(per_call) {
+                let gw = &p.data[g * p.group_bytes..];
+                let mut out = vec![f32::NAN; per_call * GROUP * n];
+                for t0 in (0..n).step_by(crate::TILE) {
+                    let tile = PTile {
+                        w: gw,
+                        stride: p.group_bytes,
+                        t0,
+                        nt: crate::TILE.min(n - t0),
+                        ld: n,
+                        prefetch: true,
+                    };
+                    // SAFETY: the flavour lists hold only kernels this CPU runs.
+                    unsafe { f(&tile, &a, &mut out[t0..]) };
+                }
+                for r in 0..per_call * GROUP {
+                    let wr = &w[(g * GROUP + r) * rb..][..rb];
+                    for t in 0..n {
+                        let want = crate::vec_dot(ty, k, wr, a.row(t)).unwrap();
+                        let got = out[r * n + t];
+                        // Another f32 summation order: far above rounding, far below any
+                        // code, scale or offset taken from the wrong place.
+                        let tol = want.abs().max(1.0) * 1e-4;
+                        assert!(
+                            (got - want).abs() <= tol,
+                            "{ty:?} k={k} row {} token {t}: {got} vs {want}",
+                            g * GROUP + r
+                        );
                     }
                 }
             }

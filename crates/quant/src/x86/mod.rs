@@ -32,6 +32,7 @@ mod avx2_k;
 mod avx512;
 mod avx512_k;
 mod packed;
+mod packed512;
 mod tile;
 
 /// The legacy 32-value formats as const-generic tags (`tile.rs`, `packed.rs`).
@@ -174,6 +175,16 @@ fn has_vnni() -> bool {
     is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx512vnni")
+}
+
+/// What the 512-bit packed kernels need: AVX2/FMA/F16C, AVX-512 F/BW/VL and VNNI.
+fn has_avx512_vnni() -> bool {
+    has_avx2() && has_vnni() && is_x86_feature_detected!("avx512bw")
+}
+
+/// The packed kernels that take two groups (sixteen rows) per call, where this CPU has them.
+pub(crate) fn packed_pair_kernels() -> Vec<(T, crate::packed::PackedFn)> {
+    packed512::kernels()
 }
 
 /// Every packed-kernel flavour this CPU can run (AVX2, then VNNI), for the tests.

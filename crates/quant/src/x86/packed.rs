@@ -473,6 +473,6 @@ fn q6_k_avx2(g: &PTile<'_>, a: &QActs, out: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-fn q6_k_vnni(g: &PTile<'_>, a: &QActs, out: &mut [f32]) {
+pub(super) fn q6_k_vnni(g: &PTile<'_>, a: &QActs, out: &mut [f32]) {
     by_nt!(g, q6_k[true](g, a, out))
 }
