@@ -46,7 +46,8 @@ pub const GROUP: usize = 8;
 
 /// One kernel call: the group at the start of `w` (its blocks one after another; `w` runs on
 /// through the following groups, which the kernel may prefetch but does not compute) against
-/// tokens `t0..t0 + nt` (`1 ≤ nt ≤ TILE`), row `r`, token `t` into `out[r·ld + t]`.
+/// tokens `t0..t0 + nt` (`1 ≤ nt ≤ TILE`, `PAIR_TILE` for the pair kernels), row `r`, token
+/// `t` into `out[r·ld + t]`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PTile<'a> {
     pub(crate) w: &'a [u8],
@@ -304,12 +305,13 @@ pub fn gemm_packed(
         };
         let i = g - groups.start;
         let w = &p.data[g * p.group_bytes..];
-        for t0 in (0..nt).step_by(crate::TILE) {
+        let tile_len = if n == 2 { PAIR_TILE } else { crate::TILE };
+        for t0 in (0..nt).step_by(tile_len) {
             let tile = PTile {
                 w,
                 stride: p.group_bytes,
                 t0: tokens.start + t0,
-                nt: crate::TILE.min(nt - t0),
+                nt: tile_len.min(nt - t0),
                 ld,
                 prefetch: t0 == 0,
             };
@@ -324,43 +326,44 @@ pub fn gemm_packed(
     Ok(())
 }
 
-/// The two-group kernel for `ty` on this CPU, if any (`x86/packed512.rs`).
+/// Tokens per call of a pair kernel: sixteen rows on 32 zmm registers leave room for eight
+/// tokens' sums, so each unpacked group-block serves twice as many tokens as in `TILE`.
+pub(crate) const PAIR_TILE: usize = 8;
+
+/// The two-group kernel for `ty` on this CPU, if any (`x86/packed512.rs`; none under
+/// `with_path("scalar")` or with `LLM_SERVER_NO_ZMM` set).
 pub(crate) fn packed_pair_kernel(ty: GgmlType) -> Option<PackedFn> {
     static TABLE: OnceLock<Vec<(GgmlType, PackedFn)>> = OnceLock::new();
-    if crate::Kernels::current().name() == "scalar"
-        || std::env::var_os("LLM_SERVER_NO_ZMM").is_some()
-    {
+    if std::env::var_os("LLM_SERVER_NO_ZMM").is_some() {
         return None;
     }
-    let table = TABLE.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            crate::x86::packed_pair_kernels()
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            Vec::new()
-        }
-    });
-    table.iter().find(|(t, _)| *t == ty).map(|(_, f)| *f)
+    #[cfg(target_arch = "x86_64")]
+    let init = crate::x86::packed_pair_kernels;
+    #[cfg(not(target_arch = "x86_64"))]
+    let init = Vec::new;
+    find_kernel(&TABLE, init, ty)
 }
 
 /// The packed kernel for `ty` on this CPU, if any (none under `with_path("scalar")`).
 pub(crate) fn packed_kernel(ty: GgmlType) -> Option<PackedFn> {
     static TABLE: OnceLock<Vec<(GgmlType, PackedFn)>> = OnceLock::new();
+    #[cfg(target_arch = "x86_64")]
+    let init = crate::x86::packed_kernels;
+    #[cfg(not(target_arch = "x86_64"))]
+    let init = Vec::new;
+    find_kernel(&TABLE, init, ty)
+}
+
+/// `ty`'s entry of a kernel table made once by `init`, unless the scalar path is forced.
+fn find_kernel(
+    table: &OnceLock<Vec<(GgmlType, PackedFn)>>,
+    init: fn() -> Vec<(GgmlType, PackedFn)>,
+    ty: GgmlType,
+) -> Option<PackedFn> {
     if crate::Kernels::current().name() == "scalar" {
         return None;
     }
-    let table = TABLE.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            crate::x86::packed_kernels()
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            Vec::new()
-        }
-    });
+    let table = table.get_or_init(init);
     table.iter().find(|(t, _)| *t == ty).map(|(_, f)| *f)
 }
 
@@ -383,7 +386,7 @@ mod tests {
             assert!(!flavours.is_empty() && flavours[0].len() == 9);
         }
         for (ty, f) in flavours.into_iter().flatten() {
-            check_against_vec_dot(ty, f, 1);
+            check_against_vec_dot(ty, f, 1, crate::TILE);
         }
     }
 
@@ -392,13 +395,14 @@ mod tests {
     fn pair_kernels_match_vec_dot() {
         #[cfg(target_arch = "x86_64")]
         for (ty, f) in crate::x86::packed_pair_kernels() {
-            check_against_vec_dot(ty, f, 2);
+            check_against_vec_dot(ty, f, 2, PAIR_TILE);
         }
     }
 
-    /// Kernel `f` over two groups of `ty` rows, `per_call` groups per call.
-    fn check_against_vec_dot(ty: GgmlType, f: PackedFn, per_call: usize) {
-        for (k, n) in [(256, 1), (512, 3), (1280, 6), (256, 9)] {
+    /// Kernel `f` over two groups of `ty` rows, `per_call` groups and up to `tile` tokens per
+    /// call.
+    fn check_against_vec_dot(ty: GgmlType, f: PackedFn, per_call: usize, tile: usize) {
+        for (k, n) in [(256, 1), (512, 3), (1280, 6), (256, 9), (512, 15)] {
             let rows = 2 * GROUP;
             let rb = ty.bytes_for(k as u64).unwrap() as usize;
             let mut w = vec![0u8; rows * rb];
@@ -408,12 +412,12 @@ mod tests {
             for g in (0..2).step_by(per_call) {
                 let gw = &p.data[g * p.group_bytes..];
                 let mut out = vec![f32::NAN; per_call * GROUP * n];
-                for t0 in (0..n).step_by(crate::TILE) {
+                for t0 in (0..n).step_by(tile) {
                     let tile = PTile {
                         w: gw,
                         stride: p.group_bytes,
                         t0,
-                        nt: crate::TILE.min(n - t0),
+                        nt: tile.min(n - t0),
                         ld: n,
                         prefetch: true,
                     };

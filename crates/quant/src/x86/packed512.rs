@@ -16,6 +16,23 @@ use crate::packed::{PTile, PackedFn};
 use gguf::GgmlType as T;
 use std::arch::x86_64::*;
 
+/// Dispatches a tile's token count (1 to [`PAIR_TILE`](crate::packed::PAIR_TILE)) to the
+/// const-generic body.
+macro_rules! by_nt {
+    ($g:expr, $f:ident [$($p:tt),*] ($($arg:expr),*)) => {
+        match $g.nt {
+            1 => $f::<$($p,)* 1>($($arg),*),
+            2 => $f::<$($p,)* 2>($($arg),*),
+            3 => $f::<$($p,)* 3>($($arg),*),
+            4 => $f::<$($p,)* 4>($($arg),*),
+            5 => $f::<$($p,)* 5>($($arg),*),
+            6 => $f::<$($p,)* 6>($($arg),*),
+            7 => $f::<$($p,)* 7>($($arg),*),
+            _ => $f::<$($p,)* 8>($($arg),*),
+        }
+    };
+}
+
 /// The pair kernels for this CPU: only with AVX-512 F/BW/VL and VNNI.
 pub(crate) fn kernels() -> Vec<(T, PackedFn)> {
     if !super::has_avx512_vnni() {
@@ -226,18 +243,11 @@ fn q6_k_pair(g: &PTile<'_>, a: &QActs, out: &mut [f32]) {
             super::packed::q6_k_vnni(g, a, out);
             super::packed::q6_k_vnni(&second, a, &mut out[8 * g.ld..]);
         }
-        2 => q6_k::<2>(g, a, out),
-        3 => q6_k::<3>(g, a, out),
-        _ => q6_k::<4>(g, a, out),
+        _ => by_nt!(g, q6_k[](g, a, out)),
     }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn k4_pair<const Q5: bool>(g: &PTile<'_>, a: &QActs, out: &mut [f32]) {
-    match g.nt {
-        1 => k4::<Q5, 1>(g, a, out),
-        2 => k4::<Q5, 2>(g, a, out),
-        3 => k4::<Q5, 3>(g, a, out),
-        _ => k4::<Q5, 4>(g, a, out),
-    }
+    by_nt!(g, k4[Q5](g, a, out))
 }
