@@ -334,13 +334,15 @@ pub(crate) const PAIR_TILE: usize = 8;
 /// `with_path("scalar")` or with `LLM_SERVER_NO_ZMM` set).
 pub(crate) fn packed_pair_kernel(ty: GgmlType) -> Option<PackedFn> {
     static TABLE: OnceLock<Vec<(GgmlType, PackedFn)>> = OnceLock::new();
-    if std::env::var_os("LLM_SERVER_NO_ZMM").is_some() {
-        return None;
+    fn init() -> Vec<(GgmlType, PackedFn)> {
+        if std::env::var_os("LLM_SERVER_NO_ZMM").is_some() {
+            return Vec::new();
+        }
+        #[cfg(target_arch = "x86_64")]
+        return crate::x86::packed_pair_kernels();
+        #[cfg(not(target_arch = "x86_64"))]
+        Vec::new()
     }
-    #[cfg(target_arch = "x86_64")]
-    let init = crate::x86::packed_pair_kernels;
-    #[cfg(not(target_arch = "x86_64"))]
-    let init = Vec::new;
     find_kernel(&TABLE, init, ty)
 }
 
