@@ -202,6 +202,7 @@ fn pack(w: &QTensor, rows: &[u8], exec: Exec) -> Result<Option<quant::Packed>> {
     };
     let src = quant::GROUP * w.row_bytes();
     let mut data = vec![0u8; rows.len() / src * gb];
+    advise_huge_pages(&mut data);
     // Moving a byte counted as eight multiply-adds: a 1024-wide Q4_K matrix of 1024 rows goes
     // out to about nine threads, an expert tensor to all.
     par_rows(&mut data, gb, 8 * src, exec, &|g, out| {
@@ -213,6 +214,33 @@ fn pack(w: &QTensor, rows: &[u8], exec: Exec) -> Result<Option<quant::Packed>> {
         )?)
     })?;
     Ok(Some(quant::Packed::from_groups(ty, k, data)?))
+}
+
+/// Asks Linux for 2 MiB pages under `buf` (transparent huge pages in `madvise` mode, the
+/// usual default, give them only where asked): a decode step streams every packed weight
+/// once, and with 4 KiB pages that is a TLB miss every 4 KiB. Called before the first write
+/// (a large `vec![0; n]` is fresh, untouched mapped memory), so the pages are huge from the
+/// start. `LLM_SERVER_THP=0` leaves them alone (for comparisons).
+fn advise_huge_pages(buf: &mut [u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        if std::env::var("LLM_SERVER_THP").is_ok_and(|v| v == "0") {
+            return;
+        }
+        let (lo, hi) = (
+            buf.as_mut_ptr() as usize,
+            buf.as_mut_ptr() as usize + buf.len(),
+        );
+        let (start, end) = (lo.next_multiple_of(HUGE), hi / HUGE * HUGE);
+        if end > start {
+            // SAFETY: the range lies inside `buf`; MADV_HUGEPAGE changes no contents, and a
+            // failure (no THP in this kernel) leaves ordinary pages.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = buf;
 }
 
 /// A job as the pool threads see it.
