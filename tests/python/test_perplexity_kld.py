@@ -74,6 +74,8 @@ def test_bad_base_files_are_clear_errors(tmp_path):
     expect_error(tmp_path, header + bytes(rows), "vocabulary of 6143 tokens")
     p = perplexity("--kl-divergence-base", tmp_path / "missing.kld", "--kl-divergence")
     assert p.returncode == 1 and "cannot open" in p.stderr
+    p = perplexity("--kl-divergence-base", GOLDEN, "--kl-divergence", "-c", 512)
+    assert p.returncode == 1 and "chunks of 64 tokens, not 512" in p.stderr
 
 
 def test_kl_divergence_needs_a_base():

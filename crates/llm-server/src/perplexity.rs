@@ -27,9 +27,9 @@ pub struct Args {
     /// The text file (not needed with --kl-divergence: the tokens come from the base file).
     #[arg(short = 'f', long = "file", required_unless_present = "kl_divergence")]
     pub file: Option<PathBuf>,
-    /// Tokens per chunk.
-    #[arg(short = 'c', long = "ctx-size", default_value_t = 512)]
-    pub ctx_size: usize,
+    /// Tokens per chunk [default: 512; with --kl-divergence, the base file's].
+    #[arg(short = 'c', long = "ctx-size")]
+    pub ctx_size: Option<usize>,
     /// Stop after this many chunks (default: all).
     #[arg(long = "chunks")]
     pub chunks: Option<usize>,
@@ -51,7 +51,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let path = load::model_path(args.model.clone())?;
     let m = load::open(&path, args.threads)?;
-    if args.ctx_size < 2 {
+    if args.ctx_size.is_some_and(|c| c < 2) {
         bail!("--ctx-size must be at least 2");
     }
     match (&args.kl_base, args.kl_divergence) {
@@ -65,7 +65,7 @@ fn perplexity(args: &Args, m: &Loaded) -> anyhow::Result<()> {
     let file = args.file.as_ref().context("--file is required")?;
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let text = String::from_utf8_lossy(&bytes);
-    let n_ctx = args.ctx_size;
+    let n_ctx = args.ctx_size.unwrap_or(512);
     let tokens = m.tokenizer.encode(&text, true, false);
     if tokens.len() < 2 * n_ctx {
         bail!(
@@ -147,12 +147,11 @@ fn compare(args: &Args, m: &Loaded, base: &std::path::Path) -> anyhow::Result<()
             r.n_vocab
         );
     }
-    if args.ctx_size != r.n_ctx && args.ctx_size != 512 {
+    if let Some(c) = args.ctx_size.filter(|&c| c != r.n_ctx) {
         bail!(
-            "{} was computed with chunks of {} tokens, not {} (leave -c out to take the file's)",
+            "{} was computed with chunks of {} tokens, not {c} (leave -c out to take the file's)",
             base.display(),
-            r.n_ctx,
-            args.ctx_size
+            r.n_ctx
         );
     }
     let n_ctx = r.n_ctx;
