@@ -27,7 +27,7 @@ use super::{dpbusd, IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
 const PREFETCH_BLOCKS: usize = 2;
 
 /// Group-block bytes per legacy tag.
-const GB: [usize; 6] = [144, 160, 176, 192, 272, 144];
+pub(super) const GB: [usize; 6] = [144, 160, 176, 192, 272, 144];
 
 /// Dispatches a tile's token count to the const-generic body.
 macro_rules! by_nt {
@@ -257,7 +257,7 @@ fn legacy_avx2<const K: u8>(g: &PTile<'_>, a: &QActs, out: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-fn legacy_vnni<const K: u8>(g: &PTile<'_>, a: &QActs, out: &mut [f32]) {
+pub(super) fn legacy_vnni<const K: u8>(g: &PTile<'_>, a: &QActs, out: &mut [f32]) {
     by_nt!(g, legacy[K, true](g, a, out))
 }
 

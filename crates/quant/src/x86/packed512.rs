@@ -5,13 +5,17 @@
 //! the two groups and joined (`vinserti64x4`), one extra shuffle per code vector against the
 //! four or so dot instructions it feeds.
 //!
-//! Q4_K, Q5_K and Q6_K (the experts of the Q4_K_M files); the arithmetic is `packed.rs`'s
-//! `k4` and `q6_k` lane for lane, which the tests hold to `vec_dot`. The joining by halves
+//! Q4_K, Q5_K and Q6_K (the experts of the Q4_K_M files) and the legacy 32-value formats;
+//! the arithmetic is `packed.rs`'s `k4`, `q6_k` and (VNNI flavour) `legacy` lane for lane,
+//! which the tests hold to `vec_dot`. The joining by halves
 //! keeps the per-row sums in the same order as the eight-row kernels', so the results match
 //! them bit for bit. `LLM_SERVER_NO_ZMM=1` turns these kernels off (for comparisons).
 
 use super::avx2::{load, load128};
+use super::packed::GB;
+use super::{IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
 use crate::gemm::QActs;
+use crate::iq4::KVALUES_IQ4NL;
 use crate::packed::{PTile, PackedFn};
 use gguf::GgmlType as T;
 use std::arch::x86_64::*;
@@ -42,6 +46,12 @@ pub(crate) fn kernels() -> Vec<(T, PackedFn)> {
         (T::Q4_K, k4_pair::<false>),
         (T::Q5_K, k4_pair::<true>),
         (T::Q6_K, q6_k_pair),
+        (T::Q4_0, legacy_pair::<Q4_0>),
+        (T::Q4_1, legacy_pair::<Q4_1>),
+        (T::Q5_0, legacy_pair::<Q5_0>),
+        (T::Q5_1, legacy_pair::<Q5_1>),
+        (T::Q8_0, legacy_pair::<Q8_0>),
+        (T::IQ4_NL, legacy_pair::<IQ4_NL>),
     ]
 }
 
@@ -250,4 +260,93 @@ fn q6_k_pair(g: &PTile<'_>, a: &QActs, out: &mut [f32]) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn k4_pair<const Q5: bool>(g: &PTile<'_>, a: &QActs, out: &mut [f32]) {
     by_nt!(g, k4[Q5](g, a, out))
+}
+
+/// Code vector `c` (values `4c..4c+4` of each row) of both groups' legacy group-blocks:
+/// unsigned for the 4/5-bit formats, `code + 128` for Q8_0 and IQ4_NL (`packed.rs`'s
+/// `legacy_code`, VNNI flavour).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+fn legacy_code<const K: u8>(xa: &[u8], xb: &[u8], c: usize, iq4: __m512i) -> __m512i {
+    let m4 = _mm512_set1_epi8(0x0F);
+    let qs = [16, 32, 48, 64, 16, 16][K as usize];
+    if K == Q8_0 {
+        return _mm512_xor_si512(join(xa, xb, qs + 32 * c), _mm512_set1_epi8(-128));
+    }
+    let v = join(xa, xb, qs + 32 * (c % 4));
+    let q = if c < 4 {
+        _mm512_and_si512(v, m4)
+    } else {
+        _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4)
+    };
+    match K {
+        Q5_0 | Q5_1 => {
+            // Bit c of each byte to bit 4 (|c − 4| ≤ 4: no bit crosses a byte).
+            let hb = join(xa, xb, if K == Q5_0 { 16 } else { 32 });
+            let hb = if c <= 4 {
+                _mm512_sll_epi16(hb, _mm_cvtsi32_si128(4 - c as i32))
+            } else {
+                _mm512_srl_epi16(hb, _mm_cvtsi32_si128(c as i32 - 4))
+            };
+            _mm512_or_si512(q, _mm512_and_si512(hb, _mm512_set1_epi8(0x10)))
+        }
+        IQ4_NL => _mm512_shuffle_epi8(iq4, q),
+        _ => q,
+    }
+}
+
+/// Groups A and B of legacy tag `K` against `NT` tokens.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn legacy<const K: u8, const NT: usize>(g: &PTile<'_>, a: &QActs, out: &mut [f32]) {
+    let (nb, gb) = (a.blocks(), GB[K as usize]);
+    let ab = if K == Q4_1 || K == Q5_1 { 36 } else { 34 };
+    let (wa, wb) = (g.w, &g.w[g.stride..]);
+    let ys: [&[u8]; NT] = std::array::from_fn(|t| a.row(g.t0 + t));
+    let sc: [&[f32]; NT] = std::array::from_fn(|t| a.scales(g.t0 + t));
+    let sm: [&[f32]; NT] = std::array::from_fn(|t| a.sums(g.t0 + t));
+    let iq4 = {
+        let t = KVALUES_IQ4NL.map(|v| (i16::from(v) + 128) as u8);
+        _mm512_broadcast_i32x4(load128(&t, 0))
+    };
+    let mut acc = [_mm512_setzero_ps(); NT];
+    for b in 0..nb {
+        let (xa, xb) = (&wa[b * gb..(b + 1) * gb], &wb[b * gb..(b + 1) * gb]);
+        let d = halves16(xa, xb, 0);
+        let m = match K {
+            Q4_1 | Q5_1 => halves16(xa, xb, 16),
+            Q4_0 => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
+            Q5_0 => _mm512_mul_ps(d, _mm512_set1_ps(-16.0)),
+            _ => _mm512_mul_ps(d, _mm512_set1_ps(-128.0)),
+        };
+        let q: [__m512i; 8] = std::array::from_fn(|c| legacy_code::<K>(xa, xb, c, iq4));
+        for t in 0..NT {
+            let y = &ys[t][b * ab..(b + 1) * ab];
+            let mut isum = _mm512_setzero_si512();
+            for (c, &qc) in q.iter().enumerate() {
+                isum = _mm512_dpbusd_epi32(isum, qc, bcast(y, ab - 32 + 4 * c));
+            }
+            let dd = _mm512_mul_ps(d, _mm512_set1_ps(sc[t][b]));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), dd, acc[t]);
+            acc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(sm[t][b]), acc[t]);
+        }
+    }
+    store(&acc, out, g.ld);
+}
+
+/// Legacy pairs for two or more tokens; a decode step keeps the eight-row kernel and its
+/// prefetch (legacy blocks are small: decode streams them from memory).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn legacy_pair<const K: u8>(g: &PTile<'_>, a: &QActs, out: &mut [f32]) {
+    match g.nt {
+        1 => {
+            let second = PTile {
+                w: &g.w[g.stride..],
+                ..*g
+            };
+            super::packed::legacy_vnni::<K>(g, a, out);
+            super::packed::legacy_vnni::<K>(&second, a, &mut out[8 * g.ld..]);
+        }
+        _ => by_nt!(g, legacy[K](g, a, out)),
+    }
 }
