@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 /// How long a worker spins for the next job before it sleeps.
 const SPIN_ROUNDS: u32 = 20_000;
 
-/// The caller's closure, lifetime erased; [`Pool::run`] keeps it (and this reference to it, on
+/// The caller's closure, lifetime erased; [`Pool::run_parts`] keeps it (and this reference to it, on
 /// its stack) alive until every worker is done with it.
 type Job = &'static (dyn Fn(usize) + Sync);
 
@@ -57,7 +57,7 @@ impl Shared {
 pub struct Pool {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
-    /// Serialises `run` calls from different threads (one job at a time).
+    /// Serialises `run_parts` calls from different threads (one job at a time).
     running: Mutex<()>,
 }
 
@@ -230,7 +230,7 @@ fn worker(s: &Shared, index: usize) {
         if job.is_null() {
             continue;
         }
-        // SAFETY: `run` published this pointer before the generation and keeps the job alive
+        // SAFETY: `run_parts` published this pointer before the ticket and keeps the job alive
         // until `remaining` reaches 0, which needs this worker's decrement below.
         let f = unsafe { *job };
         if catch_unwind(AssertUnwindSafe(|| f(index))).is_err() {
