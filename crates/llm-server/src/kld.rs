@@ -378,11 +378,18 @@ impl Moments {
         self.n
     }
 
-    /// Standard error of the mean (0 for ten values or fewer, as llama-perplexity has it).
+    /// Standard error of the mean (0 for ten values or fewer, as llama-perplexity's KL
+    /// statistics have it).
     pub fn err(&self) -> f64 {
+        self.err_from(11)
+    }
+
+    /// Standard error of the mean, 0 below `min` values (llama-perplexity's own perplexity
+    /// line gives one from two values on).
+    pub fn err_from(&self, min: usize) -> f64 {
         let n = self.n as f64;
         let var = self.sum2 / n - self.mean() * self.mean();
-        if var > 0.0 && self.n > 10 {
+        if var > 0.0 && self.n >= min.max(2) {
             (var / (n - 1.0)).sqrt()
         } else {
             0.0
@@ -497,31 +504,10 @@ impl Summary {
             self.kld.err()
         ));
         let kld = sorted(&mut self.kld_values);
-        line(format!(
-            "Maximum KLD: {:10.6}",
-            kld.last().copied().unwrap_or(0.0)
-        ));
-        for (name, q) in [
-            ("99.9%", 0.999),
-            ("99.0%", 0.99),
-            ("95.0%", 0.95),
-            ("90.0%", 0.9),
-        ] {
-            line(format!("{name:<8}KLD: {:10.6}", percentile(kld, q)));
-        }
-        line(format!("Median  KLD: {:10.6}", percentile(kld, 0.5)));
-        for (name, q) in [
-            ("10.0%", 0.1),
-            (" 5.0%", 0.05),
-            (" 1.0%", 0.01),
-            (" 0.1%", 0.001),
-        ] {
-            line(format!("{name:<8}KLD: {:10.6}", percentile(kld, q)));
-        }
-        line(format!(
-            "Minimum KLD: {:10.6}",
-            kld.first().copied().unwrap_or(0.0)
-        ));
+        let quantiles = [0.999, 0.99, 0.95, 0.9, 0.5, 0.1, 0.05, 0.01, 0.001];
+        quantile_lines("KLD", kld, &quantiles, |v| format!("{v:10.6}"))
+            .into_iter()
+            .for_each(&mut line);
         line(String::new());
         line("====== Token probability statistics ======".into());
         line(format!(
@@ -530,33 +516,12 @@ impl Summary {
             100.0 * self.p_diff.err()
         ));
         let pd = sorted(&mut self.p_diff_values);
-        line(format!(
-            "Maximum Δp: {:6.3}%",
-            100.0 * pd.last().copied().unwrap_or(0.0)
-        ));
-        for (name, q) in [
-            ("99.9%", 0.999),
-            ("99.0%", 0.99),
-            ("95.0%", 0.95),
-            ("90.0%", 0.9),
-            ("75.0%", 0.75),
-        ] {
-            line(format!("{name:<8}Δp: {:6.3}%", 100.0 * percentile(pd, q)));
-        }
-        line(format!("Median  Δp: {:6.3}%", 100.0 * percentile(pd, 0.5)));
-        for (name, q) in [
-            ("25.0%", 0.25),
-            ("10.0%", 0.1),
-            (" 5.0%", 0.05),
-            (" 1.0%", 0.01),
-            (" 0.1%", 0.001),
-        ] {
-            line(format!("{name:<8}Δp: {:6.3}%", 100.0 * percentile(pd, q)));
-        }
-        line(format!(
-            "Minimum Δp: {:6.3}%",
-            100.0 * pd.first().copied().unwrap_or(0.0)
-        ));
+        let quantiles = [
+            0.999, 0.99, 0.95, 0.9, 0.75, 0.5, 0.25, 0.1, 0.05, 0.01, 0.001,
+        ];
+        quantile_lines("Δp", pd, &quantiles, |v| format!("{:6.3}%", 100.0 * v))
+            .into_iter()
+            .for_each(&mut line);
         let (rms, rms_err) = self.rms_p_diff();
         line(format!(
             "RMS Δp    : {:6.3} ± {:5.3} %",
@@ -571,6 +536,25 @@ impl Summary {
         ));
         s
     }
+}
+
+/// A sorted distribution as llama-perplexity prints it: `Maximum NAME: …`, one line per
+/// quantile (largest first; 0.5 as `Median`), `Minimum NAME: …`.
+fn quantile_lines(name: &str, v: &[f64], qs: &[f64], show: impl Fn(f64) -> String) -> Vec<String> {
+    let ends = (
+        v.first().copied().unwrap_or(0.0),
+        v.last().copied().unwrap_or(0.0),
+    );
+    let mut out = vec![format!("Maximum {name}: {}", show(ends.1))];
+    for &q in qs {
+        let label = match q == 0.5 {
+            true => "Median".to_string(),
+            false => format!("{:4.1}%", 100.0 * q),
+        };
+        out.push(format!("{label:<8}{name}: {}", show(percentile(v, q))));
+    }
+    out.push(format!("Minimum {name}: {}", show(ends.0)));
+    out
 }
 
 fn sorted(v: &mut [f64]) -> &[f64] {

@@ -126,7 +126,7 @@ fn perplexity(args: &Args, m: &Loaded) -> anyhow::Result<()> {
     }
     let ppl = nll.mean().exp();
     // llama-perplexity's error estimate: ppl · the standard error of the mean −log p.
-    let err = ppl * nll.err();
+    let err = ppl * nll.err_from(2);
     println!("Final estimate: PPL = {ppl:.4} +/- {err:.5}");
     eprintln!(
         "{n_chunk} chunks of {n_ctx}, {} scored tokens, {:.1} s",
