@@ -154,13 +154,26 @@ fn swiglu_body(gate: &mut [f32], up: &[f32]) {
         .for_each(|(g, &u)| *g = silu(*g) * u);
 }
 
-/// [`swiglu`] on the worker pool, in chunks of 16K values (a prefill's FFN is megabytes).
+/// [`swiglu`] on the worker pool.
 pub fn swiglu_par(gate: &mut [f32], up: &[f32], exec: Exec) -> crate::Result<()> {
-    const CHUNK: usize = 1 << 14;
     let _stage = crate::prof::stage("swiglu");
+    gated_par(gate, up, 16, exec, &swiglu)
+}
+
+/// `f(gate, up)` over matching chunks of 16K values on the worker pool (a prefill's FFN is
+/// megabytes): the gated activations, SwiGLU and GEGLU. `cost` is per value, in matmul
+/// multiply-adds.
+pub fn gated_par(
+    gate: &mut [f32],
+    up: &[f32],
+    cost: usize,
+    exec: Exec,
+    f: &(dyn Fn(&mut [f32], &[f32]) + Sync),
+) -> crate::Result<()> {
+    const CHUNK: usize = 1 << 14;
     let n = gate.len().min(up.len());
-    crate::matmul::par_rows(&mut gate[..n], CHUNK, 16 * CHUNK, exec, &|i, g| {
-        swiglu(g, &up[i * CHUNK..i * CHUNK + g.len()]);
+    crate::matmul::par_rows(&mut gate[..n], CHUNK, cost * CHUNK, exec, &|i, g| {
+        f(g, &up[i * CHUNK..i * CHUNK + g.len()]);
         Ok(())
     })
 }

@@ -199,13 +199,10 @@ impl Gemma3 {
         let (n, ff) = (x.len() / self.hp.n_embd, self.hp.n_ff);
         let (mut gate, mut up) = (vec![0f32; n * ff], vec![0f32; n * ff]);
         ops::matmuls([&l.ffn_gate, &l.ffn_up], x, n, [&mut gate, &mut up], exec)?;
-        const CHUNK: usize = 1 << 14;
-        crate::matmul::par_rows(&mut gate, CHUNK, 8 * CHUNK, exec, &|i, g| {
-            let up = &up[i * CHUNK..i * CHUNK + g.len()];
+        ops::gated_par(&mut gate, &up, 8, exec, &|g, u| {
             g.iter_mut()
-                .zip(up)
+                .zip(u)
                 .for_each(|(g, &u)| *g = gelu_ggml(*g) * u);
-            Ok(())
         })?; // ffn_geglu
         let mut out = vec![0f32; n * self.hp.n_embd];
         ops::matmul(&l.ffn_down, &gate, n, &mut out, exec)?;
