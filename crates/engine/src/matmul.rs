@@ -364,6 +364,17 @@ fn quantize_all(
             }
         }
     }
+    let store = quantize_inputs(&inputs, threads, pool)?;
+    Ok((store, which))
+}
+
+/// Each `(weight type, x, row length)` of `inputs` quantized, all in one pool job on up to
+/// `threads` threads, in units of [`QUANT_UNIT`] tokens.
+fn quantize_inputs(
+    inputs: &[(quant::GgmlType, &[f32], usize)],
+    threads: usize,
+    pool: &Pool,
+) -> Result<Vec<quant::QActs>> {
     // (input, token range) of every unit, in input order.
     let mut units = Vec::new();
     for (i, &(_, x, k)) in inputs.iter().enumerate() {
@@ -407,7 +418,7 @@ fn quantize_all(
     for p in parts {
         store.push(quant::QActs::concat(p)?);
     }
-    Ok((store, which))
+    Ok(store)
 }
 
 /// Tokens per unit of activation quantization.
@@ -424,16 +435,10 @@ pub fn quantize(
     if !quant::DOT_TYPES.contains(&w_ty) {
         return Ok(None);
     }
-    let n = x.len() / k.max(1);
-    let mut parts: Vec<Option<quant::QActs>> = vec![None; n.div_ceil(QUANT_UNIT).max(1)];
-    par_rows(&mut parts, 1, QUANT_UNIT * k * 4, exec, &|u, slot| {
-        let t = u * QUANT_UNIT..((u + 1) * QUANT_UNIT).min(n);
-        slot[0] = Some(quant::QActs::new(w_ty, &x[t.start * k..t.end * k], k)?);
-        Ok(())
-    })?;
-    Ok(Some(quant::QActs::concat(
-        parts.into_iter().flatten().collect(),
-    )?))
+    let pool = Pool::global(exec.threads);
+    // About four multiply-adds' time per value quantized.
+    let threads = threads_for(4 * x.len(), exec, pool);
+    Ok(quantize_inputs(&[(w_ty, x, k)], threads, pool)?.pop())
 }
 
 /// `f(i, row_i)` for every `row_len`-sized row of `out` (the last may be shorter), the rows
