@@ -24,7 +24,7 @@ use super::{dpbusd, IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
 /// Group-blocks ahead that the kernels prefetch (into the next group: `PTile::w` runs on to
 /// the end of the packed rows). Streaming weights from DRAM, the hardware prefetchers alone
 /// left decode ~7% slower on the development machine.
-const PREFETCH_BLOCKS: usize = 2;
+pub(super) const PREFETCH_BLOCKS: usize = 2;
 
 /// Group-block bytes per legacy tag.
 pub(super) const GB: [usize; 6] = [144, 160, 176, 192, 272, 144];
@@ -84,7 +84,7 @@ fn bcast(b: &[u8], at: usize) -> __m256i {
 /// tile prefetches.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn prefetch(g: &PTile<'_>, at: usize, len: usize) {
+pub(super) fn prefetch(g: &PTile<'_>, at: usize, len: usize) {
     if !g.prefetch {
         return;
     }

@@ -12,7 +12,7 @@
 //! them bit for bit. `LLM_SERVER_NO_ZMM=1` turns these kernels off (for comparisons).
 
 use super::avx2::{load, load128};
-use super::packed::GB;
+use super::packed::{prefetch, GB, PREFETCH_BLOCKS};
 use super::{IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
 use crate::gemm::QActs;
 use crate::iq4::KVALUES_IQ4NL;
@@ -112,19 +112,14 @@ fn k4<const Q5: bool, const NT: usize>(g: &PTile<'_>, a: &QActs, out: &mut [f32]
         if Q5 { 416 } else { 160 },
     );
     let (wa, wb) = (g.w, &g.w[g.stride..]);
+    let second = PTile { w: wb, ..*g };
     let ys: [&[u8]; NT] = std::array::from_fn(|t| a.row(g.t0 + t));
     let sc: [&[f32]; NT] = std::array::from_fn(|t| a.scales(g.t0 + t));
     let m4 = _mm512_set1_epi8(0x0F);
     let mut acc = [_mm512_setzero_ps(); NT];
     for b in 0..nb {
-        if g.prefetch {
-            for w in [wa, wb] {
-                let at = (b + 2) * gb;
-                for off in (at..(at + gb).min(w.len())).step_by(64) {
-                    // SAFETY: `off < w.len()`; a prefetch never faults anyway.
-                    unsafe { _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().add(off).cast()) };
-                }
-            }
+        for tile in [g, &second] {
+            prefetch(tile, (b + PREFETCH_BLOCKS) * gb, gb);
         }
         let (xa, xb) = (&wa[b * gb..(b + 1) * gb], &wb[b * gb..(b + 1) * gb]);
         let y: [&[u8]; NT] = std::array::from_fn(|t| &ys[t][b * 292..(b + 1) * 292]);
@@ -239,20 +234,29 @@ fn q6_k<const NT: usize>(g: &PTile<'_>, a: &QActs, out: &mut [f32]) {
     store(&acc, out, g.ld);
 }
 
+/// An eight-row kernel `f` on group A, then on group B (rows 8–15 of `out`): what a pair
+/// kernel does where the eight-row form is the faster one.
+#[inline]
+fn group_by_group(
+    g: &PTile<'_>,
+    a: &QActs,
+    out: &mut [f32],
+    f: impl Fn(&PTile<'_>, &QActs, &mut [f32]),
+) {
+    f(g, a, out);
+    let second = PTile {
+        w: &g.w[g.stride..],
+        ..*g
+    };
+    f(&second, a, &mut out[8 * g.ld..]);
+}
+
 /// Q6_K pairs for two or more tokens; a decode step (one token) keeps the eight-row kernel,
 /// whose one-token form shares its `ql`/`qh` loads across four chunks.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q6_k_pair(g: &PTile<'_>, a: &QActs, out: &mut [f32]) {
     match g.nt {
-        1 => {
-            let second = PTile {
-                w: &g.w[g.stride..],
-                ..*g
-            };
-            // The same features as this function's: a safe call.
-            super::packed::q6_k_vnni(g, a, out);
-            super::packed::q6_k_vnni(&second, a, &mut out[8 * g.ld..]);
-        }
+        1 => group_by_group(g, a, out, |g, a, o| super::packed::q6_k_vnni(g, a, o)),
         _ => by_nt!(g, q6_k[](g, a, out)),
     }
 }
@@ -339,14 +343,9 @@ fn legacy<const K: u8, const NT: usize>(g: &PTile<'_>, a: &QActs, out: &mut [f32
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn legacy_pair<const K: u8>(g: &PTile<'_>, a: &QActs, out: &mut [f32]) {
     match g.nt {
-        1 => {
-            let second = PTile {
-                w: &g.w[g.stride..],
-                ..*g
-            };
-            super::packed::legacy_vnni::<K>(g, a, out);
-            super::packed::legacy_vnni::<K>(&second, a, &mut out[8 * g.ld..]);
-        }
+        1 => group_by_group(g, a, out, |g, a, o| {
+            super::packed::legacy_vnni::<K>(g, a, o)
+        }),
         _ => by_nt!(g, legacy[K](g, a, out)),
     }
 }
