@@ -104,6 +104,14 @@ pub enum Error {
     /// An operation's buffers disagree in size (a bug in the caller, reported not panicked).
     #[error("op shape mismatch: {0}")]
     Shape(String),
+    /// The backend's device failed (out of memory, a failed launch, a missing library).
+    #[error("{backend}: {message}")]
+    Backend {
+        /// Which backend (`cuda:0`).
+        backend: String,
+        /// What failed, with the device's own words.
+        message: String,
+    },
 }
 
 /// Result with the engine's [`Error`].

@@ -114,6 +114,19 @@ pub struct KvCache {
 impl KvCache {
     /// A zeroed key cache for `n_ctx` positions of `n_head_kv` heads of `head_dim`.
     pub fn keys(ty: KvType, n_head_kv: usize, head_dim: usize, n_ctx: usize) -> Result<KvCache> {
+        let rot = KvCache::key_rotation(ty, head_dim);
+        KvCache::new(ty, n_head_kv * head_dim, head_dim, n_ctx, rot)
+    }
+
+    /// A zeroed value cache for `n_ctx` positions of `n_head_kv` heads of `head_dim`.
+    pub fn values(ty: KvType, n_head_kv: usize, head_dim: usize, n_ctx: usize) -> Result<KvCache> {
+        let rot = KvCache::value_rotation(ty, head_dim);
+        KvCache::new(ty, n_head_kv * head_dim, head_dim, n_ctx, rot)
+    }
+
+    /// The Walsh–Hadamard chunk keys of type `ty` are rotated by: the largest power of two
+    /// ≥ 64 dividing `head_dim` for quantized types, none for f16 or other head sizes.
+    pub fn key_rotation(ty: KvType, head_dim: usize) -> usize {
         let mut rot = 0;
         if ty != KvType::F16 && head_dim.is_multiple_of(64) {
             rot = 64;
@@ -121,22 +134,20 @@ impl KvCache {
                 rot *= 2;
             }
         }
-        KvCache::new(ty, n_head_kv * head_dim, head_dim, n_ctx, rot)
+        rot
     }
 
-    /// A zeroed value cache for `n_ctx` positions of `n_head_kv` heads of `head_dim`.
-    pub fn values(ty: KvType, n_head_kv: usize, head_dim: usize, n_ctx: usize) -> Result<KvCache> {
-        // llama.cpp found small chunks better for values (PR 21038's discussion).
-        let rot = if ty != KvType::F16 && head_dim.is_multiple_of(64) {
-            64
-        } else {
-            0
-        };
-        KvCache::new(ty, n_head_kv * head_dim, head_dim, n_ctx, rot)
+    /// The chunk values are rotated by: 64 for quantized types (llama.cpp found small chunks
+    /// better for values, PR 21038's discussion), none for f16 or other head sizes.
+    pub fn value_rotation(ty: KvType, head_dim: usize) -> usize {
+        match ty != KvType::F16 && head_dim.is_multiple_of(64) {
+            true => 64,
+            false => 0,
+        }
     }
 
     /// Quantized types need every head to be whole blocks, as llama.cpp does.
-    fn new(ty: KvType, width: usize, head_dim: usize, n_ctx: usize, rot: usize) -> Result<KvCache> {
+    pub fn check_head(ty: KvType, head_dim: usize) -> Result<()> {
         let block = ty.block_size();
         if block > 1 && (head_dim == 0 || !head_dim.is_multiple_of(block)) {
             return Err(Error::CacheBlock {
@@ -145,6 +156,11 @@ impl KvCache {
                 block,
             });
         }
+        Ok(())
+    }
+
+    fn new(ty: KvType, width: usize, head_dim: usize, n_ctx: usize, rot: usize) -> Result<KvCache> {
+        KvCache::check_head(ty, head_dim)?;
         let row_bytes = ty.row_bytes(width);
         Ok(KvCache {
             ty,

@@ -4,6 +4,8 @@
 //!   SentencePiece, built from the GGUF vocabulary.
 //! - [`chat`]: the chat template embedded in the GGUF, rendered with minijinja.
 //! - [`models`]: one file per architecture, written top to bottom like its spec.
+//! - [`backend`]: the operations the models are written in, and the CPU backend; the `cuda`
+//!   crate adds the GPU one.
 //! - [`kv`]: the KV cache (f16, q8_0 or q4_0, llama.cpp's `-ctk/-ctv`) and attention over it.
 //!
 //! Dimension names used in shape comments (GGUF `ne` order, contiguous first):
@@ -12,10 +14,11 @@
 //! expert FFN width, `n_tokens` tokens in a batch.
 #![deny(missing_docs)]
 
+pub use backend::{Backend, Cpu, State};
 pub use chat::{ChatError, ChatRequest, ChatTemplate};
 pub use error::{Error, Result};
 pub use kv::{CacheConfig, KvCache, KvType};
-pub use models::{load, Logits, Model, State};
+pub use models::{load, load_on, Logits, Model};
 pub use ops::Exec;
 pub use sampler::{Sampler, SamplerError, SamplerParams};
 pub use stop::{StopMatcher, StopStep};
@@ -23,6 +26,7 @@ pub use tokenizer::{Tokenizer, TokenizerError};
 pub use weights::{QTensor, Weights};
 
 mod attn;
+pub mod backend;
 pub mod chat;
 mod error;
 pub mod kv;

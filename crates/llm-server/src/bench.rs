@@ -17,28 +17,58 @@ pub struct Args {
     /// The GGUF model (default: the shipped demo model).
     #[arg(short, long)]
     pub model: Option<PathBuf>,
-    /// Prompt tokens (pp test; 0 skips it).
-    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
-    pub n_prompt: usize,
-    /// Generated tokens (tg test; 0 skips it).
-    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
-    pub n_gen: usize,
+    /// Prompt tokens (pp tests; a comma-separated list; 0 skips them).
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        default_value = "512",
+        value_delimiter = ','
+    )]
+    pub n_prompt: Vec<usize>,
+    /// Generated tokens (tg tests; a list; 0 skips them).
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        default_value = "128",
+        value_delimiter = ','
+    )]
+    pub n_gen: Vec<usize>,
+    /// Tokens already in the context before each test (llama-bench's `-d`; a list).
+    #[arg(
+        short = 'd',
+        long = "n-depth",
+        default_value = "0",
+        value_delimiter = ','
+    )]
+    pub depth: Vec<usize>,
+    /// Prompt tokens per forward call (llama.cpp's `-ub`).
+    #[arg(long = "ubatch-size", default_value_t = 512)]
+    pub ubatch: usize,
     /// Repetitions.
     #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
     pub reps: usize,
     /// Worker threads (default: all cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
-    /// Skip the memory-bandwidth measurement (reads a 2 GiB buffer) after the tg test.
+    /// Skip the memory-bandwidth measurement after the tg test.
     #[arg(long)]
     pub no_bandwidth: bool,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
+    pub device: crate::device_args::DeviceArgs,
+}
+
+/// One timed test: `pp` prompt tokens or `tg` generated ones, after `depth` tokens.
+#[derive(Clone, Copy)]
+enum Test {
+    Pp(usize),
+    Tg(usize),
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let path = load::model_path(args.model)?;
-    let m = load::open(&path, args.threads)?;
+    let path = load::model_path(args.model.clone())?;
+    let m = load::open(&path, args.threads, &args.device)?;
     let n_vocab = m.model.n_vocab() as u64;
     let cache = args.cache.config();
     // llama-bench feeds random tokens; a fixed LCG keeps runs comparable.
@@ -51,12 +81,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let per_pos = m.model.new_state_with(1, cache)?.kv_bytes();
     eprintln!(
-        "KV cache K {} / V {}: {per_pos} bytes per position (all layers)",
-        cache.k, cache.v
+        "{} on {}; KV cache K {} / V {}: {per_pos} bytes per position (all layers)",
+        m.model.arch(),
+        m.model.backend(),
+        cache.k,
+        cache.v
     );
     let size = std::fs::metadata(&path)?.len();
-    println!("| model | size | threads | test | t/s |");
-    println!("| --- | ---: | ---: | ---: | ---: |");
+    let where_ = match &m.gpu {
+        Some(g) => g.gpu().describe(),
+        None => format!("{} threads", m.exec.threads),
+    };
+    println!("| model | size | backend | test | t/s |");
+    println!("| --- | ---: | --- | ---: | ---: |");
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -67,62 +104,112 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             / rates.len().max(2).saturating_sub(1) as f64)
             .sqrt();
         println!(
-            "| {name} | {:.2} GiB | {} | {test} | {mean:.2} ± {sd:.2} |",
+            "| {name} | {:.2} GiB | {where_} | {test} | {mean:.2} ± {sd:.2} |",
             size as f64 / (1u64 << 30) as f64,
-            m.exec.threads
         );
+        mean
     };
-    if args.n_prompt > 0 {
-        let mut rates = Vec::new();
-        for rep in 0..=args.reps {
-            let prompt: Vec<u32> = (0..args.n_prompt).map(|_| token()).collect();
-            let mut state = m.model.new_state_with(args.n_prompt, cache)?;
-            if rep == 1 {
-                engine::prof::reset(); // the warm-up packs the weights: not a stage to show
+    let tests: Vec<Test> = (args
+        .n_prompt
+        .iter()
+        .filter(|&&p| p > 0)
+        .map(|&p| Test::Pp(p)))
+    .chain(args.n_gen.iter().filter(|&&n| n > 0).map(|&n| Test::Tg(n)))
+    .collect();
+    let ub = args.ubatch.max(1);
+    let mut tg_rate = None;
+    let mut peak_kv = 0;
+    for &depth in &args.depth {
+        for &test in &tests {
+            let mut rates = Vec::new();
+            for rep in 0..=args.reps {
+                let len = match test {
+                    Test::Pp(p) => p,
+                    Test::Tg(n) => n + 1,
+                };
+                let mut state = m.model.new_state_with(depth + len, cache)?;
+                peak_kv = peak_kv.max(state.kv_bytes());
+                let fill: Vec<u32> = (0..depth).map(|_| token()).collect();
+                for c in fill.chunks(ub) {
+                    m.model
+                        .forward(c, &mut state, engine::Logits::Last, m.exec)?;
+                }
+                if rep == 1 {
+                    engine::prof::reset(); // the warm-up packs the weights: not a stage to show
+                }
+                let t0 = Instant::now();
+                let n = match test {
+                    Test::Pp(p) => {
+                        let prompt: Vec<u32> = (0..p).map(|_| token()).collect();
+                        for c in prompt.chunks(ub) {
+                            m.model
+                                .forward(c, &mut state, engine::Logits::Last, m.exec)?;
+                        }
+                        p
+                    }
+                    Test::Tg(n) => {
+                        let mut tok = token();
+                        for _ in 0..n {
+                            let logits = m.model.forward(
+                                &[tok],
+                                &mut state,
+                                engine::Logits::Last,
+                                m.exec,
+                            )?;
+                            tok = engine::sampler::argmax(&logits);
+                        }
+                        n
+                    }
+                };
+                if rep > 0 {
+                    rates.push(n as f64 / t0.elapsed().as_secs_f64()); // rep 0 is the warm-up
+                }
             }
-            let t0 = Instant::now();
-            m.model
-                .forward(&prompt, &mut state, engine::Logits::Last, m.exec)?;
-            if rep > 0 {
-                rates.push(args.n_prompt as f64 / t0.elapsed().as_secs_f64()); // rep 0 is the warm-up
+            let label = match test {
+                Test::Pp(p) => format!("pp{p}"),
+                Test::Tg(n) => format!("tg{n}"),
+            };
+            let label = match depth {
+                0 => label,
+                d => format!("{label} @ d{d}"),
+            };
+            let mean = row(label.clone(), &rates);
+            if matches!(test, Test::Tg(_)) && depth == 0 {
+                tg_rate = Some(mean);
             }
+            print_profile(&label);
         }
-        row(format!("pp{}", args.n_prompt), &rates);
-        print_profile(&format!("pp{}", args.n_prompt));
     }
-    if args.n_gen > 0 {
-        let mut rates = Vec::new();
-        for rep in 0..=args.reps {
-            let mut state = m.model.new_state_with(args.n_gen + 1, cache)?;
-            let mut tok = token();
-            let t0 = Instant::now();
-            for _ in 0..args.n_gen {
-                let logits = m
-                    .model
-                    .forward(&[tok], &mut state, engine::Logits::Last, m.exec)?;
-                tok = engine::sampler::argmax(&logits);
-            }
-            if rep > 0 {
-                rates.push(args.n_gen as f64 / t0.elapsed().as_secs_f64());
-            }
-        }
-        row(format!("tg{}", args.n_gen), &rates);
-        print_profile(&format!("tg{}", args.n_gen));
-        if !args.no_bandwidth {
-            let mean = rates.iter().sum::<f64>() / rates.len() as f64;
-            let file = gguf::GgufFile::open(&path)?;
-            let bytes = decode_bytes(&file);
-            let bw = read_bandwidth(m.exec.threads);
-            println!(
-                "\ndecode reads {:.1} MB of weights per token; memory read bandwidth {:.1} GB/s \
-                 ({} threads) → bound {:.1} tok/s; measured {mean:.1} ({:.0}% of the bound)",
-                bytes as f64 / 1e6,
-                bw / 1e9,
-                m.exec.threads,
-                bw / bytes as f64,
-                100.0 * mean * bytes as f64 / bw
-            );
-        }
+    if let Some(g) = &m.gpu {
+        let (free, total) = g.gpu().mem_info()?;
+        println!(
+            "\nGPU memory in use: {:.0} MiB of {:.0} MiB (weights {:.0} MiB, largest KV cache \
+             {:.0} MiB, activation pool {:.0} MiB)",
+            (total - free) as f64 / 1048576.0,
+            total as f64 / 1048576.0,
+            g.weight_bytes() as f64 / 1048576.0,
+            peak_kv as f64 / 1048576.0,
+            g.pool_bytes() as f64 / 1048576.0
+        );
+    }
+    if let (Some(mean), false) = (tg_rate, args.no_bandwidth) {
+        let file = gguf::GgufFile::open(&path)?;
+        let bytes = decode_bytes(&file);
+        let (bw, what) = match &m.gpu {
+            Some(g) => (g.copy_bandwidth(1 << 30)?, "GPU copy".to_string()),
+            None => (
+                read_bandwidth(m.exec.threads),
+                format!("memory read, {} threads", m.exec.threads),
+            ),
+        };
+        println!(
+            "\ndecode reads {:.1} MB of weights per token; bandwidth {:.1} GB/s ({what}) → \
+             bound {:.1} tok/s; measured {mean:.1} ({:.0}% of the bound)",
+            bytes as f64 / 1e6,
+            bw / 1e9,
+            bw / bytes as f64,
+            100.0 * mean * bytes as f64 / bw
+        );
     }
     Ok(())
 }

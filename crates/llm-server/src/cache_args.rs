@@ -32,7 +32,12 @@ fn kv_type(s: &str) -> Result<KvType, String> {
 
 /// llama.cpp spells some long flags with one dash (`-ctk q8_0`); clap reads `-ctk` as the short
 /// flags `-c -t -k`. Each such flag, alone or as `-ctk=q8_0`, becomes its `--long` form.
-const SINGLE_DASH: &[(&str, &str)] = &[("-ctk", "--cache-type-k"), ("-ctv", "--cache-type-v")];
+const SINGLE_DASH: &[(&str, &str)] = &[
+    ("-ctk", "--cache-type-k"),
+    ("-ctv", "--cache-type-v"),
+    ("-ngl", "--n-gpu-layers"),
+    ("-ub", "--ubatch-size"),
+];
 
 /// `args` with [`SINGLE_DASH`] flags rewritten.
 pub fn expand_single_dash(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {

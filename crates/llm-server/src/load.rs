@@ -7,6 +7,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use engine::{ChatTemplate, Exec, Model, Tokenizer};
 
+use crate::device_args::DeviceArgs;
+
 /// The shipped demo model, used when no `-m` is given (issue 4 trains and ships it).
 pub const DEFAULT_MODEL: &str = "models/demo-moe-f16.gguf";
 
@@ -16,6 +18,8 @@ pub struct Loaded {
     pub tokenizer: Tokenizer,
     pub template: Option<ChatTemplate>,
     pub exec: Exec,
+    /// The GPU backend, when the model runs on one.
+    pub gpu: Option<Arc<cuda::Cuda>>,
 }
 
 /// The model path: `-m`, else the shipped default (with an error naming both when absent).
@@ -35,7 +39,7 @@ pub fn model_path(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 /// Open `path`: map it, build the model, its tokenizer and (if the file has one) its template.
-pub fn open(path: &Path, threads: Option<usize>) -> anyhow::Result<Loaded> {
+pub fn open(path: &Path, threads: Option<usize>, device: &DeviceArgs) -> anyhow::Result<Loaded> {
     let file =
         gguf::GgufFile::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let file = Arc::new(file);
@@ -43,7 +47,7 @@ pub fn open(path: &Path, threads: Option<usize>) -> anyhow::Result<Loaded> {
         .with_context(|| format!("{}: tokenizer", path.display()))?;
     let template = ChatTemplate::from_gguf(file.metadata())
         .with_context(|| format!("{}: chat template", path.display()))?;
-    let model = engine::load(file).with_context(|| format!("cannot load {}", path.display()))?;
+    let (model, gpu) = crate::device_args::load(path, file, device)?;
     let mut exec = Exec::default();
     if let Some(t) = threads {
         exec.threads = t.max(1);
@@ -53,5 +57,6 @@ pub fn open(path: &Path, threads: Option<usize>) -> anyhow::Result<Loaded> {
         tokenizer,
         template,
         exec,
+        gpu,
     })
 }

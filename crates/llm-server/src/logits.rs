@@ -28,6 +28,8 @@ pub struct Args {
     pub threads: Option<usize>,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
+    pub device: crate::device_args::DeviceArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -46,7 +48,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .collect();
     let file = gguf::GgufFile::open(&args.model)
         .with_context(|| format!("cannot read {}", args.model.display()))?;
-    let model = engine::load(Arc::new(file))?;
+    let (model, _gpu) = crate::device_args::load(&args.model, Arc::new(file), &args.device)?;
     let mut exec = engine::Exec::default();
     if let Some(t) = args.threads {
         exec.threads = t.max(1);

@@ -4,6 +4,7 @@
 mod bench;
 mod cache_args;
 mod dequant;
+mod device_args;
 mod inspect;
 mod kld;
 mod load;

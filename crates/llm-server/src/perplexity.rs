@@ -46,11 +46,13 @@ pub struct Args {
     pub kl_divergence: bool,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
+    pub device: crate::device_args::DeviceArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let path = load::model_path(args.model.clone())?;
-    let m = load::open(&path, args.threads)?;
+    let m = load::open(&path, args.threads, &args.device)?;
     if args.ctx_size.is_some_and(|c| c < 2) {
         bail!("--ctx-size must be at least 2");
     }

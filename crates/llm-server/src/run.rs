@@ -38,6 +38,8 @@ pub struct Args {
     #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]
+    pub device: crate::device_args::DeviceArgs,
+    #[command(flatten)]
     pub sampling: SamplingArgs,
 }
 
@@ -88,7 +90,7 @@ impl SamplingArgs {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let path = load::model_path(args.model)?;
-    let m = load::open(&path, args.threads)?;
+    let m = load::open(&path, args.threads, &args.device)?;
     let prompt = if args.chat {
         let Some(t) = &m.template else {
             bail!("{} has no chat template; drop --chat", path.display())

@@ -36,12 +36,14 @@ pub struct Args {
     pub api_key: Option<String>,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
+    pub device: crate::device_args::DeviceArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let path = load::model_path(args.model)?;
     eprintln!("loading {}", path.display());
-    let m = load::open(&path, args.threads)?;
+    let m = load::open(&path, args.threads, &args.device)?;
     let n_ctx = match args.ctx_size {
         0 => m.model.n_ctx_train(),
         n => n,
@@ -54,7 +56,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // repacks it for the fast kernels (and reads it from disk), which the first request
     // should not wait for.
     let t0 = std::time::Instant::now();
-    let mut state = m.model.new_state(1);
+    let mut state = m.model.new_state(1).context("warm-up state")?;
     m.model
         .forward(&[0], &mut state, engine::Logits::Last, m.exec)
         .context("warm-up forward pass")?;

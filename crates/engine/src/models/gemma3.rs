@@ -2,14 +2,16 @@
 //! scaled by √n_embd, and sliding-window attention in five of every six layers (with their own
 //! RoPE base). Mirrors llama.cpp `src/models/gemma3.cpp`.
 
-use half::f16;
+use std::sync::Arc;
 
-use crate::error::{Error, Result};
-use crate::kv::{CacheConfig, KvCache, KvPass};
-use crate::ops::{self, AttnShape, Exec, Rope, RopeStyle};
-use crate::weights::{QTensor, Weights};
+use crate::backend::{AttnParams, Backend, Glu};
+use crate::error::Result;
+use crate::kv::CacheConfig;
+use crate::ops::{AttnShape, Exec, Rope, RopeStyle};
+use crate::weights::Weights;
 
-use super::{Keys, LayerState, Logits, Model, State};
+use super::ffn::SwiGlu;
+use super::{Keys, Logits, Model, State};
 
 /// Hyperparameters, read once.
 #[derive(Clone, Debug)]
@@ -83,160 +85,140 @@ impl Hparams {
 }
 
 #[derive(Debug)]
-struct Layer {
-    attn_norm: Vec<f32>,      // [n_embd]
-    wq: QTensor,              // [n_embd, n_head·head_dim]
-    wk: QTensor,              // [n_embd, n_head_kv·head_dim]
-    wv: QTensor,              // [n_embd, n_head_kv·head_dim]
-    q_norm: Vec<f32>,         // [head_dim]
-    k_norm: Vec<f32>,         // [head_dim]
-    wo: QTensor,              // [n_head·head_dim, n_embd]
-    attn_post_norm: Vec<f32>, // [n_embd]
-    ffn_norm: Vec<f32>,       // [n_embd]
-    ffn_gate: QTensor,        // [n_embd, n_ff]
-    ffn_up: QTensor,          // [n_embd, n_ff]
-    ffn_down: QTensor,        // [n_ff, n_embd]
-    ffn_post_norm: Vec<f32>,  // [n_embd]
+struct Layer<B: Backend> {
+    attn_norm: B::Vector,      // [n_embd]
+    wq: B::Mat,                // [n_embd, n_head·head_dim]
+    wk: B::Mat,                // [n_embd, n_head_kv·head_dim]
+    wv: B::Mat,                // [n_embd, n_head_kv·head_dim]
+    q_norm: B::Vector,         // [head_dim]
+    k_norm: B::Vector,         // [head_dim]
+    wo: B::Mat,                // [n_head·head_dim, n_embd]
+    attn_post_norm: B::Vector, // [n_embd]
+    ffn_norm: B::Vector,       // [n_embd]
+    ffn: SwiGlu<B>,            // ffn_{gate,up} [n_embd, n_ff], ffn_down [n_ff, n_embd], GEGLU
+    ffn_post_norm: B::Vector,  // [n_embd]
 }
 
 /// A loaded Gemma 3.
 #[derive(Debug)]
-pub struct Gemma3 {
+pub struct Gemma3<B: Backend> {
+    b: Arc<B>,
     hp: Hparams,
-    token_embd: QTensor, // [n_embd, n_vocab]
-    layers: Vec<Layer>,
-    output_norm: Vec<f32>, // [n_embd]
-    output: QTensor,       // [n_embd, n_vocab], token_embd when tied
+    token_embd: B::Mat, // [n_embd, n_vocab]
+    layers: Vec<Layer<B>>,
+    output_norm: B::Vector, // [n_embd]
+    output: B::Mat,         // [n_embd, n_vocab], token_embd when tied
 }
 
-impl Gemma3 {
+impl<B: Backend> Gemma3<B> {
     /// Load every tensor, checking shapes.
-    pub fn load(w: &Weights) -> Result<Gemma3> {
+    pub fn load(b: Arc<B>, w: &Weights) -> Result<Gemma3<B>> {
         let hp = Hparams::from_gguf(w)?;
         let u = |x: usize| x as u64;
-        let (e, v, ff, hd) = (u(hp.n_embd), u(hp.n_vocab), u(hp.n_ff), u(hp.head_dim));
+        let (e, v, hd) = (u(hp.n_embd), u(hp.n_vocab), u(hp.head_dim));
         let (q, kv) = (u(hp.n_head * hp.head_dim), u(hp.n_head_kv * hp.head_dim));
+        let be = &*b;
+        let vec = |name: &str, len: u64| be.vector(w.vector(name, len)?);
+        let mat = |name: &str, dims: &[u64]| be.mat(w.get(name, dims)?);
         let token_embd = w.get("token_embd.weight", &[e, v])?;
         let layers = (0..hp.n_layer)
             .map(|i| {
                 let n = |s: &str| format!("blk.{i}.{s}");
                 Ok(Layer {
-                    attn_norm: w.vector(&n("attn_norm.weight"), e)?,
-                    wq: w.get(&n("attn_q.weight"), &[e, q])?,
-                    wk: w.get(&n("attn_k.weight"), &[e, kv])?,
-                    wv: w.get(&n("attn_v.weight"), &[e, kv])?,
-                    q_norm: w.vector(&n("attn_q_norm.weight"), hd)?,
-                    k_norm: w.vector(&n("attn_k_norm.weight"), hd)?,
-                    wo: w.get(&n("attn_output.weight"), &[q, e])?,
-                    attn_post_norm: w.vector(&n("post_attention_norm.weight"), e)?,
-                    ffn_norm: w.vector(&n("ffn_norm.weight"), e)?,
-                    ffn_gate: w.get(&n("ffn_gate.weight"), &[e, ff])?,
-                    ffn_up: w.get(&n("ffn_up.weight"), &[e, ff])?,
-                    ffn_down: w.get(&n("ffn_down.weight"), &[ff, e])?,
-                    ffn_post_norm: w.vector(&n("post_ffw_norm.weight"), e)?,
+                    attn_norm: vec(&n("attn_norm.weight"), e)?,
+                    wq: mat(&n("attn_q.weight"), &[e, q])?,
+                    wk: mat(&n("attn_k.weight"), &[e, kv])?,
+                    wv: mat(&n("attn_v.weight"), &[e, kv])?,
+                    q_norm: vec(&n("attn_q_norm.weight"), hd)?,
+                    k_norm: vec(&n("attn_k_norm.weight"), hd)?,
+                    wo: mat(&n("attn_output.weight"), &[q, e])?,
+                    attn_post_norm: vec(&n("post_attention_norm.weight"), e)?,
+                    ffn_norm: vec(&n("ffn_norm.weight"), e)?,
+                    ffn: SwiGlu::load(be, w, (&format!("blk.{i}"), ""), hp.n_embd, hp.n_ff)?,
+                    ffn_post_norm: vec(&n("post_ffw_norm.weight"), e)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let output = w
             .optional("output.weight", &[e, v])?
             .unwrap_or_else(|| token_embd.clone());
-        let output_norm = w.vector("output_norm.weight", e)?;
         Ok(Gemma3 {
-            hp,
-            token_embd,
+            output_norm: vec("output_norm.weight", e)?,
+            output: be.mat(output)?,
+            token_embd: be.mat(token_embd)?,
             layers,
-            output_norm,
-            output,
+            hp,
+            b,
         })
     }
 
-    /// Attention for `n` tokens of normed input `x` from `pos0`, sliding or global.
-    fn attention(
-        &self,
-        il: usize,
-        (kc, vc): (&mut KvCache, &mut KvCache),
-        x: &[f32],
-        pos0: usize,
-        exec: Exec,
-    ) -> Result<Vec<f32>> {
-        let (hp, l) = (&self.hp, &self.layers[il]);
-        let (n, hd) = (x.len() / hp.n_embd, hp.head_dim);
-        let (qw, kvw) = (hp.n_head * hd, hp.n_head_kv * hd);
-        let (mut q, mut k, mut v) = (vec![0f32; n * qw], vec![0f32; n * kvw], vec![0f32; n * kvw]);
-        ops::matmuls([&l.wq, &l.wk, &l.wv], x, n, [&mut q, &mut k, &mut v], exec)?;
-        ops::rms_norm_inplace(&mut q, &l.q_norm, hp.rms_eps); // Qcur_normed
-        ops::rms_norm_inplace(&mut k, &l.k_norm, hp.rms_eps); // Kcur_normed
+    /// Attention for the step's tokens of normed input `x`, sliding or global.
+    fn attention(&self, s: &B::Step, il: usize, kv: &mut B::Layer, x: &B::Act) -> Result<B::Act> {
+        let (b, hp, l) = (&*self.b, &self.hp, &self.layers[il]);
+        let hd = hp.head_dim;
+        let [mut q, mut k, v] = b.matmuls(s, [&l.wq, &l.wk, &l.wv], x)?;
+        b.rms_norm_inplace(s, &mut q, &l.q_norm, hp.rms_eps)?; // Qcur_normed
+        b.rms_norm_inplace(s, &mut k, &l.k_norm, hp.rms_eps)?; // Kcur_normed
         let rope = if hp.is_swa[il] { hp.rope_swa } else { hp.rope };
+        b.rope(s, &mut q, hd, rope)?;
+        b.rope(s, &mut k, hd, rope)?;
         // llama.cpp scales Q by 1/√head_dim before attention and uses kq_scale 1.
-        let shape = AttnShape {
-            n_head: hp.n_head,
-            n_head_kv: hp.n_head_kv,
-            head_dim: hd,
-            scale: 1.0,
+        b.scale(s, &mut q, 1.0 / (hd as f32).sqrt())?;
+        let p = AttnParams {
+            shape: AttnShape {
+                n_head: hp.n_head,
+                n_head_kv: hp.n_head_kv,
+                head_dim: hd,
+                scale: 1.0,
+            },
+            // A sliding layer sees keys with pos − p < n_swa (llama.cpp `is_masked_swa`).
+            window: hp.is_swa[il].then_some(hp.n_swa),
         };
-        let q_scale = 1.0 / (hd as f32).sqrt();
-        let mut o = vec![0f32; n * qw];
-        let mut pass = KvPass::new(kc, vc, pos0)?;
-        for t in 0..n {
-            let pos = pos0 + t;
-            let qt = &mut q[t * qw..(t + 1) * qw];
-            rope.apply(qt, hd, pos);
-            qt.iter_mut().for_each(|x| *x *= q_scale);
-            let kt = &mut k[t * kvw..(t + 1) * kvw];
-            rope.apply(kt, hd, pos);
-            pass.push(kt, &v[t * kvw..(t + 1) * kvw])?;
+        let o = b.attention(s, kv, [&q, &k, &v], p)?;
+        b.matmul(s, &l.wo, &o)
+    }
+
+    /// The whole forward for one step.
+    fn graph(
+        &self,
+        s: &B::Step,
+        layers: &mut [B::Layer],
+        which: Logits,
+        n: usize,
+    ) -> Result<B::Act> {
+        let (b, hp) = (&*self.b, &self.hp);
+        let mut h = b.embed(s, &self.token_embd)?;
+        b.scale(s, &mut h, (hp.n_embd as f32).sqrt())?; // inp_scaled
+        let last = self.layers.len() - 1;
+        for (il, kv) in layers.iter_mut().enumerate() {
+            let l = &self.layers[il];
+            let x = b.rms_norm(s, &h, &l.attn_norm, hp.rms_eps)?; // attn_norm
+            let a = self.attention(s, il, kv, &x)?;
+            let y = b.rms_norm(s, &a, &l.attn_post_norm, hp.rms_eps)?; // attn_post_norm
+            b.add(s, &mut h, &y)?; // sa_out
+            if il == last {
+                h = b.keep_rows(s, h, which.first(n))?;
+            }
+            let x = b.rms_norm(s, &h, &l.ffn_norm, hp.rms_eps)?; // ffn_norm
+            let f = l.ffn.forward_with(b, s, &x, Glu::Gelu)?; // ffn_geglu, ffn_down
+            let y = b.rms_norm(s, &f, &l.ffn_post_norm, hp.rms_eps)?; // ffn_post_norm
+            b.add(s, &mut h, &y)?; // l_out
         }
-        // A sliding layer sees keys with pos − p < n_swa (llama.cpp `is_masked_swa`).
-        let window = hp.is_swa[il].then_some(hp.n_swa);
-        pass.attend_all(&q, window, shape, &mut o, exec)?;
-        let mut out = vec![0f32; n * hp.n_embd];
-        ops::matmul(&l.wo, &o, n, &mut out, exec)?;
-        Ok(out)
-    }
-
-    /// GEGLU FFN: `down(gelu(gate·x) ⊙ up·x)`.
-    fn ffn(&self, l: &Layer, x: &[f32], exec: Exec) -> Result<Vec<f32>> {
-        let (n, ff) = (x.len() / self.hp.n_embd, self.hp.n_ff);
-        let (mut gate, mut up) = (vec![0f32; n * ff], vec![0f32; n * ff]);
-        ops::matmuls([&l.ffn_gate, &l.ffn_up], x, n, [&mut gate, &mut up], exec)?;
-        ops::gated_par(&mut gate, &up, 8, exec, &|g, u| {
-            g.iter_mut()
-                .zip(u)
-                .for_each(|(g, &u)| *g = gelu_ggml(*g) * u);
-        })?; // ffn_geglu
-        let mut out = vec![0f32; n * self.hp.n_embd];
-        ops::matmul(&l.ffn_down, &gate, n, &mut out, exec)?;
-        Ok(out)
+        let mut logits = super::lm_head(b, s, &h, &self.output_norm, hp.rms_eps, &self.output)?;
+        if hp.softcap > 0.0 {
+            b.softcap(s, &mut logits, hp.softcap)?;
+        }
+        Ok(logits)
     }
 }
 
-/// GELU (tanh form) as ggml's CPU backend computes it with `GGML_GELU_FP16`: the input rounded
-/// to f16 and the result read from a table of f16 results; exact 0 below −10 and identity above
-/// 10. The table (all 65,536 f16 inputs, built once) is ggml's method and spares a libm `tanh`
-/// per value (8% of a Gemma prefill).
-fn gelu_ggml(x: f32) -> f32 {
-    static TABLE: std::sync::OnceLock<Box<[f32]>> = std::sync::OnceLock::new();
-    if x <= -10.0 {
-        return 0.0;
-    }
-    if x >= 10.0 {
-        return x;
-    }
-    let table = TABLE.get_or_init(|| (0..=u16::MAX).map(gelu_f16).collect());
-    table[usize::from(f16::from_f32(x).to_bits())]
-}
-
-/// The GELU of one f16 input (by its bits), rounded to f16.
-fn gelu_f16(bits: u16) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    let x = f16::from_bits(bits).to_f32();
-    let g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh());
-    f16::from_f32(g).to_f32()
-}
-
-impl Model for Gemma3 {
+impl<B: Backend> Model for Gemma3<B> {
     fn arch(&self) -> &str {
         "gemma3"
+    }
+
+    fn backend(&self) -> String {
+        self.b.name()
     }
 
     fn n_vocab(&self) -> usize {
@@ -250,13 +232,9 @@ impl Model for Gemma3 {
     fn new_state_with(&self, n_ctx: usize, cache: CacheConfig) -> Result<State> {
         let hp = &self.hp;
         let layers = (0..hp.n_layer)
-            .map(|_| LayerState::kv(hp.n_head_kv, hp.head_dim, n_ctx, cache))
+            .map(|_| self.b.kv_layer(hp.n_head_kv, hp.head_dim, n_ctx, cache))
             .collect::<Result<_>>()?;
-        Ok(State {
-            n_past: 0,
-            n_ctx,
-            layers,
-        })
+        Ok(State::new(&*self.b, n_ctx, layers))
     }
 
     fn forward(
@@ -266,56 +244,13 @@ impl Model for Gemma3 {
         which: Logits,
         exec: Exec,
     ) -> Result<Vec<f32>> {
-        let hp = &self.hp;
-        let (n, e) = (tokens.len(), hp.n_embd);
-        let pos0 = state.n_past;
-        let mut h = super::embed(&self.token_embd, tokens, state)?;
-        let scale = (e as f32).sqrt();
-        h.iter_mut().for_each(|v| *v *= scale); // inp_scaled
-        let mut x = vec![0f32; n * e];
-        let mut y = vec![0f32; n * e];
-        for (il, ls) in state.layers.iter_mut().enumerate() {
-            let l = &self.layers[il];
-            let LayerState::Kv { k, v } = ls else {
-                return Err(Error::StateMismatch { layer: il });
-            };
-            ops::rms_norm(&h, &l.attn_norm, hp.rms_eps, &mut x); // attn_norm
-            let a = self.attention(il, (k, v), &x, pos0, exec)?;
-            ops::rms_norm(&a, &l.attn_post_norm, hp.rms_eps, &mut y); // attn_post_norm
-            ops::add_inplace(&mut h, &y); // sa_out
-            if il + 1 == self.layers.len() {
-                super::keep_output_rows(which, e, &mut [&mut h, &mut x, &mut y]);
-            }
-            ops::rms_norm(&h, &l.ffn_norm, hp.rms_eps, &mut x); // ffn_norm
-            let f = self.ffn(l, &x, exec)?;
-            ops::rms_norm(&f, &l.ffn_post_norm, hp.rms_eps, &mut y); // ffn_post_norm
-            ops::add_inplace(&mut h, &y); // l_out
-        }
-        state.n_past += n;
-        let mut logits = super::lm_head(&h, &self.output_norm, hp.rms_eps, &self.output, exec)?;
-        if hp.softcap > 0.0 {
-            logits
-                .iter_mut()
-                .for_each(|v| *v = (*v / hp.softcap).tanh() * hp.softcap);
-        }
-        Ok(logits)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gelu_matches_the_tanh_form_at_f16_precision() {
-        assert_eq!(gelu_ggml(-20.0), 0.0);
-        assert_eq!(gelu_ggml(12.0), 12.0);
-        assert!((gelu_ggml(1.0) - 0.841_192).abs() < 1e-3);
-        assert!(gelu_ggml(-1.0) < 0.0);
-        // The table gives what the formula gives, for inputs between f16 values too.
-        for x in [-9.99f32, -3.3, -0.5, -1e-3, 0.0, 1e-7, 0.3, 2.71, 9.9] {
-            assert_eq!(gelu_ggml(x), gelu_f16(f16::from_f32(x).to_bits()), "{x}");
-        }
-        assert!(gelu_ggml(f32::NAN).is_nan());
+        let n = tokens.len();
+        crate::backend::run(
+            &*self.b,
+            self.hp.n_vocab,
+            (tokens, which, exec),
+            state,
+            &mut |s, layers| self.graph(s, layers, which, n),
+        )
     }
 }

@@ -3,13 +3,16 @@
 //! `src/models/llama.cpp` (`llm_build_llama`) with the options those files add: q/k/v biases
 //! (qwen2), per-head q/k RMS norms (qwen3moe), NeoX RoPE, routed experts, tied output.
 
-use crate::error::{Error, Result};
-use crate::kv::{CacheConfig, KvCache, KvPass};
-use crate::ops::{self, AttnShape, Exec, Rope, RopeStyle};
-use crate::weights::{QTensor, Weights};
+use std::sync::Arc;
 
-use super::ffn::{RoutedExperts, SwiGlu};
-use super::{Keys, LayerState, Logits, Model, State};
+use crate::backend::{AttnParams, Backend, Experts};
+use crate::error::{Error, Result};
+use crate::kv::CacheConfig;
+use crate::ops::{AttnShape, Exec, Rope, RopeStyle};
+use crate::weights::Weights;
+
+use super::ffn::{load_experts, SwiGlu};
+use super::{Keys, Logits, Model, State};
 
 /// Hyperparameters, read once from `{arch}.*` keys.
 #[derive(Clone, Debug)]
@@ -70,80 +73,78 @@ impl Hparams {
 
 /// One decoder layer's weights (shapes in GGUF order).
 #[derive(Debug)]
-struct Layer {
-    attn_norm: Vec<f32>,      // [n_embd]
-    wq: QTensor,              // [n_embd, n_head·head_dim]
-    wk: QTensor,              // [n_embd, n_head_kv·head_dim]
-    wv: QTensor,              // [n_embd, n_head_kv·head_dim]
-    bq: Option<Vec<f32>>,     // [n_head·head_dim] (qwen2)
-    bk: Option<Vec<f32>>,     // [n_head_kv·head_dim]
-    bv: Option<Vec<f32>>,     // [n_head_kv·head_dim]
-    q_norm: Option<Vec<f32>>, // [head_dim] (qwen3moe)
-    k_norm: Option<Vec<f32>>, // [head_dim]
-    wo: QTensor,              // [n_head·head_dim, n_embd]
-    ffn_norm: Vec<f32>,       // [n_embd]
-    ffn: Ffn,
+struct Layer<B: Backend> {
+    attn_norm: B::Vector,      // [n_embd]
+    wq: B::Mat,                // [n_embd, n_head·head_dim]
+    wk: B::Mat,                // [n_embd, n_head_kv·head_dim]
+    wv: B::Mat,                // [n_embd, n_head_kv·head_dim]
+    bq: Option<B::Vector>,     // [n_head·head_dim] (qwen2)
+    bk: Option<B::Vector>,     // [n_head_kv·head_dim]
+    bv: Option<B::Vector>,     // [n_head_kv·head_dim]
+    q_norm: Option<B::Vector>, // [head_dim] (qwen3moe)
+    k_norm: Option<B::Vector>, // [head_dim]
+    wo: B::Mat,                // [n_head·head_dim, n_embd]
+    ffn_norm: B::Vector,       // [n_embd]
+    ffn: Ffn<B>,
 }
 
 /// The FFN half of a layer.
 #[derive(Debug)]
-enum Ffn {
-    Dense(SwiGlu),
-    Moe(RoutedExperts),
+enum Ffn<B: Backend> {
+    Dense(SwiGlu<B>),
+    Moe(Experts<B>),
 }
 
 /// A loaded llama-family model.
 #[derive(Debug)]
-pub struct Llama {
+pub struct Llama<B: Backend> {
+    b: Arc<B>,
     arch: String,
     hp: Hparams,
-    token_embd: QTensor, // [n_embd, n_vocab]
-    layers: Vec<Layer>,
-    output_norm: Vec<f32>, // [n_embd]
-    output: QTensor,       // [n_embd, n_vocab] (token_embd when tied)
+    token_embd: B::Mat, // [n_embd, n_vocab]
+    layers: Vec<Layer<B>>,
+    output_norm: B::Vector, // [n_embd]
+    output: B::Mat,         // [n_embd, n_vocab] (token_embd when tied)
 }
 
-impl Llama {
-    /// Load a `llama` file (normal RoPE).
-    pub fn load(w: &Weights, arch: &str) -> Result<Llama> {
-        Llama::load_with(w, arch, RopeStyle::Normal)
-    }
-
-    /// Load with the given RoPE pairing (`qwen2` uses NeoX).
-    pub(crate) fn load_with(w: &Weights, arch: &str, style: RopeStyle) -> Result<Llama> {
+impl<B: Backend> Llama<B> {
+    /// Load a file of architecture `arch` with the given RoPE pairing (`qwen2` uses NeoX).
+    pub fn load(b: Arc<B>, w: &Weights, arch: &str, style: RopeStyle) -> Result<Llama<B>> {
         let hp = Hparams::from_gguf(w, arch, style)?;
         let (e, v) = (hp.n_embd as u64, hp.n_vocab as u64);
         let q = (hp.n_head * hp.head_dim) as u64;
         let kv = (hp.n_head_kv * hp.head_dim) as u64;
         let hd = hp.head_dim as u64;
+        let be = &*b;
+        let vec = |name: &str, len: u64| be.vector(w.vector(name, len)?);
+        let opt_vec = |name: &str, len: u64| {
+            w.optional_vector(name, len)?
+                .map(|v| be.vector(v))
+                .transpose()
+        };
+        let mat = |name: &str, dims: &[u64]| be.mat(w.get(name, dims)?);
         let token_embd = w.get("token_embd.weight", &[e, v])?;
         let layers = (0..hp.n_layer)
             .map(|i| {
                 let n = |s: &str| format!("blk.{i}.{s}");
                 let blk = format!("blk.{i}");
                 Ok(Layer {
-                    attn_norm: w.vector(&n("attn_norm.weight"), e)?,
-                    wq: w.get(&n("attn_q.weight"), &[e, q])?,
-                    wk: w.get(&n("attn_k.weight"), &[e, kv])?,
-                    wv: w.get(&n("attn_v.weight"), &[e, kv])?,
-                    bq: w.optional_vector(&n("attn_q.bias"), q)?,
-                    bk: w.optional_vector(&n("attn_k.bias"), kv)?,
-                    bv: w.optional_vector(&n("attn_v.bias"), kv)?,
-                    q_norm: w.optional_vector(&n("attn_q_norm.weight"), hd)?,
-                    k_norm: w.optional_vector(&n("attn_k_norm.weight"), hd)?,
-                    wo: w.get(&n("attn_output.weight"), &[q, e])?,
-                    ffn_norm: w.vector(&n("ffn_norm.weight"), e)?,
+                    attn_norm: vec(&n("attn_norm.weight"), e)?,
+                    wq: mat(&n("attn_q.weight"), &[e, q])?,
+                    wk: mat(&n("attn_k.weight"), &[e, kv])?,
+                    wv: mat(&n("attn_v.weight"), &[e, kv])?,
+                    bq: opt_vec(&n("attn_q.bias"), q)?,
+                    bk: opt_vec(&n("attn_k.bias"), kv)?,
+                    bv: opt_vec(&n("attn_v.bias"), kv)?,
+                    q_norm: opt_vec(&n("attn_q_norm.weight"), hd)?,
+                    k_norm: opt_vec(&n("attn_k_norm.weight"), hd)?,
+                    wo: mat(&n("attn_output.weight"), &[q, e])?,
+                    ffn_norm: vec(&n("ffn_norm.weight"), e)?,
                     ffn: if hp.n_expert > 0 {
-                        Ffn::Moe(RoutedExperts::load(
-                            w,
-                            &blk,
-                            hp.n_embd,
-                            hp.n_ff_exp,
-                            hp.n_expert,
-                            hp.n_expert_used,
-                        )?)
+                        let sizes = (hp.n_ff_exp, hp.n_expert, hp.n_expert_used);
+                        Ffn::Moe(load_experts(be, w, &blk, hp.n_embd, sizes)?)
                     } else {
-                        Ffn::Dense(SwiGlu::load(w, &blk, "", hp.n_embd, hp.n_ff)?)
+                        Ffn::Dense(SwiGlu::load(be, w, (&blk, ""), hp.n_embd, hp.n_ff)?)
                     },
                 })
             })
@@ -151,14 +152,14 @@ impl Llama {
         let output = w
             .optional("output.weight", &[e, v])?
             .unwrap_or_else(|| token_embd.clone());
-        let output_norm = w.vector("output_norm.weight", e)?;
         Ok(Llama {
             arch: arch.to_string(),
-            hp,
-            token_embd,
+            output_norm: vec("output_norm.weight", e)?,
+            output: be.mat(output)?,
+            token_embd: be.mat(token_embd)?,
             layers,
-            output_norm,
-            output,
+            hp,
+            b,
         })
     }
 
@@ -172,56 +173,71 @@ impl Llama {
         }
     }
 
-    /// Self-attention block for `n` tokens of normed input `x`, starting at `pos0`.
+    /// Self-attention block for the step's tokens, normed input `x`.
     fn attention(
         &self,
-        l: &Layer,
-        (k_cache, v_cache): (&mut KvCache, &mut KvCache),
-        x: &[f32],
-        pos0: usize,
-        exec: Exec,
-    ) -> Result<Vec<f32>> {
-        let hp = &self.hp;
-        let n = x.len() / hp.n_embd;
-        let (qw, kvw) = (hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim);
-        let (mut q, mut k, mut v) = (vec![0f32; n * qw], vec![0f32; n * kvw], vec![0f32; n * kvw]);
-        ops::matmuls([&l.wq, &l.wk, &l.wv], x, n, [&mut q, &mut k, &mut v], exec)?;
-        for (t, b) in [(&mut q, &l.bq), (&mut k, &l.bk), (&mut v, &l.bv)] {
-            if let Some(b) = b {
-                ops::add_bias(t, b);
+        s: &B::Step,
+        l: &Layer<B>,
+        kv: &mut B::Layer,
+        x: &B::Act,
+    ) -> Result<B::Act> {
+        let (b, hp) = (&*self.b, &self.hp);
+        let [mut q, mut k, mut v] = b.matmuls(s, [&l.wq, &l.wk, &l.wv], x)?;
+        for (t, bias) in [(&mut q, &l.bq), (&mut k, &l.bk), (&mut v, &l.bv)] {
+            if let Some(bias) = bias {
+                b.add_bias(s, t, bias)?;
             }
         }
         if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-            ops::rms_norm_inplace(&mut q, qn, hp.rms_eps); // Qcur_normed
-            ops::rms_norm_inplace(&mut k, kn, hp.rms_eps); // Kcur_normed
+            b.rms_norm_inplace(s, &mut q, qn, hp.rms_eps)?; // Qcur_normed
+            b.rms_norm_inplace(s, &mut k, kn, hp.rms_eps)?; // Kcur_normed
         }
-        let mut attn = vec![0f32; n * qw];
-        let mut pass = KvPass::new(k_cache, v_cache, pos0)?;
-        for t in 0..n {
-            let pos = pos0 + t;
-            let (qt, kt) = (&mut q[t * qw..(t + 1) * qw], &mut k[t * kvw..(t + 1) * kvw]);
-            hp.rope.apply(qt, hp.head_dim, pos);
-            hp.rope.apply(kt, hp.head_dim, pos);
-            pass.push(kt, &v[t * kvw..(t + 1) * kvw])?;
-        }
-        pass.attend_all(&q, None, self.attn_shape(), &mut attn, exec)?;
-        let mut out = vec![0f32; n * hp.n_embd];
-        ops::matmul(&l.wo, &attn, n, &mut out, exec)?;
-        Ok(out)
+        b.rope(s, &mut q, hp.head_dim, hp.rope)?;
+        b.rope(s, &mut k, hp.head_dim, hp.rope)?;
+        let p = AttnParams {
+            shape: self.attn_shape(),
+            window: None,
+        };
+        let attn = b.attention(s, kv, [&q, &k, &v], p)?; // kqv
+        b.matmul(s, &l.wo, &attn) // kqv_out
     }
 
-    /// The FFN half: dense SwiGLU or routed experts.
-    fn ffn(&self, l: &Layer, x: &[f32], exec: Exec) -> Result<Vec<f32>> {
-        match &l.ffn {
-            Ffn::Dense(f) => f.forward(x, exec),
-            Ffn::Moe(m) => m.forward(x, exec),
+    /// The whole forward for one step.
+    fn graph(
+        &self,
+        s: &B::Step,
+        layers: &mut [B::Layer],
+        which: Logits,
+        n: usize,
+    ) -> Result<B::Act> {
+        let (b, hp) = (&*self.b, &self.hp);
+        let mut h = b.embed(s, &self.token_embd)?;
+        let last = self.layers.len() - 1;
+        for (i, (l, kv)) in self.layers.iter().zip(layers.iter_mut()).enumerate() {
+            let x = b.rms_norm(s, &h, &l.attn_norm, hp.rms_eps)?; // attn_norm
+            let a = self.attention(s, l, kv, &x)?; // kqv_out
+            b.add(s, &mut h, &a)?; // ffn_inp
+            if i == last {
+                h = b.keep_rows(s, h, which.first(n))?;
+            }
+            let x = b.rms_norm(s, &h, &l.ffn_norm, hp.rms_eps)?; // ffn_norm
+            let f = match &l.ffn {
+                Ffn::Dense(f) => f.forward(b, s, &x)?,
+                Ffn::Moe(m) => b.moe(s, m, &x)?,
+            }; // ffn_out
+            b.add(s, &mut h, &f)?; // l_out
         }
+        super::lm_head(b, s, &h, &self.output_norm, hp.rms_eps, &self.output)
     }
 }
 
-impl Model for Llama {
+impl<B: Backend> Model for Llama<B> {
     fn arch(&self) -> &str {
         &self.arch
+    }
+
+    fn backend(&self) -> String {
+        self.b.name()
     }
 
     fn n_vocab(&self) -> usize {
@@ -235,13 +251,9 @@ impl Model for Llama {
     fn new_state_with(&self, n_ctx: usize, cache: CacheConfig) -> Result<State> {
         let hp = &self.hp;
         let layers = (0..hp.n_layer)
-            .map(|_| LayerState::kv(hp.n_head_kv, hp.head_dim, n_ctx, cache))
+            .map(|_| self.b.kv_layer(hp.n_head_kv, hp.head_dim, n_ctx, cache))
             .collect::<Result<_>>()?;
-        Ok(State {
-            n_past: 0,
-            n_ctx,
-            layers,
-        })
+        Ok(State::new(&*self.b, n_ctx, layers))
     }
 
     fn forward(
@@ -251,28 +263,13 @@ impl Model for Llama {
         which: Logits,
         exec: Exec,
     ) -> Result<Vec<f32>> {
-        let hp = &self.hp;
-        let (n, e) = (tokens.len(), hp.n_embd);
-        let pos0 = state.n_past;
-        let mut h = super::embed(&self.token_embd, tokens, state)?;
-        let mut x = vec![0f32; n * e];
-        let last = self.layers.len() - 1;
-        for (i, (l, kv)) in self.layers.iter().zip(state.layers.iter_mut()).enumerate() {
-            ops::rms_norm(&h, &l.attn_norm, hp.rms_eps, &mut x); // attn_norm
-            let LayerState::Kv { k, v } = kv else {
-                return Err(Error::StateMismatch { layer: i });
-            };
-            let a = self.attention(l, (k, v), &x, pos0, exec)?; // kqv_out
-            ops::add_inplace(&mut h, &a); // ffn_inp
-            if i == last {
-                super::keep_output_rows(which, e, &mut [&mut h, &mut x]);
-            }
-            ops::rms_norm(&h, &l.ffn_norm, hp.rms_eps, &mut x); // ffn_norm
-            let f = self.ffn(l, &x, exec)?; // ffn_out
-            ops::add_inplace(&mut h, &f); // l_out
-        }
-        state.n_past += n;
-        let logits = super::lm_head(&h, &self.output_norm, hp.rms_eps, &self.output, exec)?;
-        Ok(logits)
+        let n = tokens.len();
+        crate::backend::run(
+            &*self.b,
+            self.hp.n_vocab,
+            (tokens, which, exec),
+            state,
+            &mut |s, layers| self.graph(s, layers, which, n),
+        )
     }
 }

@@ -14,12 +14,13 @@ use std::sync::Arc;
 
 use gguf::{GgufFile, Metadata};
 
+use crate::backend::{Backend, Cpu};
 use crate::error::{Error, Result};
-use crate::kv::{CacheConfig, KvCache};
-use crate::ops;
-use crate::ops::Exec;
-use crate::weights::{QTensor, Weights};
+use crate::kv::CacheConfig;
+use crate::ops::{Exec, RopeStyle};
+use crate::weights::Weights;
 
+pub use crate::backend::State;
 pub use llama::Llama;
 
 /// Architectures [`load`] knows.
@@ -29,17 +30,19 @@ pub const SUPPORTED: &str = "llama, qwen2, qwen3moe, qwen35, qwen35moe, qwen3nex
 pub trait Model: Send + Sync {
     /// `general.architecture`.
     fn arch(&self) -> &str;
+    /// Where it runs (`cpu`, `cuda:0 (…)`).
+    fn backend(&self) -> String;
     /// Vocabulary size (rows of the output matrix).
     fn n_vocab(&self) -> usize;
     /// Context length the model was trained for.
     fn n_ctx_train(&self) -> usize;
     /// A fresh per-sequence state (KV cache, recurrent state) for up to `n_ctx` positions,
-    /// with the KV cache types of `cache`; errors if the model's heads do not fit the types.
+    /// with the KV cache types of `cache`; errors if the model's heads do not fit the types
+    /// (or the device has no room for it).
     fn new_state_with(&self, n_ctx: usize, cache: CacheConfig) -> Result<State>;
-    /// [`Model::new_state_with`] and the default f16 cache, which takes any head size.
-    fn new_state(&self, n_ctx: usize) -> State {
+    /// [`Model::new_state_with`] and the default f16 cache.
+    fn new_state(&self, n_ctx: usize) -> Result<State> {
         self.new_state_with(n_ctx, CacheConfig::default())
-            .unwrap_or_else(|e| unreachable!("an f16 cache fits every model: {e}"))
     }
     /// Run `tokens` at positions `state.n_past..` and return the logits of the tokens `which`
     /// names, one row of `n_vocab` each.
@@ -76,88 +79,22 @@ impl Logits {
     }
 }
 
-/// Drop the rows of `bufs` (each `n × width`) that [`Logits`] `which` does not need, before the
-/// last layer's FFN.
-pub(crate) fn keep_output_rows(which: Logits, width: usize, bufs: &mut [&mut Vec<f32>]) {
-    for b in bufs {
-        let first = which.first(b.len() / width);
-        b.drain(..first * width);
-    }
-}
-
-/// Per-sequence state: for each layer its KV cache (attention) or its recurrent state
-/// (DeltaNet).
-#[derive(Debug)]
-pub struct State {
-    /// Positions already processed.
-    pub n_past: usize,
-    /// Capacity in positions.
-    pub n_ctx: usize,
-    /// One entry per layer.
-    pub layers: Vec<LayerState>,
-}
-
-impl State {
-    /// Bytes of the KV caches (every attention layer, keys and values).
-    pub fn kv_bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .map(|l| match l {
-                LayerState::Kv { k, v } => k.bytes() + v.bytes(),
-                LayerState::Recurrent { .. } => 0,
-            })
-            .sum()
-    }
-}
-
-/// What one layer remembers of the sequence.
-#[derive(Debug)]
-pub enum LayerState {
-    /// Keys and values, `n_ctx` rows of `kv_width` each, in the state's cache types.
-    Kv {
-        /// Keys, position-major.
-        k: KvCache,
-        /// Values, position-major.
-        v: KvCache,
-    },
-    /// DeltaNet: the last `d_conv − 1` inputs of the short convolution (per channel, oldest
-    /// first: `[conv_dim][d_conv − 1]`) and the per-head state matrices (`[n_v_head][v][k]`,
-    /// value index major, as ggml stores them), f32 like llama.cpp's (`type_r/type_s`).
-    Recurrent {
-        /// Convolution taps.
-        conv: Vec<f32>,
-        /// Delta-rule state.
-        ssm: Vec<f32>,
-    },
-}
-
-impl LayerState {
-    /// A KV cache for `n_ctx` positions of `n_head_kv` heads of `head_dim`, in the types of
-    /// `cache`.
-    pub fn kv(
-        n_head_kv: usize,
-        head_dim: usize,
-        n_ctx: usize,
-        cache: CacheConfig,
-    ) -> Result<LayerState> {
-        Ok(LayerState::Kv {
-            k: KvCache::keys(cache.k, n_head_kv, head_dim, n_ctx)?,
-            v: KvCache::values(cache.v, n_head_kv, head_dim, n_ctx)?,
-        })
-    }
-}
-
-/// Load the model in `file`.
+/// Load the model in `file` on the CPU.
 pub fn load(file: Arc<GgufFile>) -> Result<Box<dyn Model>> {
+    load_on(file, Arc::new(Cpu))
+}
+
+/// Load the model in `file` onto backend `b`.
+pub fn load_on<B: Backend>(file: Arc<GgufFile>, b: Arc<B>) -> Result<Box<dyn Model>> {
     let w = Weights::new(file);
     let arch = Keys::new(w.metadata(), "general").string("general.architecture")?;
     match arch.as_str() {
-        "llama" => Ok(Box::new(Llama::load(&w, "llama")?)),
-        "qwen2" => Ok(Box::new(qwen2::load(&w)?)),
-        "qwen3moe" => Ok(Box::new(qwen3moe::load(&w)?)),
-        "gemma3" => Ok(Box::new(gemma3::Gemma3::load(&w)?)),
+        "llama" => Ok(Box::new(Llama::load(b, &w, "llama", RopeStyle::Normal)?)),
+        "qwen2" => Ok(Box::new(qwen2::load(b, &w)?)),
+        "qwen3moe" => Ok(Box::new(qwen3moe::load(b, &w)?)),
+        "gemma3" => Ok(Box::new(gemma3::Gemma3::load(b, &w)?)),
         "qwen35" | "qwen35moe" | "qwen3next" => {
-            Ok(Box::new(qwen35moe::Qwen35Moe::load(&w, &arch)?))
+            Ok(Box::new(qwen35moe::Qwen35Moe::load(b, &w, &arch)?))
         }
         other => Err(Error::UnsupportedArch {
             arch: other.to_string(),
@@ -166,41 +103,18 @@ pub fn load(file: Arc<GgufFile>) -> Result<Box<dyn Model>> {
     }
 }
 
-/// The first step of every `forward`: check the batch fits the state, and look up the token
-/// embeddings (`tokens.len() × n_embd`, ids checked against the vocabulary).
-pub(crate) fn embed(token_embd: &QTensor, tokens: &[u32], state: &State) -> Result<Vec<f32>> {
-    let (n, e, n_vocab) = (tokens.len(), token_embd.row_len(), token_embd.n_rows());
-    if state.n_past + n > state.n_ctx {
-        return Err(Error::ContextFull {
-            needed: state.n_past + n,
-            n_ctx: state.n_ctx,
-        });
-    }
-    let mut h = vec![0f32; n * e];
-    for (row, &id) in h.chunks_exact_mut(e).zip(tokens) {
-        if id as usize >= n_vocab {
-            return Err(Error::BadToken { id, n_vocab });
-        }
-        token_embd.dequant_row(id as usize, row)?;
-    }
-    Ok(h)
-}
-
-/// The last step of every `forward`: the final RMS norm and the output matmul, on every row
-/// of `h` (the rows that get logits: [`keep_output_rows`] has dropped the others).
-pub(crate) fn lm_head(
-    rows: &[f32],
-    norm: &[f32],
+/// The last step of every `forward`: the rows that get logits, the final RMS norm and the
+/// output matmul.
+pub(crate) fn lm_head<B: Backend>(
+    b: &B,
+    s: &B::Step,
+    h: &B::Act,
+    norm: &B::Vector,
     eps: f32,
-    output: &QTensor,
-    exec: Exec,
-) -> Result<Vec<f32>> {
-    let e = norm.len();
-    let mut normed = vec![0f32; rows.len()];
-    ops::rms_norm(rows, norm, eps, &mut normed); // result_norm
-    let mut logits = vec![0f32; rows.len() / e * output.n_rows()];
-    ops::matmul(output, &normed, rows.len() / e, &mut logits, exec)?; // result_output
-    Ok(logits)
+    output: &B::Mat,
+) -> Result<B::Act> {
+    let normed = b.rms_norm(s, h, norm, eps)?; // result_norm
+    b.matmul(s, output, &normed) // result_output
 }
 
 /// Typed reads of an architecture's metadata keys (`{arch}.{name}`), erroring with the key.

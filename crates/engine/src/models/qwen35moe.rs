@@ -8,14 +8,16 @@
 //! (Qwen3-Next; llama.cpp `qwen3next.cpp`), which fuses β/α into one projection, may fuse
 //! q/k/v/z (`ssm_in`, older files), and groups value heads by key head instead of tiling them.
 
-use crate::error::{Error, Result};
-use crate::kv::{CacheConfig, KvCache, KvPass};
-use crate::ops::{self, AttnShape, Exec, Rope, RopeStyle};
-use crate::weights::{QTensor, Weights};
+use std::sync::Arc;
 
-use super::deltanet;
-use super::ffn::{RoutedExperts, SwiGlu};
-use super::{Keys, LayerState, Logits, Model, State};
+use crate::backend::{AttnParams, Backend, DeltaNet, DeltaShape, Experts};
+use crate::error::{Error, Result};
+use crate::kv::CacheConfig;
+use crate::ops::{AttnShape, Exec, Rope, RopeStyle};
+use crate::weights::Weights;
+
+use super::ffn::{load_experts, SwiGlu};
+use super::{Keys, Logits, Model, State};
 
 /// Which member of the family a file is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,447 +192,401 @@ impl Hparams {
         self.ssm_d_inner / self.ssm_n_v_head
     }
 
-    /// Channels of the short convolution: q, k (key heads) and v (value heads).
-    fn conv_dim(&self) -> usize {
-        2 * self.ssm_n_k_head * self.ssm_d_state + self.ssm_d_inner
-    }
-
-    /// The key head value head `j` reads (spec §2.4 for the tiled order; Qwen3-Next groups).
-    fn k_head(&self, j: usize) -> usize {
-        match self.variant {
-            Variant::Qwen35 => j % self.ssm_n_k_head,
-            Variant::Qwen3Next => j / (self.ssm_n_v_head / self.ssm_n_k_head),
+    /// The DeltaNet layers' shape.
+    fn delta_shape(&self) -> DeltaShape {
+        DeltaShape {
+            n_k_head: self.ssm_n_k_head,
+            n_v_head: self.ssm_n_v_head,
+            d_k: self.ssm_d_state,
+            d_v: self.head_v_dim(),
+            d_conv: self.ssm_d_conv,
+            grouped: self.variant == Variant::Qwen3Next,
+            eps: self.rms_eps,
         }
     }
 }
 
 /// DeltaNet's input projection: q‖k‖v for the convolution, and z for the output gate.
 #[derive(Debug)]
-enum Projection {
+enum Projection<B: Backend> {
     /// `attn_qkv` [n_embd, conv_dim] (in_proj_qkv) and `attn_gate` [n_embd, d_inner] (in_proj_z).
-    Split {
-        attn_qkv: QTensor,
-        attn_gate: QTensor,
-    },
+    Split { attn_qkv: B::Mat, attn_gate: B::Mat },
     /// Older Qwen3-Next files: `ssm_in` [n_embd, conv_dim + d_inner] with, per key head,
     /// [q (d_state) ‖ k (d_state) ‖ v (r·head_v) ‖ z (r·head_v)], r = value heads per key head.
-    Fused { ssm_in: QTensor },
+    Fused { ssm_in: B::Mat },
 }
 
 /// β and α projections (one value per value head each).
 #[derive(Debug)]
-enum Gates {
+enum Gates<B: Backend> {
     /// `ssm_beta` and `ssm_alpha`, [n_embd, n_v_head] each (in_proj_b, in_proj_a).
-    Split {
-        ssm_beta: QTensor,
-        ssm_alpha: QTensor,
-    },
+    Split { ssm_beta: B::Mat, ssm_alpha: B::Mat },
     /// Qwen3-Next `ssm_ba` [n_embd, 2·n_v_head]: per key head, r β then r α.
-    Fused { ssm_beta_alpha: QTensor },
+    Fused { ssm_beta_alpha: B::Mat },
 }
 
 /// Spec §4.2 weights (HF names in brackets).
 #[derive(Debug)]
-struct DeltaNet {
-    proj: Projection,
-    ssm_conv1d: Vec<f32>, // [d_conv, conv_dim]: taps contiguous per channel
-    ssm_dt: Vec<f32>,     // [n_v_head]
-    ssm_a: Vec<f32>,      // [n_v_head] = −exp(A_log)
-    gates: Gates,
-    ssm_norm: Vec<f32>, // [head_v_dim], shared by the heads, no +1
-    ssm_out: QTensor,   // [d_inner, n_embd]
+struct DeltaNetLayer<B: Backend> {
+    proj: Projection<B>,
+    ssm_conv1d: B::Vector, // [d_conv, conv_dim]: taps contiguous per channel
+    ssm_dt: B::Vector,     // [n_v_head]
+    ssm_a: B::Vector,      // [n_v_head] = −exp(A_log)
+    gates: Gates<B>,
+    ssm_norm: B::Vector, // [head_v_dim], shared by the heads, no +1
+    ssm_out: B::Mat,     // [d_inner, n_embd]
 }
 
 /// Spec §4.1 weights.
 #[derive(Debug)]
-struct Attention {
-    attn_q: QTensor, // [n_embd, 2·n_head·head_dim]: per head 256 query then 256 gate rows
-    attn_k: QTensor, // [n_embd, n_head_kv·head_dim]
-    attn_v: QTensor, // [n_embd, n_head_kv·head_dim]
-    attn_output: QTensor, // [n_head·head_dim, n_embd]
-    attn_q_norm: Vec<f32>, // [head_dim]
-    attn_k_norm: Vec<f32>, // [head_dim]
+struct Attention<B: Backend> {
+    attn_q: B::Mat, // [n_embd, 2·n_head·head_dim]: per head 256 query then 256 gate rows
+    attn_k: B::Mat, // [n_embd, n_head_kv·head_dim]
+    attn_v: B::Mat, // [n_embd, n_head_kv·head_dim]
+    attn_output: B::Mat, // [n_head·head_dim, n_embd]
+    attn_q_norm: B::Vector, // [head_dim]
+    attn_k_norm: B::Vector, // [head_dim]
 }
 
 #[derive(Debug)]
-enum Mixer {
-    DeltaNet(DeltaNet),
-    Attention(Attention),
+enum Mixer<B: Backend> {
+    DeltaNet(DeltaNetLayer<B>),
+    Attention(Attention<B>),
 }
 
 /// Spec §4.3 weights.
 #[derive(Debug)]
-struct Moe {
-    routed: RoutedExperts,
-    ffn_gate_inp_shexp: Vec<f32>, // [n_embd]
-    shexp: SwiGlu,                // ffn_{gate,up,down}_shexp
+struct Moe<B: Backend> {
+    routed: Experts<B>,
+    ffn_gate_inp_shexp: B::Vector, // [n_embd]
+    shexp: SwiGlu<B>,              // ffn_{gate,up,down}_shexp
 }
 
 #[derive(Debug)]
-struct Layer {
-    attn_norm: Vec<f32>, // [n_embd]
-    mixer: Mixer,
-    post_attention_norm: Vec<f32>, // [n_embd]
-    ffn: Ffn,
+struct Layer<B: Backend> {
+    attn_norm: B::Vector, // [n_embd]
+    mixer: Mixer<B>,
+    post_attention_norm: B::Vector, // [n_embd]
+    ffn: Ffn<B>,
 }
 
 /// The FFN half: the MoE of spec §4.3, or `qwen35`'s dense SwiGLU.
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // one per layer, built once: boxing would buy nothing
-enum Ffn {
-    Moe(Moe),
-    Dense(SwiGlu),
+enum Ffn<B: Backend> {
+    Moe(Moe<B>),
+    Dense(SwiGlu<B>),
+}
+
+/// Column maps that split fused projections into their parts (the same for every layer).
+#[derive(Debug)]
+struct Splits<B: Backend> {
+    /// Spec §4.1 step 1: the query and gate halves of each head of `attn_q`'s output.
+    q: B::Index,
+    gate: B::Index,
+    /// Qwen3-Next's fused `ssm_in` (per key head [q ‖ k ‖ v ‖ z]) into q‖k‖v and z.
+    mix: B::Index,
+    z: B::Index,
+    /// Qwen3-Next's fused `ssm_ba` (per key head r β then r α) into β and α.
+    beta: B::Index,
+    alpha: B::Index,
+}
+
+impl<B: Backend> Splits<B> {
+    fn new(b: &B, hp: &Hparams) -> Result<Splits<B>> {
+        let hd = hp.head_dim;
+        let half = |off: usize| -> Vec<u32> {
+            (0..hp.n_head)
+                .flat_map(|h| (0..hd).map(move |i| (h * 2 * hd + off + i) as u32))
+                .collect()
+        };
+        let (nk, dk, di, nv) = (
+            hp.ssm_n_k_head,
+            hp.ssm_d_state,
+            hp.ssm_d_inner,
+            hp.ssm_n_v_head,
+        );
+        let vg = di / nk; // value (and z) width per key head
+        let group = 2 * dk + 2 * vg;
+        let g = |off: usize, w: usize| -> Vec<u32> {
+            (0..nk)
+                .flat_map(|k| (0..w).map(move |i| (k * group + off + i) as u32))
+                .collect()
+        };
+        let mut mix = g(0, dk);
+        mix.extend(g(dk, dk));
+        mix.extend(g(2 * dk, vg));
+        let r = nv / nk;
+        let ba = |off: usize| -> Vec<u32> {
+            (0..nk)
+                .flat_map(|k| (0..r).map(move |i| (k * 2 * r + off + i) as u32))
+                .collect()
+        };
+        Ok(Splits {
+            q: b.index(half(0))?,
+            gate: b.index(half(hd))?,
+            mix: b.index(mix)?,
+            z: b.index(g(2 * dk + vg, vg))?,
+            beta: b.index(ba(0))?,
+            alpha: b.index(ba(r))?,
+        })
+    }
 }
 
 /// A loaded `qwen35moe` model.
 #[derive(Debug)]
-pub struct Qwen35Moe {
+pub struct Qwen35Moe<B: Backend> {
+    b: Arc<B>,
     hp: Hparams,
-    token_embd: QTensor, // [n_embd, n_vocab]
-    layers: Vec<Layer>,
-    output_norm: Vec<f32>, // [n_embd]
-    output: QTensor,       // [n_embd, n_vocab]
+    token_embd: B::Mat, // [n_embd, n_vocab]
+    layers: Vec<Layer<B>>,
+    output_norm: B::Vector, // [n_embd]
+    output: B::Mat,         // [n_embd, n_vocab]
+    splits: Splits<B>,
 }
 
-impl Qwen35Moe {
+impl<B: Backend> Qwen35Moe<B> {
     /// Load the tensors of spec §2.2, checking every shape.
-    pub fn load(w: &Weights, arch: &str) -> Result<Qwen35Moe> {
+    pub fn load(b: Arc<B>, w: &Weights, arch: &str) -> Result<Qwen35Moe<B>> {
         let hp = Hparams::from_gguf(w, arch)?;
         let e = hp.n_embd as u64;
         let v = hp.n_vocab as u64;
         let token_embd = w.get("token_embd.weight", &[e, v])?;
         let layers = (0..hp.n_layer)
-            .map(|i| load_layer(w, &hp, i))
+            .map(|i| load_layer(&*b, w, &hp, i))
             .collect::<Result<Vec<_>>>()?;
         let output = w
             .optional("output.weight", &[e, v])?
             .unwrap_or_else(|| token_embd.clone());
-        let output_norm = w.vector("output_norm.weight", e)?;
         Ok(Qwen35Moe {
-            hp,
-            token_embd,
+            token_embd: b.mat(token_embd)?,
+            output: b.mat(output)?,
+            output_norm: b.vector(w.vector("output_norm.weight", e)?)?,
+            splits: Splits::new(&*b, &hp)?,
             layers,
-            output_norm,
-            output,
+            hp,
+            b,
         })
     }
 }
 
-fn load_layer(w: &Weights, hp: &Hparams, i: usize) -> Result<Layer> {
+fn load_layer<B: Backend>(b: &B, w: &Weights, hp: &Hparams, i: usize) -> Result<Layer<B>> {
     let n = |s: &str| format!("blk.{i}.{s}");
     let u = |x: usize| x as u64;
     let e = u(hp.n_embd);
+    let mat = |name: &str, dims: &[u64]| b.mat(w.get(&n(name), dims)?);
+    let vec = |name: &str, len: u64| b.vector(w.vector(&n(name), len)?);
     let mixer = if hp.recurrent[i] {
-        let (conv, vh) = (u(hp.conv_dim()), u(hp.ssm_n_v_head));
-        Mixer::DeltaNet(DeltaNet {
+        let (conv, vh) = (u(hp.delta_shape().conv_dim()), u(hp.ssm_n_v_head));
+        let taps = w.get(&n("ssm_conv1d.weight"), &[u(hp.ssm_d_conv), conv])?;
+        Mixer::DeltaNet(DeltaNetLayer {
             proj: if w.has(&n("ssm_in.weight")) {
                 let dim = conv + u(hp.ssm_d_inner);
                 Projection::Fused {
-                    ssm_in: w.get(&n("ssm_in.weight"), &[e, dim])?,
+                    ssm_in: mat("ssm_in.weight", &[e, dim])?,
                 }
             } else {
                 Projection::Split {
-                    attn_qkv: w.get(&n("attn_qkv.weight"), &[e, conv])?,
-                    attn_gate: w.get(&n("attn_gate.weight"), &[e, u(hp.ssm_d_inner)])?,
+                    attn_qkv: mat("attn_qkv.weight", &[e, conv])?,
+                    attn_gate: mat("attn_gate.weight", &[e, u(hp.ssm_d_inner)])?,
                 }
             },
-            ssm_conv1d: w
-                .get(&n("ssm_conv1d.weight"), &[u(hp.ssm_d_conv), conv])?
-                .to_f32()?,
-            ssm_dt: w.vector(&n("ssm_dt.bias"), vh)?,
-            ssm_a: w.vector(&n("ssm_a"), vh)?,
+            ssm_conv1d: b.vector(taps.to_f32()?)?,
+            ssm_dt: vec("ssm_dt.bias", vh)?,
+            ssm_a: vec("ssm_a", vh)?,
             gates: if hp.variant == Variant::Qwen3Next {
                 Gates::Fused {
-                    ssm_beta_alpha: w.get(&n("ssm_ba.weight"), &[e, 2 * vh])?,
+                    ssm_beta_alpha: mat("ssm_ba.weight", &[e, 2 * vh])?,
                 }
             } else {
                 Gates::Split {
-                    ssm_beta: w.get(&n("ssm_beta.weight"), &[e, vh])?,
-                    ssm_alpha: w.get(&n("ssm_alpha.weight"), &[e, vh])?,
+                    ssm_beta: mat("ssm_beta.weight", &[e, vh])?,
+                    ssm_alpha: mat("ssm_alpha.weight", &[e, vh])?,
                 }
             },
-            ssm_norm: w.vector(&n("ssm_norm.weight"), u(hp.head_v_dim()))?,
-            ssm_out: w.get(&n("ssm_out.weight"), &[u(hp.ssm_d_inner), e])?,
+            ssm_norm: vec("ssm_norm.weight", u(hp.head_v_dim()))?,
+            ssm_out: mat("ssm_out.weight", &[u(hp.ssm_d_inner), e])?,
         })
     } else {
         let q = u(hp.n_head * hp.head_dim);
         let kv = u(hp.n_head_kv * hp.head_dim);
         Mixer::Attention(Attention {
-            attn_q: w.get(&n("attn_q.weight"), &[e, 2 * q])?,
-            attn_k: w.get(&n("attn_k.weight"), &[e, kv])?,
-            attn_v: w.get(&n("attn_v.weight"), &[e, kv])?,
-            attn_output: w.get(&n("attn_output.weight"), &[q, e])?,
-            attn_q_norm: w.vector(&n("attn_q_norm.weight"), u(hp.head_dim))?,
-            attn_k_norm: w.vector(&n("attn_k_norm.weight"), u(hp.head_dim))?,
+            attn_q: mat("attn_q.weight", &[e, 2 * q])?,
+            attn_k: mat("attn_k.weight", &[e, kv])?,
+            attn_v: mat("attn_v.weight", &[e, kv])?,
+            attn_output: mat("attn_output.weight", &[q, e])?,
+            attn_q_norm: vec("attn_q_norm.weight", u(hp.head_dim))?,
+            attn_k_norm: vec("attn_k_norm.weight", u(hp.head_dim))?,
         })
     };
     let blk = format!("blk.{i}");
     let ffn = if hp.n_ff > 0 {
-        Ffn::Dense(SwiGlu::load(w, &blk, "", hp.n_embd, hp.n_ff)?)
+        Ffn::Dense(SwiGlu::load(b, w, (&blk, ""), hp.n_embd, hp.n_ff)?)
     } else {
+        let sizes = (hp.n_ff_exp, hp.n_expert, hp.n_expert_used);
         Ffn::Moe(Moe {
-            routed: RoutedExperts::load(
-                w,
-                &blk,
-                hp.n_embd,
-                hp.n_ff_exp,
-                hp.n_expert,
-                hp.n_expert_used,
-            )?,
-            ffn_gate_inp_shexp: w.vector(&n("ffn_gate_inp_shexp.weight"), e)?,
-            shexp: SwiGlu::load(w, &blk, "_shexp", hp.n_embd, hp.n_ff_shexp)?,
+            routed: load_experts(b, w, &blk, hp.n_embd, sizes)?,
+            ffn_gate_inp_shexp: vec("ffn_gate_inp_shexp.weight", e)?,
+            shexp: SwiGlu::load(b, w, (&blk, "_shexp"), hp.n_embd, hp.n_ff_shexp)?,
         })
     };
     Ok(Layer {
-        attn_norm: w.vector(&n("attn_norm.weight"), e)?,
+        attn_norm: vec("attn_norm.weight", e)?,
         mixer,
-        post_attention_norm: w.vector(&n("post_attention_norm.weight"), e)?,
+        post_attention_norm: vec("post_attention_norm.weight", e)?,
         ffn,
     })
 }
 
-impl Qwen35Moe {
-    /// Spec §4.1: gated full attention for `n` tokens of normed input `x` from `pos0`.
+impl<B: Backend> Qwen35Moe<B> {
+    /// Spec §4.1: gated full attention for the step's tokens of normed input `x`.
     fn full_attn(
         &self,
-        m: &Attention,
-        (kc, vc): (&mut KvCache, &mut KvCache),
-        x: &[f32],
-        pos0: usize,
-        exec: Exec,
-    ) -> Result<Vec<f32>> {
-        let hp = &self.hp;
-        let (n, hd) = (x.len() / hp.n_embd, hp.head_dim);
-        let (qw, kvw) = (hp.n_head * hd, hp.n_head_kv * hd);
-        let mut qg = vec![0f32; n * 2 * qw];
-        let (mut k, mut v) = (vec![0f32; n * kvw], vec![0f32; n * kvw]);
+        s: &B::Step,
+        m: &Attention<B>,
+        kv: &mut B::Layer,
+        x: &B::Act,
+    ) -> Result<B::Act> {
+        let (b, hp) = (&*self.b, &self.hp);
+        let hd = hp.head_dim;
         // 1. per head: query ‖ gate; 2. keys and values.
-        let (wq, wk, wv) = (&m.attn_q, &m.attn_k, &m.attn_v);
-        ops::matmuls([wq, wk, wv], x, n, [&mut qg, &mut k, &mut v], exec)?;
-        let shape = AttnShape {
-            n_head: hp.n_head,
-            n_head_kv: hp.n_head_kv,
-            head_dim: hd,
-            scale: 1.0 / (hd as f32).sqrt(),
+        let [qg, mut k, v] = b.matmuls(s, [&m.attn_q, &m.attn_k, &m.attn_v], x)?;
+        let mut q = b.gather_cols(s, &qg, &self.splits.q)?;
+        let gate = b.gather_cols(s, &qg, &self.splits.gate)?;
+        b.rms_norm_inplace(s, &mut q, &m.attn_q_norm, hp.rms_eps)?; // 3. Qcur_normed
+        b.rms_norm_inplace(s, &mut k, &m.attn_k_norm, hp.rms_eps)?; //    Kcur_normed
+        b.rope(s, &mut q, hd, hp.rope)?; // 4.
+        b.rope(s, &mut k, hd, hp.rope)?;
+        let p = AttnParams {
+            shape: AttnShape {
+                n_head: hp.n_head,
+                n_head_kv: hp.n_head_kv,
+                head_dim: hd,
+                scale: 1.0 / (hd as f32).sqrt(),
+            },
+            window: None,
         };
-        let mut o = vec![0f32; n * qw];
-        let (mut q, mut gate) = (vec![0f32; n * qw], vec![0f32; n * qw]);
-        let mut pass = KvPass::new(kc, vc, pos0)?;
-        for t in 0..n {
-            let pos = pos0 + t;
-            let (qt, gt) = (
-                &mut q[t * qw..(t + 1) * qw],
-                &mut gate[t * qw..(t + 1) * qw],
-            );
-            for h in 0..hp.n_head {
-                let src = &qg[t * 2 * qw + h * 2 * hd..t * 2 * qw + (h + 1) * 2 * hd];
-                qt[h * hd..(h + 1) * hd].copy_from_slice(&src[..hd]);
-                gt[h * hd..(h + 1) * hd].copy_from_slice(&src[hd..]);
-            }
-            let kt = &mut k[t * kvw..(t + 1) * kvw];
-            ops::rms_norm_inplace(qt, &m.attn_q_norm, hp.rms_eps); // 3. Qcur_normed
-            ops::rms_norm_inplace(kt, &m.attn_k_norm, hp.rms_eps); //    Kcur_normed
-            hp.rope.apply(qt, hd, pos); // 4.
-            hp.rope.apply(kt, hd, pos);
-            pass.push(kt, &v[t * kvw..(t + 1) * kvw])?; // 5.
-        }
-        pass.attend_all(&q, None, shape, &mut o, exec)?; // 6.
-        o.iter_mut()
-            .zip(&gate)
-            .for_each(|(o, &g)| *o *= ops::sigmoid(g)); // 7.
-        let mut out = vec![0f32; n * hp.n_embd];
-        ops::matmul(&m.attn_output, &o, n, &mut out, exec)?; // 8.
-        Ok(out)
+        let mut o = b.attention(s, kv, [&q, &k, &v], p)?; // 5.–6.
+        b.sigmoid_mul(s, &mut o, &gate)?; // 7.
+        b.matmul(s, &m.attn_output, &o) // 8.
     }
 
-    /// Spec §4.2: gated DeltaNet for `n` tokens of normed input `x` (the delta rule itself in
-    /// `models/deltanet/`: recurrent for one token, chunked for more).
+    /// Spec §4.2: gated DeltaNet for the step's tokens of normed input `x`.
     fn deltanet(
         &self,
-        m: &DeltaNet,
-        (conv, ssm): (&mut [f32], &mut [f32]),
-        x: &[f32],
-        exec: Exec,
-    ) -> Result<Vec<f32>> {
-        let hp = &self.hp;
-        let n = x.len() / hp.n_embd;
-        let (di, nv) = (hp.ssm_d_inner, hp.ssm_n_v_head);
-        let (mix, z) = self.project(&m.proj, x, exec)?; // 1.
-        let (beta, alpha) = self.gates(&m.gates, x, exec)?; // 2.
-        let glue = crate::prof::stage("deltanet glue: gates");
-        let beta: Vec<f32> = beta.iter().map(|&v| ops::sigmoid(v)).collect();
-        let g: Vec<f32> = alpha
-            .chunks_exact(nv)
-            .flat_map(|at| (0..nv).map(move |j| m.ssm_a[j] * softplus(at[j] + m.ssm_dt[j])))
-            .collect();
-        drop(glue);
-        let (q, k, v) = self.conv_qkv(m, conv, &mix, exec)?; // 3.–4.
-        let inputs = deltanet::Inputs {
-            q: &q,
-            k: &k,
-            v: &v,
-            beta: &beta,
-            g: &g,
+        s: &B::Step,
+        m: &DeltaNetLayer<B>,
+        st: &mut B::Layer,
+        x: &B::Act,
+    ) -> Result<B::Act> {
+        let (b, sp) = (&*self.b, &self.splits);
+        // 1.–2. q‖k‖v, z, β, α.
+        let (mix, z, beta, alpha) = match (&m.proj, &m.gates) {
+            (
+                Projection::Split {
+                    attn_qkv,
+                    attn_gate,
+                },
+                Gates::Split {
+                    ssm_beta,
+                    ssm_alpha,
+                },
+            ) => {
+                let [mix, z, beta, alpha] =
+                    b.matmuls(s, [attn_qkv, attn_gate, ssm_beta, ssm_alpha], x)?;
+                (mix, z, beta, alpha)
+            }
+            (proj, gates) => {
+                let (mix, z) = match proj {
+                    Projection::Split {
+                        attn_qkv,
+                        attn_gate,
+                    } => {
+                        let [mix, z] = b.matmuls(s, [attn_qkv, attn_gate], x)?;
+                        (mix, z)
+                    }
+                    Projection::Fused { ssm_in } => {
+                        let f = b.matmul(s, ssm_in, x)?;
+                        (b.gather_cols(s, &f, &sp.mix)?, b.gather_cols(s, &f, &sp.z)?)
+                    }
+                };
+                let (beta, alpha) = match gates {
+                    Gates::Split {
+                        ssm_beta,
+                        ssm_alpha,
+                    } => {
+                        let [beta, alpha] = b.matmuls(s, [ssm_beta, ssm_alpha], x)?;
+                        (beta, alpha)
+                    }
+                    Gates::Fused { ssm_beta_alpha } => {
+                        let f = b.matmul(s, ssm_beta_alpha, x)?;
+                        (
+                            b.gather_cols(s, &f, &sp.beta)?,
+                            b.gather_cols(s, &f, &sp.alpha)?,
+                        )
+                    }
+                };
+                (mix, z, beta, alpha)
+            }
         };
-        let o = deltanet::run(ssm, &inputs, &self.delta_dims(), exec); // 5.–6.
-        let hv = hp.head_v_dim();
-        let glue = crate::prof::stage("deltanet glue: output norm");
-        let mut normed = vec![0f32; n * di];
-        crate::matmul::par_rows(&mut normed, hv, 16 * hv, exec, &|i, nt| {
-            ops::rms_norm(&o[i * hv..(i + 1) * hv], &m.ssm_norm, hp.rms_eps, nt); // 7.
-            nt.iter_mut()
-                .zip(&z[i * hv..(i + 1) * hv])
-                .for_each(|(v, &zv)| *v *= ops::silu(zv));
-            Ok(())
-        })?;
-        drop(glue);
-        let mut out = vec![0f32; n * hp.n_embd];
-        ops::matmul(&m.ssm_out, &normed, n, &mut out, exec)?; // 8.
-        Ok(out)
-    }
-
-    /// Spec §4.2 steps 3–4 for every token: the short convolution, then q and k L2-normalised
-    /// per key head (q also scaled by 1/√d_k); returns q, k (`n × n_k_head·d_k`) and v
-    /// (`n × d_inner`).
-    fn conv_qkv(
-        &self,
-        m: &DeltaNet,
-        conv: &mut [f32],
-        mix: &[f32],
-        exec: Exec,
-    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-        let hp = &self.hp;
-        let (cd, dk) = (hp.conv_dim(), hp.ssm_d_state);
-        let kw = hp.ssm_n_k_head * dk;
-        let n = mix.len() / cd;
-        let glue = crate::prof::stage("deltanet glue: conv");
-        let y = deltanet::conv(&m.ssm_conv1d, hp.ssm_d_conv, conv, mix, exec)?; // 3.
-        drop(glue);
-        let _glue = crate::prof::stage("deltanet glue: q/k/v");
-        let (mut q, mut k) = (vec![0f32; n * kw], vec![0f32; n * kw]);
-        let mut v = vec![0f32; n * hp.ssm_d_inner];
-        let q_scale = 1.0 / (dk as f32).sqrt();
-        // q, k and v of token t, normed: one row of `v` per token, q and k alongside it.
-        let (qd, kd) = (
-            crate::matmul::Disjoint::new(&mut q),
-            crate::matmul::Disjoint::new(&mut k),
-        );
-        crate::matmul::par_rows(&mut v, hp.ssm_d_inner, 4 * cd, exec, &|t, vt| {
-            let yt = &y[t * cd..(t + 1) * cd];
-            // SAFETY: token t alone writes row t of q and of k.
-            let (qt, kt) = unsafe { (qd.slice(t * kw, kw), kd.slice(t * kw, kw)) };
-            qt.copy_from_slice(&yt[..kw]);
-            kt.copy_from_slice(&yt[kw..2 * kw]);
-            vt.copy_from_slice(&yt[2 * kw..]);
-            for (qh, kh) in qt.chunks_exact_mut(dk).zip(kt.chunks_exact_mut(dk)) {
-                l2_norm(qh, hp.rms_eps, q_scale);
-                l2_norm(kh, hp.rms_eps, 1.0);
-            }
-            Ok(())
-        })?;
-        Ok((q, k, v))
-    }
-
-    /// The head layout the delta rule needs.
-    fn delta_dims(&self) -> deltanet::Dims {
-        let hp = &self.hp;
-        deltanet::Dims {
-            n_k_head: hp.ssm_n_k_head,
-            d_k: hp.ssm_d_state,
-            d_v: hp.head_v_dim(),
-            k_head: (0..hp.ssm_n_v_head).map(|j| hp.k_head(j)).collect(),
-        }
-    }
-
-    /// Spec §4.2 step 1: `mix` = q‖k‖v (`n × conv_dim`) and `z` (`n × d_inner`), unpacking the
-    /// fused Qwen3-Next form (per key head [q ‖ k ‖ v ‖ z]) into the split layout.
-    fn project(&self, p: &Projection, x: &[f32], exec: Exec) -> Result<(Vec<f32>, Vec<f32>)> {
-        let hp = &self.hp;
-        let n = x.len() / hp.n_embd;
-        let (cd, di) = (hp.conv_dim(), hp.ssm_d_inner);
-        let (mut mix, mut z) = (vec![0f32; n * cd], vec![0f32; n * di]);
-        match p {
-            Projection::Split {
-                attn_qkv,
-                attn_gate,
-            } => {
-                ops::matmuls([attn_qkv, attn_gate], x, n, [&mut mix, &mut z], exec)?;
-            }
-            Projection::Fused { ssm_in } => {
-                let mut fused = vec![0f32; n * (cd + di)];
-                ops::matmul(ssm_in, x, n, &mut fused, exec)?;
-                let (nk, dk) = (hp.ssm_n_k_head, hp.ssm_d_state);
-                let vg = di / nk; // value (and z) width per key head
-                let group = 2 * dk + 2 * vg;
-                for t in 0..n {
-                    let (src, mt, zt) = (
-                        &fused[t * (cd + di)..],
-                        &mut mix[t * cd..],
-                        &mut z[t * di..],
-                    );
-                    for g in 0..nk {
-                        let s = &src[g * group..(g + 1) * group];
-                        mt[g * dk..(g + 1) * dk].copy_from_slice(&s[..dk]);
-                        mt[nk * dk + g * dk..nk * dk + (g + 1) * dk]
-                            .copy_from_slice(&s[dk..2 * dk]);
-                        mt[2 * nk * dk + g * vg..2 * nk * dk + (g + 1) * vg]
-                            .copy_from_slice(&s[2 * dk..2 * dk + vg]);
-                        zt[g * vg..(g + 1) * vg].copy_from_slice(&s[2 * dk + vg..]);
-                    }
-                }
-            }
-        }
-        Ok((mix, z))
-    }
-
-    /// Spec §4.2 step 2's inputs: the β and α projections (`n × n_v_head` each), unpacking
-    /// Qwen3-Next's fused form (per key head r β then r α).
-    fn gates(&self, g: &Gates, x: &[f32], exec: Exec) -> Result<(Vec<f32>, Vec<f32>)> {
-        let hp = &self.hp;
-        let (n, nv) = (x.len() / hp.n_embd, hp.ssm_n_v_head);
-        let (mut beta, mut alpha) = (vec![0f32; n * nv], vec![0f32; n * nv]);
-        match g {
-            Gates::Split {
-                ssm_beta,
-                ssm_alpha,
-            } => {
-                ops::matmuls([ssm_beta, ssm_alpha], x, n, [&mut beta, &mut alpha], exec)?;
-            }
-            Gates::Fused { ssm_beta_alpha } => {
-                let mut ba = vec![0f32; n * 2 * nv];
-                ops::matmul(ssm_beta_alpha, x, n, &mut ba, exec)?;
-                let r = nv / hp.ssm_n_k_head;
-                for t in 0..n {
-                    for (g, s) in ba[t * 2 * nv..(t + 1) * 2 * nv]
-                        .chunks_exact(2 * r)
-                        .enumerate()
-                    {
-                        beta[t * nv + g * r..t * nv + (g + 1) * r].copy_from_slice(&s[..r]);
-                        alpha[t * nv + g * r..t * nv + (g + 1) * r].copy_from_slice(&s[r..]);
-                    }
-                }
-            }
-        }
-        Ok((beta, alpha))
+        let p = DeltaNet {
+            conv1d: &m.ssm_conv1d,
+            dt: &m.ssm_dt,
+            a: &m.ssm_a,
+            shape: self.hp.delta_shape(),
+        };
+        let o = b.deltanet(s, st, &p, &mix, [&beta, &alpha])?; // 2.–6.
+        let normed = b.norm_gate(s, &o, &m.ssm_norm, &z, self.hp.rms_eps)?; // 7.
+        b.matmul(s, &m.ssm_out, &normed) // 8.
     }
 
     /// Spec §4.3: the routed experts plus the sigmoid-gated shared expert.
-    fn moe(&self, m: &Moe, x: &[f32], exec: Exec) -> Result<Vec<f32>> {
-        let e = self.hp.n_embd;
-        let mut y = m.routed.forward(x, exec)?; // ffn_moe_out
-        let sh = m.shexp.forward(x, exec)?; // ffn_shexp
-        let _stage = crate::prof::stage("moe shared-expert gate");
-        for (t, (yt, st)) in y.chunks_exact_mut(e).zip(sh.chunks_exact(e)).enumerate() {
-            let s = ops::sigmoid(ops::dot(&m.ffn_gate_inp_shexp, &x[t * e..(t + 1) * e]));
-            yt.iter_mut().zip(st).for_each(|(a, &b)| *a += s * b);
-        }
+    fn moe(&self, s: &B::Step, m: &Moe<B>, x: &B::Act) -> Result<B::Act> {
+        let b = &*self.b;
+        let mut y = b.moe(s, &m.routed, x)?; // ffn_moe_out
+        let sh = m.shexp.forward(b, s, x)?; // ffn_shexp
+        b.gated_add(s, &mut y, &sh, &m.ffn_gate_inp_shexp, x)?;
         Ok(y) // ffn_out
+    }
+
+    /// The whole forward for one step.
+    fn graph(
+        &self,
+        s: &B::Step,
+        states: &mut [B::Layer],
+        which: Logits,
+        n: usize,
+    ) -> Result<B::Act> {
+        let (b, hp) = (&*self.b, &self.hp);
+        let mut h = b.embed(s, &self.token_embd)?;
+        for (il, (l, ls)) in self.layers.iter().zip(states.iter_mut()).enumerate() {
+            let x = b.rms_norm(s, &h, &l.attn_norm, hp.rms_eps)?; // attn_norm
+            let a = match &l.mixer {
+                Mixer::DeltaNet(m) => self.deltanet(s, m, ls, &x)?,
+                Mixer::Attention(m) => self.full_attn(s, m, ls, &x)?,
+            };
+            b.add(s, &mut h, &a)?; // attn_residual
+            if il + 1 == self.layers.len() {
+                h = b.keep_rows(s, h, which.first(n))?;
+            }
+            let x = b.rms_norm(s, &h, &l.post_attention_norm, hp.rms_eps)?; // attn_post_norm
+            let f = match &l.ffn {
+                Ffn::Moe(m) => self.moe(s, m, &x)?,
+                Ffn::Dense(d) => d.forward(b, s, &x)?,
+            };
+            b.add(s, &mut h, &f)?; // l_out
+        }
+        super::lm_head(b, s, &h, &self.output_norm, hp.rms_eps, &self.output)
     }
 }
 
-impl Model for Qwen35Moe {
+impl<B: Backend> Model for Qwen35Moe<B> {
     fn arch(&self) -> &str {
         &self.hp.arch
+    }
+
+    fn backend(&self) -> String {
+        self.b.name()
     }
 
     fn n_vocab(&self) -> usize {
@@ -643,23 +599,16 @@ impl Model for Qwen35Moe {
 
     fn new_state_with(&self, n_ctx: usize, cache: CacheConfig) -> Result<State> {
         let hp = &self.hp;
+        let d = hp.delta_shape();
         let layers = (0..hp.n_layer)
-            .map(|i| {
-                if hp.recurrent[i] {
-                    Ok(LayerState::Recurrent {
-                        conv: vec![0f32; hp.conv_dim() * (hp.ssm_d_conv - 1)],
-                        ssm: vec![0f32; hp.ssm_n_v_head * hp.head_v_dim() * hp.ssm_d_state],
-                    })
-                } else {
-                    LayerState::kv(hp.n_head_kv, hp.head_dim, n_ctx, cache)
-                }
+            .map(|i| match hp.recurrent[i] {
+                true => self
+                    .b
+                    .recurrent_layer(d.conv_dim() * (d.d_conv - 1), d.n_v_head * d.d_v * d.d_k),
+                false => self.b.kv_layer(hp.n_head_kv, hp.head_dim, n_ctx, cache),
             })
             .collect::<Result<_>>()?;
-        Ok(State {
-            n_past: 0,
-            n_ctx,
-            layers,
-        })
+        Ok(State::new(&*self.b, n_ctx, layers))
     }
 
     fn forward(
@@ -669,58 +618,15 @@ impl Model for Qwen35Moe {
         which: Logits,
         exec: Exec,
     ) -> Result<Vec<f32>> {
-        let _stage = crate::prof::stage("forward (total)");
-        let hp = &self.hp;
-        let (n, e) = (tokens.len(), hp.n_embd);
-        let pos0 = state.n_past;
-        let mut h = super::embed(&self.token_embd, tokens, state)?;
-        let mut x = vec![0f32; n * e];
-        for (il, (l, ls)) in self.layers.iter().zip(state.layers.iter_mut()).enumerate() {
-            let norm = crate::prof::stage("norms, residuals");
-            ops::rms_norm_par(&h, &l.attn_norm, hp.rms_eps, &mut x, exec)?; // attn_norm
-            drop(norm);
-            let a = match (&l.mixer, ls) {
-                (Mixer::DeltaNet(m), LayerState::Recurrent { conv, ssm }) => {
-                    self.deltanet(m, (conv, ssm), &x, exec)?
-                }
-                (Mixer::Attention(m), LayerState::Kv { k, v }) => {
-                    self.full_attn(m, (k, v), &x, pos0, exec)?
-                }
-                _ => return Err(Error::StateMismatch { layer: il }),
-            };
-            let norm = crate::prof::stage("norms, residuals");
-            ops::add_inplace(&mut h, &a); // attn_residual
-            if il + 1 == self.layers.len() {
-                super::keep_output_rows(which, e, &mut [&mut h, &mut x]);
-            }
-            ops::rms_norm_par(&h, &l.post_attention_norm, hp.rms_eps, &mut x, exec)?; // attn_post_norm
-            drop(norm);
-            let f = match &l.ffn {
-                Ffn::Moe(m) => self.moe(m, &x, exec)?,
-                Ffn::Dense(d) => d.forward(&x, exec)?,
-            };
-            ops::add_inplace(&mut h, &f); // l_out
-        }
-        state.n_past += n;
-        let logits = super::lm_head(&h, &self.output_norm, hp.rms_eps, &self.output, exec)?;
-        Ok(logits)
+        let n = tokens.len();
+        crate::backend::run(
+            &*self.b,
+            self.hp.n_vocab,
+            (tokens, which, exec),
+            state,
+            &mut |s, layers| self.graph(s, layers, which, n),
+        )
     }
-}
-
-/// ln(1 + eˣ), linear past 20 as ggml's softplus (ggml `ggml_softplus` threshold).
-fn softplus(x: f32) -> f32 {
-    if x > 20.0 {
-        x
-    } else {
-        x.exp().ln_1p()
-    }
-}
-
-/// `x ← x / max(‖x‖, eps) · scale` (ggml `l2_norm`).
-fn l2_norm(x: &mut [f32], eps: f32, scale: f32) {
-    let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt();
-    let s = scale / norm.max(eps);
-    x.iter_mut().for_each(|v| *v *= s);
 }
 
 #[cfg(test)]
@@ -748,12 +654,5 @@ mod tests {
                 assert!(e.to_string().contains("ssm.conv_kernel"), "{e}");
             }
         }
-    }
-
-    #[test]
-    fn l2_norm_unit() {
-        let mut x = vec![3.0, 4.0];
-        l2_norm(&mut x, 1e-6, 1.0);
-        assert!((x[0] - 0.6).abs() < 1e-6 && (x[1] - 0.8).abs() < 1e-6);
     }
 }

@@ -2,15 +2,17 @@
 //! a routed MoE FFN (softmax router, top-k renormalised, no shared expert) — llama.cpp
 //! `src/models/qwen3moe.cpp`. Weights and forward are `llama.rs`'s; this file holds what differs.
 
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::ops::RopeStyle;
 use crate::weights::Weights;
+use std::sync::Arc;
 
 use super::Llama;
 
 /// Load a `qwen3moe` file. The llama loader treats q/k norms and experts as optional; here they
 /// are required, so a file missing them fails with the name of what is missing.
-pub fn load(w: &Weights) -> Result<Llama> {
+pub fn load<B: Backend>(b: Arc<B>, w: &Weights) -> Result<Llama<B>> {
     for key in [
         "qwen3moe.expert_count",
         "qwen3moe.expert_used_count",
@@ -30,5 +32,5 @@ pub fn load(w: &Weights) -> Result<Llama> {
             });
         }
     }
-    Llama::load_with(w, "qwen3moe", RopeStyle::Neox)
+    Llama::load(b, w, "qwen3moe", RopeStyle::Neox)
 }

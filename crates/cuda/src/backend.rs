@@ -1,0 +1,618 @@
+//! The CUDA backend: `engine::Backend` on one GPU. Weights are uploaded in their file types;
+//! activations live in the [`Pool`]; a sequence's KV cache and DeltaNet state are device
+//! buffers sized up front. A forward call writes its tokens and first position into a small
+//! device buffer that every kernel reads them from, so the second decode step of a sequence
+//! is recorded as a CUDA graph and every later one replays it (one launch, no host sync
+//! inside the step); prefill runs the same ops launched one by one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use engine::backend::{
+    AttnParams, Backend, DeltaNet, Experts, Glu, Graph as ModelGraph, Request, Seq,
+};
+use engine::kv::{CacheConfig, KvCache, KvType};
+use engine::ops::Rope;
+use engine::QTensor;
+use gguf::GgmlType;
+
+use crate::driver::{DevBuf, Gpu, Graph, HostBuf};
+use crate::error::Error;
+use crate::kernels::{lock, Kernels};
+use crate::pool::{Block, Pool};
+
+/// Most tokens one forward call takes (the step buffer's size, fixed so a recorded graph's
+/// reads of it stay valid).
+pub const MAX_STEP_TOKENS: usize = 1 << 16;
+
+/// Weight types the kernels read as they are in the file; others are converted to f16 at load.
+const NATIVE: [GgmlType; 16] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
+    GgmlType::MXFP4,
+];
+
+/// Uploaded tensors: (address, length) of their bytes in the map → buffer and tensor.
+type Uploads = HashMap<(usize, usize), (Arc<DevBuf>, QTensor)>;
+
+/// The CUDA backend.
+#[derive(Debug)]
+pub struct Cuda {
+    pub(crate) gpu: Arc<Gpu>,
+    pub(crate) k: Kernels,
+    pub(crate) pool: Arc<Pool>,
+    /// `[pos0, token_0, …]` as i32/u32, read by the kernels.
+    pub(crate) step: DevBuf,
+    staging: Mutex<HostBuf>,
+    out: Mutex<Option<HostBuf>>,
+    /// Uploaded tensors by the address of their bytes in the file's map (a tied output matrix
+    /// is the embedding table, uploaded once), each with its tensor, which keeps the map alive
+    /// (so no later file can be mapped at the same address).
+    uploaded: Mutex<Uploads>,
+    /// One forward at a time: they share the stream, the step buffer and the pool.
+    busy: Mutex<()>,
+    graphs: bool,
+    poison: bool,
+    weight_bytes: std::sync::atomic::AtomicUsize,
+}
+
+/// A weight matrix on the GPU.
+#[derive(Debug, Clone)]
+pub struct CudaMat {
+    pub(crate) buf: Arc<DevBuf>,
+    pub(crate) name: String,
+    pub(crate) ty: GgmlType,
+    /// Values a row.
+    pub(crate) k: usize,
+    /// Rows (of one expert, for stacked experts).
+    pub(crate) m: usize,
+    /// Experts (1 for a plain matrix).
+    pub(crate) experts: usize,
+    pub(crate) row_bytes: usize,
+}
+
+/// An f32 vector on the GPU.
+#[derive(Debug)]
+pub struct CudaVec {
+    pub(crate) buf: DevBuf,
+    pub(crate) len: usize,
+}
+
+/// A column map on the GPU.
+#[derive(Debug)]
+pub struct CudaIndex {
+    pub(crate) buf: DevBuf,
+    pub(crate) len: usize,
+}
+
+/// Activations on the GPU: `rows × width` f32 at `off` bytes into a pool block.
+#[derive(Debug, Clone)]
+pub struct CudaAct {
+    pub(crate) block: Arc<Block>,
+    pub(crate) off: u64,
+    pub(crate) rows: usize,
+    pub(crate) width: usize,
+}
+
+impl CudaAct {
+    pub(crate) fn ptr(&self) -> u64 {
+        self.block.ptr() + self.off
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.rows * self.width
+    }
+}
+
+/// A layer's memory of a sequence on the GPU.
+#[derive(Debug)]
+pub enum CudaLayer {
+    /// KV cache: `n_ctx` rows of `n_head_kv · head_dim` values in their types.
+    Kv {
+        /// Keys.
+        k: DevBuf,
+        /// Values.
+        v: DevBuf,
+        /// Key type.
+        kt: KvType,
+        /// Value type.
+        vt: KvType,
+        /// Walsh–Hadamard chunks (0: none), as `engine::kv`.
+        rot_k: usize,
+        /// Value rotation.
+        rot_v: usize,
+    },
+    /// DeltaNet convolution taps and state, f32.
+    Recurrent {
+        /// `[conv_dim][d_conv − 1]`.
+        conv: DevBuf,
+        /// `[n_v_head][d_v][d_k]`.
+        ssm: DevBuf,
+    },
+}
+
+/// A sequence's recorded decode step.
+#[derive(Debug, Default)]
+pub struct CudaSeq {
+    graph: Option<Graph>,
+    /// The recorded step's output (kept so its block stays this graph's).
+    out: Option<CudaAct>,
+    /// Decode steps run so far (the first runs eagerly and fills the pool).
+    decode_steps: usize,
+}
+
+/// A forward call's context: the token count; tokens and positions are on the device.
+#[derive(Debug)]
+pub struct CudaStep {
+    pub(crate) n: usize,
+}
+
+impl From<Error> for engine::Error {
+    fn from(e: Error) -> engine::Error {
+        engine::Error::Backend {
+            backend: "cuda".into(),
+            message: e.to_string(),
+        }
+    }
+}
+
+type R<T> = engine::Result<T>;
+
+impl Cuda {
+    /// Open GPU `ordinal` as a backend.
+    pub fn open(ordinal: usize) -> crate::Result<Arc<Cuda>> {
+        let gpu = Gpu::open(ordinal)?;
+        let step = gpu.alloc(4 * (MAX_STEP_TOKENS + 1))?;
+        let staging = gpu.alloc_host(4 * (MAX_STEP_TOKENS + 1))?;
+        Ok(Arc::new(Cuda {
+            k: Kernels::new(gpu.clone()),
+            pool: Pool::new(gpu.clone()),
+            step,
+            staging: Mutex::new(staging),
+            out: Mutex::new(None),
+            uploaded: Mutex::default(),
+            busy: Mutex::new(()),
+            graphs: std::env::var("LLM_SERVER_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+            poison: std::env::var_os("LLM_SERVER_CUDA_POISON").is_some_and(|v| v != "0"),
+            weight_bytes: Default::default(),
+            gpu,
+        }))
+    }
+
+    /// The device.
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// Bytes of weights uploaded.
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Device memory bandwidth in bytes/s: a device-to-device copy of `bytes` (read plus
+    /// written), best of five after a warm-up.
+    pub fn copy_bandwidth(&self, bytes: usize) -> crate::Result<f64> {
+        let (a, b) = (self.gpu.alloc(bytes)?, self.gpu.alloc(bytes)?);
+        let (e0, e1) = (self.gpu.event()?, self.gpu.event()?);
+        let mut best = f32::MAX;
+        for i in 0..6 {
+            e0.record()?;
+            // SAFETY: both buffers hold `bytes`.
+            unsafe { self.gpu.dtod(b.ptr(), a.ptr(), bytes)? };
+            e1.record()?;
+            let ms = e1.since(&e0)?;
+            if i > 0 {
+                best = best.min(ms);
+            }
+        }
+        Ok(2.0 * bytes as f64 / (best as f64 * 1e-3))
+    }
+
+    /// Bytes the activation pool holds.
+    pub fn pool_bytes(&self) -> usize {
+        self.pool.held()
+    }
+
+    /// A fresh activation of `rows × width` (filled with NaN when `LLM_SERVER_CUDA_POISON`
+    /// is set, so a test sees any value a kernel failed to write).
+    pub(crate) fn act(&self, rows: usize, width: usize) -> crate::Result<CudaAct> {
+        let a = CudaAct {
+            block: Arc::new(self.pool.get(4 * rows * width)?),
+            off: 0,
+            rows,
+            width,
+        };
+        if self.poison {
+            // SAFETY: the block holds rows × width floats.
+            unsafe { self.gpu.memset(a.ptr(), 0xff, 4 * a.len())? };
+        }
+        Ok(a)
+    }
+
+    /// Start a forward step by hand (tests and kernel benchmarks): the tokens and first
+    /// position go to the device as `forward` sends them.
+    pub fn step(&self, tokens: &[u32], pos0: usize) -> crate::Result<CudaStep> {
+        self.gpu.bind()?;
+        self.write_step(tokens, pos0)?;
+        Ok(CudaStep { n: tokens.len() })
+    }
+
+    /// An activation holding `data` (`rows × width`).
+    pub fn upload_act(&self, rows: usize, width: usize, data: &[f32]) -> crate::Result<CudaAct> {
+        if data.len() != rows * width {
+            return Err(Error::Size(format!(
+                "{} values for {rows} × {width}",
+                data.len()
+            )));
+        }
+        let a = self.act(rows, width)?;
+        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        // SAFETY: the block holds the values; synced before `bytes` goes.
+        unsafe { self.gpu.htod(a.ptr(), &bytes)? };
+        self.gpu.sync()?;
+        Ok(a)
+    }
+
+    /// The values of an activation (waits for the stream).
+    pub fn download_act(&self, a: &CudaAct) -> crate::Result<Vec<f32>> {
+        self.download(a)
+    }
+
+    /// Scratch of `bytes` from the pool.
+    pub(crate) fn scratch(&self, bytes: usize) -> crate::Result<Block> {
+        self.pool.get(bytes)
+    }
+
+    /// Upload `bytes` (the data of `t`, or a conversion of it) once per tensor.
+    fn upload(&self, t: &QTensor, bytes: &[u8]) -> crate::Result<Arc<DevBuf>> {
+        let key = (t.data().as_ptr() as usize, t.data().len());
+        if let Some((b, _)) = lock(&self.uploaded).get(&key) {
+            return Ok(b.clone());
+        }
+        let buf = self.gpu.alloc(bytes.len())?;
+        buf.upload(bytes)?;
+        self.weight_bytes
+            .fetch_add(bytes.len(), std::sync::atomic::Ordering::Relaxed);
+        let buf = Arc::new(buf);
+        lock(&self.uploaded).insert(key, (buf.clone(), t.clone()));
+        Ok(buf)
+    }
+
+    fn zeroed(&self, bytes: usize) -> crate::Result<DevBuf> {
+        let b = self.gpu.alloc(bytes)?;
+        // SAFETY: the whole buffer just allocated.
+        unsafe { self.gpu.memset(b.ptr(), 0, bytes)? };
+        self.gpu.sync()?;
+        Ok(b)
+    }
+
+    /// Write the step's position and tokens to the device.
+    fn write_step(&self, tokens: &[u32], pos0: usize) -> crate::Result<()> {
+        let n = tokens.len();
+        if n > MAX_STEP_TOKENS {
+            return Err(Error::Size(format!(
+                "{n} tokens in one call; the CUDA backend takes up to {MAX_STEP_TOKENS}"
+            )));
+        }
+        let mut st = lock(&self.staging);
+        let bytes = st.as_mut_slice();
+        bytes[..4].copy_from_slice(&(pos0 as i32).to_le_bytes());
+        for (i, t) in tokens.iter().enumerate() {
+            bytes[4 + 4 * i..8 + 4 * i].copy_from_slice(&t.to_le_bytes());
+        }
+        // SAFETY: the step buffer holds MAX_STEP_TOKENS + 1 words; the staging buffer is
+        // pinned and not written again before the stream passes this copy (the forward that
+        // follows ends with a sync).
+        unsafe { self.gpu.htod(self.step.ptr(), &bytes[..4 * (n + 1)]) }
+    }
+
+    /// Copy `out` to the host (waits for the stream).
+    fn download(&self, out: &CudaAct) -> crate::Result<Vec<f32>> {
+        let bytes = 4 * out.len();
+        let mut slot = lock(&self.out);
+        if slot.as_ref().is_none_or(|h| h.bytes() < bytes) {
+            *slot = None;
+            *slot = Some(self.gpu.alloc_host(bytes.next_power_of_two())?);
+        }
+        let host = slot.as_mut().map(|h| h.as_mut_slice()).unwrap_or_default();
+        // SAFETY: `out` holds `bytes`; the host buffer at least as many; synced below.
+        unsafe { self.gpu.dtoh(&mut host[..bytes], out.ptr())? };
+        self.gpu.sync()?;
+        Ok(host[..bytes]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
+    /// Run `graph` for a decode step of `seq`: replayed if recorded, recorded on the second
+    /// step, eager before.
+    fn decode(
+        &self,
+        seq: &mut Seq<Cuda>,
+        step: &CudaStep,
+        graph: &mut ModelGraph<'_, Cuda>,
+    ) -> R<CudaAct> {
+        let extra = &mut seq.extra;
+        if let (Some(g), Some(out)) = (&extra.graph, &extra.out) {
+            self.gpu.launch_graph(g)?;
+            return Ok(out.clone());
+        }
+        if extra.decode_steps == 0 {
+            extra.decode_steps += 1;
+            return graph(step, &mut seq.layers);
+        }
+        self.gpu.begin_capture()?;
+        let out = graph(step, &mut seq.layers);
+        let captured = self.gpu.end_capture();
+        let out = out?;
+        let g = captured?;
+        self.gpu.launch_graph(&g)?;
+        let extra = &mut seq.extra;
+        extra.graph = Some(g);
+        extra.out = Some(out.clone());
+        Ok(out)
+    }
+}
+
+impl Backend for Cuda {
+    type Mat = CudaMat;
+    type Vector = CudaVec;
+    type Index = CudaIndex;
+    type Act = CudaAct;
+    type Layer = CudaLayer;
+    type SeqExtra = CudaSeq;
+    type Step = CudaStep;
+
+    fn name(&self) -> String {
+        self.gpu.describe()
+    }
+
+    fn mat(&self, t: QTensor) -> R<CudaMat> {
+        let k = t.row_len();
+        if !k.is_multiple_of(8) {
+            return Err(Error::Size(format!(
+                "{}: rows of {k} values (a multiple of 8 is needed)",
+                t.name
+            ))
+            .into());
+        }
+        let experts = if t.dims.len() >= 3 {
+            t.dims[2] as usize
+        } else {
+            1
+        };
+        let m = t.n_rows() / experts.max(1);
+        let (ty, buf) = if NATIVE.contains(&t.ty) {
+            (t.ty, self.upload(&t, t.data())?)
+        } else {
+            // Other types (the IQ2/IQ3 family, …): f16 on the GPU, converted once here.
+            let vals = t.to_f32()?;
+            let bytes: Vec<u8> = vals
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                .collect();
+            (GgmlType::F16, self.upload(&t, &bytes)?)
+        };
+        let row_bytes = ty.bytes_for(k as u64).unwrap_or(0) as usize;
+        Ok(CudaMat {
+            buf,
+            name: t.name.clone(),
+            ty,
+            k,
+            m,
+            experts,
+            row_bytes,
+        })
+    }
+
+    fn vector(&self, v: Vec<f32>) -> R<CudaVec> {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let buf = self.gpu.alloc(bytes.len())?;
+        buf.upload(&bytes)?;
+        Ok(CudaVec { buf, len: v.len() })
+    }
+
+    fn index(&self, cols: Vec<u32>) -> R<CudaIndex> {
+        let bytes: Vec<u8> = cols.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let buf = self.gpu.alloc(bytes.len())?;
+        buf.upload(&bytes)?;
+        Ok(CudaIndex {
+            buf,
+            len: cols.len(),
+        })
+    }
+
+    fn kv_layer(
+        &self,
+        n_head_kv: usize,
+        head_dim: usize,
+        n_ctx: usize,
+        cache: CacheConfig,
+    ) -> R<CudaLayer> {
+        KvCache::check_head(cache.k, head_dim)?;
+        KvCache::check_head(cache.v, head_dim)?;
+        let width = n_head_kv * head_dim;
+        Ok(CudaLayer::Kv {
+            k: self.zeroed(n_ctx * cache.k.row_bytes(width))?,
+            v: self.zeroed(n_ctx * cache.v.row_bytes(width))?,
+            kt: cache.k,
+            vt: cache.v,
+            rot_k: KvCache::key_rotation(cache.k, head_dim),
+            rot_v: KvCache::value_rotation(cache.v, head_dim),
+        })
+    }
+
+    fn recurrent_layer(&self, conv: usize, ssm: usize) -> R<CudaLayer> {
+        Ok(CudaLayer::Recurrent {
+            conv: self.zeroed(4 * conv)?,
+            ssm: self.zeroed(4 * ssm)?,
+        })
+    }
+
+    fn kv_bytes(&self, l: &CudaLayer) -> usize {
+        match l {
+            CudaLayer::Kv { k, v, .. } => k.bytes() + v.bytes(),
+            CudaLayer::Recurrent { .. } => 0,
+        }
+    }
+
+    fn forward(
+        &self,
+        req: Request<'_>,
+        seq: &mut Seq<Cuda>,
+        graph: &mut ModelGraph<'_, Cuda>,
+    ) -> R<Vec<f32>> {
+        let _busy = lock(&self.busy);
+        self.gpu.bind()?;
+        self.write_step(req.tokens, req.pos0)?;
+        let step = CudaStep {
+            n: req.tokens.len(),
+        };
+        let out = if step.n == 1 && self.graphs {
+            self.decode(seq, &step, graph)?
+        } else {
+            graph(&step, &mut seq.layers)?
+        };
+        Ok(self.download(&out)?)
+    }
+
+    fn embed(&self, s: &CudaStep, table: &CudaMat) -> R<CudaAct> {
+        Ok(self.get_rows(s, table)?)
+    }
+
+    fn scale(&self, _: &CudaStep, x: &mut CudaAct, c: f32) -> R<()> {
+        Ok(self.scale_(x, c)?)
+    }
+
+    fn rms_norm(&self, _: &CudaStep, x: &CudaAct, w: &CudaVec, eps: f32) -> R<CudaAct> {
+        let y = self.act(x.rows, x.width)?;
+        self.rms_norm_(x, w, eps, &y)?;
+        Ok(y)
+    }
+
+    fn rms_norm_inplace(&self, _: &CudaStep, x: &mut CudaAct, w: &CudaVec, eps: f32) -> R<()> {
+        Ok(self.rms_norm_(x, w, eps, x)?)
+    }
+
+    fn add(&self, _: &CudaStep, h: &mut CudaAct, a: &CudaAct) -> R<()> {
+        Ok(self.add_(h, a)?)
+    }
+
+    fn add_bias(&self, _: &CudaStep, x: &mut CudaAct, b: &CudaVec) -> R<()> {
+        Ok(self.add_bias_(x, b)?)
+    }
+
+    fn matmul(&self, _: &CudaStep, w: &CudaMat, x: &CudaAct) -> R<CudaAct> {
+        let y = self.act(x.rows, w.m)?;
+        self.matmul_(w, x, &y)?;
+        Ok(y)
+    }
+
+    fn matmuls<const N: usize>(
+        &self,
+        s: &CudaStep,
+        w: [&CudaMat; N],
+        x: &CudaAct,
+    ) -> R<[CudaAct; N]> {
+        let mut outs = Vec::with_capacity(N);
+        for m in w {
+            outs.push(self.matmul(s, m, x)?);
+        }
+        outs.try_into()
+            .map_err(|_| Error::Size("matmuls: output count".into()).into())
+    }
+
+    fn gather_cols(&self, _: &CudaStep, x: &CudaAct, cols: &CudaIndex) -> R<CudaAct> {
+        Ok(self.gather_cols_(x, cols)?)
+    }
+
+    fn rope(&self, _: &CudaStep, x: &mut CudaAct, head_dim: usize, rope: Rope) -> R<()> {
+        Ok(self.rope_(x, head_dim, rope)?)
+    }
+
+    fn attention(
+        &self,
+        s: &CudaStep,
+        layer: &mut CudaLayer,
+        qkv: [&CudaAct; 3],
+        p: AttnParams,
+    ) -> R<CudaAct> {
+        Ok(self.attention_(s, layer, qkv, p)?)
+    }
+
+    fn sigmoid_mul(&self, _: &CudaStep, x: &mut CudaAct, g: &CudaAct) -> R<()> {
+        Ok(self.binary("sigmoid_mul", x, g)?)
+    }
+
+    fn glu(&self, _: &CudaStep, gate: CudaAct, up: &CudaAct, kind: Glu) -> R<CudaAct> {
+        let name = match kind {
+            Glu::Silu => "glu_silu",
+            Glu::Gelu => "glu_gelu",
+        };
+        self.binary(name, &gate, up)?;
+        Ok(gate)
+    }
+
+    fn moe(&self, s: &CudaStep, m: &Experts<Cuda>, x: &CudaAct) -> R<CudaAct> {
+        Ok(self.moe_(s, m, x)?)
+    }
+
+    fn gated_add(
+        &self,
+        _: &CudaStep,
+        y: &mut CudaAct,
+        sh: &CudaAct,
+        gate: &CudaVec,
+        x: &CudaAct,
+    ) -> R<()> {
+        Ok(self.gated_add_(y, sh, gate, x)?)
+    }
+
+    fn deltanet(
+        &self,
+        s: &CudaStep,
+        layer: &mut CudaLayer,
+        p: &DeltaNet<'_, Cuda>,
+        mix: &CudaAct,
+        beta_alpha: [&CudaAct; 2],
+    ) -> R<CudaAct> {
+        Ok(self.deltanet_(s, layer, p, mix, beta_alpha)?)
+    }
+
+    fn norm_gate(
+        &self,
+        _: &CudaStep,
+        o: &CudaAct,
+        w: &CudaVec,
+        z: &CudaAct,
+        eps: f32,
+    ) -> R<CudaAct> {
+        Ok(self.norm_gate_(o, w, z, eps)?)
+    }
+
+    fn keep_rows(&self, _: &CudaStep, x: CudaAct, first: usize) -> R<CudaAct> {
+        let first = first.min(x.rows);
+        Ok(CudaAct {
+            off: x.off + 4 * (first * x.width) as u64,
+            rows: x.rows - first,
+            ..x
+        })
+    }
+
+    fn softcap(&self, _: &CudaStep, x: &mut CudaAct, c: f32) -> R<()> {
+        Ok(self.softcap_(x, c)?)
+    }
+}

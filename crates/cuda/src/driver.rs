@@ -1,0 +1,678 @@
+//! The CUDA driver API, loaded at run time: the GPU's primary context and a stream, device and
+//! pinned host memory, modules, launches, graphs and events.
+//!
+//! Nothing here links against CUDA: `cudarc` opens `libcuda.so.1` and NVRTC with `dlopen` on
+//! first use. Before that, [`Gpu::open`] checks the libraries are there (cudarc would panic),
+//! and preloads NVRTC from the usual toolkit folders when the loader path lacks it (a
+//! library already loaded satisfies a later `dlopen` of its soname).
+
+use std::ffi::{c_void, CStr, CString};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cudarc::driver::sys::{self, CUresult};
+
+use crate::error::{Error, Result};
+
+/// Turn a driver return code into a `Result`, naming the call.
+pub(crate) fn check(r: CUresult, call: &'static str) -> Result<()> {
+    if r == CUresult::CUDA_SUCCESS {
+        return Ok(());
+    }
+    let mut s: *const std::ffi::c_char = std::ptr::null();
+    // SAFETY: cuGetErrorString writes a pointer to a static string (or leaves it null).
+    let msg = unsafe {
+        match sys::cuGetErrorString(r, &mut s) {
+            CUresult::CUDA_SUCCESS if !s.is_null() => {
+                CStr::from_ptr(s).to_string_lossy().into_owned()
+            }
+            _ => format!("{r:?}"),
+        }
+    };
+    Err(Error::Driver { call, message: msg })
+}
+
+/// Folders searched for NVRTC when the loader does not find it by name: `CUDA_HOME`,
+/// `CUDA_PATH`, `LLM_SERVER_CUDA_LIBS`, the usual toolkit places, and the NVIDIA wheels of a
+/// Python environment (`nvidia/cu13/lib`, `nvidia/cuda_nvrtc/lib`).
+fn search_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(extra) = std::env::var_os("LLM_SERVER_CUDA_LIBS") {
+        dirs.extend(std::env::split_paths(&extra));
+    }
+    for var in ["CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"] {
+        if let Some(root) = std::env::var_os(var) {
+            let root = PathBuf::from(root);
+            dirs.push(root.join("lib64"));
+            dirs.push(root.join("lib"));
+        }
+    }
+    for d in [
+        "/usr/local/cuda/lib64",
+        "/usr/local/cuda/targets/x86_64-linux/lib",
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/local/nvidia/lib64",
+    ] {
+        dirs.push(PathBuf::from(d));
+    }
+    for site in python_site_dirs() {
+        dirs.push(site.join("nvidia/cu13/lib"));
+        dirs.push(site.join("nvidia/cuda_nvrtc/lib"));
+    }
+    dirs
+}
+
+/// `site-packages` folders of the Python environments usually present (a virtualenv, the
+/// system's, PyTorch's), where NVIDIA's wheels put their libraries.
+fn python_site_dirs() -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = ["/usr/lib", "/usr/local/lib", "/opt/torch/.venv/lib"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    if let Some(v) = std::env::var_os("VIRTUAL_ENV") {
+        roots.push(PathBuf::from(v).join("lib"));
+    }
+    let mut out = Vec::new();
+    for root in roots {
+        let Ok(rd) = std::fs::read_dir(&root) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            if name.to_string_lossy().starts_with("python3") {
+                out.push(e.path().join("site-packages"));
+                out.push(e.path().join("dist-packages"));
+            }
+        }
+    }
+    out
+}
+
+/// `dlopen` `path` with `RTLD_GLOBAL`, keeping it loaded for the life of the process.
+fn dlopen_global(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: a plain dlopen of a file; the handle is leaked on purpose (the library stays).
+    !unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) }.is_null()
+}
+
+/// Make NVRTC loadable by name: already on the loader path, or found in [`search_dirs`] and
+/// preloaded (with its builtins library, which NVRTC itself opens by name).
+fn preload_nvrtc() -> std::result::Result<(), String> {
+    // SAFETY: probing with dlopen; nothing is called.
+    if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Ok(());
+    }
+    let dirs = search_dirs();
+    for dir in &dirs {
+        for major in ["13", "12"] {
+            let lib = dir.join(format!("libnvrtc.so.{major}"));
+            if !lib.exists() {
+                continue;
+            }
+            // The builtins (libnvrtc-builtins.so.13.0 and the like) first.
+            if let Ok(rd) = std::fs::read_dir(dir) {
+                for e in rd.flatten() {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    if n.starts_with(&format!("libnvrtc-builtins.so.{major}")) {
+                        dlopen_global(&e.path());
+                    }
+                }
+            }
+            if dlopen_global(&lib) {
+                return Ok(());
+            }
+        }
+    }
+    let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    Err(format!(
+        "NVRTC (libnvrtc.so.13 or .12) not found on the loader path nor in {}; set \
+         LLM_SERVER_CUDA_LIBS to its folder",
+        searched.join(", ")
+    ))
+}
+
+/// Find NVRTC (once per process) or say where it was looked for.
+pub(crate) fn ensure_nvrtc() -> Result<()> {
+    static FOUND: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(preload_nvrtc)
+        .clone()
+        .map_err(Error::Missing)
+}
+
+/// One GPU: its primary context and the stream everything runs on.
+#[derive(Debug)]
+pub struct Gpu {
+    ctx: sys::CUcontext,
+    stream: sys::CUstream,
+    /// `cuda:N`.
+    pub ordinal: usize,
+    /// The device's name (`NVIDIA H200`).
+    pub name: String,
+    /// Compute capability (major, minor).
+    pub cc: (i32, i32),
+    /// Multiprocessors.
+    pub sms: u32,
+    /// The driver's CUDA version (`13000` for 13.0).
+    pub driver_version: i32,
+}
+
+// SAFETY: a context and a stream may be used from any thread once made current there; every
+// entry point calls `bind` first.
+unsafe impl Send for Gpu {}
+// SAFETY: as above; the engine drives one forward at a time per backend (`Backend` callers
+// hold the model behind a lock or on one thread).
+unsafe impl Sync for Gpu {}
+
+impl Gpu {
+    /// Open GPU `ordinal`: find the libraries, initialise the driver, retain the device's
+    /// primary context and make a stream. Errors say which library or device is missing.
+    pub fn open(ordinal: usize) -> Result<Arc<Gpu>> {
+        // SAFETY: probing with dlopen; nothing is called.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(Error::Missing(
+                "the NVIDIA driver library (libcuda.so.1) was not found: no NVIDIA driver \
+                 on this machine"
+                    .into(),
+            ));
+        }
+        ensure_nvrtc()?;
+        // SAFETY: driver calls with valid out-pointers; the context is retained for the life
+        // of the process (the primary context is shared by every user of the device).
+        unsafe {
+            check(sys::cuInit(0), "cuInit")?;
+            let mut count = 0;
+            check(sys::cuDeviceGetCount(&mut count), "cuDeviceGetCount")?;
+            if ordinal >= count.max(0) as usize {
+                return Err(Error::Missing(format!(
+                    "cuda:{ordinal} asked for, {count} CUDA device(s) found"
+                )));
+            }
+            let mut dev = 0;
+            check(sys::cuDeviceGet(&mut dev, ordinal as i32), "cuDeviceGet")?;
+            let mut name = [0 as std::ffi::c_char; 256];
+            check(
+                sys::cuDeviceGetName(name.as_mut_ptr(), 256, dev),
+                "cuDeviceGetName",
+            )?;
+            let name = CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned();
+            let attr = |a| -> Result<i32> {
+                let mut v = 0;
+                check(
+                    sys::cuDeviceGetAttribute(&mut v, a, dev),
+                    "cuDeviceGetAttribute",
+                )?;
+                Ok(v)
+            };
+            use sys::CUdevice_attribute as A;
+            let cc = (
+                attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+                attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+            );
+            let sms = attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
+            let mut driver_version = 0;
+            check(
+                sys::cuDriverGetVersion(&mut driver_version),
+                "cuDriverGetVersion",
+            )?;
+            let mut ctx = std::ptr::null_mut();
+            check(
+                sys::cuDevicePrimaryCtxRetain(&mut ctx, dev),
+                "cuDevicePrimaryCtxRetain",
+            )?;
+            check(sys::cuCtxSetCurrent(ctx), "cuCtxSetCurrent")?;
+            let mut stream = std::ptr::null_mut();
+            // A non-blocking stream: no implicit sync with the legacy default stream.
+            check(sys::cuStreamCreate(&mut stream, 1), "cuStreamCreate")?;
+            Ok(Arc::new(Gpu {
+                ctx,
+                stream,
+                ordinal,
+                name,
+                cc,
+                sms,
+                driver_version,
+            }))
+        }
+    }
+
+    /// Make the context current on the calling thread.
+    pub fn bind(&self) -> Result<()> {
+        // SAFETY: the context is alive (retained in `open`).
+        check(unsafe { sys::cuCtxSetCurrent(self.ctx) }, "cuCtxSetCurrent")
+    }
+
+    /// Wait for everything queued on the stream.
+    pub fn sync(&self) -> Result<()> {
+        // SAFETY: a live stream.
+        check(
+            unsafe { sys::cuStreamSynchronize(self.stream) },
+            "cuStreamSynchronize",
+        )
+    }
+
+    /// Free and total device memory in bytes.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        self.bind()?;
+        let (mut free, mut total) = (0, 0);
+        // SAFETY: valid out-pointers.
+        check(
+            unsafe { sys::cuMemGetInfo_v2(&mut free, &mut total) },
+            "cuMemGetInfo",
+        )?;
+        Ok((free, total))
+    }
+
+    /// `cuda:N (name, sm_XY)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "cuda:{} ({}, sm_{}{})",
+            self.ordinal, self.name, self.cc.0, self.cc.1
+        )
+    }
+
+    /// Allocate `bytes` of device memory (at least one byte is asked of the driver).
+    pub fn alloc(self: &Arc<Self>, bytes: usize) -> Result<DevBuf> {
+        self.bind()?;
+        let mut ptr = 0;
+        // SAFETY: valid out-pointer.
+        let r = unsafe { sys::cuMemAlloc_v2(&mut ptr, bytes.max(1)) };
+        if r == CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            let (free, total) = self.mem_info().unwrap_or((0, 0));
+            return Err(Error::OutOfMemory {
+                wanted: bytes,
+                free,
+                total,
+            });
+        }
+        check(r, "cuMemAlloc")?;
+        Ok(DevBuf {
+            ptr,
+            bytes,
+            gpu: self.clone(),
+        })
+    }
+
+    /// Copy `src` to device address `dst`, queued on the stream (`src` must stay alive and
+    /// unchanged until the stream passes the copy: pinned buffers, or a sync after).
+    ///
+    /// # Safety
+    /// `dst` must have room for `src`.
+    pub(crate) unsafe fn htod(&self, dst: u64, src: &[u8]) -> Result<()> {
+        // SAFETY: the caller vouches for `dst`; `src` is a live slice.
+        check(
+            unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src.as_ptr().cast(), src.len(), self.stream) },
+            "cuMemcpyHtoDAsync",
+        )
+    }
+
+    /// Copy `dst.len()` bytes from device address `src`, queued on the stream.
+    ///
+    /// # Safety
+    /// `src` must hold `dst.len()` bytes; `dst` must stay alive until the stream passes.
+    pub(crate) unsafe fn dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
+        // SAFETY: as the caller vouches.
+        check(
+            unsafe {
+                sys::cuMemcpyDtoHAsync_v2(dst.as_mut_ptr().cast(), src, dst.len(), self.stream)
+            },
+            "cuMemcpyDtoHAsync",
+        )
+    }
+
+    /// Copy `bytes` between device addresses, queued on the stream.
+    ///
+    /// # Safety
+    /// Both ranges must be allocated.
+    pub(crate) unsafe fn dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        // SAFETY: as the caller vouches.
+        check(
+            unsafe { sys::cuMemcpyDtoDAsync_v2(dst, src, bytes, self.stream) },
+            "cuMemcpyDtoDAsync",
+        )
+    }
+
+    /// Set `bytes` at `dst` to `value`, queued on the stream.
+    ///
+    /// # Safety
+    /// The range must be allocated.
+    pub(crate) unsafe fn memset(&self, dst: u64, value: u8, bytes: usize) -> Result<()> {
+        // SAFETY: as the caller vouches.
+        check(
+            unsafe { sys::cuMemsetD8Async(dst, value, bytes, self.stream) },
+            "cuMemsetD8Async",
+        )
+    }
+
+    /// Load a compiled module (cubin or PTX).
+    pub(crate) fn load_module(&self, image: &[u8]) -> Result<Module> {
+        self.bind()?;
+        let mut m = std::ptr::null_mut();
+        // The driver reads a NUL-terminated PTX string or a cubin image.
+        let mut owned = image.to_vec();
+        owned.push(0);
+        // SAFETY: a valid image pointer for the call.
+        check(
+            unsafe { sys::cuModuleLoadData(&mut m, owned.as_ptr().cast()) },
+            "cuModuleLoadData",
+        )?;
+        Ok(Module { m })
+    }
+
+    /// Launch `f` on the stream. `args` points at each parameter's value, in order.
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameter list in number, size and order, and every
+    /// pointer passed must be valid for what the kernel does with it.
+    pub(crate) unsafe fn launch(
+        &self,
+        f: &Func,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: &mut [*mut c_void],
+    ) -> Result<()> {
+        // SAFETY: as the caller vouches.
+        check(
+            unsafe {
+                sys::cuLaunchKernel(
+                    f.f,
+                    grid.0,
+                    grid.1,
+                    grid.2,
+                    block.0,
+                    block.1,
+                    block.2,
+                    smem,
+                    self.stream,
+                    args.as_mut_ptr(),
+                    std::ptr::null_mut(),
+                )
+            },
+            f.name,
+        )
+    }
+
+    /// Start recording the stream's work into a graph (nothing runs until it is launched).
+    pub(crate) fn begin_capture(&self) -> Result<()> {
+        // SAFETY: a live stream. Relaxed mode: other threads' unsafe calls are not this
+        // capture's business.
+        check(
+            unsafe {
+                sys::cuStreamBeginCapture_v2(
+                    self.stream,
+                    sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED,
+                )
+            },
+            "cuStreamBeginCapture",
+        )
+    }
+
+    /// Stop recording and instantiate what was recorded.
+    pub(crate) fn end_capture(&self) -> Result<Graph> {
+        let mut g = std::ptr::null_mut();
+        // SAFETY: the stream is capturing (begin_capture).
+        check(
+            unsafe { sys::cuStreamEndCapture(self.stream, &mut g) },
+            "cuStreamEndCapture",
+        )?;
+        let mut exec = std::ptr::null_mut();
+        // SAFETY: `g` is the graph just captured.
+        let r = unsafe { sys::cuGraphInstantiateWithFlags(&mut exec, g, 0) };
+        // SAFETY: the executable graph keeps what it needs; the template can go.
+        unsafe { sys::cuGraphDestroy(g) };
+        check(r, "cuGraphInstantiate")?;
+        Ok(Graph { exec })
+    }
+
+    /// Replay a graph on the stream.
+    pub(crate) fn launch_graph(&self, g: &Graph) -> Result<()> {
+        // SAFETY: a live executable graph.
+        check(
+            unsafe { sys::cuGraphLaunch(g.exec, self.stream) },
+            "cuGraphLaunch",
+        )
+    }
+
+    /// Pinned (page-locked) host memory of `bytes`.
+    pub(crate) fn alloc_host(self: &Arc<Self>, bytes: usize) -> Result<HostBuf> {
+        self.bind()?;
+        let mut p = std::ptr::null_mut();
+        // SAFETY: valid out-pointer; flags 0 = portable off, plain pinned memory.
+        check(
+            unsafe { sys::cuMemHostAlloc(&mut p, bytes.max(1), 0) },
+            "cuMemHostAlloc",
+        )?;
+        Ok(HostBuf {
+            ptr: p.cast(),
+            bytes,
+            gpu: self.clone(),
+        })
+    }
+
+    /// A timing event.
+    pub fn event(self: &Arc<Self>) -> Result<Event> {
+        self.bind()?;
+        let mut e = std::ptr::null_mut();
+        // SAFETY: valid out-pointer; default flags (timing on).
+        check(unsafe { sys::cuEventCreate(&mut e, 0) }, "cuEventCreate")?;
+        Ok(Event {
+            e,
+            gpu: self.clone(),
+        })
+    }
+}
+
+/// Device memory, freed on drop.
+#[derive(Debug)]
+pub struct DevBuf {
+    ptr: u64,
+    bytes: usize,
+    gpu: Arc<Gpu>,
+}
+
+impl DevBuf {
+    /// The device address.
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// Its size.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Copy `data` into the start of the buffer and wait for it.
+    pub fn upload(&self, data: &[u8]) -> Result<()> {
+        if data.len() > self.bytes {
+            return Err(Error::Size(format!(
+                "upload of {} bytes into {}",
+                data.len(),
+                self.bytes
+            )));
+        }
+        self.gpu.bind()?;
+        // SAFETY: the buffer holds `data.len()` bytes; the sync keeps `data` alive long enough.
+        unsafe { self.gpu.htod(self.ptr, data)? };
+        self.gpu.sync()
+    }
+
+    /// Read the first `out.len()` bytes back (waits for the stream).
+    pub fn download(&self, out: &mut [u8]) -> Result<()> {
+        if out.len() > self.bytes {
+            return Err(Error::Size(format!(
+                "download of {} bytes from {}",
+                out.len(),
+                self.bytes
+            )));
+        }
+        self.gpu.bind()?;
+        // SAFETY: in range; synced before `out` is used.
+        unsafe { self.gpu.dtoh(out, self.ptr)? };
+        self.gpu.sync()
+    }
+}
+
+impl Drop for DevBuf {
+    fn drop(&mut self) {
+        if self.gpu.bind().is_ok() {
+            // SAFETY: allocated by cuMemAlloc, freed once. Errors at drop are ignored.
+            unsafe { sys::cuMemFree_v2(self.ptr) };
+        }
+    }
+}
+
+// SAFETY: a device address; the driver serialises frees.
+unsafe impl Send for DevBuf {}
+// SAFETY: as above.
+unsafe impl Sync for DevBuf {}
+
+/// Pinned host memory, freed on drop.
+#[derive(Debug)]
+pub(crate) struct HostBuf {
+    ptr: *mut u8,
+    bytes: usize,
+    gpu: Arc<Gpu>,
+}
+
+impl HostBuf {
+    /// The bytes.
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `bytes` bytes allocated by cuMemHostAlloc, owned by self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.bytes) }
+    }
+
+    /// Its size.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for HostBuf {
+    fn drop(&mut self) {
+        if self.gpu.bind().is_ok() {
+            // SAFETY: allocated by cuMemHostAlloc, freed once.
+            unsafe { sys::cuMemFreeHost(self.ptr.cast()) };
+        }
+    }
+}
+
+// SAFETY: plain host memory owned by the value.
+unsafe impl Send for HostBuf {}
+// SAFETY: shared access is read-only through `&self` (none offered).
+unsafe impl Sync for HostBuf {}
+
+/// A loaded module.
+#[derive(Debug)]
+pub(crate) struct Module {
+    m: sys::CUmodule,
+}
+
+// SAFETY: module handles are context-wide.
+unsafe impl Send for Module {}
+// SAFETY: as above.
+unsafe impl Sync for Module {}
+
+impl Module {
+    /// The kernel `name` (an `extern "C"` function of the source).
+    pub(crate) fn func(&self, name: &'static str) -> Result<Func> {
+        let c = CString::new(name).map_err(|_| Error::Size(format!("kernel name {name:?}")))?;
+        let mut f = std::ptr::null_mut();
+        // SAFETY: a live module and a NUL-terminated name.
+        check(
+            unsafe { sys::cuModuleGetFunction(&mut f, self.m, c.as_ptr()) },
+            "cuModuleGetFunction",
+        )
+        .map_err(|e| Error::Kernel {
+            name: name.to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(Func { f, name })
+    }
+}
+
+/// A kernel.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Func {
+    f: sys::CUfunction,
+    name: &'static str,
+}
+
+impl Func {
+    /// Let the kernel use up to `bytes` of dynamic shared memory (past the 48 KB default).
+    pub(crate) fn set_max_smem(&self, bytes: u32) -> Result<()> {
+        // SAFETY: a live function handle.
+        check(
+            unsafe {
+                sys::cuFuncSetAttribute(
+                    self.f,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes as i32,
+                )
+            },
+            "cuFuncSetAttribute",
+        )
+    }
+}
+
+// SAFETY: function handles are context-wide.
+unsafe impl Send for Func {}
+// SAFETY: as above.
+unsafe impl Sync for Func {}
+
+/// An instantiated graph.
+#[derive(Debug)]
+pub struct Graph {
+    exec: sys::CUgraphExec,
+}
+
+impl Drop for Graph {
+    fn drop(&mut self) {
+        // SAFETY: instantiated once, destroyed once.
+        unsafe { sys::cuGraphExecDestroy(self.exec) };
+    }
+}
+
+// SAFETY: an executable graph is a context-wide handle.
+unsafe impl Send for Graph {}
+
+/// A timing event.
+#[derive(Debug)]
+pub struct Event {
+    e: sys::CUevent,
+    gpu: Arc<Gpu>,
+}
+
+impl Event {
+    /// Record on the stream.
+    pub fn record(&self) -> Result<()> {
+        // SAFETY: live event and stream.
+        check(
+            unsafe { sys::cuEventRecord(self.e, self.gpu.stream) },
+            "cuEventRecord",
+        )
+    }
+
+    /// Milliseconds from `start` to this event (both recorded; waits for this one).
+    pub fn since(&self, start: &Event) -> Result<f32> {
+        // SAFETY: live events.
+        unsafe {
+            check(sys::cuEventSynchronize(self.e), "cuEventSynchronize")?;
+            let mut ms = 0f32;
+            check(
+                sys::cuEventElapsedTime_v2(&mut ms, start.e, self.e),
+                "cuEventElapsedTime",
+            )?;
+            Ok(ms)
+        }
+    }
+}
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        // SAFETY: created once, destroyed once.
+        unsafe { sys::cuEventDestroy_v2(self.e) };
+    }
+}

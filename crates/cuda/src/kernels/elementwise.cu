@@ -1,0 +1,117 @@
+// Element-wise ops between matmuls: residual adds, scales, biases, gates, gated activations,
+// column gathers, soft-capping, and the sigmoid-gated add of Qwen's shared expert.
+
+extern "C" __global__ void add(float* __restrict__ h, const float* __restrict__ a, u64 n) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) h[i] += a[i];
+}
+
+extern "C" __global__ void scale(float* __restrict__ x, float c, u64 n) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] *= c;
+}
+
+extern "C" __global__ void add_bias(float* __restrict__ x, const float* __restrict__ b,
+                                    int width, u64 n) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += b[i % width];
+}
+
+// x ⊙= σ(g)
+extern "C" __global__ void sigmoid_mul(float* __restrict__ x, const float* __restrict__ g,
+                                       u64 n) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] *= sigmoidf_(g[i]);
+}
+
+// gate = silu(gate) ⊙ up
+extern "C" __global__ void glu_silu(float* __restrict__ gate, const float* __restrict__ up,
+                                    u64 n) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) gate[i] = siluf_(gate[i]) * up[i];
+}
+
+// gate = gelu(gate) ⊙ up, GELU in its tanh form at f16 precision as ggml's CPU computes it
+// (input rounded to f16, result rounded to f16; 0 below −10, identity above 10).
+extern "C" __global__ void glu_gelu(float* __restrict__ gate, const float* __restrict__ up,
+                                    u64 n) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float x = gate[i], g;
+    if (x <= -10.0f) {
+        g = 0.0f;
+    } else if (x >= 10.0f) {
+        g = x;
+    } else {
+        float xh = h2f(f2h(x));
+        g = 0.5f * xh * (1.0f + tanhf(0.7978846f * xh * (1.0f + 0.044715f * xh * xh)));
+        g = h2f(f2h(g));
+    }
+    gate[i] = g * up[i];
+}
+
+// y[t][j] = x[t][cols[j]]
+extern "C" __global__ void gather_cols(const float* __restrict__ x, const u32* __restrict__ cols,
+                                       float* __restrict__ y, int w_in, int w_out, int n) {
+    int t = blockIdx.y;
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j < w_out && t < n) y[(u64)t * w_out + j] = x[(u64)t * w_in + cols[j]];
+}
+
+extern "C" __global__ void softcap(float* __restrict__ x, float c, u64 n) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = tanhf(x[i] / c) * c;
+}
+
+// y[t] += σ(gate · x[t]) · sh[t], one block per token.
+extern "C" __global__ void gated_add(float* __restrict__ y, const float* __restrict__ sh,
+                                     const float* __restrict__ gate, const float* __restrict__ x,
+                                     int width) {
+    __shared__ float red[32];
+    int t = blockIdx.x;
+    u64 base = (u64)t * width;
+    float d = 0.0f;
+    for (int i = threadIdx.x; i < width; i += blockDim.x) d += gate[i] * x[base + i];
+    d = block_sum(d, red);
+    float s = sigmoidf_(d);
+    for (int i = threadIdx.x; i < width; i += blockDim.x) y[base + i] += s * sh[base + i];
+}
+
+// The greedy sampler's arg-max over each row of logits (ties to the lower id), one block a row.
+extern "C" __global__ void argmax(const float* __restrict__ x, int width, i32* __restrict__ out) {
+    __shared__ float bv[32];
+    __shared__ int bi[32];
+    const float* r = x + (u64)blockIdx.x * width;
+    float best = NEG_INF;
+    int idx = 0x7fffffff;
+    for (int i = threadIdx.x; i < width; i += blockDim.x) {
+        float v = r[i];
+        if (v > best) {
+            best = v;
+            idx = i;
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(FULL_MASK, best, o);
+        int oi = __shfl_xor_sync(FULL_MASK, idx, o);
+        if (ov > best || (ov == best && oi < idx)) {
+            best = ov;
+            idx = oi;
+        }
+    }
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) {
+        bv[warp] = best;
+        bi[warp] = idx;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < (int)(blockDim.x >> 5); w++)
+            if (bv[w] > best || (bv[w] == best && bi[w] < idx)) {
+                best = bv[w];
+                idx = bi[w];
+            }
+        out[blockIdx.x] = idx;
+    }
+}

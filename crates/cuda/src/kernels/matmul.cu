@@ -1,0 +1,228 @@
+// Products with quantized weights, one module per weight type (`WTYPE`): embedding rows, the
+// matrix × vector kernel for a few tokens (decode) and the tensor-core matrix × matrix kernel
+// for many (prefill), both also over the chosen experts of a MoE layer.
+//
+// Weights are rows of ggml blocks (`row_bytes` apart; experts `expert_stride` apart);
+// activations are f32 rows. `mmv` reads the weights once for up to 8 tokens, dequantizing
+// in registers; `gemm` dequantizes 64×64 weight tiles to f16 in shared memory and multiplies
+// them with f16 activation tiles on the tensor cores (mma.sync m16n8k16, f32 accumulate),
+// the method of llama.cpp's dequantize-then-cuBLAS path without the round trip through memory.
+
+// Embedding rows: out[t] = dequant(W[ids[t]]), K values a row.
+extern "C" __global__ void get_rows(const u8* __restrict__ w, u64 row_bytes,
+                                    const u32* __restrict__ ids, float* __restrict__ out, int K) {
+    int t = blockIdx.y;
+    int g = blockIdx.x * blockDim.x + threadIdx.x;
+    if (g * 8 >= K) return;
+    const u8* row = w + (u64)ids[t] * row_bytes;
+    float y[8];
+    deq_granule(row, g, y);
+    float* o = out + (u64)t * K + g * 8;
+#pragma unroll
+    for (int i = 0; i < 8; i++) o[i] = y[i];
+}
+
+struct MmvArgs {
+    const u8* w;       // weights
+    const float* x;    // activations
+    float* y;          // output
+    const i32* ids;    // per pair its expert (null: dense)
+    u64 row_bytes;     // bytes of a weight row
+    u64 expert_stride; // bytes between experts
+    i32 K;             // values a row
+    i32 M;             // rows
+    i32 n;             // dense: tokens (≤ MMV_MAX); ids: unused (grid.y pairs)
+    i32 x_div;         // ids: pair p reads x row p / x_div
+    i32 x_stride;      // floats between x rows
+    i32 y_stride;      // floats between y rows
+};
+
+#define MMV_MAX 8
+#define MMV_WARPS 4
+
+// One warp per weight row; lanes take granules of 8 values in turn. Dense: every token of
+// the call (up to 8) against the row; with `ids`: blockIdx.y is a (token, expert) pair.
+extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) mmv(MmvArgs a) {
+    int lane = threadIdx.x & 31;
+    int row = blockIdx.x * MMV_WARPS + (threadIdx.x >> 5);
+    if (row >= a.M) return;
+    const u8* w = a.w;
+    const float* x = a.x;
+    int n = a.n, pair = blockIdx.y;
+    if (a.ids) {
+        w += (u64)a.ids[pair] * a.expert_stride;
+        x += (u64)(pair / a.x_div) * a.x_stride;
+        n = 1;
+    }
+    const u8* wr = w + (u64)row * a.row_bytes;
+    float acc[MMV_MAX];
+#pragma unroll
+    for (int t = 0; t < MMV_MAX; t++) acc[t] = 0.0f;
+    int ng = a.K / 8;
+    for (int g = lane; g < ng; g += 32) {
+        float wv[8];
+        deq_granule(wr, g, wv);
+#pragma unroll
+        for (int t = 0; t < MMV_MAX; t++) {
+            if (t < n) {
+                const float4* xp = (const float4*)(x + (u64)t * a.x_stride + g * 8);
+                float4 x0 = xp[0], x1 = xp[1];
+                acc[t] += wv[0] * x0.x + wv[1] * x0.y + wv[2] * x0.z + wv[3] * x0.w +
+                          wv[4] * x1.x + wv[5] * x1.y + wv[6] * x1.z + wv[7] * x1.w;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < MMV_MAX; t++) {
+        if (t < n) {
+            float s = warp_sum(acc[t]);
+            if (lane == 0) {
+                int yr = a.ids ? pair : t;
+                a.y[(u64)yr * a.y_stride + row] = s;
+            }
+        }
+    }
+}
+
+struct GemmArgs {
+    const u8* w;
+    const float* x;
+    float* y;
+    const i32* tiles;   // per tile {expert, first row, end row} (null: dense)
+    const i32* n_tiles; // tiles in use (with `tiles`)
+    const i32* x_rows;  // row r of the product reads x row x_rows[r] (null: row r)
+    u64 row_bytes;
+    u64 expert_stride;
+    i32 K;
+    i32 M;
+    i32 N;              // dense: rows of x (tokens)
+    i32 x_stride;
+    i32 y_stride;
+};
+
+#define BM 64
+#define BN 64
+#define BK 64
+#define PAD 8
+#define LDS (BK + PAD)
+
+__device__ __forceinline__ void mma16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0,
+                                         u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// A 64 (weight rows) × 64 (product rows) tile of y = x·Wᵀ per block of 4 warps, each warp
+// 32 × 32. Shared-memory rows are padded to 72 halves so the fragment loads of a warp fall
+// in 32 different banks.
+extern "C" __global__ void __launch_bounds__(128) gemm(GemmArgs a) {
+    __shared__ __align__(16) u16 ws[BM * LDS];
+    __shared__ __align__(16) u16 xs[BN * LDS];
+    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    int m0 = blockIdx.x * BM;
+    int p0, p_end;
+    const u8* w = a.w;
+    if (a.tiles) {
+        if ((int)blockIdx.y >= *a.n_tiles) return;
+        const i32* t = a.tiles + 3 * blockIdx.y;
+        w += (u64)t[0] * a.expert_stride;
+        p0 = t[1];
+        p_end = t[2];
+    } else {
+        p0 = blockIdx.y * BN;
+        p_end = min(a.N, p0 + BN);
+    }
+    int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) acc[i][j][c] = 0.0f;
+
+    int g = lane >> 2, tq = lane & 3;
+    for (int k0 = 0; k0 < a.K; k0 += BK) {
+        // Weights: 64 rows × 8 granules, four granules a thread.
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int q = tid + 128 * i;
+            int r = q >> 3, gk = q & 7;
+            int k = k0 + gk * 8;
+            float v[8];
+            if (m0 + r < a.M && k < a.K) {
+                deq_granule(w + (u64)(m0 + r) * a.row_bytes, k / 8, v);
+            } else {
+#pragma unroll
+                for (int e = 0; e < 8; e++) v[e] = 0.0f;
+            }
+            uint4 h;
+            h.x = pack_h2(v[0], v[1]);
+            h.y = pack_h2(v[2], v[3]);
+            h.z = pack_h2(v[4], v[5]);
+            h.w = pack_h2(v[6], v[7]);
+            *(uint4*)&ws[r * LDS + gk * 8] = h;
+        }
+        // Activations: 64 rows × 16 float4, eight a thread.
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            int q = tid + 128 * i;
+            int r = q >> 4, c4 = q & 15;
+            int k = k0 + c4 * 4;
+            float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+            int p = p0 + r;
+            if (p < p_end && k < a.K) {
+                int xr = a.x_rows ? a.x_rows[p] : p;
+                v = *(const float4*)(a.x + (u64)xr * a.x_stride + k);
+            }
+            uint2 h;
+            h.x = pack_h2(v.x, v.y);
+            h.y = pack_h2(v.z, v.w);
+            *(uint2*)&xs[r * LDS + c4 * 4] = h;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < BK; kk += 16) {
+            u32 af[2][4], bf[4][2];
+            int c = kk + 2 * tq;
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                int r = wm + 16 * i + g;
+                af[i][0] = *(const u32*)&ws[r * LDS + c];
+                af[i][1] = *(const u32*)&ws[(r + 8) * LDS + c];
+                af[i][2] = *(const u32*)&ws[r * LDS + c + 8];
+                af[i][3] = *(const u32*)&ws[(r + 8) * LDS + c + 8];
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                int nn = wn + 8 * j + g;
+                bf[j][0] = *(const u32*)&xs[nn * LDS + c];
+                bf[j][1] = *(const u32*)&xs[nn * LDS + c + 8];
+            }
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                    mma16816(acc[i][j], af[i][0], af[i][1], af[i][2], af[i][3], bf[j][0],
+                             bf[j][1]);
+        }
+        __syncthreads();
+    }
+    // acc[i][j]: c0,c1 at (weight row g, product rows 2tq, 2tq+1), c2,c3 at weight row g+8.
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int mr = m0 + wm + 16 * i + g;
+            int pr = p0 + wn + 8 * j + 2 * tq;
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                int m = mr + (c >> 1) * 8, p = pr + (c & 1);
+                if (m < a.M && p < p_end) a.y[(u64)p * a.y_stride + m] = acc[i][j][c];
+            }
+        }
+    }
+}

@@ -1,0 +1,111 @@
+// The routing half of a MoE layer (llama.cpp `build_moe_ffn`, softmax gating, top-k weights
+// renormalised): the top-k choice per token, the sort of (token, expert) pairs by expert for
+// the grouped products, and the weighted sum of the experts' outputs.
+
+// One warp per token: softmax over the router logits, then k rounds of a warp arg-max (ties
+// to the lower expert id, as the CPU's sort), weights renormalised over the chosen k with
+// ggml's clamp of the sum.
+extern "C" __global__ void topk(const float* __restrict__ logits, int n_expert, int k, int n,
+                                i32* __restrict__ ids, float* __restrict__ weights) {
+    int t = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (t >= n) return;
+    const float* l = logits + (u64)t * n_expert;
+    float mx = NEG_INF;
+    for (int e = lane; e < n_expert; e += 32) mx = fmaxf(mx, l[e]);
+    mx = warp_max(mx);
+    float sum = 0.0f;
+    for (int e = lane; e < n_expert; e += 32) sum += expf(l[e] - mx);
+    sum = warp_sum(sum);
+    u32 taken = 0;  // bit i: expert lane + 32 i already chosen
+    float chosen_sum = 0.0f;
+    float my_p = 0.0f;
+    int my_e = -1;
+    for (int r = 0; r < k; r++) {
+        float best = NEG_INF;
+        int be = 0x7fffffff;
+        for (int i = 0, e = lane; e < n_expert; i++, e += 32) {
+            if (taken & (1u << i)) continue;
+            float p = l[e];
+            if (p > best) {
+                best = p;
+                be = e;
+            }
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            float ob = __shfl_xor_sync(FULL_MASK, best, o);
+            int oe = __shfl_xor_sync(FULL_MASK, be, o);
+            if (ob > best || (ob == best && oe < be)) {
+                best = ob;
+                be = oe;
+            }
+        }
+        float p = expf(best - mx) / sum;
+        chosen_sum += p;
+        if ((be & 31) == lane) taken |= 1u << (be >> 5);
+        if (lane == r) {
+            my_p = p;
+            my_e = be;
+        }
+    }
+    float s = fmaxf(chosen_sum, 6.103515625e-5f);
+    if (lane < k) {
+        ids[(u64)t * k + lane] = my_e;
+        weights[(u64)t * k + lane] = my_p / s;
+    }
+}
+
+// Pairs (token t, slot i) = p = t·k + i sorted by expert, in one block: `slot_of[p]` its
+// position in expert order, `x_row[pos]` the token it reads, and tiles of up to `tile` rows
+// of one expert ({expert, first, end}) for the grouped product; `n_tiles[0]` their number.
+// Dynamic shared memory: 2·n_expert ints.
+extern "C" __global__ void moe_sort(const i32* __restrict__ ids, int n_pairs, int k,
+                                    int n_expert, int tile, i32* __restrict__ slot_of,
+                                    i32* __restrict__ x_row, i32* __restrict__ tiles,
+                                    i32* __restrict__ n_tiles) {
+    extern __shared__ i32 sh[];
+    i32* count = sh;
+    i32* cursor = sh + n_expert;
+    for (int e = threadIdx.x; e < n_expert; e += blockDim.x) count[e] = 0;
+    __syncthreads();
+    for (int p = threadIdx.x; p < n_pairs; p += blockDim.x) atomicAdd(&count[ids[p]], 1);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int off = 0, nt = 0;
+        for (int e = 0; e < n_expert; e++) {
+            int c = count[e];
+            cursor[e] = off;
+            for (int s = 0; s < c; s += tile) {
+                tiles[3 * nt] = e;
+                tiles[3 * nt + 1] = off + s;
+                tiles[3 * nt + 2] = off + min(c, s + tile);
+                nt++;
+            }
+            off += c;
+        }
+        n_tiles[0] = nt;
+    }
+    __syncthreads();
+    for (int p = threadIdx.x; p < n_pairs; p += blockDim.x) {
+        int pos = atomicAdd(&cursor[ids[p]], 1);
+        slot_of[p] = pos;
+        x_row[pos] = p / k;
+    }
+}
+
+// y[t] = Σ_i weights[t·k + i] · out[row(t·k + i)], row = slot_of[p] (or p when null).
+extern "C" __global__ void moe_sum(const float* __restrict__ out, const i32* __restrict__ slot_of,
+                                   const float* __restrict__ weights, float* __restrict__ y,
+                                   int k, int width) {
+    int t = blockIdx.y;
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= width) return;
+    float acc = 0.0f;
+    for (int i = 0; i < k; i++) {
+        int p = t * k + i;
+        int r = slot_of ? slot_of[p] : p;
+        acc += weights[p] * out[(u64)r * width + c];
+    }
+    y[(u64)t * width + c] = acc;
+}

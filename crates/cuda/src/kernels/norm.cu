@@ -1,0 +1,33 @@
+// Norms: RMS norm of each group of `w`'s width (a row, or a head) times `w`, and DeltaNet's
+// output norm gated by silu(z). One warp per group.
+
+// y = x / sqrt(mean(x²) + eps) ⊙ w, groups of `width` values; y may be x.
+extern "C" __global__ void rms_norm(const float* x, const float* __restrict__ w, float* y,
+                                    int width, int n_groups, float eps) {
+    int grp = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (grp >= n_groups) return;
+    const float* xr = x + (u64)grp * width;
+    float* yr = y + (u64)grp * width;
+    float ss = 0.0f;
+    for (int i = lane; i < width; i += 32) ss += xr[i] * xr[i];
+    ss = warp_sum(ss);
+    float scale = 1.0f / sqrtf(ss / (float)width + eps);
+    for (int i = lane; i < width; i += 32) yr[i] = xr[i] * scale * w[i];
+}
+
+// y = rms_norm(o) ⊙ w ⊙ silu(z), groups of `width` (spec qwen35moe §4.2 step 7).
+extern "C" __global__ void norm_gate(const float* __restrict__ o, const float* __restrict__ w,
+                                     const float* __restrict__ z, float* __restrict__ y,
+                                     int width, int n_groups, float eps) {
+    int grp = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (grp >= n_groups) return;
+    u64 base = (u64)grp * width;
+    float ss = 0.0f;
+    for (int i = lane; i < width; i += 32) ss += o[base + i] * o[base + i];
+    ss = warp_sum(ss);
+    float scale = 1.0f / sqrtf(ss / (float)width + eps);
+    for (int i = lane; i < width; i += 32)
+        y[base + i] = o[base + i] * scale * w[i] * siluf_(z[base + i]);
+}

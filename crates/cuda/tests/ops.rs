@@ -1,0 +1,470 @@
+//! Every op of the CUDA backend against the CPU backend (and, for the products, against an
+//! f64 reference on the dequantized weights), on random inputs with poisoned outputs: the
+//! error bounds are ‖gpu − ref‖ / ‖ref‖. GPU only: `cargo test -p cuda -- --ignored` on the
+//! GPU machine (`scripts/device/gpu-tests.sh`).
+
+mod common;
+
+use common::{close, gpu, rand, tensor, tensors};
+use engine::backend::{
+    AttnParams, Backend, Cpu, CpuAct, CpuStep, DeltaNet, DeltaShape, Experts, Glu,
+};
+use engine::kv::{CacheConfig, KvType};
+use engine::ops::{AttnShape, Exec, Rope, RopeStyle};
+use gguf::GgmlType as T;
+
+fn exec() -> Exec {
+    Exec { threads: 4 }
+}
+
+fn cpu_act(width: usize, data: Vec<f32>) -> CpuAct {
+    CpuAct { data, width }
+}
+
+/// Every weight type the kernels read natively.
+const TYPES: [T; 16] = [
+    T::F32,
+    T::F16,
+    T::BF16,
+    T::Q4_0,
+    T::Q4_1,
+    T::Q5_0,
+    T::Q5_1,
+    T::Q8_0,
+    T::Q2_K,
+    T::Q3_K,
+    T::Q4_K,
+    T::Q5_K,
+    T::Q6_K,
+    T::IQ4_NL,
+    T::IQ4_XS,
+    T::MXFP4,
+];
+
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/device/gpu-tests.sh"]
+fn matmul_every_type_and_batch_size() {
+    let g = gpu();
+    let mut seed = 1;
+    for ty in TYPES {
+        for (k, m) in [(256usize, 200usize), (512, 67)] {
+            seed += 1;
+            let name = format!("w.{ty}.{k}.{m}");
+            let w = tensor(&name, ty, &[k as u64, m as u64], seed);
+            let wd = w.to_f32().expect("dequantize");
+            let gm = g.mat(w.clone()).expect("upload");
+            for n in [1usize, 3, 8, 9, 64, 100] {
+                let x = rand(n * k, seed * 7 + n as u64);
+                let want: Vec<f32> = (0..n)
+                    .flat_map(|t| {
+                        let (x, wd) = (&x, &wd);
+                        (0..m).map(move |r| {
+                            (0..k)
+                                .map(|i| wd[r * k + i] as f64 * x[t * k + i] as f64)
+                                .sum::<f64>() as f32
+                        })
+                    })
+                    .collect();
+                let s = g.step(&vec![0; n], 0).expect("step");
+                let gx = g.upload_act(n, k, &x).expect("x");
+                let got = g
+                    .download_act(&g.matmul(&s, &gm, &gx).expect("mm"))
+                    .expect("y");
+                // mmv multiplies in f32; gemm rounds both operands to f16.
+                let bound = if n <= 8 { 1e-5 } else { 3e-3 };
+                close(
+                    &format!("matmul {ty} k={k} m={m} n={n} vs f64"),
+                    &got,
+                    &want,
+                    bound,
+                );
+                let cs = CpuStep::new(&vec![0; n], 0, exec());
+                let cpu = Cpu.matmul(&cs, &w, &cpu_act(k, x.clone())).expect("cpu mm");
+                // The CPU quantizes activations (Q8_0/Q8_K) for its integer dots.
+                close(&format!("matmul {ty} n={n} vs cpu"), &got, &cpu.data, 3e-2);
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/device/gpu-tests.sh"]
+fn embedding_rows_every_type() {
+    let g = gpu();
+    for (i, ty) in TYPES.into_iter().enumerate() {
+        let (k, rows) = (256usize, 50usize);
+        let w = tensor(
+            &format!("emb.{ty}"),
+            ty,
+            &[k as u64, rows as u64],
+            100 + i as u64,
+        );
+        let ids: Vec<u32> = vec![3, 0, 49, 17, 17, 8];
+        let s = g.step(&ids, 5).expect("step");
+        let gm = g.mat(w.clone()).expect("upload");
+        let got = g
+            .download_act(&g.embed(&s, &gm).expect("embed"))
+            .expect("dl");
+        let cs = CpuStep::new(&ids, 5, exec());
+        let want = Cpu.embed(&cs, &w).expect("cpu");
+        close(&format!("get_rows {ty}"), &got, &want.data, 1e-6);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/device/gpu-tests.sh"]
+fn norms_and_elementwise() {
+    let g = gpu();
+    let (n, w) = (7usize, 384usize);
+    let s = g.step(&vec![0; n], 0).expect("step");
+    let cs = CpuStep::new(&vec![0; n], 0, exec());
+    let x = rand(n * w, 1);
+    let y = rand(n * w, 2);
+    let up = |v: &[f32], width: usize| g.upload_act(v.len() / width, width, v).expect("up");
+    let dl = |a: &cuda::CudaAct| g.download_act(a).expect("dl");
+    let vec = |v: Vec<f32>| g.vector(v).expect("vec");
+    // Row norm and per-head norm.
+    for group in [w, 64] {
+        let wv = rand(group, 3 + group as u64);
+        let got = g
+            .rms_norm(&s, &up(&x, w), &vec(wv.clone()), 1e-6)
+            .expect("norm");
+        let want = Cpu
+            .rms_norm(&cs, &cpu_act(w, x.clone()), &wv, 1e-6)
+            .expect("cpu");
+        close(
+            &format!("rms_norm group {group}"),
+            &dl(&got),
+            &want.data,
+            1e-5,
+        );
+        let mut gi = up(&x, w);
+        g.rms_norm_inplace(&s, &mut gi, &vec(wv.clone()), 1e-6)
+            .expect("inplace");
+        let mut ci = cpu_act(w, x.clone());
+        Cpu.rms_norm_inplace(&cs, &mut ci, &wv, 1e-6).expect("cpu");
+        close(
+            &format!("rms_norm_inplace group {group}"),
+            &dl(&gi),
+            &ci.data,
+            1e-5,
+        );
+    }
+    // Binary ops.
+    let mut a = up(&x, w);
+    g.add(&s, &mut a, &up(&y, w)).expect("add");
+    let want: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
+    close("add", &dl(&a), &want, 0.0);
+    let mut a = up(&x, w);
+    g.sigmoid_mul(&s, &mut a, &up(&y, w)).expect("sigmoid_mul");
+    let mut c = cpu_act(w, x.clone());
+    Cpu.sigmoid_mul(&cs, &mut c, &cpu_act(w, y.clone()))
+        .expect("cpu");
+    close("sigmoid_mul", &dl(&a), &c.data, 1e-6);
+    for kind in [Glu::Silu, Glu::Gelu] {
+        let big: Vec<f32> = x.iter().map(|v| v * 12.0).collect();
+        let got = g.glu(&s, up(&big, w), &up(&y, w), kind).expect("glu");
+        let want = Cpu
+            .glu(&cs, cpu_act(w, big.clone()), &cpu_act(w, y.clone()), kind)
+            .expect("cpu");
+        close(&format!("glu {kind:?}"), &dl(&got), &want.data, 1e-5);
+    }
+    let mut a = up(&x, w);
+    g.scale(&s, &mut a, 0.37).expect("scale");
+    close(
+        "scale",
+        &dl(&a),
+        &x.iter().map(|v| v * 0.37).collect::<Vec<_>>(),
+        0.0,
+    );
+    let b = rand(w, 9);
+    let mut a = up(&x, w);
+    g.add_bias(&s, &mut a, &vec(b.clone())).expect("bias");
+    let mut c = cpu_act(w, x.clone());
+    Cpu.add_bias(&cs, &mut c, &b).expect("cpu");
+    close("add_bias", &dl(&a), &c.data, 0.0);
+    let mut a = up(&x, w);
+    g.softcap(&s, &mut a, 0.5).expect("softcap");
+    let mut c = cpu_act(w, x.clone());
+    Cpu.softcap(&cs, &mut c, 0.5).expect("cpu");
+    close("softcap", &dl(&a), &c.data, 1e-6);
+    // Column gather.
+    let cols: Vec<u32> = (0..100).map(|i| (i * 37 % w) as u32).collect();
+    let got = g
+        .gather_cols(&s, &up(&x, w), &g.index(cols.clone()).expect("idx"))
+        .expect("gather");
+    let want = Cpu
+        .gather_cols(&cs, &cpu_act(w, x.clone()), &cols)
+        .expect("cpu");
+    close("gather_cols", &dl(&got), &want.data, 0.0);
+    // Shared-expert gate and DeltaNet's gated norm.
+    let gv = rand(w, 11);
+    let mut a = up(&x, w);
+    g.gated_add(&s, &mut a, &up(&y, w), &vec(gv.clone()), &up(&y, w))
+        .expect("gated_add");
+    let mut c = cpu_act(w, x.clone());
+    Cpu.gated_add(
+        &cs,
+        &mut c,
+        &cpu_act(w, y.clone()),
+        &gv,
+        &cpu_act(w, y.clone()),
+    )
+    .expect("cpu");
+    close("gated_add", &dl(&a), &c.data, 1e-5);
+    let nw = rand(64, 12);
+    let got = g
+        .norm_gate(&s, &up(&x, w), &vec(nw.clone()), &up(&y, w), 1e-6)
+        .expect("norm_gate");
+    let want = Cpu
+        .norm_gate(
+            &cs,
+            &cpu_act(w, x.clone()),
+            &nw,
+            &cpu_act(w, y.clone()),
+            1e-6,
+        )
+        .expect("cpu");
+    close("norm_gate", &dl(&got), &want.data, 1e-5);
+    // Keeping the last rows.
+    let kept = g.keep_rows(&s, up(&x, w), 5).expect("keep");
+    close("keep_rows", &dl(&kept), &x[5 * w..], 0.0);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/device/gpu-tests.sh"]
+fn rope_normal_neox_and_partial() {
+    let g = gpu();
+    let (n, heads, hd) = (5usize, 3usize, 64usize);
+    let x = rand(n * heads * hd, 21);
+    for (style, n_rot) in [
+        (RopeStyle::Normal, 64),
+        (RopeStyle::Neox, 64),
+        (RopeStyle::Neox, 16),
+    ] {
+        let rope = Rope {
+            n_rot,
+            base: 10_000.0,
+            style,
+        };
+        let s = g.step(&vec![0; n], 1234).expect("step");
+        let mut a = g.upload_act(n, heads * hd, &x).expect("x");
+        g.rope(&s, &mut a, hd, rope).expect("rope");
+        let cs = CpuStep::new(&vec![0; n], 1234, exec());
+        let mut c = cpu_act(heads * hd, x.clone());
+        Cpu.rope(&cs, &mut c, hd, rope).expect("cpu");
+        close(
+            &format!("rope {style:?} n_rot {n_rot}"),
+            &g.download_act(&a).expect("dl"),
+            &c.data,
+            2e-5,
+        );
+    }
+}
+
+/// Three calls (prefill, one token, a few tokens) through both backends' caches.
+fn attention_case(kt: KvType, vt: KvType, hd: usize, group: usize, window: Option<usize>) {
+    let g = gpu();
+    let n_head_kv = 2;
+    let n_head = n_head_kv * group;
+    let cache = CacheConfig { k: kt, v: vt };
+    let mut gl = g.kv_layer(n_head_kv, hd, 64, cache).expect("gpu cache");
+    let mut cl = Cpu.kv_layer(n_head_kv, hd, 64, cache).expect("cpu cache");
+    let p = AttnParams {
+        shape: AttnShape {
+            n_head,
+            n_head_kv,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+        },
+        window,
+    };
+    let quantized = kt != KvType::F16 || vt != KvType::F16;
+    let mut pos = 0;
+    for (call, n) in [37usize, 1, 5].into_iter().enumerate() {
+        let seed = 1000 * call as u64 + hd as u64 + group as u64;
+        let q = rand(n * n_head * hd, seed);
+        let k = rand(n * n_head_kv * hd, seed + 1);
+        let v = rand(n * n_head_kv * hd, seed + 2);
+        let s = g.step(&vec![0; n], pos).expect("step");
+        let up = |d: &[f32], w: usize| g.upload_act(n, w, d).expect("up");
+        let (gq, gk, gv) = (
+            up(&q, n_head * hd),
+            up(&k, n_head_kv * hd),
+            up(&v, n_head_kv * hd),
+        );
+        let got = g.attention(&s, &mut gl, [&gq, &gk, &gv], p).expect("attn");
+        let cs = CpuStep::new(&vec![0; n], pos, exec());
+        let (cq, ck, cv) = (
+            cpu_act(n_head * hd, q),
+            cpu_act(n_head_kv * hd, k),
+            cpu_act(n_head_kv * hd, v),
+        );
+        let want = Cpu
+            .attention(&cs, &mut cl, [&cq, &ck, &cv], p)
+            .expect("cpu");
+        // The CPU scores quantized keys with a Q8_0 query; the GPU in f32.
+        let bound = if quantized { 3e-2 } else { 1e-4 };
+        let what =
+            format!("attention {kt}/{vt} hd {hd} group {group} window {window:?} call {call}");
+        close(&what, &g.download_act(&got).expect("dl"), &want.data, bound);
+        pos += n;
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/device/gpu-tests.sh"]
+fn attention_cache_types_heads_and_windows() {
+    for hd in [64, 128, 256] {
+        for group in [1, 4] {
+            attention_case(KvType::F16, KvType::F16, hd, group, None);
+        }
+    }
+    attention_case(KvType::F16, KvType::F16, 256, 2, Some(20));
+    for (kt, vt) in [
+        (KvType::Q8_0, KvType::Q8_0),
+        (KvType::Q4_0, KvType::Q4_0),
+        (KvType::Q8_0, KvType::F16),
+    ] {
+        attention_case(kt, vt, 64, 3, None);
+        attention_case(kt, vt, 256, 8, None);
+    }
+}
+
+fn deltanet_case(d_k: usize, d_v: usize, grouped: bool) {
+    let g = gpu();
+    let shape = DeltaShape {
+        n_k_head: 2,
+        n_v_head: 4,
+        d_k,
+        d_v,
+        d_conv: 4,
+        grouped,
+        eps: 1e-6,
+    };
+    let (cd, nv) = (shape.conv_dim(), shape.n_v_head);
+    let taps = rand(cd * 4, 31);
+    let dt = rand(nv, 32);
+    let a: Vec<f32> = rand(nv, 33).iter().map(|v| -(v.exp())).collect();
+    let (gt, gdt, ga) = (
+        g.vector(taps.clone()).expect("v"),
+        g.vector(dt.clone()).expect("v"),
+        g.vector(a.clone()).expect("v"),
+    );
+    let gp = DeltaNet {
+        conv1d: &gt,
+        dt: &gdt,
+        a: &ga,
+        shape,
+    };
+    let cp = DeltaNet {
+        conv1d: &taps,
+        dt: &dt,
+        a: &a,
+        shape,
+    };
+    let conv_len = cd * 3;
+    let ssm_len = nv * d_v * d_k;
+    let mut gl = g.recurrent_layer(conv_len, ssm_len).expect("state");
+    let mut cl = Cpu.recurrent_layer(conv_len, ssm_len).expect("state");
+    for (call, n) in [1usize, 70, 1, 3].into_iter().enumerate() {
+        let seed = 500 + call as u64 * 10 + d_k as u64;
+        let mix = rand(n * cd, seed);
+        let beta = rand(n * nv, seed + 1);
+        let alpha = rand(n * nv, seed + 2);
+        let s = g.step(&vec![0; n], 0).expect("step");
+        let up = |d: &[f32], w: usize| g.upload_act(n, w, d).expect("up");
+        let got = g
+            .deltanet(
+                &s,
+                &mut gl,
+                &gp,
+                &up(&mix, cd),
+                [&up(&beta, nv), &up(&alpha, nv)],
+            )
+            .expect("deltanet");
+        let cs = CpuStep::new(&vec![0; n], 0, exec());
+        let want = Cpu
+            .deltanet(
+                &cs,
+                &mut cl,
+                &cp,
+                &cpu_act(cd, mix),
+                [&cpu_act(nv, beta), &cpu_act(nv, alpha)],
+            )
+            .expect("cpu");
+        let what = format!("deltanet dk {d_k} dv {d_v} grouped {grouped} call {call} n {n}");
+        close(&what, &g.download_act(&got).expect("dl"), &want.data, 1e-3);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/device/gpu-tests.sh"]
+fn deltanet_decode_and_prefill_carry_state() {
+    deltanet_case(32, 32, false);
+    deltanet_case(128, 128, false);
+    deltanet_case(64, 128, true);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/device/gpu-tests.sh"]
+fn moe_decode_and_grouped_prefill() {
+    let g = gpu();
+    for (ty, e, ff) in [
+        (T::F16, 128usize, 64usize),
+        (T::Q4_K, 256, 256),
+        (T::Q8_0, 256, 128),
+    ] {
+        let (ne, k) = (16usize, 4usize);
+        let specs = [
+            ("gate_inp", T::F32, vec![e as u64, ne as u64]),
+            ("gate_exps", ty, vec![e as u64, ff as u64, ne as u64]),
+            ("up_exps", ty, vec![e as u64, ff as u64, ne as u64]),
+            ("down_exps", ty, vec![ff as u64, e as u64, ne as u64]),
+        ];
+        let ts = tensors(
+            &specs
+                .iter()
+                .enumerate()
+                .map(|(i, (n, t, d))| {
+                    let len = d.iter().product::<u64>() as usize;
+                    let name = format!("moe.{ty}.{n}");
+                    (name, *t, d.clone(), rand(len, 40 + i as u64))
+                })
+                .collect::<Vec<_>>(),
+        );
+        let cpu_m = Experts::<Cpu> {
+            gate_inp: ts[0].clone(),
+            gate_exps: ts[1].clone(),
+            up_exps: ts[2].clone(),
+            down_exps: ts[3].clone(),
+            n_expert_used: k,
+            n_expert: ne,
+            n_ff_exp: ff,
+        };
+        let gpu_m = Experts::<cuda::Cuda> {
+            gate_inp: g.mat(ts[0].clone()).expect("up"),
+            gate_exps: g.mat(ts[1].clone()).expect("up"),
+            up_exps: g.mat(ts[2].clone()).expect("up"),
+            down_exps: g.mat(ts[3].clone()).expect("up"),
+            n_expert_used: k,
+            n_expert: ne,
+            n_ff_exp: ff,
+        };
+        for n in [1usize, 2, 40] {
+            let x = rand(n * e, 60 + n as u64);
+            let s = g.step(&vec![0; n], 0).expect("step");
+            let got = g
+                .moe(&s, &gpu_m, &g.upload_act(n, e, &x).expect("x"))
+                .expect("moe");
+            let cs = CpuStep::new(&vec![0; n], 0, exec());
+            let want = Cpu.moe(&cs, &cpu_m, &cpu_act(e, x)).expect("cpu");
+            close(
+                &format!("moe {ty} n {n}"),
+                &g.download_act(&got).expect("dl"),
+                &want.data,
+                3e-2,
+            );
+        }
+    }
+}

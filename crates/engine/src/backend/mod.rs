@@ -1,0 +1,357 @@
+//! The one interface every model's `forward` is written against, and the driver that runs a
+//! forward on a backend.
+//!
+//! A [`Backend`] owns where weights, activations and per-sequence state live and runs the
+//! operations of the seven architectures on them: embeddings, norms, matmuls over quantized
+//! weights, RoPE, attention over a KV cache, the gated DeltaNet, the routed MoE, the gated
+//! activations. Model files (`models/*.rs`) hold the math in the order of their spec and call
+//! these ops; they never see a device. [`Cpu`] is the engine's own backend (the worker pool and
+//! the x86 kernels); the `cuda` crate implements the same trait for NVIDIA GPUs.
+//!
+//! The ops take a [`Backend::Step`], what one forward call knows (its tokens, their positions,
+//! the thread count), so a backend can keep positions on its device: the CUDA backend records a
+//! decode step once as a graph and replays it per token with new positions, which it can only
+//! do if no op takes a position as an argument.
+//!
+//! Activation shapes are rows × width, one row per token; widths are given in each op's doc.
+
+mod cpu;
+mod moe;
+
+use std::any::Any;
+
+use crate::error::{Error, Result};
+use crate::kv::CacheConfig;
+use crate::models::Logits;
+use crate::ops::{AttnShape, Exec, Rope};
+use crate::weights::QTensor;
+
+pub use cpu::{Cpu, CpuAct, CpuLayer, CpuStep};
+
+/// Operations on a device, over its own buffers. Errors are the engine's: a backend maps its
+/// device failures (out of memory, a failed launch) to [`Error::Backend`].
+pub trait Backend: Send + Sync + Sized + 'static {
+    /// A weight matrix in its file type: `[row_len, n_rows]`, or `[row_len, n_ff, n_expert]`
+    /// for the stacked experts.
+    type Mat: Send + Sync + std::fmt::Debug;
+    /// An f32 vector (norm weights, biases, per-head parameters, convolution taps).
+    type Vector: Send + Sync + std::fmt::Debug;
+    /// A column map for [`Backend::gather_cols`].
+    type Index: Send + Sync + std::fmt::Debug;
+    /// Activations: rows of f32.
+    type Act: Send;
+    /// One layer's memory of a sequence: a KV cache or a DeltaNet state.
+    type Layer: Send;
+    /// What a sequence keeps between calls besides its layers (the CUDA backend's recorded
+    /// decode graph).
+    type SeqExtra: Send + Default;
+    /// One forward call's context.
+    type Step;
+
+    /// A short name for messages (`cpu`, `cuda:0 (NVIDIA H200)`).
+    fn name(&self) -> String;
+
+    /// Take a weight matrix from the file.
+    fn mat(&self, t: QTensor) -> Result<Self::Mat>;
+    /// Take an f32 vector.
+    fn vector(&self, v: Vec<f32>) -> Result<Self::Vector>;
+    /// Take a column map.
+    fn index(&self, cols: Vec<u32>) -> Result<Self::Index>;
+    /// A zeroed KV cache layer for `n_ctx` positions.
+    fn kv_layer(
+        &self,
+        n_head_kv: usize,
+        head_dim: usize,
+        n_ctx: usize,
+        cache: CacheConfig,
+    ) -> Result<Self::Layer>;
+    /// A zeroed DeltaNet layer state: `conv` convolution values and `ssm` state values.
+    fn recurrent_layer(&self, conv: usize, ssm: usize) -> Result<Self::Layer>;
+    /// Bytes a layer's KV cache holds (0 for recurrent state).
+    fn kv_bytes(&self, l: &Self::Layer) -> usize;
+
+    /// Run one forward call: make the step for `req`, let `graph` compute the output rows
+    /// (logits, `n_vocab` wide) and bring them back to the host.
+    fn forward(
+        &self,
+        req: Request<'_>,
+        seq: &mut Seq<Self>,
+        graph: &mut Graph<'_, Self>,
+    ) -> Result<Vec<f32>>;
+
+    /// Rows of the token embedding table `table` (`[n_embd, n_vocab]`) for the step's tokens:
+    /// `n × n_embd`.
+    fn embed(&self, s: &Self::Step, table: &Self::Mat) -> Result<Self::Act>;
+    /// `x ← c·x`.
+    fn scale(&self, s: &Self::Step, x: &mut Self::Act, c: f32) -> Result<()>;
+    /// RMS norm of each group of `w.len()` values (a row, or a head), times `w`.
+    fn rms_norm(
+        &self,
+        s: &Self::Step,
+        x: &Self::Act,
+        w: &Self::Vector,
+        eps: f32,
+    ) -> Result<Self::Act>;
+    /// [`Backend::rms_norm`] in place.
+    fn rms_norm_inplace(
+        &self,
+        s: &Self::Step,
+        x: &mut Self::Act,
+        w: &Self::Vector,
+        eps: f32,
+    ) -> Result<()>;
+    /// `h ← h + a`.
+    fn add(&self, s: &Self::Step, h: &mut Self::Act, a: &Self::Act) -> Result<()>;
+    /// `x ← x + b` for every row.
+    fn add_bias(&self, s: &Self::Step, x: &mut Self::Act, b: &Self::Vector) -> Result<()>;
+    /// `x·wᵀ`: `n × row_len` in, `n × n_rows` out.
+    fn matmul(&self, s: &Self::Step, w: &Self::Mat, x: &Self::Act) -> Result<Self::Act>;
+    /// Several matrices of the same input at once.
+    fn matmuls<const N: usize>(
+        &self,
+        s: &Self::Step,
+        w: [&Self::Mat; N],
+        x: &Self::Act,
+    ) -> Result<[Self::Act; N]>;
+    /// `out[t][j] = x[t][cols[j]]`.
+    fn gather_cols(&self, s: &Self::Step, x: &Self::Act, cols: &Self::Index) -> Result<Self::Act>;
+    /// Rotate every head (`head_dim` wide) of every row for its token's position.
+    fn rope(&self, s: &Self::Step, x: &mut Self::Act, head_dim: usize, rope: Rope) -> Result<()>;
+    /// Store the step's keys and values (`n × n_head_kv·head_dim`) at its positions, then
+    /// attend: each query row (`n × n_head·head_dim`, normed and rotated) sees the positions up
+    /// to its own (within the window, if any). Out: `n × n_head·head_dim`.
+    fn attention(
+        &self,
+        s: &Self::Step,
+        layer: &mut Self::Layer,
+        qkv: [&Self::Act; 3],
+        p: AttnParams,
+    ) -> Result<Self::Act>;
+    /// `x ← x ⊙ σ(g)`.
+    fn sigmoid_mul(&self, s: &Self::Step, x: &mut Self::Act, g: &Self::Act) -> Result<()>;
+    /// The gated activation `act(gate) ⊙ up`.
+    fn glu(&self, s: &Self::Step, gate: Self::Act, up: &Self::Act, kind: Glu) -> Result<Self::Act>;
+    /// Routed experts: router, top-k, the chosen experts' SwiGLU FFNs, weighted sum.
+    fn moe(&self, s: &Self::Step, m: &Experts<Self>, x: &Self::Act) -> Result<Self::Act>;
+    /// `y[t] ← y[t] + σ(gate·x[t]) · sh[t]` (Qwen's sigmoid-gated shared expert).
+    fn gated_add(
+        &self,
+        s: &Self::Step,
+        y: &mut Self::Act,
+        sh: &Self::Act,
+        gate: &Self::Vector,
+        x: &Self::Act,
+    ) -> Result<()>;
+    /// Spec `qwen35moe.md` §4.2 steps 2–6: gates from the raw β and α projections, the short
+    /// convolution of `mix` (`n × conv_dim`: q ‖ k ‖ v), q and k L2-normalised, the delta rule
+    /// over the step's tokens. Out: `n × n_v_head·d_v`.
+    fn deltanet(
+        &self,
+        s: &Self::Step,
+        layer: &mut Self::Layer,
+        p: &DeltaNet<'_, Self>,
+        mix: &Self::Act,
+        beta_alpha: [&Self::Act; 2],
+    ) -> Result<Self::Act>;
+    /// Spec §4.2 step 7: RMS norm of each head of `o` (`w.len()` wide) times `silu(z)`.
+    fn norm_gate(
+        &self,
+        s: &Self::Step,
+        o: &Self::Act,
+        w: &Self::Vector,
+        z: &Self::Act,
+        eps: f32,
+    ) -> Result<Self::Act>;
+    /// Rows `first..` of `x`.
+    fn keep_rows(&self, s: &Self::Step, x: Self::Act, first: usize) -> Result<Self::Act>;
+    /// `x ← c·tanh(x/c)` (Gemma's final logit soft-capping).
+    fn softcap(&self, s: &Self::Step, x: &mut Self::Act, c: f32) -> Result<()>;
+}
+
+/// A model's forward for one step: from the step and the sequence's layers to the output rows.
+pub type Graph<'a, B> = dyn FnMut(&<B as Backend>::Step, &mut [<B as Backend>::Layer]) -> Result<<B as Backend>::Act>
+    + 'a;
+
+/// What one forward call is asked.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// The tokens, in order.
+    pub tokens: &'a [u32],
+    /// Position of the first.
+    pub pos0: usize,
+    /// Which rows get logits.
+    pub which: Logits,
+    /// Threads (the CPU backend's pool).
+    pub exec: Exec,
+}
+
+/// A sequence's state on backend `B`: one entry per layer, and the backend's extra.
+#[derive(Debug, Default)]
+pub struct Seq<B: Backend> {
+    /// Per layer.
+    pub layers: Vec<B::Layer>,
+    /// The backend's own (recorded graphs).
+    pub extra: B::SeqExtra,
+}
+
+/// Per-sequence state, as the callers of [`crate::Model`] hold it: positions, and the layers
+/// on the model's backend.
+pub struct State {
+    /// Positions already processed.
+    pub n_past: usize,
+    /// Capacity in positions.
+    pub n_ctx: usize,
+    kv_bytes: usize,
+    seq: Box<dyn Any + Send>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("n_past", &self.n_past)
+            .field("n_ctx", &self.n_ctx)
+            .field("kv_bytes", &self.kv_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl State {
+    /// A state of `layers` on backend `b`.
+    pub fn new<B: Backend>(b: &B, n_ctx: usize, layers: Vec<B::Layer>) -> State {
+        let kv_bytes = layers.iter().map(|l| b.kv_bytes(l)).sum();
+        State {
+            n_past: 0,
+            n_ctx,
+            kv_bytes,
+            seq: Box::new(Seq::<B> {
+                layers,
+                extra: B::SeqExtra::default(),
+            }),
+        }
+    }
+
+    /// Bytes of the KV caches (every attention layer, keys and values).
+    pub fn kv_bytes(&self) -> usize {
+        self.kv_bytes
+    }
+}
+
+/// Run `graph` on backend `b` for `tokens` of a sequence in `state`: checks the batch fits the
+/// state and the token ids the vocabulary, then hands over to [`Backend::forward`].
+pub fn run<B: Backend>(
+    b: &B,
+    n_vocab: usize,
+    (tokens, which, exec): (&[u32], Logits, Exec),
+    state: &mut State,
+    graph: &mut Graph<'_, B>,
+) -> Result<Vec<f32>> {
+    let n = tokens.len();
+    if state.n_past + n > state.n_ctx {
+        return Err(Error::ContextFull {
+            needed: state.n_past + n,
+            n_ctx: state.n_ctx,
+        });
+    }
+    if let Some(&id) = tokens.iter().find(|&&id| id as usize >= n_vocab) {
+        return Err(Error::BadToken { id, n_vocab });
+    }
+    let seq = state
+        .seq
+        .downcast_mut::<Seq<B>>()
+        .ok_or(Error::StateMismatch { layer: 0 })?;
+    let req = Request {
+        tokens,
+        pos0: state.n_past,
+        which,
+        exec,
+    };
+    let logits = b.forward(req, seq, graph)?;
+    state.n_past += n;
+    Ok(logits)
+}
+
+/// Parameters of [`Backend::attention`].
+#[derive(Clone, Copy, Debug)]
+pub struct AttnParams {
+    /// Heads and scale.
+    pub shape: AttnShape,
+    /// A sliding window: keys with `pos − p < window` only (llama.cpp `is_masked_swa`).
+    pub window: Option<usize>,
+}
+
+/// The activation of a gated FFN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Glu {
+    /// `silu(gate) ⊙ up` (SwiGLU).
+    Silu,
+    /// `gelu_tanh(gate) ⊙ up` (Gemma's GEGLU; the CPU rounds through ggml's f16 table).
+    Gelu,
+}
+
+/// A routed-expert block's weights (llama.cpp `build_moe_ffn` with softmax gating and top-k
+/// weights renormalised).
+#[derive(Debug)]
+pub struct Experts<B: Backend> {
+    /// Router, `[n_embd, n_expert]`.
+    pub gate_inp: B::Mat,
+    /// `[n_embd, n_ff_exp, n_expert]`.
+    pub gate_exps: B::Mat,
+    /// `[n_embd, n_ff_exp, n_expert]`.
+    pub up_exps: B::Mat,
+    /// `[n_ff_exp, n_embd, n_expert]`.
+    pub down_exps: B::Mat,
+    /// Experts per token.
+    pub n_expert_used: usize,
+    /// Experts in all.
+    pub n_expert: usize,
+    /// Expert FFN width.
+    pub n_ff_exp: usize,
+}
+
+/// The shape of a gated DeltaNet layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DeltaShape {
+    /// Key (and query) heads.
+    pub n_k_head: usize,
+    /// Value heads.
+    pub n_v_head: usize,
+    /// Key head width.
+    pub d_k: usize,
+    /// Value head width.
+    pub d_v: usize,
+    /// Convolution taps.
+    pub d_conv: usize,
+    /// Value head `j` reads key head `j / (n_v_head / n_k_head)` (Qwen3-Next) instead of
+    /// `j mod n_k_head` (Qwen3.5).
+    pub grouped: bool,
+    /// The L2 norms' epsilon.
+    pub eps: f32,
+}
+
+impl DeltaShape {
+    /// Channels of the convolution: q, k and v.
+    pub fn conv_dim(&self) -> usize {
+        2 * self.n_k_head * self.d_k + self.n_v_head * self.d_v
+    }
+
+    /// The key head value head `j` reads.
+    pub fn k_head(&self, j: usize) -> usize {
+        match self.grouped {
+            true => j / (self.n_v_head / self.n_k_head),
+            false => j % self.n_k_head,
+        }
+    }
+}
+
+/// The weights [`Backend::deltanet`] reads.
+#[derive(Debug)]
+pub struct DeltaNet<'a, B: Backend> {
+    /// Convolution taps, `[d_conv, conv_dim]` (taps contiguous per channel).
+    pub conv1d: &'a B::Vector,
+    /// Time-step bias, `[n_v_head]`.
+    pub dt: &'a B::Vector,
+    /// `−exp(A_log)`, `[n_v_head]`.
+    pub a: &'a B::Vector,
+    /// Heads and widths.
+    pub shape: DeltaShape,
+}
