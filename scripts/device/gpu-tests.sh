@@ -7,7 +7,8 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 B=devcarry/bin
 OUT="${OUT:-/tmp/out}"
-mkdir -p "$OUT" /tmp/gpu-models
+LOGS=/tmp/gpu-logs
+mkdir -p "$OUT" /tmp/gpu-models "$LOGS"
 export LLM_SERVER_ROOT="$PWD" LLM_SERVER_CUDA_CACHE=/tmp/cuda-cache RUST_BACKTRACE=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader
 echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') $(git status --porcelain 2>/dev/null | wc -l) changed files"
@@ -25,12 +26,12 @@ declare -A result
 for t in "$B"/test-*; do
     name=$(basename "$t")
     for case in $("$t" --ignored --list 2>/dev/null | sed -n 's/: test$//p'); do
-        if "$t" --ignored --exact "$case" --test-threads=1 --nocapture > "$OUT/$name-$case.log" 2>&1; then
+        if "$t" --ignored --exact "$case" --test-threads=1 --nocapture > "$LOGS/$name-$case.log" 2>&1; then
             result["$name::$case"]=PASS
         else
             result["$name::$case"]=FAIL
         fi
-        grep -E "rel err|KL|PPL|panicked|error" "$OUT/$name-$case.log" | tail -n 40
+        grep -E "rel err|KL|PPL|panicked|error" "$LOGS/$name-$case.log" | tail -n 40
     done
 done
 echo
@@ -41,4 +42,5 @@ for k in $(printf '%s\n' "${!result[@]}" | sort); do
     [ "${result[$k]}" = PASS ] || fails=$((fails + 1))
 done
 echo "$fails failed of ${#result[@]}"
+tar czf "$OUT/gpu-test-logs.tgz" -C "$LOGS" . 2>/dev/null
 [ "$fails" = 0 ]
