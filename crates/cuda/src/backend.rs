@@ -481,7 +481,7 @@ impl Backend for Cuda {
         let step = CudaStep {
             n: req.tokens.len(),
         };
-        let out = if step.n == 1 && self.graphs {
+        let out = if step.n == 1 && self.graphs && !self.gpu.profiling() {
             self.decode(seq, &step, graph)?
         } else {
             graph(&step, &mut seq.layers)?

@@ -157,6 +157,16 @@ pub struct Gpu {
     pub sms: u32,
     /// The driver's CUDA version (`13000` for 13.0).
     pub driver_version: i32,
+    /// Per-kernel timing (`LLM_SERVER_CUDA_PROFILE=1`): every launch between two events.
+    profile: Option<std::sync::Mutex<Profile>>,
+}
+
+/// Launches timed so far: pending event pairs, then totals by kernel name.
+#[derive(Debug, Default)]
+struct Profile {
+    pending: Vec<(&'static str, sys::CUevent, sys::CUevent)>,
+    spare: Vec<sys::CUevent>,
+    totals: std::collections::BTreeMap<&'static str, (f64, u64)>,
 }
 
 // SAFETY: a context and a stream may be used from any thread once made current there; every
@@ -226,6 +236,9 @@ impl Gpu {
             let mut stream = std::ptr::null_mut();
             // A non-blocking stream: no implicit sync with the legacy default stream.
             check(sys::cuStreamCreate(&mut stream, 1), "cuStreamCreate")?;
+            let profile = std::env::var_os("LLM_SERVER_CUDA_PROFILE")
+                .is_some_and(|v| v != "0")
+                .then(Default::default);
             Ok(Arc::new(Gpu {
                 ctx,
                 stream,
@@ -234,6 +247,7 @@ impl Gpu {
                 cc,
                 sms,
                 driver_version,
+                profile,
             }))
         }
     }
@@ -374,8 +388,23 @@ impl Gpu {
         smem: u32,
         args: &mut [*mut c_void],
     ) -> Result<()> {
+        let timed = self.profile.as_ref().map(|p| {
+            let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+            let mut ev = || {
+                p.spare.pop().unwrap_or_else(|| {
+                    let mut e = std::ptr::null_mut();
+                    // SAFETY: valid out-pointer; default flags (timing on).
+                    unsafe { sys::cuEventCreate(&mut e, 0) };
+                    e
+                })
+            };
+            let (a, b) = (ev(), ev());
+            // SAFETY: live events and stream.
+            unsafe { sys::cuEventRecord(a, self.stream) };
+            (a, b)
+        });
         // SAFETY: as the caller vouches.
-        check(
+        let r = check(
             unsafe {
                 sys::cuLaunchKernel(
                     f.f,
@@ -392,7 +421,41 @@ impl Gpu {
                 )
             },
             f.name,
-        )
+        );
+        if let (Some((a, b)), Some(p)) = (timed, &self.profile) {
+            // SAFETY: live event and stream.
+            unsafe { sys::cuEventRecord(b, self.stream) };
+            p.lock().unwrap_or_else(|e| e.into_inner()).pending.push((f.name, a, b));
+        }
+        r
+    }
+
+    /// Whether launches are being timed (`LLM_SERVER_CUDA_PROFILE=1`; graphs are then off).
+    pub fn profiling(&self) -> bool {
+        self.profile.is_some()
+    }
+
+    /// Time per kernel name since the last call (ms, launches), after waiting for the stream.
+    pub fn profile_report(&self) -> Result<Vec<(&'static str, f64, u64)>> {
+        let Some(p) = &self.profile else {
+            return Ok(Vec::new());
+        };
+        self.sync()?;
+        let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, a, b) in std::mem::take(&mut p.pending) {
+            let mut ms = 0f32;
+            // SAFETY: both events recorded on the stream, which has finished.
+            unsafe { sys::cuEventElapsedTime_v2(&mut ms, a, b) };
+            let t = p.totals.entry(name).or_default();
+            t.0 += ms as f64;
+            t.1 += 1;
+            p.spare.extend([a, b]);
+        }
+        let out = std::mem::take(&mut p.totals)
+            .into_iter()
+            .map(|(n, (ms, c))| (n, ms, c))
+            .collect();
+        Ok(out)
     }
 
     /// Start recording the stream's work into a graph (nothing runs until it is launched).

@@ -115,7 +115,7 @@ impl Cuda {
     }
 
     fn wtype(w: &CudaMat) -> Vec<(&'static str, String)> {
-        vec![("WTYPE", (w.ty as u32).to_string())]
+        vec![("WTYPE", w.ty.id().to_string())]
     }
 
     /// Launch `f` over `n` threads in blocks of 256.

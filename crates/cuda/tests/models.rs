@@ -3,7 +3,7 @@
 //! KL divergence and same-top-1 within llama.cpp's own cross-build spread (its AVX2 and
 //! AVX-512 builds differ by mean KL 1.4e-3–5.4e-3 and top-1 96.5–97.9%, BENCHMARKS.md; we
 //! hold the GPU to the tight end: KL ≤ 1.4e-3, top-1 ≥ 96.5%), perplexity within 0.2%, and
-//! greedy decoding identical on F16/F32 files. The demo model always; other files listed in
+//! greedy decoding identical on F16/F32 files with trained weights. The demo model always; other files listed in
 //! `LLM_SERVER_GPU_MODELS` (colon-separated; `scripts/device/gpu-tests.sh` makes tiny
 //! synthetic qwen35moe / qwen3moe / qwen3next files and passes whatever real models it has).
 

@@ -136,6 +136,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
                 if rep == 1 {
                     engine::prof::reset(); // the warm-up packs the weights: not a stage to show
+                    if let Some(g) = &m.gpu {
+                        g.gpu().profile_report()?;
+                    }
                 }
                 let t0 = Instant::now();
                 let n = match test {
@@ -178,6 +181,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 tg_rate = Some(mean);
             }
             print_profile(&label);
+            if let Some(g) = &m.gpu {
+                let n = match test {
+                    Test::Pp(p) => p,
+                    Test::Tg(n) => n,
+                };
+                print_kernels(&label, &g.gpu().profile_report()?, (args.reps * n) as f64);
+            }
         }
     }
     if let Some(g) = &m.gpu {
@@ -212,6 +222,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// GPU time by kernel (`LLM_SERVER_CUDA_PROFILE=1`; nothing when off), per token of the test.
+fn print_kernels(test: &str, kernels: &[(&str, f64, u64)], tokens: f64) {
+    if kernels.is_empty() {
+        return;
+    }
+    let total: f64 = kernels.iter().map(|k| k.1).sum();
+    println!(
+        "\nGPU kernels of {test}: {:.3} ms of kernel time per token, {:.0} launches per token",
+        total / tokens,
+        kernels.iter().map(|k| k.2 as f64).sum::<f64>() / tokens
+    );
+    let mut sorted = kernels.to_vec();
+    sorted.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (name, ms, calls) in sorted {
+        println!(
+            "  {name:<16} {:>9.1} µs/token {:>5.1}%  {:>7.1} µs/launch  {calls} launches",
+            1e3 * ms / tokens,
+            100.0 * ms / total,
+            1e3 * ms / calls as f64
+        );
+    }
 }
 
 /// The stages `LLM_SERVER_PROFILE=1` timed since the last reset (nothing when it is off), then
