@@ -511,6 +511,17 @@ impl Backend for Cuda {
         Ok(self.add_(h, a)?)
     }
 
+    fn add_norm(
+        &self,
+        _: &CudaStep,
+        h: &mut CudaAct,
+        a: &CudaAct,
+        w: &CudaVec,
+        eps: f32,
+    ) -> R<CudaAct> {
+        Ok(self.add_norm_(h, a, w, eps)?)
+    }
+
     fn add_bias(&self, _: &CudaStep, x: &mut CudaAct, b: &CudaVec) -> R<()> {
         Ok(self.add_bias_(x, b)?)
     }
@@ -523,14 +534,16 @@ impl Backend for Cuda {
 
     fn matmuls<const N: usize>(
         &self,
-        s: &CudaStep,
+        _: &CudaStep,
         w: [&CudaMat; N],
         x: &CudaAct,
     ) -> R<[CudaAct; N]> {
         let mut outs = Vec::with_capacity(N);
-        for m in w {
-            outs.push(self.matmul(s, m, x)?);
+        for m in &w {
+            outs.push(self.act(x.rows, m.m * m.experts)?);
         }
+        let pairs: Vec<(&CudaMat, &CudaAct)> = w.iter().copied().zip(outs.iter()).collect();
+        self.matmuls_(&pairs, x, None)?;
         outs.try_into()
             .map_err(|_| Error::Size("matmuls: output count".into()).into())
     }
@@ -566,19 +579,27 @@ impl Backend for Cuda {
         Ok(gate)
     }
 
-    fn moe(&self, s: &CudaStep, m: &Experts<Cuda>, x: &CudaAct) -> R<CudaAct> {
-        Ok(self.moe_(s, m, x)?)
+    fn glu_matmul(
+        &self,
+        s: &CudaStep,
+        gate: CudaAct,
+        up: &CudaAct,
+        kind: Glu,
+        w: &CudaMat,
+    ) -> R<CudaAct> {
+        let y = self.act(gate.rows, w.m * w.experts)?;
+        match kind {
+            Glu::Silu => self.matmuls_(&[(w, &y)], &gate, Some(up))?,
+            Glu::Gelu => {
+                let g = self.glu(s, gate, up, kind)?;
+                self.matmul_(w, &g, &y)?;
+            }
+        }
+        Ok(y)
     }
 
-    fn gated_add(
-        &self,
-        _: &CudaStep,
-        y: &mut CudaAct,
-        sh: &CudaAct,
-        gate: &CudaVec,
-        x: &CudaAct,
-    ) -> R<()> {
-        Ok(self.gated_add_(y, sh, gate, x)?)
+    fn moe(&self, s: &CudaStep, m: &Experts<Cuda>, x: &CudaAct) -> R<CudaAct> {
+        Ok(self.moe_(s, m, x)?)
     }
 
     fn deltanet(

@@ -425,7 +425,10 @@ impl Gpu {
         if let (Some((a, b)), Some(p)) = (timed, &self.profile) {
             // SAFETY: live event and stream.
             unsafe { sys::cuEventRecord(b, self.stream) };
-            p.lock().unwrap_or_else(|e| e.into_inner()).pending.push((f.name, a, b));
+            p.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pending
+                .push((f.name, a, b));
         }
         r
     }

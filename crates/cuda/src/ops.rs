@@ -25,21 +25,40 @@ fn size_err(what: String) -> Error {
 /// tiling them for the tensor cores.
 const MMV_MAX: usize = 8;
 
+/// One matrix of a `mmv` launch (`MmvMat` in matmul.cu).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct MmvMat {
+    w: u64,
+    y: u64,
+    m: i32,
+    pad: i32,
+}
+
 /// `mmv`'s parameters (`MmvArgs` in matmul.cu).
 #[repr(C)]
 struct MmvArgs {
-    w: u64,
+    mats: [MmvMat; 4],
     x: u64,
-    y: u64,
+    x2: u64,
     ids: u64,
     row_bytes: u64,
-    expert_stride: u64,
+    n_mats: i32,
     k: i32,
-    m: i32,
     n: i32,
     x_div: i32,
     x_stride: i32,
-    y_stride: i32,
+    pad: i32,
+}
+
+/// The input of a `mmv` launch: rows of `x` (or silu(x) ⊙ x2), `n` dense tokens or, with
+/// `ids`, `n` (token, expert) pairs reading row pair / x_div.
+struct MmvIn<'a> {
+    x: &'a CudaAct,
+    x2: Option<&'a CudaAct>,
+    n: usize,
+    ids: Option<u64>,
+    x_div: usize,
 }
 
 /// `gemm`'s parameters (`GemmArgs` in matmul.cu).
@@ -211,6 +230,19 @@ impl Cuda {
         }
         let groups = (x.len() / w.len) as i32;
         let (xp, wp, yp, width) = (x.ptr(), w.buf.ptr(), y.ptr(), w.len as i32);
+        if w.len == x.width && w.len >= 512 {
+            let f = self.f(Src::Norm, "rms_norm_rows")?;
+            // SAFETY: x and y hold `rows` rows of `width`; w holds `width`.
+            return unsafe {
+                self.gpu.launch(
+                    &f,
+                    (x.rows as u32, 1, 1),
+                    (256, 1, 1),
+                    0,
+                    &mut [arg(&xp), arg(&wp), arg(&yp), arg(&width), arg(&eps)],
+                )
+            };
+        }
         let f = self.f(Src::Norm, "rms_norm")?;
         let grid = ((groups as u32).div_ceil(4), 1, 1);
         // SAFETY: x and y hold `groups` groups of `width`; w holds `width`.
@@ -230,6 +262,43 @@ impl Cuda {
                 ],
             )
         }
+    }
+
+    /// `h += a; y = rms_norm(h) ⊙ w`.
+    pub(crate) fn add_norm_(
+        &self,
+        h: &CudaAct,
+        a: &CudaAct,
+        w: &CudaVec,
+        eps: f32,
+    ) -> Result<CudaAct> {
+        if h.len() != a.len() || w.len != h.width {
+            return Err(size_err(format!(
+                "add_norm: rows of {} and a norm of {}",
+                h.width, w.len
+            )));
+        }
+        let y = self.act(h.rows, h.width)?;
+        let (hp, ap, wp, yp, width) = (h.ptr(), a.ptr(), w.buf.ptr(), y.ptr(), h.width as i32);
+        let f = self.f(Src::Norm, "add_norm")?;
+        // SAFETY: h, a and y hold rows of `width`; w holds `width`.
+        unsafe {
+            self.gpu.launch(
+                &f,
+                (h.rows as u32, 1, 1),
+                (256, 1, 1),
+                0,
+                &mut [
+                    arg(&hp),
+                    arg(&ap),
+                    arg(&wp),
+                    arg(&yp),
+                    arg(&width),
+                    arg(&eps),
+                ],
+            )?
+        };
+        Ok(y)
     }
 
     pub(crate) fn norm_gate_(
@@ -315,78 +384,107 @@ impl Cuda {
         )
     }
 
-    pub(crate) fn gated_add_(
-        &self,
-        y: &CudaAct,
-        sh: &CudaAct,
-        gate: &CudaVec,
-        x: &CudaAct,
-    ) -> Result<()> {
-        if y.width != x.width || sh.len() != y.len() || gate.len != x.width || y.rows != x.rows {
-            return Err(size_err("gated_add: sizes differ".into()));
-        }
-        let (yp, sp, gp, xp, w) = (y.ptr(), sh.ptr(), gate.buf.ptr(), x.ptr(), x.width as i32);
-        let f = self.f(Src::Elementwise, "gated_add")?;
-        // SAFETY: rows of `w` in each; the gate holds `w`.
-        unsafe {
-            self.gpu.launch(
-                &f,
-                (y.rows as u32, 1, 1),
-                (256, 1, 1),
-                0,
-                &mut [arg(&yp), arg(&sp), arg(&gp), arg(&xp), arg(&w)],
-            )
-        }
-    }
-
     /// `y = x·wᵀ` (a plain matrix).
     pub(crate) fn matmul_(&self, w: &CudaMat, x: &CudaAct, y: &CudaAct) -> Result<()> {
-        if w.k != x.width || y.width != w.m * w.experts || y.rows != x.rows {
-            return Err(size_err(format!(
-                "{}: rows of {} by an input of {}",
-                w.name, w.k, x.width
-            )));
-        }
-        let m = w.m * w.experts;
-        if x.rows <= MMV_MAX {
-            self.mmv(w, m, (x, x.rows, 1), y, None)
-        } else {
-            self.gemm(w, m, x, y, None)
-        }
+        self.matmuls_(&[(w, y)], x, None)
     }
 
-    /// `mmv`: dense over `n` rows of x, or (with `ids`, then `n` = pairs) one expert a pair,
-    /// pair p reading x row p / x_div.
-    fn mmv(
+    /// Several products of the same input: up to four matrices of one type and row length in
+    /// one `mmv` launch for a few tokens, one `gemm` each for more. With `up`, the input is
+    /// silu(x) ⊙ up (a SwiGLU's down projection).
+    pub(crate) fn matmuls_(
         &self,
-        w: &CudaMat,
-        m: usize,
-        (x, n, x_div): (&CudaAct, usize, usize),
-        y: &CudaAct,
-        ids: Option<u64>,
+        outs: &[(&CudaMat, &CudaAct)],
+        x: &CudaAct,
+        up: Option<&CudaAct>,
     ) -> Result<()> {
-        let a = MmvArgs {
-            w: w.buf.ptr(),
-            x: x.ptr(),
-            y: y.ptr(),
-            ids: ids.unwrap_or(0),
-            row_bytes: w.row_bytes as u64,
-            expert_stride: (w.m * w.row_bytes) as u64,
-            k: w.k as i32,
-            m: m as i32,
-            n: n as i32,
-            x_div: x_div as i32,
-            x_stride: x.width as i32,
-            y_stride: y.width as i32,
+        for (w, y) in outs {
+            if w.k != x.width || y.width != w.m * w.experts || y.rows != x.rows {
+                return Err(size_err(format!(
+                    "{}: rows of {} by an input of {}",
+                    w.name, w.k, x.width
+                )));
+            }
+        }
+        if x.rows > MMV_MAX {
+            let owned;
+            let x = match up {
+                Some(u) => {
+                    owned = self.act(x.rows, x.width)?;
+                    // SAFETY: same sizes (checked by binary).
+                    unsafe { self.gpu.dtod(owned.ptr(), x.ptr(), 4 * x.len())? };
+                    self.binary("glu_silu", &owned, u)?;
+                    &owned
+                }
+                None => x,
+            };
+            for (w, y) in outs {
+                self.gemm(w, w.m * w.experts, x, y, None)?;
+            }
+            return Ok(());
+        }
+        let input = MmvIn {
+            x,
+            x2: up,
+            n: x.rows,
+            ids: None,
+            x_div: 1,
         };
-        let f = self.k.func(Src::Matmul, &Self::wtype(w), "mmv")?;
-        let grid_y = if ids.is_some() { n as u32 } else { 1 };
+        let mut i = 0;
+        while i < outs.len() {
+            let (w0, _) = outs[i];
+            let mut j = i + 1;
+            while j < outs.len() && j - i < 4 && outs[j].0.ty == w0.ty && outs[j].0.k == w0.k {
+                j += 1;
+            }
+            let group: Vec<(&CudaMat, &CudaAct, usize)> = outs[i..j]
+                .iter()
+                .map(|(w, y)| (*w, *y, w.m * w.experts))
+                .collect();
+            self.mmv(&group, &input)?;
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// One `mmv` launch over up to four matrices `(weights, output, rows)` of one type.
+    fn mmv(&self, mats: &[(&CudaMat, &CudaAct, usize)], input: &MmvIn<'_>) -> Result<()> {
+        let w0 = mats[0].0;
+        let mut a = MmvArgs {
+            mats: [MmvMat::default(); 4],
+            x: input.x.ptr(),
+            x2: input.x2.map_or(0, |u| u.ptr()),
+            ids: input.ids.unwrap_or(0),
+            row_bytes: w0.row_bytes as u64,
+            n_mats: mats.len() as i32,
+            k: w0.k as i32,
+            n: input.n as i32,
+            x_div: input.x_div as i32,
+            x_stride: input.x.width as i32,
+            pad: 0,
+        };
+        let mut rows = 0;
+        for (slot, (w, y, m)) in a.mats.iter_mut().zip(mats) {
+            *slot = MmvMat {
+                w: w.buf.ptr(),
+                y: y.ptr(),
+                m: *m as i32,
+                pad: 0,
+            };
+            rows += m;
+        }
+        let f = self.k.func(Src::Matmul, &Self::wtype(w0), "mmv")?;
+        let grid_y = if input.ids.is_some() {
+            input.n as u32
+        } else {
+            1
+        };
         // SAFETY: shapes checked by the callers; ids (when given) are expert numbers below
-        // `w.experts`, written by `topk`.
+        // each matrix's expert count, written by `topk`.
         unsafe {
             self.gpu.launch(
                 &f,
-                ((m as u32).div_ceil(4), grid_y, 1),
+                ((rows as u32).div_ceil(4), grid_y, 1),
                 (128, 1, 1),
                 0,
                 &mut [arg(&a)],
@@ -463,11 +561,23 @@ impl Cuda {
         let gate = self.act(pairs, ff)?;
         let up = self.act(pairs, ff)?;
         let down = self.act(pairs, emb)?;
-        let slot_of = if pairs <= MOE_MMV_PAIRS {
-            self.mmv(&e.gate_exps, ff, (x, pairs, k), &gate, Some(ip))?;
-            self.mmv(&e.up_exps, ff, (x, pairs, k), &up, Some(ip))?;
-            self.binary("glu_silu", &gate, &up)?;
-            self.mmv(&e.down_exps, emb, (&gate, pairs, 1), &down, Some(ip))?;
+        let sorted = if pairs <= MOE_MMV_PAIRS {
+            let by_id = |xin, x2, x_div| MmvIn {
+                x: xin,
+                x2,
+                n: pairs,
+                ids: Some(ip),
+                x_div,
+            };
+            let gu = [(&e.gate_exps, &gate, ff), (&e.up_exps, &up, ff)];
+            if e.gate_exps.ty == e.up_exps.ty {
+                self.mmv(&gu, &by_id(x, None, k))?;
+            } else {
+                self.mmv(&gu[..1], &by_id(x, None, k))?;
+                self.mmv(&gu[1..], &by_id(x, None, k))?;
+            }
+            // ffn_moe_down of silu(gate) ⊙ up, in one pass.
+            self.mmv(&[(&e.down_exps, &down, emb)], &by_id(&gate, Some(&up), 1))?;
             None
         } else {
             let max_tiles = pairs.div_ceil(64) + ne;
@@ -504,22 +614,46 @@ impl Cuda {
             self.gemm(&e.down_exps, emb, &gate, &down, t(0))?;
             Some((sort, slot))
         };
+        // The shared expert (ffn_shexp), then everything summed in one pass.
+        let shared = match &e.shared {
+            Some(sh) => {
+                let (sg, su) = (self.act(n, sh.gate.m)?, self.act(n, sh.gate.m)?);
+                self.matmuls_(&[(&sh.gate, &sg), (&sh.up, &su)], x, None)?;
+                let out = self.act(n, emb)?;
+                self.matmuls_(&[(&sh.down, &out)], &sg, Some(&su))?;
+                Some((out, sh.gate_inp.as_ref().map_or(0, |g| g.buf.ptr())))
+            }
+            None => None,
+        };
         let y = self.act(n, emb)?;
-        let f = self.f(Src::Moe, "moe_sum")?;
-        let (dp, sp, yp, w) = (
+        let f = self.f(Src::Moe, "moe_combine")?;
+        let (dp, sp, yp, xp, w) = (
             down.ptr(),
-            slot_of.as_ref().map_or(0, |(_, s)| *s),
+            sorted.as_ref().map_or(0, |(_, s)| *s),
             y.ptr(),
+            x.ptr(),
             emb as i32,
         );
-        // SAFETY: down holds the pairs' rows (in slot order when sorted); y n × emb.
+        let (shp, gp) = shared.as_ref().map_or((0, 0), |(o, g)| (o.ptr(), *g));
+        // SAFETY: down holds the pairs' rows (in slot order when sorted); y, x and the shared
+        // output n × emb; the gate emb.
         unsafe {
             self.gpu.launch(
                 &f,
-                ((emb as u32).div_ceil(256), n as u32, 1),
+                (n as u32, 1, 1),
                 (256, 1, 1),
                 0,
-                &mut [arg(&dp), arg(&sp), arg(&wp), arg(&yp), arg(&ki), arg(&w)],
+                &mut [
+                    arg(&dp),
+                    arg(&sp),
+                    arg(&wp),
+                    arg(&shp),
+                    arg(&gp),
+                    arg(&xp),
+                    arg(&yp),
+                    arg(&ki),
+                    arg(&w),
+                ],
             )?
         };
         Ok(y)
@@ -674,6 +808,53 @@ impl Cuda {
         Ok(o)
     }
 
+    /// The short convolution of `mix` (n × cd) into `y`, state at `state`: one thread a
+    /// channel for a decode step, one a (channel, token) for a prefill, then the state kept.
+    fn conv_(&self, mix: &CudaAct, state: u64, taps: u64, y: &CudaAct, dc: usize) -> Result<()> {
+        let (n, cd) = (mix.rows, mix.width);
+        let (mp, yp) = (mix.ptr(), y.ptr());
+        let (ni, cdi, dci) = (n as i32, cd as i32, dc as i32);
+        if n == 1 {
+            let f = self.f(Src::DeltaNet, "conv")?;
+            let mut args = [
+                arg(&mp),
+                arg(&state),
+                arg(&taps),
+                arg(&yp),
+                arg(&ni),
+                arg(&cdi),
+                arg(&dci),
+            ];
+            return self.launch_1d(f, cd as u64, &mut args);
+        }
+        let f = self.f(Src::DeltaNet, "conv_tokens")?;
+        let mut args = [
+            arg(&mp),
+            arg(&state),
+            arg(&taps),
+            arg(&yp),
+            arg(&ni),
+            arg(&cdi),
+            arg(&dci),
+        ];
+        // SAFETY: mix and y hold n × cd; the state cd × (dc − 1); the taps cd × dc.
+        unsafe {
+            self.gpu.launch(
+                &f,
+                ((cd as u32).div_ceil(256), n as u32, 1),
+                (256, 1, 1),
+                0,
+                &mut args,
+            )?
+        };
+        let f = self.f(Src::DeltaNet, "conv_keep")?;
+        self.launch_1d(
+            f,
+            cd as u64,
+            &mut [arg(&mp), arg(&state), arg(&ni), arg(&cdi), arg(&dci)],
+        )
+    }
+
     pub(crate) fn deltanet_(
         &self,
         _: &CudaStep,
@@ -699,22 +880,7 @@ impl Cuda {
             )));
         }
         let y = self.act(n, cd)?;
-        let f = self.f(Src::DeltaNet, "conv")?;
-        let (mp, cp, tp, yp) = (mix.ptr(), conv.ptr(), p.conv1d.buf.ptr(), y.ptr());
-        let (ni, cdi, dci) = (n as i32, cd as i32, d.d_conv as i32);
-        self.launch_1d(
-            f,
-            cd as u64,
-            &mut [
-                arg(&mp),
-                arg(&cp),
-                arg(&tp),
-                arg(&yp),
-                arg(&ni),
-                arg(&cdi),
-                arg(&dci),
-            ],
-        )?;
+        self.conv_(mix, conv.ptr(), p.conv1d.buf.ptr(), &y, d.d_conv)?; // 3.
         let o = self.act(n, nv * d.d_v)?;
         let a = DeltaArgs {
             y: y.ptr(),
@@ -738,8 +904,8 @@ impl Cuda {
         unsafe {
             self.gpu.launch(
                 &f,
-                (nv as u32, 1, 1),
-                (d.d_v as u32, 1, 1),
+                (nv as u32, (d.d_v / 32) as u32, 1),
+                (32, 1, 1),
                 0,
                 &mut [arg(&a)],
             )?

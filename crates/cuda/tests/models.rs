@@ -159,7 +159,10 @@ fn gpu_logits_agree_with_the_cpu_engine() {
         let f16 = ["F16", "F32", "f16", "f32"]
             .iter()
             .any(|s| name.contains(s));
-        if f16 {
+        // Greedy decoding must match on F16/F32 files whose weights predict something (PPL far
+        // under the vocabulary): a random-weight file's logits are flat, so its arg-max is
+        // decided by rounding and no two implementations need agree on it.
+        if f16 && pc < nv as f64 / 4.0 {
             let (gc, gg) = (
                 greedy(&*cpu, &tokens[..32], 64),
                 greedy(&*gpu, &tokens[..32], 64),

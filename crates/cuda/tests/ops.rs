@@ -7,7 +7,7 @@ mod common;
 
 use common::{close, gpu, rand, tensor, tensors};
 use engine::backend::{
-    AttnParams, Backend, Cpu, CpuAct, CpuStep, DeltaNet, DeltaShape, Experts, Glu,
+    AttnParams, Backend, Cpu, CpuAct, CpuStep, DeltaNet, DeltaShape, Experts, Glu, SharedExpert,
 };
 use engine::kv::{CacheConfig, KvType};
 use engine::ops::{AttnShape, Exec, Rope, RopeStyle};
@@ -115,7 +115,7 @@ fn embedding_rows_every_type() {
 #[ignore = "needs a CUDA GPU: scripts/device/gpu-tests.sh"]
 fn norms_and_elementwise() {
     let g = gpu();
-    let (n, w) = (7usize, 384usize);
+    let (n, w) = (7usize, 1024usize);
     let s = g.step(&vec![0; n], 0).expect("step");
     let cs = CpuStep::new(&vec![0; n], 0, exec());
     let x = rand(n * w, 1);
@@ -197,21 +197,18 @@ fn norms_and_elementwise() {
         .gather_cols(&cs, &cpu_act(w, x.clone()), &cols)
         .expect("cpu");
     close("gather_cols", &dl(&got), &want.data, 0.0);
-    // Shared-expert gate and DeltaNet's gated norm.
+    // The fused residual add + norm, and DeltaNet's gated norm.
     let gv = rand(w, 11);
     let mut a = up(&x, w);
-    g.gated_add(&s, &mut a, &up(&y, w), &vec(gv.clone()), &up(&y, w))
-        .expect("gated_add");
+    let got = g
+        .add_norm(&s, &mut a, &up(&y, w), &vec(gv.clone()), 1e-6)
+        .expect("add_norm");
     let mut c = cpu_act(w, x.clone());
-    Cpu.gated_add(
-        &cs,
-        &mut c,
-        &cpu_act(w, y.clone()),
-        &gv,
-        &cpu_act(w, y.clone()),
-    )
-    .expect("cpu");
-    close("gated_add", &dl(&a), &c.data, 1e-5);
+    let want = Cpu
+        .add_norm(&cs, &mut c, &cpu_act(w, y.clone()), &gv, 1e-6)
+        .expect("cpu");
+    close("add_norm: sum", &dl(&a), &c.data, 0.0);
+    close("add_norm: norm", &dl(&got), &want.data, 1e-5);
     let nw = rand(64, 12);
     let got = g
         .norm_gate(&s, &up(&x, w), &vec(nw.clone()), &up(&y, w), 1e-6)
@@ -416,11 +413,15 @@ fn moe_decode_and_grouped_prefill() {
         (T::Q8_0, 256, 128),
     ] {
         let (ne, k) = (16usize, 4usize);
+        let u = |v: usize| v as u64;
         let specs = [
-            ("gate_inp", T::F32, vec![e as u64, ne as u64]),
-            ("gate_exps", ty, vec![e as u64, ff as u64, ne as u64]),
-            ("up_exps", ty, vec![e as u64, ff as u64, ne as u64]),
-            ("down_exps", ty, vec![ff as u64, e as u64, ne as u64]),
+            ("gate_inp", T::F32, vec![u(e), u(ne)]),
+            ("gate_exps", ty, vec![u(e), u(ff), u(ne)]),
+            ("up_exps", ty, vec![u(e), u(ff), u(ne)]),
+            ("down_exps", ty, vec![u(ff), u(e), u(ne)]),
+            ("gate_shexp", ty, vec![u(e), u(2 * ff)]),
+            ("up_shexp", ty, vec![u(e), u(2 * ff)]),
+            ("down_shexp", ty, vec![u(2 * ff), u(e)]),
         ];
         let ts = tensors(
             &specs
@@ -428,43 +429,94 @@ fn moe_decode_and_grouped_prefill() {
                 .enumerate()
                 .map(|(i, (n, t, d))| {
                     let len = d.iter().product::<u64>() as usize;
-                    let name = format!("moe.{ty}.{n}");
-                    (name, *t, d.clone(), rand(len, 40 + i as u64))
+                    (
+                        format!("moe.{ty}.{n}"),
+                        *t,
+                        d.clone(),
+                        rand(len, 40 + i as u64),
+                    )
                 })
                 .collect::<Vec<_>>(),
         );
-        let cpu_m = Experts::<Cpu> {
-            gate_inp: ts[0].clone(),
-            gate_exps: ts[1].clone(),
-            up_exps: ts[2].clone(),
-            down_exps: ts[3].clone(),
-            n_expert_used: k,
-            n_expert: ne,
-            n_ff_exp: ff,
-        };
-        let gpu_m = Experts::<cuda::Cuda> {
-            gate_inp: g.mat(ts[0].clone()).expect("up"),
-            gate_exps: g.mat(ts[1].clone()).expect("up"),
-            up_exps: g.mat(ts[2].clone()).expect("up"),
-            down_exps: g.mat(ts[3].clone()).expect("up"),
-            n_expert_used: k,
-            n_expert: ne,
-            n_ff_exp: ff,
-        };
-        for n in [1usize, 2, 40] {
-            let x = rand(n * e, 60 + n as u64);
-            let s = g.step(&vec![0; n], 0).expect("step");
-            let got = g
-                .moe(&s, &gpu_m, &g.upload_act(n, e, &x).expect("x"))
-                .expect("moe");
-            let cs = CpuStep::new(&vec![0; n], 0, exec());
-            let want = Cpu.moe(&cs, &cpu_m, &cpu_act(e, x)).expect("cpu");
-            close(
-                &format!("moe {ty} n {n}"),
-                &g.download_act(&got).expect("dl"),
-                &want.data,
-                3e-2,
-            );
+        let shexp_gate = rand(e, 49);
+        for with_shared in [false, true] {
+            let cpu_m = Experts::<Cpu> {
+                gate_inp: ts[0].clone(),
+                gate_exps: ts[1].clone(),
+                up_exps: ts[2].clone(),
+                down_exps: ts[3].clone(),
+                n_expert_used: k,
+                n_expert: ne,
+                n_ff_exp: ff,
+                shared: with_shared.then(|| SharedExpert {
+                    gate: ts[4].clone(),
+                    up: ts[5].clone(),
+                    down: ts[6].clone(),
+                    gate_inp: Some(shexp_gate.clone()),
+                }),
+            };
+            let up = |i: usize| g.mat(ts[i].clone()).expect("upload");
+            let gpu_m = Experts::<cuda::Cuda> {
+                gate_inp: up(0),
+                gate_exps: up(1),
+                up_exps: up(2),
+                down_exps: up(3),
+                n_expert_used: k,
+                n_expert: ne,
+                n_ff_exp: ff,
+                shared: with_shared.then(|| SharedExpert {
+                    gate: up(4),
+                    up: up(5),
+                    down: up(6),
+                    gate_inp: Some(g.vector(shexp_gate.clone()).expect("vec")),
+                }),
+            };
+            for n in [1usize, 2, 40] {
+                let x = rand(n * e, 60 + n as u64);
+                let s = g.step(&vec![0; n], 0).expect("step");
+                let got = g
+                    .moe(&s, &gpu_m, &g.upload_act(n, e, &x).expect("x"))
+                    .expect("moe");
+                let cs = CpuStep::new(&vec![0; n], 0, exec());
+                let want = Cpu.moe(&cs, &cpu_m, &cpu_act(e, x)).expect("cpu");
+                let what = format!("moe {ty} shared {with_shared} n {n}");
+                close(&what, &g.download_act(&got).expect("dl"), &want.data, 3e-2);
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/device/gpu-tests.sh"]
+fn gated_down_projection() {
+    let g = gpu();
+    for (ty, ff, e) in [(T::Q4_K, 512usize, 256usize), (T::F16, 96, 64)] {
+        let w = tensor(&format!("down.{ty}"), ty, &[ff as u64, e as u64], 77);
+        let gm = g.mat(w.clone()).expect("upload");
+        for kind in [Glu::Silu, Glu::Gelu] {
+            for n in [1usize, 5, 33] {
+                let gate: Vec<f32> = rand(n * ff, 80 + n as u64)
+                    .iter()
+                    .map(|v| 4.0 * v)
+                    .collect();
+                let upv = rand(n * ff, 90 + n as u64);
+                let s = g.step(&vec![0; n], 0).expect("step");
+                let got = g
+                    .glu_matmul(
+                        &s,
+                        g.upload_act(n, ff, &gate).expect("g"),
+                        &g.upload_act(n, ff, &upv).expect("u"),
+                        kind,
+                        &gm,
+                    )
+                    .expect("glu_matmul");
+                let cs = CpuStep::new(&vec![0; n], 0, exec());
+                let want = Cpu
+                    .glu_matmul(&cs, cpu_act(ff, gate), &cpu_act(ff, upv), kind, &w)
+                    .expect("cpu");
+                let what = format!("glu_matmul {ty} {kind:?} n {n}");
+                close(&what, &g.download_act(&got).expect("dl"), &want.data, 3e-2);
+            }
         }
     }
 }

@@ -63,20 +63,6 @@ extern "C" __global__ void softcap(float* __restrict__ x, float c, u64 n) {
     if (i < n) x[i] = tanhf(x[i] / c) * c;
 }
 
-// y[t] += σ(gate · x[t]) · sh[t], one block per token.
-extern "C" __global__ void gated_add(float* __restrict__ y, const float* __restrict__ sh,
-                                     const float* __restrict__ gate, const float* __restrict__ x,
-                                     int width) {
-    __shared__ float red[32];
-    int t = blockIdx.x;
-    u64 base = (u64)t * width;
-    float d = 0.0f;
-    for (int i = threadIdx.x; i < width; i += blockDim.x) d += gate[i] * x[base + i];
-    d = block_sum(d, red);
-    float s = sigmoidf_(d);
-    for (int i = threadIdx.x; i < width; i += blockDim.x) y[base + i] += s * sh[base + i];
-}
-
 // The greedy sampler's arg-max over each row of logits (ties to the lower id), one block a row.
 extern "C" __global__ void argmax(const float* __restrict__ x, int width, i32* __restrict__ out) {
     __shared__ float bv[32];

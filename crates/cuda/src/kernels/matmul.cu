@@ -22,53 +22,86 @@ extern "C" __global__ void get_rows(const u8* __restrict__ w, u64 row_bytes,
     for (int i = 0; i < 8; i++) o[i] = y[i];
 }
 
+// One of up to four matrices a `mmv` launch multiplies with the same input (same type and
+// row length): its weights, its output (rows of `m`) and its row count.
+struct MmvMat {
+    const u8* w;
+    float* y;
+    i32 m;
+    i32 pad_;
+};
+
 struct MmvArgs {
-    const u8* w;       // weights
+    MmvMat mats[4];
     const float* x;    // activations
-    float* y;          // output
+    const float* x2;   // null, or `up`: the input is then silu(x) ⊙ x2 (SwiGLU fused in)
     const i32* ids;    // per pair its expert (null: dense)
     u64 row_bytes;     // bytes of a weight row
-    u64 expert_stride; // bytes between experts
+    i32 n_mats;
     i32 K;             // values a row
-    i32 M;             // rows
     i32 n;             // dense: tokens (≤ MMV_MAX); ids: unused (grid.y pairs)
     i32 x_div;         // ids: pair p reads x row p / x_div
     i32 x_stride;      // floats between x rows
-    i32 y_stride;      // floats between y rows
+    i32 pad_;
 };
 
 #define MMV_MAX 8
 #define MMV_WARPS 4
+#define MMV_UNROLL 4
 
-// One warp per weight row; lanes take granules of 8 values in turn. Dense: every token of
-// the call (up to 8) against the row; with `ids`: blockIdx.y is a (token, expert) pair.
+// One warp per weight row (rows of the launch's matrices one after the other); each lane
+// takes granules of 8 values, MMV_UNROLL at a time so that many loads are in flight. Dense:
+// every token of the call (up to 8) against the row; with `ids`: blockIdx.y is a (token,
+// expert) pair.
 extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) mmv(MmvArgs a) {
     int lane = threadIdx.x & 31;
-    int row = blockIdx.x * MMV_WARPS + (threadIdx.x >> 5);
-    if (row >= a.M) return;
-    const u8* w = a.w;
+    int r = blockIdx.x * MMV_WARPS + (threadIdx.x >> 5);
+    int mi = 0;
+    for (; mi + 1 < a.n_mats && r >= a.mats[mi].m; mi++) r -= a.mats[mi].m;
+    const MmvMat mt = a.mats[mi];
+    if (r >= mt.m) return;
+    const u8* w = mt.w;
     const float* x = a.x;
+    const float* x2 = a.x2;
     int n = a.n, pair = blockIdx.y;
     if (a.ids) {
-        w += (u64)a.ids[pair] * a.expert_stride;
-        x += (u64)(pair / a.x_div) * a.x_stride;
+        w += (u64)a.ids[pair] * mt.m * a.row_bytes;
+        u64 xo = (u64)(pair / a.x_div) * a.x_stride;
+        x += xo;
+        if (x2) x2 += xo;
         n = 1;
     }
-    const u8* wr = w + (u64)row * a.row_bytes;
+    const u8* wr = w + (u64)r * a.row_bytes;
     float acc[MMV_MAX];
 #pragma unroll
     for (int t = 0; t < MMV_MAX; t++) acc[t] = 0.0f;
     int ng = a.K / 8;
-    for (int g = lane; g < ng; g += 32) {
-        float wv[8];
-        deq_granule(wr, g, wv);
+    for (int g0 = 0; g0 < ng; g0 += 32 * MMV_UNROLL) {
+        float wv[MMV_UNROLL][8];
 #pragma unroll
-        for (int t = 0; t < MMV_MAX; t++) {
-            if (t < n) {
-                const float4* xp = (const float4*)(x + (u64)t * a.x_stride + g * 8);
-                float4 x0 = xp[0], x1 = xp[1];
-                acc[t] += wv[0] * x0.x + wv[1] * x0.y + wv[2] * x0.z + wv[3] * x0.w +
-                          wv[4] * x1.x + wv[5] * x1.y + wv[6] * x1.z + wv[7] * x1.w;
+        for (int u = 0; u < MMV_UNROLL; u++) {
+            int g = g0 + lane + 32 * u;
+            if (g < ng) deq_granule(wr, g, wv[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < MMV_UNROLL; u++) {
+            int g = g0 + lane + 32 * u;
+            if (g >= ng) continue;
+#pragma unroll
+            for (int t = 0; t < MMV_MAX; t++) {
+                if (t >= n) continue;
+                u64 o = (u64)t * a.x_stride + g * 8;
+                float4 x0 = *(const float4*)(x + o), x1 = *(const float4*)(x + o + 4);
+                if (x2) {
+                    float4 u0 = *(const float4*)(x2 + o), u1 = *(const float4*)(x2 + o + 4);
+                    x0 = make_float4(siluf_(x0.x) * u0.x, siluf_(x0.y) * u0.y,
+                                     siluf_(x0.z) * u0.z, siluf_(x0.w) * u0.w);
+                    x1 = make_float4(siluf_(x1.x) * u1.x, siluf_(x1.y) * u1.y,
+                                     siluf_(x1.z) * u1.z, siluf_(x1.w) * u1.w);
+                }
+                const float* v = wv[u];
+                acc[t] += v[0] * x0.x + v[1] * x0.y + v[2] * x0.z + v[3] * x0.w + v[4] * x1.x +
+                          v[5] * x1.y + v[6] * x1.z + v[7] * x1.w;
             }
         }
     }
@@ -78,7 +111,7 @@ extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) mmv(MmvArgs a) {
             float s = warp_sum(acc[t]);
             if (lane == 0) {
                 int yr = a.ids ? pair : t;
-                a.y[(u64)yr * a.y_stride + row] = s;
+                mt.y[(u64)yr * mt.m + r] = s;
             }
         }
     }

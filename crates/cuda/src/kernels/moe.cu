@@ -94,18 +94,30 @@ extern "C" __global__ void moe_sort(const i32* __restrict__ ids, int n_pairs, in
     }
 }
 
-// y[t] = Σ_i weights[t·k + i] · out[row(t·k + i)], row = slot_of[p] (or p when null).
-extern "C" __global__ void moe_sum(const float* __restrict__ out, const i32* __restrict__ slot_of,
-                                   const float* __restrict__ weights, float* __restrict__ y,
-                                   int k, int width) {
-    int t = blockIdx.y;
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= width) return;
-    float acc = 0.0f;
-    for (int i = 0; i < k; i++) {
-        int p = t * k + i;
-        int r = slot_of ? slot_of[p] : p;
-        acc += weights[p] * out[(u64)r * width + c];
+// y[t] = Σ_i weights[t·k + i] · out[row(t·k + i)] (row = slot_of[p], or p when null), plus
+// the shared expert's output sh[t] scaled by σ(gate · x[t]) (by 1 without a gate; nothing
+// without a shared expert). One block a token.
+extern "C" __global__ void moe_combine(const float* __restrict__ out, const i32* __restrict__ slot_of,
+                                       const float* __restrict__ weights, const float* __restrict__ sh,
+                                       const float* __restrict__ gate, const float* __restrict__ x,
+                                       float* __restrict__ y, int k, int width) {
+    __shared__ float red[32];
+    int t = blockIdx.x;
+    u64 base = (u64)t * width;
+    float s = 1.0f;
+    if (sh && gate) {
+        float d = 0.0f;
+        for (int i = threadIdx.x; i < width; i += blockDim.x) d += gate[i] * x[base + i];
+        s = sigmoidf_(block_sum(d, red));
     }
-    y[(u64)t * width + c] = acc;
+    for (int c = threadIdx.x; c < width; c += blockDim.x) {
+        float acc = 0.0f;
+        for (int i = 0; i < k; i++) {
+            int p = t * k + i;
+            int r = slot_of ? slot_of[p] : p;
+            acc += weights[p] * out[(u64)r * width + c];
+        }
+        if (sh) acc += s * sh[base + c];
+        y[base + c] = acc;
+    }
 }

@@ -16,6 +16,36 @@ extern "C" __global__ void rms_norm(const float* x, const float* __restrict__ w,
     for (int i = lane; i < width; i += 32) yr[i] = xr[i] * scale * w[i];
 }
 
+// The same for wide rows: one block (256 threads) a row.
+extern "C" __global__ void rms_norm_rows(const float* x, const float* __restrict__ w, float* y,
+                                         int width, float eps) {
+    __shared__ float red[32];
+    const float* xr = x + (u64)blockIdx.x * width;
+    float* yr = y + (u64)blockIdx.x * width;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < width; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = block_sum(ss, red);
+    float scale = 1.0f / sqrtf(ss / (float)width + eps);
+    for (int i = threadIdx.x; i < width; i += blockDim.x) yr[i] = xr[i] * scale * w[i];
+}
+
+// h += a, then y = rms_norm(h) ⊙ w: a residual add and the next norm, one block a row.
+extern "C" __global__ void add_norm(float* __restrict__ h, const float* __restrict__ a,
+                                    const float* __restrict__ w, float* __restrict__ y, int width,
+                                    float eps) {
+    __shared__ float red[32];
+    u64 base = (u64)blockIdx.x * width;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < width; i += blockDim.x) {
+        float v = h[base + i] + a[base + i];
+        h[base + i] = v;
+        ss += v * v;
+    }
+    ss = block_sum(ss, red);
+    float scale = 1.0f / sqrtf(ss / (float)width + eps);
+    for (int i = threadIdx.x; i < width; i += blockDim.x) y[base + i] = h[base + i] * scale * w[i];
+}
+
 // y = rms_norm(o) ⊙ w ⊙ silu(z), groups of `width` (spec qwen35moe §4.2 step 7).
 extern "C" __global__ void norm_gate(const float* __restrict__ o, const float* __restrict__ w,
                                      const float* __restrict__ z, float* __restrict__ y,

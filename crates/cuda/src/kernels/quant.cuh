@@ -78,7 +78,7 @@ __device__ __forceinline__ void deq8_q5_0(const u8* b, int j, float* y) {
     int q[8];
     nibbles8(b + 6, j, q);
 #pragma unroll
-    for (int i = 0; i < 8; i++) y[i] = (float)((q[i] | (((qh >> (j + i)) & 1) << 4)) - 16) * d;
+    for (int i = 0; i < 8; i++) y[i] = (float)((q[i] | (int)(((qh >> (j + i)) & 1) << 4)) - 16) * d;
 }
 
 __device__ __forceinline__ void deq8_q5_1(const u8* b, int j, float* y) {

@@ -191,6 +191,18 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    fn add_norm(
+        &self,
+        s: &CpuStep,
+        h: &mut CpuAct,
+        a: &CpuAct,
+        w: &Vec<f32>,
+        eps: f32,
+    ) -> Result<CpuAct> {
+        self.add(s, h, a)?;
+        self.rms_norm(s, h, w, eps)
+    }
+
     fn add_bias(&self, _: &CpuStep, x: &mut CpuAct, b: &Vec<f32>) -> Result<()> {
         check(x.width == b.len(), || {
             format!("bias of {} on rows of {}", b.len(), x.width)
@@ -312,36 +324,43 @@ impl Backend for Cpu {
         Ok(gate)
     }
 
-    fn moe(&self, s: &CpuStep, m: &Experts<Cpu>, x: &CpuAct) -> Result<CpuAct> {
-        Ok(CpuAct {
-            data: super::moe::forward(m, &x.data, s.exec)?,
-            width: x.width,
-        })
+    fn glu_matmul(
+        &self,
+        s: &CpuStep,
+        gate: CpuAct,
+        up: &CpuAct,
+        kind: Glu,
+        w: &QTensor,
+    ) -> Result<CpuAct> {
+        let g = self.glu(s, gate, up, kind)?;
+        self.matmul(s, w, &g)
     }
 
-    fn gated_add(
-        &self,
-        _: &CpuStep,
-        y: &mut CpuAct,
-        sh: &CpuAct,
-        gate: &Vec<f32>,
-        x: &CpuAct,
-    ) -> Result<()> {
+    fn moe(&self, s: &CpuStep, m: &Experts<Cpu>, x: &CpuAct) -> Result<CpuAct> {
+        let mut y = CpuAct {
+            data: super::moe::forward(m, &x.data, s.exec)?, // ffn_moe_out
+            width: x.width,
+        };
+        let Some(sh) = &m.shared else {
+            return Ok(y);
+        };
+        let [gate, up] = self.matmuls(s, [&sh.gate, &sh.up], x)?;
+        let out = self.glu_matmul(s, gate, &up, Glu::Silu, &sh.down)?; // ffn_shexp
         let e = x.width;
-        check(y.width == e && sh.width == e && gate.len() == e, || {
-            "gated_add: widths differ".into()
-        })?;
         let _stage = crate::prof::stage("moe shared-expert gate");
         for ((yt, st), xt) in y
             .data
             .chunks_exact_mut(e)
-            .zip(sh.data.chunks_exact(e))
+            .zip(out.data.chunks_exact(e))
             .zip(x.data.chunks_exact(e))
         {
-            let g = ops::sigmoid(ops::dot(gate, xt));
+            let g = sh
+                .gate_inp
+                .as_ref()
+                .map_or(1.0, |g| ops::sigmoid(ops::dot(g, xt)));
             yt.iter_mut().zip(st).for_each(|(a, &b)| *a += g * b);
         }
-        Ok(())
+        Ok(y) // ffn_out
     }
 
     fn deltanet(

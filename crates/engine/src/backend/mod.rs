@@ -102,6 +102,16 @@ pub trait Backend: Send + Sync + Sized + 'static {
     ) -> Result<()>;
     /// `h ← h + a`.
     fn add(&self, s: &Self::Step, h: &mut Self::Act, a: &Self::Act) -> Result<()>;
+    /// `h ← h + a`, then the RMS norm of each row of `h` times `w` (a residual add and the next
+    /// norm, which a GPU does in one pass).
+    fn add_norm(
+        &self,
+        s: &Self::Step,
+        h: &mut Self::Act,
+        a: &Self::Act,
+        w: &Self::Vector,
+        eps: f32,
+    ) -> Result<Self::Act>;
     /// `x ← x + b` for every row.
     fn add_bias(&self, s: &Self::Step, x: &mut Self::Act, b: &Self::Vector) -> Result<()>;
     /// `x·wᵀ`: `n × row_len` in, `n × n_rows` out.
@@ -131,17 +141,18 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn sigmoid_mul(&self, s: &Self::Step, x: &mut Self::Act, g: &Self::Act) -> Result<()>;
     /// The gated activation `act(gate) ⊙ up`.
     fn glu(&self, s: &Self::Step, gate: Self::Act, up: &Self::Act, kind: Glu) -> Result<Self::Act>;
-    /// Routed experts: router, top-k, the chosen experts' SwiGLU FFNs, weighted sum.
-    fn moe(&self, s: &Self::Step, m: &Experts<Self>, x: &Self::Act) -> Result<Self::Act>;
-    /// `y[t] ← y[t] + σ(gate·x[t]) · sh[t]` (Qwen's sigmoid-gated shared expert).
-    fn gated_add(
+    /// `w·act(gate) ⊙ up`: a gated FFN's activation and down projection (one pass on a GPU).
+    fn glu_matmul(
         &self,
         s: &Self::Step,
-        y: &mut Self::Act,
-        sh: &Self::Act,
-        gate: &Self::Vector,
-        x: &Self::Act,
-    ) -> Result<()>;
+        gate: Self::Act,
+        up: &Self::Act,
+        kind: Glu,
+        w: &Self::Mat,
+    ) -> Result<Self::Act>;
+    /// Routed experts: router, top-k, the chosen experts' SwiGLU FFNs, weighted sum; plus the
+    /// shared expert when the block has one.
+    fn moe(&self, s: &Self::Step, m: &Experts<Self>, x: &Self::Act) -> Result<Self::Act>;
     /// Spec `qwen35moe.md` §4.2 steps 2–6: gates from the raw β and α projections, the short
     /// convolution of `mix` (`n × conv_dim`: q ‖ k ‖ v), q and k L2-normalised, the delta rule
     /// over the step's tokens. Out: `n × n_v_head·d_v`.
@@ -306,6 +317,22 @@ pub struct Experts<B: Backend> {
     pub n_expert: usize,
     /// Expert FFN width.
     pub n_ff_exp: usize,
+    /// The shared expert, if any.
+    pub shared: Option<SharedExpert<B>>,
+}
+
+/// A MoE block's shared expert: a SwiGLU FFN every token takes, its output scaled by
+/// `σ(gate_inp · x)` when there is a gate (Qwen's `ffn_gate_inp_shexp`).
+#[derive(Debug)]
+pub struct SharedExpert<B: Backend> {
+    /// `[n_embd, n_ff_shexp]`.
+    pub gate: B::Mat,
+    /// `[n_embd, n_ff_shexp]`.
+    pub up: B::Mat,
+    /// `[n_ff_shexp, n_embd]`.
+    pub down: B::Mat,
+    /// `[n_embd]`.
+    pub gate_inp: Option<B::Vector>,
 }
 
 /// The shape of a gated DeltaNet layer.

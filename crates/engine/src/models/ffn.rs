@@ -2,7 +2,7 @@
 //! a routed mixture of experts (llama.cpp `build_ffn` with `LLM_FFN_SILU`/`LLM_FFN_PAR`, and
 //! `build_moe_ffn`, which runs as one backend op).
 
-use crate::backend::{Backend, Experts, Glu};
+use crate::backend::{Backend, Experts, Glu, SharedExpert};
 use crate::error::Result;
 use crate::weights::Weights;
 
@@ -40,8 +40,17 @@ impl<B: Backend> SwiGlu<B> {
     /// The FFN with another gate activation (Gemma's GEGLU).
     pub fn forward_with(&self, b: &B, s: &B::Step, x: &B::Act, glu: Glu) -> Result<B::Act> {
         let [gate, up] = b.matmuls(s, [&self.gate, &self.up], x)?; // ffn_gate, ffn_up
-        let g = b.glu(s, gate, &up, glu)?; // ffn_swiglu
-        b.matmul(s, &self.down, &g) // ffn_down
+        b.glu_matmul(s, gate, &up, glu, &self.down) // ffn_swiglu, ffn_down
+    }
+
+    /// The same weights as a MoE block's shared expert.
+    pub fn into_shared(self, gate_inp: Option<B::Vector>) -> SharedExpert<B> {
+        SharedExpert {
+            gate: self.gate,
+            up: self.up,
+            down: self.down,
+            gate_inp,
+        }
     }
 }
 
@@ -62,5 +71,6 @@ pub fn load_experts<B: Backend>(
         n_expert_used,
         n_expert,
         n_ff_exp,
+        shared: None,
     })
 }

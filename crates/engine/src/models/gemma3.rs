@@ -186,25 +186,30 @@ impl<B: Backend> Gemma3<B> {
         which: Logits,
         n: usize,
     ) -> Result<B::Act> {
-        let (b, hp) = (&*self.b, &self.hp);
+        let (b, hp, eps) = (&*self.b, &self.hp, self.hp.rms_eps);
         let mut h = b.embed(s, &self.token_embd)?;
         b.scale(s, &mut h, (hp.n_embd as f32).sqrt())?; // inp_scaled
+        let mut x = b.rms_norm(s, &h, &self.layers[0].attn_norm, eps)?; // attn_norm
         let last = self.layers.len() - 1;
         for (il, kv) in layers.iter_mut().enumerate() {
             let l = &self.layers[il];
-            let x = b.rms_norm(s, &h, &l.attn_norm, hp.rms_eps)?; // attn_norm
             let a = self.attention(s, il, kv, &x)?;
-            let y = b.rms_norm(s, &a, &l.attn_post_norm, hp.rms_eps)?; // attn_post_norm
-            b.add(s, &mut h, &y)?; // sa_out
+            let y = b.rms_norm(s, &a, &l.attn_post_norm, eps)?; // attn_post_norm
+            let mut xn = b.add_norm(s, &mut h, &y, &l.ffn_norm, eps)?; // sa_out, ffn_norm
             if il == last {
                 h = b.keep_rows(s, h, which.first(n))?;
+                xn = b.keep_rows(s, xn, which.first(n))?;
             }
-            let x = b.rms_norm(s, &h, &l.ffn_norm, hp.rms_eps)?; // ffn_norm
-            let f = l.ffn.forward_with(b, s, &x, Glu::Gelu)?; // ffn_geglu, ffn_down
-            let y = b.rms_norm(s, &f, &l.ffn_post_norm, hp.rms_eps)?; // ffn_post_norm
-            b.add(s, &mut h, &y)?; // l_out
+            let f = l.ffn.forward_with(b, s, &xn, Glu::Gelu)?; // ffn_geglu, ffn_down
+            let y = b.rms_norm(s, &f, &l.ffn_post_norm, eps)?; // ffn_post_norm
+                                                               // l_out, then the next layer's attn_norm (result_norm after the last)
+            let next = self
+                .layers
+                .get(il + 1)
+                .map_or(&self.output_norm, |n| &n.attn_norm);
+            x = b.add_norm(s, &mut h, &y, next, eps)?;
         }
-        let mut logits = super::lm_head(b, s, &h, &self.output_norm, hp.rms_eps, &self.output)?;
+        let mut logits = b.matmul(s, &self.output, &x)?; // result_output
         if hp.softcap > 0.0 {
             b.softcap(s, &mut logits, hp.softcap)?;
         }

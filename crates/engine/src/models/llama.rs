@@ -210,24 +210,29 @@ impl<B: Backend> Llama<B> {
         which: Logits,
         n: usize,
     ) -> Result<B::Act> {
-        let (b, hp) = (&*self.b, &self.hp);
+        let (b, eps) = (&*self.b, self.hp.rms_eps);
         let mut h = b.embed(s, &self.token_embd)?;
+        let mut x = b.rms_norm(s, &h, &self.layers[0].attn_norm, eps)?; // attn_norm
         let last = self.layers.len() - 1;
         for (i, (l, kv)) in self.layers.iter().zip(layers.iter_mut()).enumerate() {
-            let x = b.rms_norm(s, &h, &l.attn_norm, hp.rms_eps)?; // attn_norm
             let a = self.attention(s, l, kv, &x)?; // kqv_out
-            b.add(s, &mut h, &a)?; // ffn_inp
+            let mut xn = b.add_norm(s, &mut h, &a, &l.ffn_norm, eps)?; // ffn_inp, ffn_norm
             if i == last {
                 h = b.keep_rows(s, h, which.first(n))?;
+                xn = b.keep_rows(s, xn, which.first(n))?;
             }
-            let x = b.rms_norm(s, &h, &l.ffn_norm, hp.rms_eps)?; // ffn_norm
             let f = match &l.ffn {
-                Ffn::Dense(f) => f.forward(b, s, &x)?,
-                Ffn::Moe(m) => b.moe(s, m, &x)?,
+                Ffn::Dense(f) => f.forward(b, s, &xn)?,
+                Ffn::Moe(m) => b.moe(s, m, &xn)?,
             }; // ffn_out
-            b.add(s, &mut h, &f)?; // l_out
+               // l_out, then the next layer's attn_norm (result_norm after the last)
+            let next = self
+                .layers
+                .get(i + 1)
+                .map_or(&self.output_norm, |n| &n.attn_norm);
+            x = b.add_norm(s, &mut h, &f, next, eps)?;
         }
-        super::lm_head(b, s, &h, &self.output_norm, hp.rms_eps, &self.output)
+        b.matmul(s, &self.output, &x) // result_output
     }
 }
 

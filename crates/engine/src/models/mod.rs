@@ -103,20 +103,6 @@ pub fn load_on<B: Backend>(file: Arc<GgufFile>, b: Arc<B>) -> Result<Box<dyn Mod
     }
 }
 
-/// The last step of every `forward`: the rows that get logits, the final RMS norm and the
-/// output matmul.
-pub(crate) fn lm_head<B: Backend>(
-    b: &B,
-    s: &B::Step,
-    h: &B::Act,
-    norm: &B::Vector,
-    eps: f32,
-    output: &B::Mat,
-) -> Result<B::Act> {
-    let normed = b.rms_norm(s, h, norm, eps)?; // result_norm
-    b.matmul(s, output, &normed) // result_output
-}
-
 /// Typed reads of an architecture's metadata keys (`{arch}.{name}`), erroring with the key.
 pub(crate) struct Keys<'a> {
     md: &'a Metadata,

@@ -254,14 +254,6 @@ enum Mixer<B: Backend> {
     Attention(Attention<B>),
 }
 
-/// Spec §4.3 weights.
-#[derive(Debug)]
-struct Moe<B: Backend> {
-    routed: Experts<B>,
-    ffn_gate_inp_shexp: B::Vector, // [n_embd]
-    shexp: SwiGlu<B>,              // ffn_{gate,up,down}_shexp
-}
-
 #[derive(Debug)]
 struct Layer<B: Backend> {
     attn_norm: B::Vector, // [n_embd]
@@ -270,11 +262,12 @@ struct Layer<B: Backend> {
     ffn: Ffn<B>,
 }
 
-/// The FFN half: the MoE of spec §4.3, or `qwen35`'s dense SwiGLU.
+/// The FFN half: the MoE of spec §4.3 (routed experts and the sigmoid-gated shared expert,
+/// `ffn_{gate,up,down}_shexp` and `ffn_gate_inp_shexp`), or `qwen35`'s dense SwiGLU.
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // one per layer, built once: boxing would buy nothing
 enum Ffn<B: Backend> {
-    Moe(Moe<B>),
+    Moe(Experts<B>),
     Dense(SwiGlu<B>),
 }
 
@@ -424,10 +417,11 @@ fn load_layer<B: Backend>(b: &B, w: &Weights, hp: &Hparams, i: usize) -> Result<
         Ffn::Dense(SwiGlu::load(b, w, (&blk, ""), hp.n_embd, hp.n_ff)?)
     } else {
         let sizes = (hp.n_ff_exp, hp.n_expert, hp.n_expert_used);
-        Ffn::Moe(Moe {
-            routed: load_experts(b, w, &blk, hp.n_embd, sizes)?,
-            ffn_gate_inp_shexp: vec("ffn_gate_inp_shexp.weight", e)?,
-            shexp: SwiGlu::load(b, w, (&blk, "_shexp"), hp.n_embd, hp.n_ff_shexp)?,
+        let shexp = SwiGlu::load(b, w, (&blk, "_shexp"), hp.n_embd, hp.n_ff_shexp)?;
+        let gate = vec("ffn_gate_inp_shexp.weight", e)?;
+        Ffn::Moe(Experts {
+            shared: Some(shexp.into_shared(Some(gate))),
+            ..load_experts(b, w, &blk, hp.n_embd, sizes)?
         })
     };
     Ok(Layer {
@@ -540,15 +534,6 @@ impl<B: Backend> Qwen35Moe<B> {
         b.matmul(s, &m.ssm_out, &normed) // 8.
     }
 
-    /// Spec §4.3: the routed experts plus the sigmoid-gated shared expert.
-    fn moe(&self, s: &B::Step, m: &Moe<B>, x: &B::Act) -> Result<B::Act> {
-        let b = &*self.b;
-        let mut y = b.moe(s, &m.routed, x)?; // ffn_moe_out
-        let sh = m.shexp.forward(b, s, x)?; // ffn_shexp
-        b.gated_add(s, &mut y, &sh, &m.ffn_gate_inp_shexp, x)?;
-        Ok(y) // ffn_out
-    }
-
     /// The whole forward for one step.
     fn graph(
         &self,
@@ -557,26 +542,32 @@ impl<B: Backend> Qwen35Moe<B> {
         which: Logits,
         n: usize,
     ) -> Result<B::Act> {
-        let (b, hp) = (&*self.b, &self.hp);
+        let (b, eps) = (&*self.b, self.hp.rms_eps);
         let mut h = b.embed(s, &self.token_embd)?;
+        let mut x = b.rms_norm(s, &h, &self.layers[0].attn_norm, eps)?; // attn_norm
         for (il, (l, ls)) in self.layers.iter().zip(states.iter_mut()).enumerate() {
-            let x = b.rms_norm(s, &h, &l.attn_norm, hp.rms_eps)?; // attn_norm
             let a = match &l.mixer {
                 Mixer::DeltaNet(m) => self.deltanet(s, m, ls, &x)?,
                 Mixer::Attention(m) => self.full_attn(s, m, ls, &x)?,
             };
-            b.add(s, &mut h, &a)?; // attn_residual
+            // attn_residual, attn_post_norm
+            let mut xn = b.add_norm(s, &mut h, &a, &l.post_attention_norm, eps)?;
             if il + 1 == self.layers.len() {
                 h = b.keep_rows(s, h, which.first(n))?;
+                xn = b.keep_rows(s, xn, which.first(n))?;
             }
-            let x = b.rms_norm(s, &h, &l.post_attention_norm, hp.rms_eps)?; // attn_post_norm
             let f = match &l.ffn {
-                Ffn::Moe(m) => self.moe(s, m, &x)?,
-                Ffn::Dense(d) => d.forward(b, s, &x)?,
+                Ffn::Moe(m) => b.moe(s, m, &xn)?, // spec §4.3: ffn_out
+                Ffn::Dense(d) => d.forward(b, s, &xn)?,
             };
-            b.add(s, &mut h, &f)?; // l_out
+            // l_out, then the next layer's attn_norm (result_norm after the last)
+            let next = self
+                .layers
+                .get(il + 1)
+                .map_or(&self.output_norm, |n| &n.attn_norm);
+            x = b.add_norm(s, &mut h, &f, next, eps)?;
         }
-        super::lm_head(b, s, &h, &self.output_norm, hp.rms_eps, &self.output)
+        b.matmul(s, &self.output, &x) // result_output
     }
 }
 
