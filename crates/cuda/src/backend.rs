@@ -66,6 +66,8 @@ pub struct Cuda {
     busy: Mutex<()>,
     graphs: bool,
     poison: bool,
+    /// `mmv`'s variant: warps a row, granules in flight a lane (`LLM_SERVER_MMV=split,unroll`).
+    pub(crate) mmv_variant: (u32, u32),
     weight_bytes: std::sync::atomic::AtomicUsize,
 }
 
@@ -160,6 +162,18 @@ pub struct CudaStep {
     pub(crate) n: usize,
 }
 
+/// `LLM_SERVER_MMV=split,unroll` (split 1, 2 or 4; unroll 1–8), else (1, 4).
+fn mmv_variant() -> (u32, u32) {
+    let parsed = std::env::var("LLM_SERVER_MMV").ok().and_then(|v| {
+        let (a, b) = v.split_once(',')?;
+        Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+    });
+    match parsed {
+        Some((s @ (1 | 2 | 4), u @ 1..=8)) => (s, u),
+        _ => (1, 4),
+    }
+}
+
 impl From<Error> for engine::Error {
     fn from(e: Error) -> engine::Error {
         engine::Error::Backend {
@@ -187,6 +201,7 @@ impl Cuda {
             busy: Mutex::new(()),
             graphs: std::env::var("LLM_SERVER_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             poison: std::env::var_os("LLM_SERVER_CUDA_POISON").is_some_and(|v| v != "0"),
+            mmv_variant: mmv_variant(),
             weight_bytes: Default::default(),
             gpu,
         }))

@@ -164,9 +164,9 @@ pub struct Gpu {
 /// Launches timed so far: pending event pairs, then totals by kernel name.
 #[derive(Debug, Default)]
 struct Profile {
-    pending: Vec<(&'static str, sys::CUevent, sys::CUevent)>,
+    pending: Vec<(String, sys::CUevent, sys::CUevent)>,
     spare: Vec<sys::CUevent>,
-    totals: std::collections::BTreeMap<&'static str, (f64, u64)>,
+    totals: std::collections::BTreeMap<String, (f64, u64)>,
 }
 
 // SAFETY: a context and a stream may be used from any thread once made current there; every
@@ -425,10 +425,11 @@ impl Gpu {
         if let (Some((a, b)), Some(p)) = (timed, &self.profile) {
             // SAFETY: live event and stream.
             unsafe { sys::cuEventRecord(b, self.stream) };
-            p.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pending
-                .push((f.name, a, b));
+            p.lock().unwrap_or_else(|e| e.into_inner()).pending.push((
+                format!("{} {}x{}x{}", f.name, grid.0, grid.1, grid.2),
+                a,
+                b,
+            ));
         }
         r
     }
@@ -438,8 +439,9 @@ impl Gpu {
         self.profile.is_some()
     }
 
-    /// Time per kernel name since the last call (ms, launches), after waiting for the stream.
-    pub fn profile_report(&self) -> Result<Vec<(&'static str, f64, u64)>> {
+    /// Time per kernel and grid since the last call (ms, launches), after waiting for the
+    /// stream.
+    pub fn profile_report(&self) -> Result<Vec<(String, f64, u64)>> {
         let Some(p) = &self.profile else {
             return Ok(Vec::new());
         };

@@ -133,8 +133,13 @@ impl Cuda {
         self.k.func(src, &[], name)
     }
 
-    fn wtype(w: &CudaMat) -> Vec<(&'static str, String)> {
-        vec![("WTYPE", w.ty.id().to_string())]
+    /// The matmul module's variant for weights of `w`'s type.
+    fn wtype(&self, w: &CudaMat) -> Vec<(&'static str, String)> {
+        vec![
+            ("WTYPE", w.ty.id().to_string()),
+            ("MMV_SPLIT", self.mmv_variant.0.to_string()),
+            ("MMV_UNROLL", self.mmv_variant.1.to_string()),
+        ]
     }
 
     /// Launch `f` over `n` threads in blocks of 256.
@@ -147,7 +152,7 @@ impl Cuda {
 
     pub(crate) fn get_rows(&self, s: &CudaStep, table: &CudaMat) -> Result<CudaAct> {
         let y = self.act(s.n, table.k)?;
-        let f = self.k.func(Src::Matmul, &Self::wtype(table), "get_rows")?;
+        let f = self.k.func(Src::Matmul, &self.wtype(table), "get_rows")?;
         let (w, rb, ids, out, k) = (
             table.buf.ptr(),
             table.row_bytes as u64,
@@ -473,7 +478,7 @@ impl Cuda {
             };
             rows += m;
         }
-        let f = self.k.func(Src::Matmul, &Self::wtype(w0), "mmv")?;
+        let f = self.k.func(Src::Matmul, &self.wtype(w0), "mmv")?;
         let grid_y = if input.ids.is_some() {
             input.n as u32
         } else {
@@ -484,7 +489,7 @@ impl Cuda {
         unsafe {
             self.gpu.launch(
                 &f,
-                ((rows as u32).div_ceil(4), grid_y, 1),
+                ((rows as u32).div_ceil(4 / self.mmv_variant.0), grid_y, 1),
                 (128, 1, 1),
                 0,
                 &mut [arg(&a)],
@@ -521,7 +526,7 @@ impl Cuda {
             x_stride: x.width as i32,
             y_stride: y.width as i32,
         };
-        let f = self.k.func(Src::Matmul, &Self::wtype(w), "gemm")?;
+        let f = self.k.func(Src::Matmul, &self.wtype(w), "gemm")?;
         let grid = ((m as u32).div_ceil(64), grid_y.max(1) as u32, 1);
         // SAFETY: as for mmv; tiles cover rows below y.rows (moe_sort).
         unsafe { self.gpu.launch(&f, grid, (128, 1, 1), 0, &mut [arg(&a)]) }
@@ -904,7 +909,7 @@ impl Cuda {
         unsafe {
             self.gpu.launch(
                 &f,
-                (nv as u32, (d.d_v / 32) as u32, 1),
+                (nv as u32, (d.d_v / 16) as u32, 1),
                 (32, 1, 1),
                 0,
                 &mut [arg(&a)],

@@ -225,7 +225,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// GPU time by kernel (`LLM_SERVER_CUDA_PROFILE=1`; nothing when off), per token of the test.
-fn print_kernels(test: &str, kernels: &[(&str, f64, u64)], tokens: f64) {
+fn print_kernels(test: &str, kernels: &[(String, f64, u64)], tokens: f64) {
     if kernels.is_empty() {
         return;
     }
@@ -237,9 +237,9 @@ fn print_kernels(test: &str, kernels: &[(&str, f64, u64)], tokens: f64) {
     );
     let mut sorted = kernels.to_vec();
     sorted.sort_by(|a, b| b.1.total_cmp(&a.1));
-    for (name, ms, calls) in sorted {
+    for (name, ms, calls) in sorted.into_iter().take(40) {
         println!(
-            "  {name:<16} {:>9.1} µs/token {:>5.1}%  {:>7.1} µs/launch  {calls} launches",
+            "  {name:<28} {:>9.1} µs/token {:>5.1}%  {:>7.1} µs/launch  {calls} launches",
             1e3 * ms / tokens,
             100.0 * ms / total,
             1e3 * ms / calls as f64

@@ -76,58 +76,80 @@ struct DeltaArgs {
     float eps;
 };
 
-// One warp per 32 state rows of a value head (grid: value heads × d_v/32); lane `l` owns row
-// 32·blockIdx.y + l in registers. No block barriers: q and k go through the warp's shared
-// memory with warp syncs, their norms through shuffles.
+// One warp per 16 state rows of a value head (grid: value heads × d_v/16); lanes 2r and
+// 2r + 1 hold the two halves of row 16·blockIdx.y + r in registers (a whole row of 128 would
+// spill). No block barriers: q and k go through the warp's shared memory with warp syncs,
+// their norms and the halves' dot products through shuffles. The next token's inputs load
+// while this one computes.
 extern "C" __global__ void __launch_bounds__(32) delta_rule(DeltaArgs a) {
     __shared__ float qk[2 * DK];
-    int j = blockIdx.x, lane = threadIdx.x, row = blockIdx.y * 32 + lane;
+    const int H = DK / 2;
+    int j = blockIdx.x, lane = threadIdx.x, half = lane & 1, row = blockIdx.y * 16 + (lane >> 1);
     int nk = a.n_k_head, nv = a.n_v_head;
     int kh = a.grouped ? j / (nv / nk) : j % nk;
     int kw = nk * DK, cd = 2 * kw + nv * a.d_v;
-    float* st = a.state + ((u64)j * a.d_v + row) * DK;
-    float s[DK];
+    float* st = a.state + ((u64)j * a.d_v + row) * DK + half * H;
+    float s[H];
 #pragma unroll
-    for (int i = 0; i < DK; i++) s[i] = st[i];
+    for (int i = 0; i < H; i++) s[i] = st[i];
     float dtj = a.dt[j], aj = a.a[j];
     float q_scale = 1.0f / sqrtf((float)DK);
-    for (int t = 0; t < a.n; t++) {
+    // The next token's inputs, loaded while this one computes.
+    float nq[DK / 32], nkk[DK / 32], nb = 0.0f, na = 0.0f, nvv = 0.0f;
+    auto fetch = [&](int t) {
+        if (t >= a.n) return;
         const float* yt = a.y + (u64)t * cd;
+#pragma unroll
+        for (int c = 0; c < DK / 32; c++) {
+            nq[c] = yt[kh * DK + lane + 32 * c];
+            nkk[c] = yt[kw + kh * DK + lane + 32 * c];
+        }
+        nb = a.beta[(u64)t * nv + j];
+        na = a.alpha[(u64)t * nv + j];
+        nvv = yt[2 * kw + j * a.d_v + row];
+    };
+    fetch(0);
+    for (int t = 0; t < a.n; t++) {
         float sq = 0.0f, sk = 0.0f;
 #pragma unroll
-        for (int i = lane; i < DK; i += 32) {
-            float qv = yt[kh * DK + i], kv = yt[kw + kh * DK + i];
-            qk[i] = qv;
-            qk[DK + i] = kv;
-            sq += qv * qv;
-            sk += kv * kv;
+        for (int c = 0; c < DK / 32; c++) {
+            qk[lane + 32 * c] = nq[c];
+            qk[DK + lane + 32 * c] = nkk[c];
+            sq += nq[c] * nq[c];
+            sk += nkk[c] * nkk[c];
         }
+        float b = sigmoidf_(nb);
+        float decay = expf(aj * softplusf_(na + dtj));
+        float v = nvv;
+        fetch(t + 1);
         sq = warp_sum(sq);
         sk = warp_sum(sk);
         float qn = q_scale / fmaxf(sqrtf(sq), a.eps);
         float kn = 1.0f / fmaxf(sqrtf(sk), a.eps);
-        float b = sigmoidf_(a.beta[(u64)t * nv + j]);
-        float g = aj * softplusf_(a.alpha[(u64)t * nv + j] + dtj);
-        float decay = expf(g);
-        float v = yt[2 * kw + j * a.d_v + row];
         __syncwarp();
-        float kv = 0.0f;
+        const float* kk = qk + DK + half * H;
+        const float* qq = qk + half * H;
+        float kv[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-        for (int i = 0; i < DK; i++) {
+        for (int i = 0; i < H; i++) {
             s[i] *= decay;
-            kv += s[i] * (qk[DK + i] * kn);
+            kv[i & 3] += s[i] * kk[i];
         }
-        float u = b * (v - kv);
-        float out = 0.0f;
+        float kvs = kv[0] + kv[1] + kv[2] + kv[3];
+        kvs += __shfl_xor_sync(FULL_MASK, kvs, 1);
+        float u = b * (v - kvs * kn) * kn;
+        float out[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-        for (int i = 0; i < DK; i++) {
-            s[i] += u * (qk[DK + i] * kn);
-            out += s[i] * (qk[i] * qn);
+        for (int i = 0; i < H; i++) {
+            s[i] += u * kk[i];
+            out[i & 3] += s[i] * qq[i];
         }
-        a.o[((u64)t * nv + j) * a.d_v + row] = out;
+        float o = out[0] + out[1] + out[2] + out[3];
+        o += __shfl_xor_sync(FULL_MASK, o, 1);
+        if (half == 0) a.o[((u64)t * nv + j) * a.d_v + row] = o * qn;
         __syncwarp();
     }
 #pragma unroll
-    for (int i = 0; i < DK; i++) st[i] = s[i];
+    for (int i = 0; i < H; i++) st[i] = s[i];
 }
 #endif

@@ -47,19 +47,30 @@ struct MmvArgs {
 
 #define MMV_MAX 8
 #define MMV_WARPS 4
+// Variants (set by the Rust side from LLM_SERVER_MMV, for measuring): warps sharing a row
+// (each takes every MMV_SPLIT-th run of granules, partial sums joined in shared memory) and
+// granules in flight per lane.
+#ifndef MMV_SPLIT
+#define MMV_SPLIT 1
+#endif
+#ifndef MMV_UNROLL
 #define MMV_UNROLL 4
+#endif
+#define MMV_ROWS (MMV_WARPS / MMV_SPLIT)
 
-// One warp per weight row (rows of the launch's matrices one after the other); each lane
-// takes granules of 8 values, MMV_UNROLL at a time so that many loads are in flight. Dense:
-// every token of the call (up to 8) against the row; with `ids`: blockIdx.y is a (token,
-// expert) pair.
+// MMV_ROWS weight rows a block (rows of the launch's matrices one after the other), MMV_SPLIT
+// warps a row; each lane takes granules of 8 values, MMV_UNROLL at a time so that many loads
+// are in flight. Dense: every token of the call (up to 8) against the row; with `ids`:
+// blockIdx.y is a (token, expert) pair.
 extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) mmv(MmvArgs a) {
-    int lane = threadIdx.x & 31;
-    int r = blockIdx.x * MMV_WARPS + (threadIdx.x >> 5);
+    __shared__ float part[MMV_WARPS][MMV_MAX];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int split = warp % MMV_SPLIT;
+    int r = blockIdx.x * MMV_ROWS + warp / MMV_SPLIT;
     int mi = 0;
     for (; mi + 1 < a.n_mats && r >= a.mats[mi].m; mi++) r -= a.mats[mi].m;
     const MmvMat mt = a.mats[mi];
-    if (r >= mt.m) return;
+    bool live = r < mt.m;
     const u8* w = mt.w;
     const float* x = a.x;
     const float* x2 = a.x2;
@@ -75,17 +86,19 @@ extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) mmv(MmvArgs a) {
     float acc[MMV_MAX];
 #pragma unroll
     for (int t = 0; t < MMV_MAX; t++) acc[t] = 0.0f;
-    int ng = a.K / 8;
-    for (int g0 = 0; g0 < ng; g0 += 32 * MMV_UNROLL) {
+    int ng = live ? a.K / 8 : 0;
+    for (int g0 = 32 * split; g0 < ng; g0 += 32 * MMV_SPLIT * MMV_UNROLL) {
+        // Loads with no branch between them (a lane past the row end re-reads the last
+        // granule and drops it below), so the compiler issues them all before the first use.
         float wv[MMV_UNROLL][8];
 #pragma unroll
         for (int u = 0; u < MMV_UNROLL; u++) {
-            int g = g0 + lane + 32 * u;
-            if (g < ng) deq_granule(wr, g, wv[u]);
+            int g = min(g0 + lane + 32 * MMV_SPLIT * u, ng - 1);
+            deq_granule(wr, g, wv[u]);
         }
 #pragma unroll
         for (int u = 0; u < MMV_UNROLL; u++) {
-            int g = g0 + lane + 32 * u;
+            int g = g0 + lane + 32 * MMV_SPLIT * u;
             if (g >= ng) continue;
 #pragma unroll
             for (int t = 0; t < MMV_MAX; t++) {
@@ -109,10 +122,24 @@ extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) mmv(MmvArgs a) {
     for (int t = 0; t < MMV_MAX; t++) {
         if (t < n) {
             float s = warp_sum(acc[t]);
-            if (lane == 0) {
-                int yr = a.ids ? pair : t;
-                mt.y[(u64)yr * mt.m + r] = s;
-            }
+            if (MMV_SPLIT > 1 && lane == 0) part[warp][t] = s;
+            acc[t] = s;
+        }
+    }
+    if (MMV_SPLIT > 1) {
+        __syncthreads();
+        if (split != 0) return;
+#pragma unroll
+        for (int t = 0; t < MMV_MAX; t++)
+            if (t < n)
+                for (int k = 1; k < MMV_SPLIT; k++) acc[t] += part[warp + k][t];
+    }
+    if (!live || lane != 0) return;
+#pragma unroll
+    for (int t = 0; t < MMV_MAX; t++) {
+        if (t < n) {
+            int yr = a.ids ? pair : t;
+            mt.y[(u64)yr * mt.m + r] = acc[t];
         }
     }
 }
@@ -179,16 +206,21 @@ extern "C" __global__ void __launch_bounds__(128) gemm(GemmArgs a) {
 
     int g = lane >> 2, tq = lane & 3;
     for (int k0 = 0; k0 < a.K; k0 += BK) {
-        // Weights: 64 rows × 8 granules, four granules a thread.
+        // Weights: 64 rows × 8 granules, four granules a thread. Out-of-range granules read
+        // an in-range one and are zeroed after, so no branch separates the loads.
+        float wv[4][8];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int q = tid + 128 * i;
+            int r = min(m0 + (q >> 3), a.M - 1), k = min(k0 + (q & 7) * 8, a.K - 8);
+            deq_granule(w + (u64)r * a.row_bytes, k / 8, wv[i]);
+        }
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             int q = tid + 128 * i;
             int r = q >> 3, gk = q & 7;
-            int k = k0 + gk * 8;
-            float v[8];
-            if (m0 + r < a.M && k < a.K) {
-                deq_granule(w + (u64)(m0 + r) * a.row_bytes, k / 8, v);
-            } else {
+            float* v = wv[i];
+            if (m0 + r >= a.M || k0 + gk * 8 >= a.K) {
 #pragma unroll
                 for (int e = 0; e < 8; e++) v[e] = 0.0f;
             }
@@ -199,18 +231,21 @@ extern "C" __global__ void __launch_bounds__(128) gemm(GemmArgs a) {
             h.w = pack_h2(v[6], v[7]);
             *(uint4*)&ws[r * LDS + gk * 8] = h;
         }
-        // Activations: 64 rows × 16 float4, eight a thread.
+        // Activations: 64 rows × 16 float4, eight a thread (clamped and zeroed likewise).
+        float4 xv[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            int q = tid + 128 * i;
+            int p = min(p0 + (q >> 4), p_end - 1), k = min(k0 + (q & 15) * 4, a.K - 4);
+            int xr = a.x_rows ? a.x_rows[p] : p;
+            xv[i] = *(const float4*)(a.x + (u64)xr * a.x_stride + k);
+        }
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             int q = tid + 128 * i;
             int r = q >> 4, c4 = q & 15;
-            int k = k0 + c4 * 4;
-            float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-            int p = p0 + r;
-            if (p < p_end && k < a.K) {
-                int xr = a.x_rows ? a.x_rows[p] : p;
-                v = *(const float4*)(a.x + (u64)xr * a.x_stride + k);
-            }
+            float4 v = xv[i];
+            if (p0 + r >= p_end || k0 + c4 * 4 >= a.K) v = make_float4(0.f, 0.f, 0.f, 0.f);
             uint2 h;
             h.x = pack_h2(v.x, v.y);
             h.y = pack_h2(v.z, v.w);
