@@ -68,6 +68,9 @@ pub struct Cuda {
     poison: bool,
     /// `mmv`'s variant: warps a row, granules in flight a lane (`LLM_SERVER_MMV=split,unroll`).
     pub(crate) mmv_variant: (u32, u32),
+    /// `mmv1`'s variant: rows a warp (0: use `mmv` for one token too), granules in flight a
+    /// row (`LLM_SERVER_MMV1=rows,unroll`).
+    pub(crate) mmv1_variant: (u32, u32),
     weight_bytes: std::sync::atomic::AtomicUsize,
 }
 
@@ -162,15 +165,15 @@ pub struct CudaStep {
     pub(crate) n: usize,
 }
 
-/// `LLM_SERVER_MMV=split,unroll` (split 1, 2 or 4; unroll 1–8), else (1, 4).
-fn mmv_variant() -> (u32, u32) {
-    let parsed = std::env::var("LLM_SERVER_MMV").ok().and_then(|v| {
+/// A kernel variant from `var` (`a,b`: `a` one of `firsts`, `b` 1–8), else `default`.
+fn variant(var: &str, firsts: &[u32], default: (u32, u32)) -> (u32, u32) {
+    let parsed = std::env::var(var).ok().and_then(|v| {
         let (a, b) = v.split_once(',')?;
         Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
     });
     match parsed {
-        Some((s @ (1 | 2 | 4), u @ 1..=8)) => (s, u),
-        _ => (1, 4),
+        Some((a, b)) if firsts.contains(&a) && (1..=8).contains(&b) => (a, b),
+        _ => default,
     }
 }
 
@@ -201,7 +204,8 @@ impl Cuda {
             busy: Mutex::new(()),
             graphs: std::env::var("LLM_SERVER_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             poison: std::env::var_os("LLM_SERVER_CUDA_POISON").is_some_and(|v| v != "0"),
-            mmv_variant: mmv_variant(),
+            mmv_variant: variant("LLM_SERVER_MMV", &[1, 2, 4], (1, 4)),
+            mmv1_variant: variant("LLM_SERVER_MMV1", &[0, 1, 2, 4], (2, 2)),
             weight_bytes: Default::default(),
             gpu,
         }))

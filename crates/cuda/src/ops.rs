@@ -139,6 +139,8 @@ impl Cuda {
             ("WTYPE", w.ty.id().to_string()),
             ("MMV_SPLIT", self.mmv_variant.0.to_string()),
             ("MMV_UNROLL", self.mmv_variant.1.to_string()),
+            ("MMV1_ROWS", self.mmv1_variant.0.max(1).to_string()),
+            ("MMV1_UNROLL", self.mmv1_variant.1.to_string()),
         ]
     }
 
@@ -478,12 +480,28 @@ impl Cuda {
             };
             rows += m;
         }
-        let f = self.k.func(Src::Matmul, &self.wtype(w0), "mmv")?;
         let grid_y = if input.ids.is_some() {
             input.n as u32
         } else {
             1
         };
+        // One token (or one pair a block row): `mmv1`, several rows a warp.
+        let one = input.ids.is_some() || input.n == 1;
+        if one && self.mmv1_variant.0 > 0 {
+            let f = self.k.func(Src::Matmul, &self.wtype(w0), "mmv1")?;
+            let per_block = 4 * self.mmv1_variant.0;
+            // SAFETY: as below.
+            return unsafe {
+                self.gpu.launch(
+                    &f,
+                    ((rows as u32).div_ceil(per_block), grid_y, 1),
+                    (128, 1, 1),
+                    0,
+                    &mut [arg(&a)],
+                )
+            };
+        }
+        let f = self.k.func(Src::Matmul, &self.wtype(w0), "mmv")?;
         // SAFETY: shapes checked by the callers; ids (when given) are expert numbers below
         // each matrix's expert count, written by `topk`.
         unsafe {

@@ -144,6 +144,84 @@ extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) mmv(MmvArgs a) {
     }
 }
 
+#ifndef MMV1_ROWS
+#define MMV1_ROWS 2
+#endif
+#ifndef MMV1_UNROLL
+#define MMV1_UNROLL 2
+#endif
+
+// `mmv` for one token (decode) or one (token, expert) pair a blockIdx.y: each warp takes
+// MMV1_ROWS rows, so every granule of the input is loaded once for all of them and
+// MMV1_ROWS × MMV1_UNROLL weight granules are in flight a lane.
+extern "C" __global__ void __launch_bounds__(128) mmv1(MmvArgs a) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int r0 = (blockIdx.x * 4 + warp) * MMV1_ROWS;
+    int pair = blockIdx.y;
+    const float* x = a.x;
+    const float* x2 = a.x2;
+    u64 expert = 0;
+    if (a.ids) {
+        expert = (u64)a.ids[pair];
+        u64 xo = (u64)(pair / a.x_div) * a.x_stride;
+        x += xo;
+        if (x2) x2 += xo;
+    }
+    const u8* wr[MMV1_ROWS];
+    float* yp[MMV1_ROWS];
+    bool live[MMV1_ROWS];
+#pragma unroll
+    for (int k = 0; k < MMV1_ROWS; k++) {
+        int r = r0 + k, mi = 0;
+        for (; mi + 1 < a.n_mats && r >= a.mats[mi].m; mi++) r -= a.mats[mi].m;
+        live[k] = r < a.mats[mi].m;
+        r = min(r, a.mats[mi].m - 1);
+        wr[k] = a.mats[mi].w + (expert * a.mats[mi].m + r) * a.row_bytes;
+        yp[k] = a.mats[mi].y + (u64)pair * a.mats[mi].m + r;
+    }
+    float acc[MMV1_ROWS];
+#pragma unroll
+    for (int k = 0; k < MMV1_ROWS; k++) acc[k] = 0.0f;
+    int ng = a.K / 8;
+    for (int g0 = lane; g0 < ng; g0 += 32 * MMV1_UNROLL) {
+        float wv[MMV1_ROWS][MMV1_UNROLL][8];
+        float4 xv[MMV1_UNROLL][2];
+#pragma unroll
+        for (int u = 0; u < MMV1_UNROLL; u++) {
+            int g = min(g0 + 32 * u, ng - 1);
+#pragma unroll
+            for (int k = 0; k < MMV1_ROWS; k++) deq_granule(wr[k], g, wv[k][u]);
+            const float4* xp = (const float4*)(x + g * 8);
+            xv[u][0] = xp[0];
+            xv[u][1] = xp[1];
+            if (x2) {
+                const float4* up = (const float4*)(x2 + g * 8);
+                float4 u0 = up[0], u1 = up[1], x0 = xv[u][0], x1 = xv[u][1];
+                xv[u][0] = make_float4(siluf_(x0.x) * u0.x, siluf_(x0.y) * u0.y,
+                                       siluf_(x0.z) * u0.z, siluf_(x0.w) * u0.w);
+                xv[u][1] = make_float4(siluf_(x1.x) * u1.x, siluf_(x1.y) * u1.y,
+                                       siluf_(x1.z) * u1.z, siluf_(x1.w) * u1.w);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < MMV1_UNROLL; u++) {
+            if (g0 + 32 * u >= ng) continue;
+            float4 x0 = xv[u][0], x1 = xv[u][1];
+#pragma unroll
+            for (int k = 0; k < MMV1_ROWS; k++) {
+                const float* v = wv[k][u];
+                acc[k] += v[0] * x0.x + v[1] * x0.y + v[2] * x0.z + v[3] * x0.w + v[4] * x1.x +
+                          v[5] * x1.y + v[6] * x1.z + v[7] * x1.w;
+            }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < MMV1_ROWS; k++) {
+        float s = warp_sum(acc[k]);
+        if (lane == 0 && live[k]) *yp[k] = s;
+    }
+}
+
 struct GemmArgs {
     const u8* w;
     const float* x;
