@@ -30,6 +30,11 @@ if [ ! -f "$GGML_DIR/src/ggml-quants.c" ] || [ ! -f "$GGML_DIR/../include/llama.
 fi
 export LLM_SERVER_GGML_SRC="$GGML_DIR"
 
+step "NVRTC from the venv (the CUDA kernels' compile test)"
+LLM_SERVER_CUDA_LIBS="$(.venv/bin/python -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))')"
+export LLM_SERVER_CUDA_LIBS LLM_SERVER_REQUIRE_NVRTC=1
+echo "$LLM_SERVER_CUDA_LIBS"
+
 step "format and lints"
 cargo fmt --all --check
 cargo clippy --release --workspace --all-targets --quiet -- -D warnings

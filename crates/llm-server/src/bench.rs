@@ -68,7 +68,7 @@ enum Test {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let path = load::model_path(args.model.clone())?;
-    let m = load::open(&path, args.threads, &args.device)?;
+    let m = load::open_model(&path, args.threads, &args.device)?;
     let n_vocab = m.model.n_vocab() as u64;
     let cache = args.cache.config();
     // llama-bench feeds random tokens; a fixed LCG keeps runs comparable.

@@ -18,8 +18,6 @@ pub struct Loaded {
     pub tokenizer: Tokenizer,
     pub template: Option<ChatTemplate>,
     pub exec: Exec,
-    /// The GPU backend, when the model runs on one.
-    pub gpu: Option<Arc<cuda::Cuda>>,
 }
 
 /// The model path: `-m`, else the shipped default (with an error naming both when absent).
@@ -38,6 +36,31 @@ pub fn model_path(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// A model without its tokenizer: what `bench` needs (llama-bench loads files whose
+/// tokenizer model is `none`, and so do we).
+pub struct Bare {
+    pub model: Box<dyn Model>,
+    pub exec: Exec,
+    /// The GPU backend, when the model runs on one.
+    pub gpu: Option<Arc<cuda::Cuda>>,
+}
+
+/// Open `path` for a command that feeds token ids of its own: the model, no tokenizer.
+pub fn open_model(
+    path: &Path,
+    threads: Option<usize>,
+    device: &DeviceArgs,
+) -> anyhow::Result<Bare> {
+    let file =
+        gguf::GgufFile::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (model, gpu) = crate::device_args::load(path, Arc::new(file), device)?;
+    let mut exec = Exec::default();
+    if let Some(t) = threads {
+        exec.threads = t.max(1);
+    }
+    Ok(Bare { model, exec, gpu })
+}
+
 /// Open `path`: map it, build the model, its tokenizer and (if the file has one) its template.
 pub fn open(path: &Path, threads: Option<usize>, device: &DeviceArgs) -> anyhow::Result<Loaded> {
     let file =
@@ -52,11 +75,67 @@ pub fn open(path: &Path, threads: Option<usize>, device: &DeviceArgs) -> anyhow:
     if let Some(t) = threads {
         exec.threads = t.max(1);
     }
+    let _gpu = gpu; // the model holds the backend; run, serve and perplexity need no more
     Ok(Loaded {
         model,
         tokenizer,
         template,
         exec,
-        gpu,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The demo model rewritten with `tokenizer.ggml.model = none` and no vocabulary (a
+    /// `{arch}.vocab_size` key instead), as llama-bench accepts: `bench`'s loader takes it,
+    /// the commands that need text refuse it naming the tokenizer.
+    #[test]
+    fn files_without_a_tokenizer_load_for_bench() {
+        let demo = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(DEFAULT_MODEL);
+        let file = gguf::GgufFile::open(&demo).expect("demo model");
+        let mut md: Vec<(String, gguf::Value)> = file
+            .metadata()
+            .entries()
+            .iter()
+            .filter(|(k, _)| !k.starts_with("tokenizer."))
+            .cloned()
+            .collect();
+        md.push((
+            "tokenizer.ggml.model".into(),
+            gguf::Value::String("none".into()),
+        ));
+        md.push(("qwen35moe.vocab_size".into(), gguf::Value::U32(6144)));
+        let specs: Vec<gguf::TensorSpec> = file
+            .tensors()
+            .iter()
+            .map(|t| gguf::TensorSpec::new(t.name.clone(), t.ty, t.dims.clone()))
+            .collect();
+        let path = std::env::temp_dir().join(format!("no-tokenizer-{}.gguf", std::process::id()));
+        let out = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
+        let mut w = gguf::GgufWriter::new(out, &md, &specs).expect("header");
+        for t in file.tensors() {
+            w.write_data(file.tensor_data(t)).expect("data");
+        }
+        w.finish().expect("finish");
+        let cpu = DeviceArgs {
+            device: Some("cpu".into()),
+            n_gpu_layers: None,
+        };
+        let m = open_model(&path, Some(1), &cpu).expect("bench loads it");
+        let mut st = m.model.new_state(4).expect("state");
+        let logits = m
+            .model
+            .forward(&[1, 2, 3], &mut st, engine::Logits::Last, m.exec)
+            .expect("forward");
+        assert_eq!(logits.len(), 6144);
+        let err = open(&path, Some(1), &cpu)
+            .err()
+            .expect("run/serve refuse it");
+        assert!(format!("{err:#}").contains("tokenizer"), "{err:#}");
+        let _ = std::fs::remove_file(&path);
+    }
 }

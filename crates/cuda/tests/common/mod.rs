@@ -4,21 +4,18 @@
 
 #![allow(dead_code)]
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use cuda::Cuda;
 use engine::{QTensor, Weights};
 use gguf::{GgmlType, GgufFile, GgufWriter, TensorSpec};
 
-/// The backend on GPU 0, with poisoned (NaN-filled) fresh activations.
+/// A backend of its own on GPU 0 (tests run in parallel and each drives its backend's step
+/// buffer by hand), with poisoned (NaN-filled) fresh activations.
 pub fn gpu() -> Arc<Cuda> {
-    static GPU: OnceLock<Arc<Cuda>> = OnceLock::new();
-    GPU.get_or_init(|| {
-        // SAFETY (edition 2021: set_var is safe): set before any thread reads it.
-        std::env::set_var("LLM_SERVER_CUDA_POISON", "1");
-        Cuda::open(0).expect("a CUDA GPU (these tests run on the GPU machine)")
-    })
-    .clone()
+    // Edition 2021: set_var is safe; every test sets the same value.
+    std::env::set_var("LLM_SERVER_CUDA_POISON", "1");
+    Cuda::open(0).expect("a CUDA GPU (these tests run on the GPU machine)")
 }
 
 /// Deterministic values in [-1, 1) (an LCG: the same on every machine).

@@ -143,6 +143,7 @@ impl Backend for Cpu {
         graph: &mut super::Graph<'_, Cpu>,
     ) -> Result<Vec<f32>> {
         let _stage = crate::prof::stage("forward (total)");
+        crate::pool::flush_denormals();
         let step = CpuStep {
             tokens: req.tokens.to_vec(),
             pos0: req.pos0,

@@ -1,0 +1,211 @@
+//! The MoE op: router and top-k, the chosen experts (one `mmv1` launch a projection with the
+//! experts' ids for a few tokens, expert-sorted pairs through the grouped `gemm` for more),
+//! the shared expert, and one pass summing everything.
+
+use engine::backend::Experts;
+
+use crate::backend::{Cuda, CudaAct, CudaStep};
+use crate::error::Result;
+use crate::kernels::Src;
+use crate::pool::Block;
+
+use super::matmul::MmvIn;
+use super::{arg, size_err};
+
+/// Experts routed per MoE decode call below which the chosen experts go through `mmv` with
+/// their ids, above which pairs are sorted by expert for the grouped `gemm`.
+const MOE_MMV_PAIRS: usize = 64;
+
+/// A MoE call's routing: per (token, slot) pair its expert id, per pair its weight.
+struct Route {
+    ids: Block,
+    weights: CudaAct,
+    n: usize,
+    k: usize,
+}
+
+/// Pairs sorted by expert for the grouped product: per pair its row in expert order, per row
+/// its token, tiles of one expert's rows, their count.
+struct Sorted {
+    buf: Block,
+    pairs: usize,
+    max_tiles: usize,
+}
+
+impl Sorted {
+    fn slot_of(&self) -> u64 {
+        self.buf.ptr()
+    }
+    fn x_row(&self) -> u64 {
+        self.buf.ptr() + 4 * self.pairs as u64
+    }
+    fn tiles(&self) -> u64 {
+        self.buf.ptr() + 8 * self.pairs as u64
+    }
+    fn n_tiles(&self) -> u64 {
+        self.tiles() + 12 * self.max_tiles as u64
+    }
+}
+
+impl Cuda {
+    pub(crate) fn moe_(&self, _: &CudaStep, e: &Experts<Cuda>, x: &CudaAct) -> Result<CudaAct> {
+        let (n, k, ne, ff, emb) = (x.rows, e.n_expert_used, e.n_expert, e.n_ff_exp, x.width);
+        if ne > 1024 || k > 32 || k == 0 || e.gate_exps.experts != ne || e.gate_exps.k != emb {
+            return Err(size_err(format!(
+                "moe: {ne} experts, {k} a token (at most 1024 and 32)"
+            )));
+        }
+        let route = self.route(e, x)?; // ffn_moe_logits, ffn_moe_topk, ffn_moe_weights_norm
+        let pairs = n * k;
+        let gate = self.act(pairs, ff)?;
+        let up = self.act(pairs, ff)?;
+        let down = self.act(pairs, emb)?;
+        let sorted = if pairs <= MOE_MMV_PAIRS {
+            let by_id = |xin, x2, x_div| MmvIn {
+                x: xin,
+                x2,
+                n: pairs,
+                ids: Some(route.ids.ptr()),
+                x_div,
+            };
+            let gu = [(&e.gate_exps, &gate, ff), (&e.up_exps, &up, ff)];
+            if e.gate_exps.ty == e.up_exps.ty {
+                self.mmv(&gu, &by_id(x, None, k))?;
+            } else {
+                self.mmv(&gu[..1], &by_id(x, None, k))?;
+                self.mmv(&gu[1..], &by_id(x, None, k))?;
+            }
+            // ffn_moe_down of silu(gate) ⊙ up, in one pass.
+            self.mmv(&[(&e.down_exps, &down, emb)], &by_id(&gate, Some(&up), 1))?;
+            None
+        } else {
+            let s = self.sort(&route, ne)?;
+            let t = |rows: u64| Some((s.tiles(), s.n_tiles(), rows, s.max_tiles));
+            self.gemm(&e.gate_exps, ff, x, &gate, t(s.x_row()))?;
+            self.gemm(&e.up_exps, ff, x, &up, t(s.x_row()))?;
+            self.binary("glu_silu", &gate, &up)?;
+            self.gemm(&e.down_exps, emb, &gate, &down, t(0))?;
+            Some(s)
+        };
+        // The shared expert (ffn_shexp), then everything summed in one pass.
+        let shared = match &e.shared {
+            Some(sh) => {
+                let (sg, su) = (self.act(n, sh.gate.m)?, self.act(n, sh.gate.m)?);
+                self.matmuls_(&[(&sh.gate, &sg), (&sh.up, &su)], x, None)?;
+                let out = self.act(n, emb)?;
+                self.matmuls_(&[(&sh.down, &out)], &sg, Some(&su))?;
+                Some((out, sh.gate_inp.as_ref().map_or(0, |g| g.buf.ptr())))
+            }
+            None => None,
+        };
+        let slot_of = sorted.as_ref().map_or(0, Sorted::slot_of);
+        self.combine(&route, (&down, slot_of), shared.as_ref(), x)
+    }
+
+    /// The router's logits and the top-k choice per token.
+    fn route(&self, e: &Experts<Cuda>, x: &CudaAct) -> Result<Route> {
+        let (n, k, ne) = (x.rows, e.n_expert_used, e.n_expert);
+        let logits = self.act(n, ne)?;
+        self.matmul_(&e.gate_inp, x, &logits)?;
+        let r = Route {
+            ids: self.scratch(4 * n * k)?,
+            weights: self.act(n, k)?,
+            n,
+            k,
+        };
+        let f = self.f(Src::Moe, "topk")?;
+        let (lp, ip, wp) = (logits.ptr(), r.ids.ptr(), r.weights.ptr());
+        let (nei, ki, ni) = (ne as i32, k as i32, n as i32);
+        // SAFETY: logits n × ne; ids and weights n × k.
+        unsafe {
+            self.gpu.launch(
+                &f,
+                ((n as u32).div_ceil(4), 1, 1),
+                (128, 1, 1),
+                0,
+                &mut [arg(&lp), arg(&nei), arg(&ki), arg(&ni), arg(&ip), arg(&wp)],
+            )?
+        };
+        Ok(r)
+    }
+
+    /// Sort the pairs by expert on the device (no host sync: the grouped product reads the
+    /// tile count from device memory).
+    fn sort(&self, r: &Route, ne: usize) -> Result<Sorted> {
+        let pairs = r.n * r.k;
+        let max_tiles = pairs.div_ceil(64) + ne;
+        let s = Sorted {
+            buf: self.scratch(4 * (2 * pairs + 3 * max_tiles + 1))?,
+            pairs,
+            max_tiles,
+        };
+        let f = self.f(Src::Moe, "moe_sort")?;
+        let (ip, np, ki, nei, tile) = (r.ids.ptr(), pairs as i32, r.k as i32, ne as i32, 64i32);
+        let (slot, xrow, tiles, n_tiles) = (s.slot_of(), s.x_row(), s.tiles(), s.n_tiles());
+        // SAFETY: the scratch holds slot_of, x_row (pairs each), the tiles and the count.
+        unsafe {
+            self.gpu.launch(
+                &f,
+                (1, 1, 1),
+                (1024, 1, 1),
+                (8 * ne) as u32,
+                &mut [
+                    arg(&ip),
+                    arg(&np),
+                    arg(&ki),
+                    arg(&nei),
+                    arg(&tile),
+                    arg(&slot),
+                    arg(&xrow),
+                    arg(&tiles),
+                    arg(&n_tiles),
+                ],
+            )?
+        };
+        Ok(s)
+    }
+
+    /// `y = Σ weights · down[slot] + σ(gate·x) · shared`, one block a token.
+    fn combine(
+        &self,
+        r: &Route,
+        (down, slot_of): (&CudaAct, u64),
+        shared: Option<&(CudaAct, u64)>,
+        x: &CudaAct,
+    ) -> Result<CudaAct> {
+        let emb = x.width;
+        let y = self.act(r.n, emb)?;
+        let f = self.f(Src::Moe, "moe_combine")?;
+        let (dp, wp, yp, xp, ki, w) = (
+            down.ptr(),
+            r.weights.ptr(),
+            y.ptr(),
+            x.ptr(),
+            r.k as i32,
+            emb as i32,
+        );
+        let (shp, gp) = shared.map_or((0, 0), |(o, g)| (o.ptr(), *g));
+        // SAFETY: down holds the pairs' rows (in slot order when sorted); y, x and the shared
+        // output n × emb; the gate emb.
+        unsafe {
+            self.gpu.launch(
+                &f,
+                (r.n as u32, 1, 1),
+                (256, 1, 1),
+                0,
+                &mut [
+                    arg(&dp),
+                    arg(&slot_of),
+                    arg(&wp),
+                    arg(&shp),
+                    arg(&gp),
+                    arg(&xp),
+                    arg(&yp),
+                    arg(&ki),
+                    arg(&w),
+                ],
+            )?
+        };
+        Ok(y)
+    }
+}
