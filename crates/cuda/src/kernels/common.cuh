@@ -52,6 +52,19 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+// The warp's largest value and its index (ties to the lower index), in every lane.
+__device__ __forceinline__ void warp_argmax(float* best, int* idx) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float ob = __shfl_xor_sync(FULL_MASK, *best, o);
+        int oi = __shfl_xor_sync(FULL_MASK, *idx, o);
+        if (ob > *best || (ob == *best && oi < *idx)) {
+            *best = ob;
+            *idx = oi;
+        }
+    }
+}
+
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
 __device__ __forceinline__ float siluf_(float x) { return x / (1.0f + expf(-x)); }
 

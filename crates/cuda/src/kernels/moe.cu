@@ -32,15 +32,7 @@ extern "C" __global__ void topk(const float* __restrict__ logits, int n_expert, 
                 be = e;
             }
         }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            float ob = __shfl_xor_sync(FULL_MASK, best, o);
-            int oe = __shfl_xor_sync(FULL_MASK, be, o);
-            if (ob > best || (ob == best && oe < be)) {
-                best = ob;
-                be = oe;
-            }
-        }
+        warp_argmax(&best, &be);
         float p = expf(best - mx) / sum;
         chosen_sum += p;
         if ((be & 31) == lane) taken |= 1u << (be >> 5);

@@ -211,20 +211,7 @@ impl Cuda {
         let (n, cd) = (mix.rows, mix.width);
         let (mp, yp) = (mix.ptr(), y.ptr());
         let (ni, cdi, dci) = (n as i32, cd as i32, dc as i32);
-        if n == 1 {
-            let f = self.f(Src::DeltaNet, "conv")?;
-            let mut args = [
-                arg(&mp),
-                arg(&state),
-                arg(&taps),
-                arg(&yp),
-                arg(&ni),
-                arg(&cdi),
-                arg(&dci),
-            ];
-            return self.launch_1d(f, cd as u64, &mut args);
-        }
-        let f = self.f(Src::DeltaNet, "conv_tokens")?;
+        // `conv` and `conv_tokens` take the same parameters.
         let mut args = [
             arg(&mp),
             arg(&state),
@@ -234,6 +221,11 @@ impl Cuda {
             arg(&cdi),
             arg(&dci),
         ];
+        if n == 1 {
+            let f = self.f(Src::DeltaNet, "conv")?;
+            return self.launch_1d(f, cd as u64, &mut args);
+        }
+        let f = self.f(Src::DeltaNet, "conv_tokens")?;
         // SAFETY: mix and y hold n × cd; the state cd × (dc − 1); the taps cd × dc.
         unsafe {
             self.gpu.launch(
