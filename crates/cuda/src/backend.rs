@@ -25,8 +25,9 @@ use crate::pool::{Block, Pool};
 /// reads of it stay valid).
 pub const MAX_STEP_TOKENS: usize = 1 << 16;
 
-/// Weight types the kernels read as they are in the file; others are converted to f16 at load.
-const NATIVE: [GgmlType; 16] = [
+/// Weight types the kernels read as they are in the file (`quant.cuh`); others are converted
+/// to f16 at load.
+pub const NATIVE_TYPES: [GgmlType; 16] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -414,7 +415,7 @@ impl Backend for Cuda {
             1
         };
         let m = t.n_rows() / experts.max(1);
-        let (ty, buf) = if NATIVE.contains(&t.ty) {
+        let (ty, buf) = if NATIVE_TYPES.contains(&t.ty) {
             (t.ty, self.upload(&t, t.data())?)
         } else {
             // Other types (the IQ2/IQ3 family, …): f16 on the GPU, converted once here.
@@ -545,10 +546,9 @@ impl Backend for Cuda {
         Ok(self.add_bias_(x, b)?)
     }
 
-    fn matmul(&self, _: &CudaStep, w: &CudaMat, x: &CudaAct) -> R<CudaAct> {
-        let y = self.act(x.rows, w.m)?;
-        self.matmul_(w, x, &y)?;
-        Ok(y)
+    fn matmul(&self, s: &CudaStep, w: &CudaMat, x: &CudaAct) -> R<CudaAct> {
+        let [out] = self.matmuls(s, [w], x)?;
+        Ok(out)
     }
 
     fn matmuls<const N: usize>(

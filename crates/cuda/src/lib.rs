@@ -20,7 +20,9 @@
 //! ```
 #![deny(missing_docs)]
 
-pub use backend::{Cuda, CudaAct, CudaIndex, CudaLayer, CudaMat, CudaSeq, CudaStep, CudaVec};
+pub use backend::{
+    Cuda, CudaAct, CudaIndex, CudaLayer, CudaMat, CudaSeq, CudaStep, CudaVec, NATIVE_TYPES,
+};
 pub use driver::{DevBuf, Event, Gpu};
 pub use error::{Error, Result};
 pub use kernels::Src;

@@ -6,19 +6,16 @@
 use cuda::compile::{compile, supported_archs, Image};
 use cuda::Src;
 
-/// The ggml type ids `quant.cuh` reads (WTYPE).
-const WTYPES: [u32; 16] = [0, 1, 30, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 20, 23, 39];
-
 /// A module to compile: source, variant defines, target architecture.
 type Job = (Src, Vec<(&'static str, String)>, i32);
 
 fn variants(src: Src) -> Vec<Vec<(&'static str, String)>> {
     match src {
-        Src::Matmul => WTYPES
+        Src::Matmul => cuda::NATIVE_TYPES
             .iter()
             .map(|t| {
                 vec![
-                    ("WTYPE", t.to_string()),
+                    ("WTYPE", t.id().to_string()),
                     ("MMV_SPLIT", "1".into()),
                     ("MMV_UNROLL", "4".into()),
                     ("MMV1_ROWS", "2".into()),

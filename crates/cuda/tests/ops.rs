@@ -22,24 +22,7 @@ fn cpu_act(width: usize, data: Vec<f32>) -> CpuAct {
 }
 
 /// Every weight type the kernels read natively.
-const TYPES: [T; 16] = [
-    T::F32,
-    T::F16,
-    T::BF16,
-    T::Q4_0,
-    T::Q4_1,
-    T::Q5_0,
-    T::Q5_1,
-    T::Q8_0,
-    T::Q2_K,
-    T::Q3_K,
-    T::Q4_K,
-    T::Q5_K,
-    T::Q6_K,
-    T::IQ4_NL,
-    T::IQ4_XS,
-    T::MXFP4,
-];
+const TYPES: [T; 16] = cuda::NATIVE_TYPES;
 
 #[test]
 #[ignore = "needs a CUDA GPU: scripts/device/gpu-tests.sh"]
