@@ -3,6 +3,7 @@
 # CPU backend, whole models against the CPU engine, graph replay against eager launches), on
 # the demo model and tiny synthetic qwen35moe / qwen3moe / qwen3next files made here by
 # `synth`; prints a pass/fail summary. Binaries come from scripts/device/bundle.sh (devcarry/bin).
+# Env: GPU_TESTS (an extended regex: run only the test cases whose names match).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 B=devcarry/bin
@@ -25,7 +26,7 @@ export LLM_SERVER_GPU_MODELS="$(IFS=:; echo "${models[*]}")"
 declare -A result
 for t in "$B"/test-*; do
     name=$(basename "$t")
-    for case in $("$t" --ignored --list 2>/dev/null | sed -n 's/: test$//p'); do
+    for case in $("$t" --ignored --list 2>/dev/null | sed -n 's/: test$//p' | grep -E "${GPU_TESTS:-.}"); do
         if "$t" --ignored --exact "$case" --test-threads=1 --nocapture > "$LOGS/$name-$case.log" 2>&1; then
             result["$name::$case"]=PASS
         else

@@ -34,6 +34,7 @@ def build(tmp_path_factory):
         subprocess.run(["g++", "-O1", "-std=c++17", f"-DWTYPE={int(Q[name])}", "-I", str(HOST),
                         "-I", str(out), str(HOST / "main.cpp"), "-o", str(exe)], check=True)
         bins[name] = exe
+    bins["_dir"] = out
     return bins
 
 
@@ -58,3 +59,42 @@ def test_dequant_matches_gguf_py(build, name, tmp_path):
     assert got.shape == want.shape
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), \
         f"{name}: {np.count_nonzero(got != want)} of {got.size} values differ"
+
+
+# Types with an integer dot product (`VDOT` in quant.cuh, the decode kernel `mmvq`).
+VDOT_TYPES = ["Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
+
+
+@pytest.mark.parametrize("name", VDOT_TYPES)
+def test_vdot_matches_dequantized_dot(build, name, tmp_path):
+    """quant.cuh's integer dot products (weights as stored × 8-bit activations) against the
+    f64 dot of gguf-py's dequantized weights with the dequantized activations, on rows of
+    several blocks of random bytes."""
+    qt = Q[name]
+    block, size = GGML_QUANT_SIZES[qt]
+    out = build["_dir"]
+    exe = out / f"vdot_{name}"
+    if not exe.exists():
+        subprocess.run(["g++", "-O1", "-std=c++17", "-fno-strict-aliasing", f"-DWTYPE={int(qt)}",
+                        "-I", str(HOST), "-I", str(out), str(HOST / "vdot.cpp"), "-o", str(exe)],
+                       check=True)
+    rng = np.random.default_rng(100 + int(qt))
+    for rep in range(8):
+        nb = 8 * 32 // block * (1 + rep % 3)  # 256, 512 or 768 values
+        blocks = rng.integers(0, 256, (nb, size), dtype=np.uint8)
+        for o in TYPES[name]:
+            blocks[:, o:o + 2] = np.float16(rng.uniform(1e-3, 0.1, nb)).view(np.uint8).reshape(nb, 2)
+        raw = blocks.reshape(-1)
+        w = quants.dequantize(raw.reshape(1, -1), qt).reshape(-1).astype(np.float64)
+        k = w.size
+        xq = rng.integers(-127, 128, k, dtype=np.int8)
+        xd = rng.uniform(1e-3, 2e-2, k // 32).astype(np.float32)
+        x = xq.astype(np.float64) * np.repeat(xd.astype(np.float64), 32)
+        want = float(np.dot(w, x))
+        paths = [tmp_path / f"{p}.bin" for p in ("w", "xq", "xd")]
+        for p, a in zip(paths, (raw, xq, xd)):
+            a.tofile(p)
+        got = np.frombuffer(subprocess.run([exe, *paths], capture_output=True, check=True).stdout,
+                            dtype=np.float32)[0]
+        scale = float(np.dot(np.abs(w), np.abs(x)))
+        assert abs(got - want) <= 1e-5 * scale, f"{name} rep {rep}: {got} vs {want}"

@@ -19,11 +19,22 @@ use gguf::GgmlType;
 use crate::driver::{DevBuf, Gpu, Graph, HostBuf};
 use crate::error::Error;
 use crate::kernels::{lock, Kernels};
+use crate::ops::matmul::Q8Act;
 use crate::pool::{Block, Pool};
 
 /// Most tokens one forward call takes (the step buffer's size, fixed so a recorded graph's
 /// reads of it stay valid).
 pub const MAX_STEP_TOKENS: usize = 1 << 16;
+
+/// Weight types whose one-token products take integer dot products on 8-bit activations
+/// (`mmvq`); the others multiply in f32 (`mmv1`).
+pub const Q8_TYPES: [GgmlType; 5] = [
+    GgmlType::Q4_0,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
 
 /// Weight types the kernels read as they are in the file (`quant.cuh`); others are converted
 /// to f16 at load.
@@ -72,6 +83,10 @@ pub struct Cuda {
     /// `mmv1`'s variant: rows a warp (0: use `mmv` for one token too), granules in flight a
     /// row (`LLM_SERVER_MMV1=rows,unroll`).
     pub(crate) mmv1_variant: (u32, u32),
+    /// `mmvq`: on (1) or off (0), units in flight a lane (`LLM_SERVER_MMVQ=on,unroll`).
+    pub(crate) mmvq_variant: (u32, u32),
+    /// Lanes a DeltaNet state row in `delta_rule` (`LLM_SERVER_DELTA_LPR`: 2, 4 or 8).
+    pub(crate) delta_lpr: u32,
     weight_bytes: std::sync::atomic::AtomicUsize,
 }
 
@@ -104,13 +119,16 @@ pub struct CudaIndex {
     pub(crate) len: usize,
 }
 
-/// Activations on the GPU: `rows × width` f32 at `off` bytes into a pool block.
+/// Activations on the GPU: `rows × width` f32 at `off` bytes into a pool block; `q8`, the
+/// same values in 8 bits when the kernel that wrote them made that too (a norm before
+/// one-token products). Every op that changes the values in place drops `q8`.
 #[derive(Debug, Clone)]
 pub struct CudaAct {
     pub(crate) block: Arc<Block>,
     pub(crate) off: u64,
     pub(crate) rows: usize,
     pub(crate) width: usize,
+    pub(crate) q8: Option<Arc<Q8Act>>,
 }
 
 impl CudaAct {
@@ -120,6 +138,18 @@ impl CudaAct {
 
     pub(crate) fn len(&self) -> usize {
         self.rows * self.width
+    }
+
+    /// Rows `first..first + rows` of `self` (same memory; no 8-bit form).
+    pub(crate) fn view(&self, first: usize, rows: usize) -> CudaAct {
+        assert!(first + rows <= self.rows, "view past the end");
+        CudaAct {
+            block: self.block.clone(),
+            off: self.off + 4 * (first * self.width) as u64,
+            rows,
+            width: self.width,
+            q8: None,
+        }
     }
 }
 
@@ -207,6 +237,12 @@ impl Cuda {
             poison: std::env::var_os("LLM_SERVER_CUDA_POISON").is_some_and(|v| v != "0"),
             mmv_variant: variant("LLM_SERVER_MMV", &[1, 2, 4], (1, 4)),
             mmv1_variant: variant("LLM_SERVER_MMV1", &[0, 1, 2, 4], (2, 2)),
+            mmvq_variant: variant("LLM_SERVER_MMVQ", &[0, 1], (1, 1)),
+            delta_lpr: std::env::var("LLM_SERVER_DELTA_LPR")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|v| [2, 4, 8].contains(v))
+                .unwrap_or(4),
             weight_bytes: Default::default(),
             gpu,
         }))
@@ -254,6 +290,7 @@ impl Cuda {
             off: 0,
             rows,
             width,
+            q8: None,
         };
         if self.poison {
             // SAFETY: the block holds rows × width floats.
@@ -514,6 +551,7 @@ impl Backend for Cuda {
     }
 
     fn scale(&self, _: &CudaStep, x: &mut CudaAct, c: f32) -> R<()> {
+        x.q8 = None;
         Ok(self.scale_(x, c)?)
     }
 
@@ -524,10 +562,12 @@ impl Backend for Cuda {
     }
 
     fn rms_norm_inplace(&self, _: &CudaStep, x: &mut CudaAct, w: &CudaVec, eps: f32) -> R<()> {
+        x.q8 = None;
         Ok(self.rms_norm_(x, w, eps, x)?)
     }
 
     fn add(&self, _: &CudaStep, h: &mut CudaAct, a: &CudaAct) -> R<()> {
+        h.q8 = None;
         Ok(self.add_(h, a)?)
     }
 
@@ -539,10 +579,12 @@ impl Backend for Cuda {
         w: &CudaVec,
         eps: f32,
     ) -> R<CudaAct> {
+        h.q8 = None;
         Ok(self.add_norm_(h, a, w, eps)?)
     }
 
     fn add_bias(&self, _: &CudaStep, x: &mut CudaAct, b: &CudaVec) -> R<()> {
+        x.q8 = None;
         Ok(self.add_bias_(x, b)?)
     }
 
@@ -572,6 +614,7 @@ impl Backend for Cuda {
     }
 
     fn rope(&self, _: &CudaStep, x: &mut CudaAct, head_dim: usize, rope: Rope) -> R<()> {
+        x.q8 = None;
         Ok(self.rope_(x, head_dim, rope)?)
     }
 
@@ -586,10 +629,12 @@ impl Backend for Cuda {
     }
 
     fn sigmoid_mul(&self, _: &CudaStep, x: &mut CudaAct, g: &CudaAct) -> R<()> {
+        x.q8 = None;
         Ok(self.binary("sigmoid_mul", x, g)?)
     }
 
-    fn glu(&self, _: &CudaStep, gate: CudaAct, up: &CudaAct, kind: Glu) -> R<CudaAct> {
+    fn glu(&self, _: &CudaStep, mut gate: CudaAct, up: &CudaAct, kind: Glu) -> R<CudaAct> {
+        gate.q8 = None;
         let name = match kind {
             Glu::Silu => "glu_silu",
             Glu::Gelu => "glu_gelu",
@@ -648,11 +693,13 @@ impl Backend for Cuda {
         Ok(CudaAct {
             off: x.off + 4 * (first * x.width) as u64,
             rows: x.rows - first,
+            q8: None,
             ..x
         })
     }
 
     fn softcap(&self, _: &CudaStep, x: &mut CudaAct, c: f32) -> R<()> {
+        x.q8 = None;
         Ok(self.softcap_(x, c)?)
     }
 }

@@ -22,6 +22,7 @@
 
 pub use backend::{
     Cuda, CudaAct, CudaIndex, CudaLayer, CudaMat, CudaSeq, CudaStep, CudaVec, NATIVE_TYPES,
+    Q8_TYPES,
 };
 pub use driver::{DevBuf, Event, Gpu};
 pub use error::{Error, Result};

@@ -20,6 +20,7 @@ fn variants(src: Src) -> Vec<Vec<(&'static str, String)>> {
                     ("MMV_UNROLL", "4".into()),
                     ("MMV1_ROWS", "2".into()),
                     ("MMV1_UNROLL", "2".into()),
+                    ("MMVQ_UNROLL", "2".into()),
                 ]
             })
             .collect(),
@@ -29,7 +30,7 @@ fn variants(src: Src) -> Vec<Vec<(&'static str, String)>> {
             .collect(),
         Src::DeltaNet => [32, 64, 128, 256]
             .iter()
-            .map(|d| vec![("DK", d.to_string())])
+            .flat_map(|d| [2, 4, 8].map(|l| vec![("DK", d.to_string()), ("LPR", l.to_string())]))
             .collect(),
         _ => vec![vec![]],
     }

@@ -21,6 +21,18 @@ fn cpu_act(width: usize, data: Vec<f32>) -> CpuAct {
     CpuAct { data, width }
 }
 
+/// `x` as `quant_q8` leaves it: blocks of 32 rounded to 8 bits with scale max|x| / 127.
+fn q8_round(x: &[f32]) -> Vec<f32> {
+    x.chunks(32)
+        .flat_map(|b| {
+            let amax = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+            let d = amax / 127.0;
+            b.iter().map(move |v| (v * inv).round_ties_even() * d)
+        })
+        .collect()
+}
+
 /// Every weight type the kernels read natively.
 const TYPES: [T; 16] = cuda::NATIVE_TYPES;
 
@@ -30,7 +42,7 @@ fn matmul_every_type_and_batch_size() {
     let g = gpu();
     let mut seed = 1;
     for ty in TYPES {
-        for (k, m) in [(256usize, 200usize), (512, 67)] {
+        for (k, m) in [(256usize, 200usize), (512, 67), (2048, 45)] {
             seed += 1;
             let name = format!("w.{ty}.{k}.{m}");
             let w = tensor(&name, ty, &[k as u64, m as u64], seed);
@@ -38,9 +50,12 @@ fn matmul_every_type_and_batch_size() {
             let gm = g.mat(w.clone()).expect("upload");
             for n in [1usize, 3, 8, 9, 64, 100] {
                 let x = rand(n * k, seed * 7 + n as u64);
+                // One token with an integer-dot type: the kernel sees x in 8 bits.
+                let q8 = n == 1 && cuda::Q8_TYPES.contains(&ty);
+                let xr = if q8 { q8_round(&x) } else { x.clone() };
                 let want: Vec<f32> = (0..n)
                     .flat_map(|t| {
-                        let (x, wd) = (&x, &wd);
+                        let (x, wd) = (&xr, &wd);
                         (0..m).map(move |r| {
                             (0..k)
                                 .map(|i| wd[r * k + i] as f64 * x[t * k + i] as f64)
@@ -53,7 +68,8 @@ fn matmul_every_type_and_batch_size() {
                 let got = g
                     .download_act(&g.matmul(&s, &gm, &gx).expect("mm"))
                     .expect("y");
-                // mmv multiplies in f32; gemm rounds both operands to f16.
+                // mmv multiplies in f32 (mmvq: integer dots on the 8-bit x, exact up to the
+                // f32 scaling); gemm rounds both operands to f16.
                 let bound = if n <= 8 { 1e-5 } else { 3e-3 };
                 close(
                     &format!("matmul {ty} k={k} m={m} n={n} vs f64"),
@@ -390,10 +406,12 @@ fn deltanet_decode_and_prefill_carry_state() {
 #[ignore = "needs a CUDA GPU: scripts/device/gpu-tests.sh"]
 fn moe_decode_and_grouped_prefill() {
     let g = gpu();
-    for (ty, e, ff) in [
-        (T::F16, 128usize, 64usize),
-        (T::Q4_K, 256, 256),
-        (T::Q8_0, 256, 128),
+    // Shared experts as wide as the routed ones (Qwen3.5's) ride in the experts' launches.
+    for (ty, e, ff, sh_ff) in [
+        (T::F16, 128usize, 64usize, 128usize),
+        (T::Q4_K, 256, 256, 256),
+        (T::Q4_K, 256, 256, 512),
+        (T::Q8_0, 256, 128, 128),
     ] {
         let (ne, k) = (16usize, 4usize);
         let u = |v: usize| v as u64;
@@ -402,9 +420,9 @@ fn moe_decode_and_grouped_prefill() {
             ("gate_exps", ty, vec![u(e), u(ff), u(ne)]),
             ("up_exps", ty, vec![u(e), u(ff), u(ne)]),
             ("down_exps", ty, vec![u(ff), u(e), u(ne)]),
-            ("gate_shexp", ty, vec![u(e), u(2 * ff)]),
-            ("up_shexp", ty, vec![u(e), u(2 * ff)]),
-            ("down_shexp", ty, vec![u(2 * ff), u(e)]),
+            ("gate_shexp", ty, vec![u(e), u(sh_ff)]),
+            ("up_shexp", ty, vec![u(e), u(sh_ff)]),
+            ("down_shexp", ty, vec![u(sh_ff), u(e)]),
         ];
         let ts = tensors(
             &specs
@@ -413,7 +431,7 @@ fn moe_decode_and_grouped_prefill() {
                 .map(|(i, (n, t, d))| {
                     let len = d.iter().product::<u64>() as usize;
                     (
-                        format!("moe.{ty}.{n}"),
+                        format!("moe.{ty}.{sh_ff}.{n}"),
                         *t,
                         d.clone(),
                         rand(len, 40 + i as u64),
@@ -462,7 +480,7 @@ fn moe_decode_and_grouped_prefill() {
                     .expect("moe");
                 let cs = CpuStep::new(&vec![0; n], 0, exec());
                 let want = Cpu.moe(&cs, &cpu_m, &cpu_act(e, x)).expect("cpu");
-                let what = format!("moe {ty} shared {with_shared} n {n}");
+                let what = format!("moe {ty} shared {with_shared} ({sh_ff}) n {n}");
                 close(&what, &g.download_act(&got).expect("dl"), &want.data, 3e-2);
             }
         }
@@ -502,4 +520,53 @@ fn gated_down_projection() {
             }
         }
     }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/device/gpu-tests.sh"]
+fn norms_hand_their_8_bit_form_to_the_next_product() {
+    // A one-token norm also writes its output in 8 bits; the next product reads that: the
+    // result must be the f64 product with the 8-bit rounding of the norm's f32 output.
+    let g = gpu();
+    let s = g.step(&[0], 0).expect("step");
+    let (width, m) = (512usize, 70usize);
+    let wt = tensor("w.fused", T::Q4_K, &[width as u64, m as u64], 5);
+    let wd = wt.to_f32().expect("dequantize");
+    let gm = g.mat(wt).expect("upload");
+    let check = |what: &str, y: &cuda::CudaAct| {
+        let yv = q8_round(&g.download_act(y).expect("y"));
+        let want: Vec<f32> = (0..m)
+            .map(|r| {
+                (0..width)
+                    .map(|i| wd[r * width + i] as f64 * yv[i] as f64)
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        let got = g
+            .download_act(&g.matmul(&s, &gm, y).expect("mm"))
+            .expect("dl");
+        close(what, &got, &want, 1e-5);
+    };
+    let up = |v: &[f32]| g.upload_act(1, width, v).expect("up");
+    let mut h = up(&rand(width, 1));
+    let y = g
+        .add_norm(
+            &s,
+            &mut h,
+            &up(&rand(width, 2)),
+            &g.vector(rand(width, 3)).expect("v"),
+            1e-6,
+        )
+        .expect("add_norm");
+    check("add_norm → matmul", &y);
+    let y = g
+        .norm_gate(
+            &s,
+            &up(&rand(width, 4)),
+            &g.vector(rand(64, 6)).expect("v"),
+            &up(&rand(width, 7)),
+            1e-6,
+        )
+        .expect("norm_gate");
+    check("norm_gate → matmul", &y);
 }

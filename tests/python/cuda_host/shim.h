@@ -43,3 +43,14 @@ static inline float __uint_as_float(u32 x) {
     memcpy(&f, &x, 4);
     return f;
 }
+#define QUANT_HOST
+struct uint4 {
+    u32 x, y, z, w;
+};
+struct uint2 {
+    u32 x, y;
+};
+static inline int dp4a(int a, int b, int c) {
+    for (int i = 0; i < 4; i++) c += (int)(i8)(a >> (8 * i)) * (int)(i8)(b >> (8 * i));
+    return c;
+}

@@ -82,3 +82,31 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
     float t = lane < nw ? red[lane] : 0.0f;
     return warp_sum(t);
 }
+
+// N values a lane (4 or 8) of 8-bit blocks of 32 spread over 32/N adjacent lanes (all active
+// together): each block's scale d = max|v| / 127, q = round(v/d) (mmvq's activations). `flat`
+// is the index of v[0] in the row-major q; the block's first lane writes d[flat / 32].
+template <int N>
+__device__ __forceinline__ void q8_pack(const float* v, i8* __restrict__ q, float* __restrict__ d,
+                                        u64 flat) {
+    float amax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < N; i++) amax = fmaxf(amax, fabsf(v[i]));
+    u32 mask = __activemask();
+#pragma unroll
+    for (int o = 1; o < 32 / N; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(mask, amax, o));
+    float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    u32 w[N / 4];
+#pragma unroll
+    for (int j = 0; j < N / 4; j++) {
+        w[j] = 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            w[j] |= ((u32)__float2int_rn(v[4 * j + i] * inv) & 255u) << (8 * i);
+    }
+    if (N == 8)
+        *(uint2*)(q + flat) = make_uint2(w[0], w[N / 4 - 1]);
+    else
+        *(u32*)(q + flat) = w[0];
+    if ((flat & 31) == 0) d[flat >> 5] = amax / 127.0f;
+}

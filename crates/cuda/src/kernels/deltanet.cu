@@ -76,22 +76,34 @@ struct DeltaArgs {
     float eps;
 };
 
-// One warp per 16 state rows of a value head (grid: value heads × d_v/16); lanes 2r and
-// 2r + 1 hold the two halves of row 16·blockIdx.y + r in registers (a whole row of 128 would
-// spill). No block barriers: q and k go through the warp's shared memory with warp syncs,
-// their norms and the halves' dot products through shuffles. The next token's inputs load
-// while this one computes.
+#ifndef LPR
+#define LPR 4
+#endif
+#define ROWS_W (32 / LPR)
+
+// One warp per ROWS_W state rows of a value head (grid: value heads × d_v/ROWS_W); LPR lanes
+// (a variant: 2, 4 or 8) hold the parts of one row in registers (a whole row of 128 would
+// spill), read and written 16 bytes at a time. No block barriers: q and k go through the
+// warp's shared memory with warp syncs, their norms and the parts' dot products through
+// shuffles. The next token's inputs load while this one computes.
 extern "C" __global__ void __launch_bounds__(32) delta_rule(DeltaArgs a) {
     __shared__ float qk[2 * DK];
-    const int H = DK / 2;
-    int j = blockIdx.x, lane = threadIdx.x, half = lane & 1, row = blockIdx.y * 16 + (lane >> 1);
+    const int H = DK / LPR;
+    int j = blockIdx.x, lane = threadIdx.x, part = lane % LPR;
+    int row = blockIdx.y * ROWS_W + lane / LPR;
     int nk = a.n_k_head, nv = a.n_v_head;
     int kh = a.grouped ? j / (nv / nk) : j % nk;
     int kw = nk * DK, cd = 2 * kw + nv * a.d_v;
-    float* st = a.state + ((u64)j * a.d_v + row) * DK + half * H;
+    float* st = a.state + ((u64)j * a.d_v + row) * DK + part * H;
     float s[H];
 #pragma unroll
-    for (int i = 0; i < H; i++) s[i] = st[i];
+    for (int i = 0; i < H; i += 4) {
+        float4 v = *(const float4*)(st + i);
+        s[i] = v.x;
+        s[i + 1] = v.y;
+        s[i + 2] = v.z;
+        s[i + 3] = v.w;
+    }
     float dtj = a.dt[j], aj = a.a[j];
     float q_scale = 1.0f / sqrtf((float)DK);
     // The next token's inputs, loaded while this one computes.
@@ -127,8 +139,8 @@ extern "C" __global__ void __launch_bounds__(32) delta_rule(DeltaArgs a) {
         float qn = q_scale / fmaxf(sqrtf(sq), a.eps);
         float kn = 1.0f / fmaxf(sqrtf(sk), a.eps);
         __syncwarp();
-        const float* kk = qk + DK + half * H;
-        const float* qq = qk + half * H;
+        const float* kk = qk + DK + part * H;
+        const float* qq = qk + part * H;
         float kv[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
         for (int i = 0; i < H; i++) {
@@ -136,7 +148,8 @@ extern "C" __global__ void __launch_bounds__(32) delta_rule(DeltaArgs a) {
             kv[i & 3] += s[i] * kk[i];
         }
         float kvs = kv[0] + kv[1] + kv[2] + kv[3];
-        kvs += __shfl_xor_sync(FULL_MASK, kvs, 1);
+#pragma unroll
+        for (int o = 1; o < LPR; o <<= 1) kvs += __shfl_xor_sync(FULL_MASK, kvs, o);
         float u = b * (v - kvs * kn) * kn;
         float out[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
@@ -145,11 +158,12 @@ extern "C" __global__ void __launch_bounds__(32) delta_rule(DeltaArgs a) {
             out[i & 3] += s[i] * qq[i];
         }
         float o = out[0] + out[1] + out[2] + out[3];
-        o += __shfl_xor_sync(FULL_MASK, o, 1);
-        if (half == 0) a.o[((u64)t * nv + j) * a.d_v + row] = o * qn;
+#pragma unroll
+        for (int x = 1; x < LPR; x <<= 1) o += __shfl_xor_sync(FULL_MASK, o, x);
+        if (part == 0) a.o[((u64)t * nv + j) * a.d_v + row] = o * qn;
         __syncwarp();
     }
 #pragma unroll
-    for (int i = 0; i < H; i++) st[i] = s[i];
+    for (int i = 0; i < H; i += 4) *(float4*)(st + i) = make_float4(s[i], s[i + 1], s[i + 2], s[i + 3]);
 }
 #endif

@@ -93,3 +93,28 @@ extern "C" __global__ void argmax(const float* __restrict__ x, int width, i32* _
         out[blockIdx.x] = idx;
     }
 }
+
+// Activations to 8 bits for `mmvq`: each block of 32 values of a row → int8 q = round(v/d)
+// with d = max|v| / 127 (llama.cpp's q8_1 without the sum), q rows of k bytes and d rows of
+// k/32 floats. With `x2` the values are silu(x) ⊙ x2 (a SwiGLU's down-projection input).
+// Eight values a thread, a block of 32 over four lanes.
+extern "C" __global__ void quant_q8(const float* __restrict__ x, const float* __restrict__ x2,
+                                    int stride, int k, int rows, i8* __restrict__ q,
+                                    float* __restrict__ d) {
+    int per = k >> 3;
+    int g = blockIdx.x * blockDim.x + threadIdx.x;
+    int total = rows * per;
+    int row = min(g, total - 1) / per, c = min(g, total - 1) - row * per;
+    const float* xp = x + (u64)row * stride + 8 * c;
+    float4 a = *(const float4*)xp, b = *(const float4*)(xp + 4);
+    float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+    if (x2) {
+        const float* up = x2 + (u64)row * stride + 8 * c;
+        float4 ua = *(const float4*)up, ub = *(const float4*)(up + 4);
+        float u[8] = {ua.x, ua.y, ua.z, ua.w, ub.x, ub.y, ub.z, ub.w};
+#pragma unroll
+        for (int i = 0; i < 8; i++) v[i] = siluf_(v[i]) * u[i];
+    }
+    if (g >= total) return;  // whole blocks of 32: the lanes of a block leave together
+    q8_pack<8>(v, q, d, (u64)row * k + 8 * c);
+}

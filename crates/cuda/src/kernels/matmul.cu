@@ -222,6 +222,77 @@ extern "C" __global__ void __launch_bounds__(128) mmv1(MmvArgs a) {
     }
 }
 
+#ifdef VDOT
+#ifndef MMVQ_UNROLL
+#define MMVQ_UNROLL 1
+#endif
+
+// One matrix of a `mmvq` launch: with `dense`, blockIdx.y < n_dense is a token (activation
+// row x_off + y, expert 0); otherwise blockIdx.y is a (token, expert) pair (expert ids[y],
+// activation row x_off + y / x_div). Output row y.
+struct MmvqMat {
+    const u8* w;
+    float* y;
+    i32 m;
+    i32 dense;
+    i32 x_off;
+    i32 pad_;
+};
+
+// `mmvq`'s parameters: up to four matrices of one type and row length, the activations
+// quantized by `quant_q8`.
+struct MmvqArgs {
+    MmvqMat mats[4];
+    const i8* xq;     // rows of K int8
+    const float* xd;  // rows of K/32 scales
+    const i32* ids;   // per pair its expert (for matrices that are not dense)
+    u64 row_bytes;
+    i32 n_mats;
+    i32 K;
+    i32 x_div;
+    i32 n_dense;      // tokens of the dense matrices
+    i32 lanes_log2;   // lanes a row: 32, or fewer for short rows (several rows a warp)
+    i32 pad_;
+};
+
+// Rows of up to four matrices × one token or (token, expert) pair a blockIdx.y, with integer
+// dot products on 8-bit activations. A row's units (UPB a block, each 16 to 32 values) are
+// spread over 2^lanes_log2 lanes, MMVQ_UNROLL units in flight a lane; a warp takes
+// 32 / lanes rows, a block four warps. (An expert launch can carry the shared expert's
+// matrices as dense ones: their blocks past the tokens do nothing.)
+extern "C" __global__ void __launch_bounds__(128) mmvq(MmvqArgs a) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int lanes = 1 << a.lanes_log2, sub = lane & (lanes - 1);
+    int r = ((blockIdx.x * 4 + warp) << (5 - a.lanes_log2)) + (lane >> a.lanes_log2);
+    int pair = blockIdx.y;
+    int mi = 0;
+    for (; mi + 1 < a.n_mats && r >= a.mats[mi].m; mi++) r -= a.mats[mi].m;
+    const MmvqMat mt = a.mats[mi];
+    bool live = r < mt.m && (!mt.dense || pair < a.n_dense);
+    r = min(r, mt.m - 1);
+    u64 expert = 0, xr = (u64)mt.x_off + pair;
+    if (!mt.dense) {
+        expert = (u64)a.ids[pair];
+        xr = (u64)mt.x_off + pair / a.x_div;
+    }
+    const i8* xq = a.xq + xr * a.K;
+    const float* xd = a.xd + xr * (a.K / 32);
+    const u8* w = mt.w + (expert * mt.m + r) * a.row_bytes;
+    int units = live ? a.K / QK * UPB : 0;
+    float acc = 0.0f;
+    for (int u0 = sub; u0 < units; u0 += lanes * MMVQ_UNROLL) {
+        float v[MMVQ_UNROLL];
+#pragma unroll
+        for (int i = 0; i < MMVQ_UNROLL; i++) v[i] = VDOT(w, min(u0 + lanes * i, units - 1), xq, xd);
+#pragma unroll
+        for (int i = 0; i < MMVQ_UNROLL; i++)
+            if (u0 + lanes * i < units) acc += v[i];
+    }
+    for (int o = lanes >> 1; o > 0; o >>= 1) acc += __shfl_xor_sync(FULL_MASK, acc, o);
+    if (sub == 0 && live) mt.y[(u64)pair * mt.m + r] = acc;
+}
+#endif
+
 struct GemmArgs {
     const u8* w;
     const float* x;

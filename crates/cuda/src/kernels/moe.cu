@@ -2,40 +2,50 @@
 // renormalised): the top-k choice per token, the sort of (token, expert) pairs by expert for
 // the grouped products, and the weighted sum of the experts' outputs.
 
-// One warp per token: softmax over the router logits, then k rounds of a warp arg-max (ties
-// to the lower expert id, as the CPU's sort), weights renormalised over the chosen k with
-// ggml's clamp of the sum.
+// One warp per token: softmax over the router logits (up to 1024, held in registers, 32 a
+// lane), then k rounds of a warp arg-max (ties to the lower expert id, as the CPU's sort),
+// weights renormalised over the chosen k with ggml's clamp of the sum.
 extern "C" __global__ void topk(const float* __restrict__ logits, int n_expert, int k, int n,
                                 i32* __restrict__ ids, float* __restrict__ weights) {
     int t = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (t >= n) return;
     const float* l = logits + (u64)t * n_expert;
+    float lv[32];
     float mx = NEG_INF;
-    for (int e = lane; e < n_expert; e += 32) mx = fmaxf(mx, l[e]);
+#pragma unroll
+    for (int i = 0; i < 32; i++) {
+        int e = lane + 32 * i;
+        lv[i] = e < n_expert ? l[e] : NEG_INF;
+        mx = fmaxf(mx, lv[i]);
+    }
     mx = warp_max(mx);
     float sum = 0.0f;
-    for (int e = lane; e < n_expert; e += 32) sum += expf(l[e] - mx);
+#pragma unroll
+    for (int i = 0; i < 32; i++)
+        if (lane + 32 * i < n_expert) sum += expf(lv[i] - mx);
     sum = warp_sum(sum);
-    u32 taken = 0;  // bit i: expert lane + 32 i already chosen
     float chosen_sum = 0.0f;
     float my_p = 0.0f;
     int my_e = -1;
     for (int r = 0; r < k; r++) {
         float best = NEG_INF;
         int be = 0x7fffffff;
-        for (int i = 0, e = lane; e < n_expert; i++, e += 32) {
-            if (taken & (1u << i)) continue;
-            float p = l[e];
-            if (p > best) {
-                best = p;
-                be = e;
+#pragma unroll
+        for (int i = 0; i < 32; i++) {
+            if (lv[i] > best) {  // strict: the lowest index wins a tie within the lane
+                best = lv[i];
+                be = lane + 32 * i;
             }
         }
         warp_argmax(&best, &be);
         float p = expf(best - mx) / sum;
         chosen_sum += p;
-        if ((be & 31) == lane) taken |= 1u << (be >> 5);
+        if ((be & 31) == lane) {
+#pragma unroll
+            for (int i = 0; i < 32; i++)
+                if (i == (be >> 5)) lv[i] = NEG_INF;  // taken (constant indices: registers)
+        }
         if (lane == r) {
             my_p = p;
             my_e = be;
@@ -88,7 +98,8 @@ extern "C" __global__ void moe_sort(const i32* __restrict__ ids, int n_pairs, in
 
 // y[t] = Σ_i weights[t·k + i] · out[row(t·k + i)] (row = slot_of[p], or p when null), plus
 // the shared expert's output sh[t] scaled by σ(gate · x[t]) (by 1 without a gate; nothing
-// without a shared expert). One block a token.
+// without a shared expert). Block (t, c) takes columns 256c.. of token t (each block of a
+// token forms the gate's dot product itself: a row of x, cheaper than a launch).
 extern "C" __global__ void moe_combine(const float* __restrict__ out, const i32* __restrict__ slot_of,
                                        const float* __restrict__ weights, const float* __restrict__ sh,
                                        const float* __restrict__ gate, const float* __restrict__ x,
@@ -102,14 +113,14 @@ extern "C" __global__ void moe_combine(const float* __restrict__ out, const i32*
         for (int i = threadIdx.x; i < width; i += blockDim.x) d += gate[i] * x[base + i];
         s = sigmoidf_(block_sum(d, red));
     }
-    for (int c = threadIdx.x; c < width; c += blockDim.x) {
-        float acc = 0.0f;
-        for (int i = 0; i < k; i++) {
-            int p = t * k + i;
-            int r = slot_of ? slot_of[p] : p;
-            acc += weights[p] * out[(u64)r * width + c];
-        }
-        if (sh) acc += s * sh[base + c];
-        y[base + c] = acc;
+    int c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= width) return;
+    float acc = 0.0f;
+    for (int i = 0; i < k; i++) {
+        int p = t * k + i;
+        int r = slot_of ? slot_of[p] : p;
+        acc += weights[p] * out[(u64)r * width + c];
     }
+    if (sh) acc += s * sh[base + c];
+    y[base + c] = acc;
 }

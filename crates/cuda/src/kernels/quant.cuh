@@ -222,6 +222,135 @@ __device__ __forceinline__ void deq8_iq4_xs(const u8* b, int j, float* y) {
     for (int i = 0; i < 8; i++) y[i] = dl * (float)KV_IQ4NL[q[i]];
 }
 
+// Integer dot products for the decode matrix × vector kernel (`mmvq`): weights as stored,
+// activations quantized to 8 bits in blocks of 32 (`quant_q8`: int8 `xq`, one float scale a
+// block in `xd`), four products a `dp4a` — llama.cpp's mmvq method (vecdotq.cuh), written for
+// this layout. `vdot_T(row, u, xq, xd)` is the dot of unit `u` of a weight row (UPB units a
+// block) with the matching activations; `xq`/`xd` are the row's first value and scale.
+
+#ifndef QUANT_HOST  // the host test's shim has its own
+__device__ __forceinline__ int dp4a(int a, int b, int c) {
+    int d;
+    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+#endif
+
+// Sum of the four bytes of x as signed values.
+__device__ __forceinline__ int bsum4(int x) { return dp4a(0x01010101, x, 0); }
+
+// Q4_K and Q5_K (blocks 16-byte aligned in memory): unit j of block b is the 16 code bytes
+// 16j..16j+16 of qs: low nibbles = 16 values of sub-block 2⌊j/2⌋, high nibbles = the same 16
+// positions of the next sub-block.
+__device__ __forceinline__ float vdot_k45(const u8* blk, uint4 w, uint4 hb, bool five, int b,
+                                          int j, const i8* xq, const float* xd) {
+    int pair = j >> 1, half = j & 1;
+    int e0 = b * 256 + 64 * pair + 16 * half;
+    uint4 xa = *(const uint4*)(xq + e0), xb = *(const uint4*)(xq + e0 + 32);
+    float da = xd[e0 >> 5], db = xd[(e0 >> 5) + 1];
+    u32 wq[4] = {w.x, w.y, w.z, w.w}, hq[4] = {hb.x, hb.y, hb.z, hb.w};
+    int xav[4] = {(int)xa.x, (int)xa.y, (int)xa.z, (int)xa.w};
+    int xbv[4] = {(int)xb.x, (int)xb.y, (int)xb.z, (int)xb.w};
+    int sa = 0, sb = 0, ma = 0, mb = 0;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        u32 lo = wq[i] & 0x0F0F0F0Fu, hi = (wq[i] >> 4) & 0x0F0F0F0Fu;
+        if (five) {
+            lo |= ((hq[i] >> (2 * pair)) & 0x01010101u) << 4;
+            hi |= ((hq[i] >> (2 * pair + 1)) & 0x01010101u) << 4;
+        }
+        sa = dp4a((int)lo, xav[i], sa);
+        sb = dp4a((int)hi, xbv[i], sb);
+        ma = dp4a(0x01010101, xav[i], ma);
+        mb = dp4a(0x01010101, xbv[i], mb);
+    }
+    float d = h2f(ld16(blk)), dmin = h2f(ld16(blk + 2));
+    int sca, mna, scb, mnb;
+    scale_min_k4(2 * pair, blk + 4, &sca, &mna);
+    scale_min_k4(2 * pair + 1, blk + 4, &scb, &mnb);
+    return d * (da * (float)(sca * sa) + db * (float)(scb * sb)) -
+           dmin * (da * (float)(mna * ma) + db * (float)(mnb * mb));
+}
+
+__device__ __forceinline__ float vdot_q4_k(const u8* row, int u, const i8* xq, const float* xd) {
+    int b = u >> 3, j = u & 7;
+    const u8* blk = row + (u64)b * 144;
+    uint4 w = *(const uint4*)(blk + 16 + 16 * j);
+    return vdot_k45(blk, w, w, false, b, j, xq, xd);
+}
+
+__device__ __forceinline__ float vdot_q5_k(const u8* row, int u, const i8* xq, const float* xd) {
+    int b = u >> 3, j = u & 7;
+    const u8* blk = row + (u64)b * 176;
+    uint4 w = *(const uint4*)(blk + 48 + 16 * j);
+    uint4 h = *(const uint4*)(blk + 16 + 16 * (j & 1));
+    return vdot_k45(blk, w, h, true, b, j, xq, xd);
+}
+
+// Q6_K: unit j of a block is, in half a = j/4 and at offset i0 = 8(j%4), the 8-value runs
+// i0.., i0+32.., i0+64.., i0+96.. of that half (ql bytes i0.. and i0+32.. give the low
+// nibbles, qh bytes i0.. the two high bits); each run has one scale.
+__device__ __forceinline__ float vdot_q6_k(const u8* row, int u, const i8* xq, const float* xd) {
+    int b = u >> 3, j = u & 7;
+    int a = j >> 2, i0 = 8 * (j & 3);
+    const u8* blk = row + (u64)b * 210;
+    const u8* ql = blk + 64 * a + i0;
+    const u8* qh = blk + 128 + 32 * a + i0;
+    u32 l0[2] = {ld32a2(ql), ld32a2(ql + 4)}, l1[2] = {ld32a2(ql + 32), ld32a2(ql + 36)};
+    u32 h[2] = {ld32a2(qh), ld32a2(qh + 4)};
+    const i8* sc = (const i8*)(blk + 192 + 8 * a + (i0 >> 4));
+    float d = h2f(ld16(blk + 208));
+    int e0 = b * 256 + 128 * a + i0;
+    float acc = 0.0f;
+#pragma unroll
+    for (int g = 0; g < 4; g++) {
+        uint2 xv = *(const uint2*)(xq + e0 + 32 * g);
+        int x2[2] = {(int)xv.x, (int)xv.y};
+        int s = 0, m = 0;
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            u32 lo = (g & 1) ? l1[i] : l0[i];
+            lo = (g & 2) ? (lo >> 4) & 0x0F0F0F0Fu : lo & 0x0F0F0F0Fu;
+            u32 q = lo | (((h[i] >> (2 * g)) & 0x03030303u) << 4);
+            s = dp4a((int)q, x2[i], s);
+            m = dp4a(0x01010101, x2[i], m);
+        }
+        acc += xd[(e0 >> 5) + g] * (float)((int)sc[2 * g] * (s - 32 * m));
+    }
+    return d * acc;
+}
+
+// Q8_0 and Q4_0: a unit is a block of 32.
+__device__ __forceinline__ float vdot_q8_0(const u8* row, int u, const i8* xq, const float* xd) {
+    const u8* blk = row + (u64)u * 34;
+    const i8* x = xq + 32 * u;
+    uint4 x0 = *(const uint4*)x, x1 = *(const uint4*)(x + 16);
+    int xv[8] = {(int)x0.x, (int)x0.y, (int)x0.z, (int)x0.w,
+                 (int)x1.x, (int)x1.y, (int)x1.z, (int)x1.w};
+    int s = 0;
+#pragma unroll
+    for (int i = 0; i < 8; i++) s = dp4a((int)ld32a2(blk + 2 + 4 * i), xv[i], s);
+    return h2f(ld16(blk)) * xd[u] * (float)s;
+}
+
+__device__ __forceinline__ float vdot_q4_0(const u8* row, int u, const i8* xq, const float* xd) {
+    const u8* blk = row + (u64)u * 18;
+    const i8* x = xq + 32 * u;
+    uint4 x0 = *(const uint4*)x, x1 = *(const uint4*)(x + 16);
+    int xl[4] = {(int)x0.x, (int)x0.y, (int)x0.z, (int)x0.w};
+    int xh[4] = {(int)x1.x, (int)x1.y, (int)x1.z, (int)x1.w};
+    int s = 0, m = 0;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        u32 q = ld32a2(blk + 2 + 4 * i);
+        s = dp4a((int)(q & 0x0F0F0F0Fu), xl[i], s);
+        s = dp4a((int)((q >> 4) & 0x0F0F0F0Fu), xh[i], s);
+        m = dp4a(0x01010101, xl[i], m);
+        m = dp4a(0x01010101, xh[i], m);
+    }
+    return h2f(ld16(blk)) * xd[u] * (float)(s - 8 * m);
+}
+
 #ifdef WTYPE
 #if WTYPE == T_F32
 #define QK 8
@@ -239,6 +368,8 @@ __device__ __forceinline__ void deq8_iq4_xs(const u8* b, int j, float* y) {
 #define QK 32
 #define BLOCK_BYTES 18
 #define deq8 deq8_q4_0
+#define VDOT vdot_q4_0
+#define UPB 1
 #elif WTYPE == T_Q4_1
 #define QK 32
 #define BLOCK_BYTES 20
@@ -255,6 +386,8 @@ __device__ __forceinline__ void deq8_iq4_xs(const u8* b, int j, float* y) {
 #define QK 32
 #define BLOCK_BYTES 34
 #define deq8 deq8_q8_0
+#define VDOT vdot_q8_0
+#define UPB 1
 #elif WTYPE == T_Q2_K
 #define QK 256
 #define BLOCK_BYTES 84
@@ -267,14 +400,20 @@ __device__ __forceinline__ void deq8_iq4_xs(const u8* b, int j, float* y) {
 #define QK 256
 #define BLOCK_BYTES 144
 #define deq8 deq8_q4_k
+#define VDOT vdot_q4_k
+#define UPB 8
 #elif WTYPE == T_Q5_K
 #define QK 256
 #define BLOCK_BYTES 176
 #define deq8 deq8_q5_k
+#define VDOT vdot_q5_k
+#define UPB 8
 #elif WTYPE == T_Q6_K
 #define QK 256
 #define BLOCK_BYTES 210
 #define deq8 deq8_q6_k
+#define VDOT vdot_q6_k
+#define UPB 8
 #elif WTYPE == T_IQ4_NL
 #define QK 32
 #define BLOCK_BYTES 18

@@ -1,9 +1,10 @@
 //! Products with quantized weights: `mmv`/`mmv1` for a few tokens (or one expert a pair), the
 //! tensor-core `gemm` for more, dense or over the tiles of expert-sorted pairs.
 
-use crate::backend::{Cuda, CudaAct, CudaMat};
+use crate::backend::{Cuda, CudaAct, CudaMat, Q8_TYPES};
 use crate::error::Result;
 use crate::kernels::Src;
+use crate::pool::Block;
 
 use super::{arg, size_err};
 
@@ -47,6 +48,99 @@ pub(crate) struct MmvIn<'a> {
     pub(crate) x_div: usize,
 }
 
+/// One matrix of a `mmvq` launch (`MmvqMat` in matmul.cu).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct MmvqMat {
+    w: u64,
+    y: u64,
+    m: i32,
+    dense: i32,
+    x_off: i32,
+    pad: i32,
+}
+
+/// `mmvq`'s parameters (`MmvqArgs` in matmul.cu).
+#[repr(C)]
+struct MmvqArgs {
+    mats: [MmvqMat; 4],
+    xq: u64,
+    xd: u64,
+    ids: u64,
+    row_bytes: u64,
+    n_mats: i32,
+    k: i32,
+    x_div: i32,
+    n_dense: i32,
+    lanes_log2: i32,
+    pad: i32,
+}
+
+/// A matrix of a `mmvq` launch: its weights, output (rows of `m`, from `y`), and either
+/// `Dense` (one output row a token, reading activation row `x_off + token`) or `ById`
+/// (one a (token, expert) pair, reading row `x_off + pair / x_div`).
+pub(crate) struct QMat<'a> {
+    pub(crate) w: &'a CudaMat,
+    pub(crate) y: u64,
+    pub(crate) m: usize,
+    pub(crate) dense: bool,
+    pub(crate) x_off: usize,
+}
+
+impl<'a> QMat<'a> {
+    /// All of `w` (experts stacked) into `y`, densely.
+    pub(crate) fn dense(w: &'a CudaMat, y: &CudaAct) -> QMat<'a> {
+        QMat {
+            w,
+            y: y.ptr(),
+            m: w.m * w.experts,
+            dense: true,
+            x_off: 0,
+        }
+    }
+    /// One expert of `w` a pair into `y`.
+    pub(crate) fn by_id(w: &'a CudaMat, y: &CudaAct) -> QMat<'a> {
+        QMat {
+            w,
+            y: y.ptr(),
+            m: w.m,
+            dense: false,
+            x_off: 0,
+        }
+    }
+}
+
+/// How a `mmvq` launch's blocks map to activations: `tokens` dense rows; with
+/// `ids = (ids, pairs, x_div)`, `pairs` pairs as well.
+pub(crate) struct QRows {
+    pub(crate) tokens: usize,
+    pub(crate) ids: Option<(u64, usize, usize)>,
+}
+
+/// Activations in 8 bits (`quant_q8`): `rows × k` int8, then `rows × k/32` f32 scales.
+#[derive(Debug)]
+pub(crate) struct Q8Act {
+    buf: Block,
+    rows: usize,
+    k: usize,
+}
+
+impl Q8Act {
+    /// Bytes for `rows × k` values.
+    pub(crate) fn bytes(rows: usize, k: usize) -> usize {
+        rows * k + 4 * rows * k / 32
+    }
+    pub(crate) fn new(buf: Block, rows: usize, k: usize) -> Q8Act {
+        Q8Act { buf, rows, k }
+    }
+    pub(crate) fn q(&self) -> u64 {
+        self.buf.ptr()
+    }
+    pub(crate) fn d(&self) -> u64 {
+        self.buf.ptr() + (self.rows * self.k) as u64
+    }
+}
+
 /// `gemm`'s parameters (`GemmArgs` in matmul.cu).
 #[repr(C)]
 struct GemmArgs {
@@ -80,6 +174,17 @@ impl Cuda {
         x: &CudaAct,
         up: Option<&CudaAct>,
     ) -> Result<()> {
+        self.matmuls_q8(outs, x, up, None)
+    }
+
+    /// `matmuls_`, with the input's 8-bit form when the caller has it already (`q8`).
+    pub(crate) fn matmuls_q8(
+        &self,
+        outs: &[(&CudaMat, &CudaAct)],
+        x: &CudaAct,
+        up: Option<&CudaAct>,
+        q8: Option<&Q8Act>,
+    ) -> Result<()> {
         for (w, y) in outs {
             if w.k != x.width || y.width != w.m * w.experts || y.rows != x.rows {
                 return Err(size_err(format!(
@@ -112,6 +217,7 @@ impl Cuda {
             ids: None,
             x_div: 1,
         };
+        let mut owned_q8 = None;
         let mut i = 0;
         while i < outs.len() {
             let (w0, _) = outs[i];
@@ -123,10 +229,125 @@ impl Cuda {
                 .iter()
                 .map(|(w, y)| (*w, *y, w.m * w.experts))
                 .collect();
-            self.mmv(&group, &input)?;
+            if x.rows == 1 && self.q8_ok(w0) {
+                let attached = x.q8.as_deref().filter(|_| up.is_none());
+                let xq = match q8.or(attached) {
+                    Some(q) => q,
+                    None => {
+                        if owned_q8.is_none() {
+                            owned_q8 = Some(self.quantize(x, up)?);
+                        }
+                        owned_q8.as_ref().expect("just set")
+                    }
+                };
+                let mats: Vec<QMat> = outs[i..j].iter().map(|(w, y)| QMat::dense(w, y)).collect();
+                let rows = QRows {
+                    tokens: 1,
+                    ids: None,
+                };
+                self.mmvq(&mats, xq, rows)?;
+            } else {
+                self.mmv(&group, &input)?;
+            }
             i = j;
         }
         Ok(())
+    }
+
+    /// Whether one-token products with `w` take the integer path (`mmvq`).
+    pub(crate) fn q8_ok(&self, w: &CudaMat) -> bool {
+        self.mmvq_variant.0 == 1 && Q8_TYPES.contains(&w.ty) && w.k % 32 == 0
+    }
+
+    /// Rows of `x` (or silu(x) ⊙ up) in 8 bits, blocks of 32 with a scale each.
+    pub(crate) fn quantize(&self, x: &CudaAct, up: Option<&CudaAct>) -> Result<Q8Act> {
+        let (rows, k) = (x.rows, x.width);
+        if k % 32 != 0 || up.is_some_and(|u| u.rows != rows || u.width != k) {
+            return Err(size_err(format!(
+                "quantize: rows of {k} (a multiple of 32)"
+            )));
+        }
+        let q = Q8Act::new(self.scratch(Q8Act::bytes(rows, k))?, rows, k);
+        let f = self.f(Src::Elementwise, "quant_q8")?;
+        let (xp, up_p, qp, dp) = (x.ptr(), up.map_or(0, |u| u.ptr()), q.q(), q.d());
+        let (stride, ki, ri) = (k as i32, k as i32, rows as i32);
+        let granules = (rows * k / 8) as u32;
+        // SAFETY: x (and up) rows × k floats; the scratch holds rows × k bytes and the scales.
+        unsafe {
+            self.gpu.launch(
+                &f,
+                (granules.div_ceil(256), 1, 1),
+                (256, 1, 1),
+                0,
+                &mut [
+                    arg(&xp),
+                    arg(&up_p),
+                    arg(&stride),
+                    arg(&ki),
+                    arg(&ri),
+                    arg(&qp),
+                    arg(&dp),
+                ],
+            )
+        }?;
+        Ok(q)
+    }
+
+    /// One `mmvq` launch: up to four matrices of one type (in `Q8_TYPES`) and row length
+    /// times 8-bit activations.
+    pub(crate) fn mmvq(&self, mats: &[QMat<'_>], xq: &Q8Act, rows: QRows) -> Result<()> {
+        let w0 = mats[0].w;
+        if mats.len() > 4
+            || mats
+                .iter()
+                .any(|q| q.w.ty != w0.ty || q.w.k != w0.k || (!q.dense && rows.ids.is_none()))
+            || xq.k != w0.k
+        {
+            return Err(size_err(format!("mmvq: rows of {} by {}", w0.k, xq.k)));
+        }
+        let units = w0.k / 32;
+        let lanes_log2 = units.next_power_of_two().min(32).trailing_zeros();
+        let (idp, pairs, x_div) = rows.ids.unwrap_or((0, 0, 1));
+        let mut a = MmvqArgs {
+            mats: [MmvqMat::default(); 4],
+            xq: xq.q(),
+            xd: xq.d(),
+            ids: idp,
+            row_bytes: w0.row_bytes as u64,
+            n_mats: mats.len() as i32,
+            k: w0.k as i32,
+            x_div: x_div as i32,
+            n_dense: rows.tokens as i32,
+            lanes_log2: lanes_log2 as i32,
+            pad: 0,
+        };
+        let mut total = 0;
+        for (slot, q) in a.mats.iter_mut().zip(mats) {
+            *slot = MmvqMat {
+                w: q.w.buf.ptr(),
+                y: q.y,
+                m: q.m as i32,
+                dense: i32::from(q.dense),
+                x_off: q.x_off as i32,
+                pad: 0,
+            };
+            total += q.m;
+        }
+        let per_block = 4 * (32 >> lanes_log2);
+        let grid_y = pairs.max(rows.tokens) as u32;
+        let f = self.k.func(Src::Matmul, &self.wtype(w0), "mmvq")?;
+        // SAFETY: the callers size every output for its rows (tokens or pairs) × m; ids are
+        // expert numbers below each matrix's expert count, written by `topk`; the activation
+        // rows read exist in xq.
+        unsafe {
+            self.gpu.launch(
+                &f,
+                ((total as u32).div_ceil(per_block), grid_y, 1),
+                (128, 1, 1),
+                0,
+                &mut [arg(&a)],
+            )
+        }
     }
 
     /// One `mmv` launch over up to four matrices `(weights, output, rows)` of one type.

@@ -286,14 +286,14 @@ impl Cuda {
             grouped: i32::from(d.grouped),
             eps: d.eps,
         };
-        let f = self
-            .k
-            .func(Src::DeltaNet, &[("DK", d.d_k.to_string())], "delta_rule")?;
+        let lpr = self.delta_lpr as usize;
+        let defines = [("DK", d.d_k.to_string()), ("LPR", lpr.to_string())];
+        let f = self.k.func(Src::DeltaNet, &defines, "delta_rule")?;
         // SAFETY: the state holds nv × d_v × d_k; y n × conv_dim; o n × nv × d_v.
         unsafe {
             self.gpu.launch(
                 &f,
-                (nv as u32, (d.d_v / 16) as u32, 1),
+                (nv as u32, (d.d_v / (32 / lpr)) as u32, 1),
                 (32, 1, 1),
                 0,
                 &mut [arg(&a)],

@@ -3,11 +3,12 @@
 //! norms, RoPE and embeddings here; products in `matmul.rs`, the MoE in `moe.rs`, attention
 //! and DeltaNet in `mixers.rs`.
 
-mod matmul;
+pub(crate) mod matmul;
 mod mixers;
 mod moe;
 
 use std::ffi::c_void;
+use std::sync::Arc;
 
 use engine::ops::{Rope, RopeStyle};
 
@@ -15,6 +16,7 @@ use crate::backend::{Cuda, CudaAct, CudaIndex, CudaMat, CudaStep, CudaVec};
 use crate::driver::Func;
 use crate::error::{Error, Result};
 use crate::kernels::Src;
+use matmul::{Q8Act, MMV_MAX};
 
 /// A kernel parameter: the address of its value.
 pub(crate) fn arg<T>(v: &T) -> *mut c_void {
@@ -38,6 +40,7 @@ impl Cuda {
             ("MMV_UNROLL", self.mmv_variant.1.to_string()),
             ("MMV1_ROWS", self.mmv1_variant.0.max(1).to_string()),
             ("MMV1_UNROLL", self.mmv1_variant.1.to_string()),
+            ("MMVQ_UNROLL", self.mmvq_variant.1.to_string()),
         ]
     }
 
@@ -182,8 +185,10 @@ impl Cuda {
                 h.width, w.len
             )));
         }
-        let y = self.act(h.rows, h.width)?;
+        let mut y = self.act(h.rows, h.width)?;
         let (hp, ap, wp, yp, width) = (h.ptr(), a.ptr(), w.buf.ptr(), y.ptr(), h.width as i32);
+        let q8 = self.q8_for(&y)?;
+        let (qp, dp) = q8.as_ref().map_or((0, 0), |q| (q.q(), q.d()));
         let f = self.f(Src::Norm, "add_norm")?;
         // SAFETY: h, a and y hold rows of `width`; w holds `width`.
         unsafe {
@@ -199,10 +204,26 @@ impl Cuda {
                     arg(&yp),
                     arg(&width),
                     arg(&eps),
+                    arg(&qp),
+                    arg(&dp),
                 ],
             )?
         };
+        y.q8 = q8.map(Arc::new);
         Ok(y)
+    }
+
+    /// An empty 8-bit form for `y` when a kernel writing `y` should make one: few rows (the
+    /// one-token or few-pair products that read it) of a width the blocks divide.
+    fn q8_for(&self, y: &CudaAct) -> Result<Option<Q8Act>> {
+        if self.mmvq_variant.0 == 0 || y.rows > MMV_MAX || !y.width.is_multiple_of(32) {
+            return Ok(None);
+        }
+        Ok(Some(Q8Act::new(
+            self.scratch(Q8Act::bytes(y.rows, y.width))?,
+            y.rows,
+            y.width,
+        )))
     }
 
     pub(crate) fn norm_gate_(
@@ -215,9 +236,15 @@ impl Cuda {
         if w.len == 0 || !o.width.is_multiple_of(w.len) || z.len() != o.len() {
             return Err(size_err("norm_gate: sizes differ".into()));
         }
-        let y = self.act(o.rows, o.width)?;
+        let mut y = self.act(o.rows, o.width)?;
         let groups = (o.len() / w.len) as i32;
         let (op, wp, zp, yp, width) = (o.ptr(), w.buf.ptr(), z.ptr(), y.ptr(), w.len as i32);
+        let q8 = if w.len.is_multiple_of(32) {
+            self.q8_for(&y)?
+        } else {
+            None
+        };
+        let (qp, dp) = q8.as_ref().map_or((0, 0), |q| (q.q(), q.d()));
         let f = self.f(Src::Norm, "norm_gate")?;
         // SAFETY: o, z and y hold `groups` groups of `width`; w holds `width`.
         unsafe {
@@ -234,9 +261,12 @@ impl Cuda {
                     arg(&width),
                     arg(&groups),
                     arg(&eps),
+                    arg(&qp),
+                    arg(&dp),
                 ],
             )?
         };
+        y.q8 = q8.map(Arc::new);
         Ok(y)
     }
 

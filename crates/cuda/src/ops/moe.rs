@@ -2,6 +2,8 @@
 //! experts' ids for a few tokens, expert-sorted pairs through the grouped `gemm` for more),
 //! the shared expert, and one pass summing everything.
 
+use std::sync::Arc;
+
 use engine::backend::Experts;
 
 use crate::backend::{Cuda, CudaAct, CudaStep};
@@ -9,7 +11,7 @@ use crate::error::Result;
 use crate::kernels::Src;
 use crate::pool::Block;
 
-use super::matmul::MmvIn;
+use super::matmul::{MmvIn, QMat, QRows};
 use super::{arg, size_err};
 
 /// Experts routed per MoE decode call below which the chosen experts go through `mmv` with
@@ -57,10 +59,67 @@ impl Cuda {
         }
         let route = self.route(e, x)?; // ffn_moe_logits, ffn_moe_topk, ffn_moe_weights_norm
         let pairs = n * k;
-        let gate = self.act(pairs, ff)?;
-        let up = self.act(pairs, ff)?;
+        let q8 = pairs <= MOE_MMV_PAIRS
+            && [&e.gate_exps, &e.up_exps, &e.down_exps]
+                .iter()
+                .all(|w| self.q8_ok(w));
+        // The shared expert rides in the experts' launches when its matrices match theirs:
+        // its gate and up rows after the pairs' rows, its down product beside theirs.
+        let merged = q8
+            && e.gate_exps.ty == e.up_exps.ty
+            && e.shared.as_ref().is_some_and(|sh| {
+                sh.gate.m == ff
+                    && sh.up.m == ff
+                    && sh.gate.ty == e.gate_exps.ty
+                    && sh.up.ty == e.gate_exps.ty
+                    && sh.down.ty == e.down_exps.ty
+                    && sh.down.k == ff
+            });
+        let extra = if merged { n } else { 0 };
+        let gate = self.act(pairs + extra, ff)?;
+        let up = self.act(pairs + extra, ff)?;
         let down = self.act(pairs, emb)?;
-        let sorted = if pairs <= MOE_MMV_PAIRS {
+        let mut shared_out = None;
+        // The tokens in 8 bits once, for the experts and the shared expert.
+        let xq = match (&x.q8, q8) {
+            (_, false) => None,
+            (Some(q), true) => Some(q.clone()),
+            (None, true) => Some(Arc::new(self.quantize(x, None)?)),
+        };
+        let sorted = if let Some(xq) = &xq {
+            let rows = |x_div| QRows {
+                tokens: n,
+                ids: Some((route.ids.ptr(), pairs, x_div)),
+            };
+            let mut gu = vec![
+                QMat::by_id(&e.gate_exps, &gate),
+                QMat::by_id(&e.up_exps, &up),
+            ];
+            if let Some(sh) = e.shared.as_ref().filter(|_| merged) {
+                gu.push(QMat::dense(&sh.gate, &gate.view(pairs, n)));
+                gu.push(QMat::dense(&sh.up, &up.view(pairs, n)));
+            }
+            if e.gate_exps.ty == e.up_exps.ty {
+                self.mmvq(&gu, xq, rows(k))?;
+            } else {
+                self.mmvq(&gu[..1], xq, rows(k))?;
+                self.mmvq(&gu[1..], xq, rows(k))?;
+            }
+            // ffn_moe_down of silu(gate) ⊙ up, quantized in one pass (the shared expert's
+            // rows too when merged).
+            let hq = self.quantize(&gate, Some(&up))?;
+            let mut dm = vec![QMat::by_id(&e.down_exps, &down)];
+            if let Some(sh) = e.shared.as_ref().filter(|_| merged) {
+                let out = self.act(n, emb)?;
+                dm.push(QMat {
+                    x_off: pairs,
+                    ..QMat::dense(&sh.down, &out)
+                });
+                shared_out = Some((out, sh.gate_inp.as_ref().map_or(0, |g| g.buf.ptr())));
+            }
+            self.mmvq(&dm, &hq, rows(1))?;
+            None
+        } else if pairs <= MOE_MMV_PAIRS {
             let by_id = |xin, x2, x_div| MmvIn {
                 x: xin,
                 x2,
@@ -89,9 +148,11 @@ impl Cuda {
         };
         // The shared expert (ffn_shexp), then everything summed in one pass.
         let shared = match &e.shared {
+            _ if merged => shared_out,
             Some(sh) => {
                 let (sg, su) = (self.act(n, sh.gate.m)?, self.act(n, sh.gate.m)?);
-                self.matmuls_(&[(&sh.gate, &sg), (&sh.up, &su)], x, None)?;
+                let xq = xq.as_deref().filter(|_| n == 1);
+                self.matmuls_q8(&[(&sh.gate, &sg), (&sh.up, &su)], x, None, xq)?;
                 let out = self.act(n, emb)?;
                 self.matmuls_(&[(&sh.down, &out)], &sg, Some(&su))?;
                 Some((out, sh.gate_inp.as_ref().map_or(0, |g| g.buf.ptr())))
@@ -165,7 +226,7 @@ impl Cuda {
         Ok(s)
     }
 
-    /// `y = Σ weights · down[slot] + σ(gate·x) · shared`, one block a token.
+    /// `y = Σ weights · down[slot] + σ(gate·x) · shared`, 256 columns of a token a block.
     fn combine(
         &self,
         r: &Route,
@@ -190,7 +251,7 @@ impl Cuda {
         unsafe {
             self.gpu.launch(
                 &f,
-                (r.n as u32, 1, 1),
+                (r.n as u32, (emb as u32).div_ceil(256), 1),
                 (256, 1, 1),
                 0,
                 &mut [
