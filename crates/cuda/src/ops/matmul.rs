@@ -256,13 +256,13 @@ impl Cuda {
 
     /// Whether one-token products with `w` take the integer path (`mmvq`).
     pub(crate) fn q8_ok(&self, w: &CudaMat) -> bool {
-        self.mmvq_variant.0 == 1 && Q8_TYPES.contains(&w.ty) && w.k % 32 == 0
+        self.mmvq_variant.0 == 1 && Q8_TYPES.contains(&w.ty) && w.k.is_multiple_of(32)
     }
 
     /// Rows of `x` (or silu(x) ⊙ up) in 8 bits, blocks of 32 with a scale each.
     pub(crate) fn quantize(&self, x: &CudaAct, up: Option<&CudaAct>) -> Result<Q8Act> {
         let (rows, k) = (x.rows, x.width);
-        if k % 32 != 0 || up.is_some_and(|u| u.rows != rows || u.width != k) {
+        if !k.is_multiple_of(32) || up.is_some_and(|u| u.rows != rows || u.width != k) {
             return Err(size_err(format!(
                 "quantize: rows of {k} (a multiple of 32)"
             )));
