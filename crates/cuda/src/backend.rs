@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use engine::backend::{
-    AttnParams, Backend, DeltaNet, Experts, Glu, Graph as ModelGraph, Request, Seq,
+    AttnBlock, AttnParams, Backend, DeltaNet, Experts, Glu, Graph as ModelGraph, Request, Seq,
 };
 use engine::kv::{CacheConfig, KvCache, KvType};
 use engine::ops::Rope;
@@ -85,7 +85,14 @@ pub struct Cuda {
     pub(crate) mmv1_variant: (u32, u32),
     /// `mmvq`: on (1) or off (0), units in flight a lane (`LLM_SERVER_MMVQ=on,unroll`).
     pub(crate) mmvq_variant: (u32, u32),
-    /// Lanes a DeltaNet state row in `delta_rule` (`LLM_SERVER_DELTA_LPR`: 2, 4 or 8).
+    /// Attention's norms, RoPE, rotations and gate in two fused kernels around the attention
+    /// (`LLM_SERVER_ATTN_FUSED=0`: one op each).
+    pub(crate) attn_fused: bool,
+    /// Prefill attention on the tensor cores (`attn_mma`; `LLM_SERVER_ATTN_MMA=0`: the SIMT
+    /// kernel).
+    pub(crate) attn_mma: bool,
+    /// Lanes a DeltaNet state row in a decode step's `delta_rule` (`LLM_SERVER_DELTA_LPR`:
+    /// 2, 4 or 8).
     pub(crate) delta_lpr: u32,
     weight_bytes: std::sync::atomic::AtomicUsize,
 }
@@ -238,6 +245,8 @@ impl Cuda {
             mmv_variant: variant("LLM_SERVER_MMV", &[1, 2, 4], (1, 4)),
             mmv1_variant: variant("LLM_SERVER_MMV1", &[0, 1, 2, 4], (2, 2)),
             mmvq_variant: variant("LLM_SERVER_MMVQ", &[0, 1], (1, 1)),
+            attn_fused: std::env::var("LLM_SERVER_ATTN_FUSED").map_or(true, |v| v != "0"),
+            attn_mma: std::env::var("LLM_SERVER_ATTN_MMA").map_or(true, |v| v != "0"),
             delta_lpr: std::env::var("LLM_SERVER_DELTA_LPR")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -626,6 +635,19 @@ impl Backend for Cuda {
         p: AttnParams,
     ) -> R<CudaAct> {
         Ok(self.attention_(s, layer, qkv, p)?)
+    }
+
+    fn attention_block(
+        &self,
+        s: &CudaStep,
+        layer: &mut CudaLayer,
+        [qg, k, v]: [CudaAct; 3],
+        b: AttnBlock<'_, Cuda>,
+    ) -> R<CudaAct> {
+        if !self.attn_fused {
+            return engine::backend::attention_block_ops(self, s, layer, [qg, k, v], b);
+        }
+        Ok(self.attention_block_(layer, [&qg, &k, &v], &b)?)
     }
 
     fn sigmoid_mul(&self, _: &CudaStep, x: &mut CudaAct, g: &CudaAct) -> R<()> {

@@ -72,7 +72,19 @@ fn every_kernel_compiles_for_sm90_and_sm120() {
                             Ok(img) if matches!(img, Image::Cubin(_)) != archs.contains(arch) => {
                                 bad.push(format!("{name} {defs:?} sm_{arch}: wrong image kind"))
                             }
-                            Ok(_) => {}
+                            Ok(img) => {
+                                // For reading the machine code (registers, spills):
+                                // cuobjdump --dump-resource-usage DIR/*.cubin.
+                                if let Some(dir) = std::env::var_os("LLM_SERVER_CUBIN_DIR") {
+                                    let tag: Vec<String> =
+                                        defs.iter().map(|(k, v)| format!("{k}{v}")).collect();
+                                    let file = format!("{name}-{}-sm{arch}.cubin", tag.join("-"));
+                                    let _ = std::fs::write(
+                                        std::path::Path::new(&dir).join(file),
+                                        img.bytes(),
+                                    );
+                                }
+                            }
                             Err(e) => bad.push(format!("{name} {defs:?} sm_{arch}: {e}")),
                         }
                     }

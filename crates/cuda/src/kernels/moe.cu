@@ -5,12 +5,9 @@
 // One warp per token: softmax over the router logits (up to 1024, held in registers, 32 a
 // lane), then k rounds of a warp arg-max (ties to the lower expert id, as the CPU's sort),
 // weights renormalised over the chosen k with ggml's clamp of the sum.
-extern "C" __global__ void topk(const float* __restrict__ logits, int n_expert, int k, int n,
-                                i32* __restrict__ ids, float* __restrict__ weights) {
-    int t = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+__device__ __forceinline__ void topk_row(const float* __restrict__ l, int n_expert, int k, int t,
+                                         i32* __restrict__ ids, float* __restrict__ weights) {
     int lane = threadIdx.x & 31;
-    if (t >= n) return;
-    const float* l = logits + (u64)t * n_expert;
     float lv[32];
     float mx = NEG_INF;
 #pragma unroll
@@ -56,6 +53,13 @@ extern "C" __global__ void topk(const float* __restrict__ logits, int n_expert, 
         ids[(u64)t * k + lane] = my_e;
         weights[(u64)t * k + lane] = my_p / s;
     }
+}
+
+extern "C" __global__ void topk(const float* __restrict__ logits, int n_expert, int k, int n,
+                                i32* __restrict__ ids, float* __restrict__ weights) {
+    int t = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (t >= n) return;
+    topk_row(logits + (u64)t * n_expert, n_expert, k, t, ids, weights);
 }
 
 // Pairs (token t, slot i) = p = t·k + i sorted by expert, in one block: `slot_of[p]` its

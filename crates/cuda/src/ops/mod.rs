@@ -215,7 +215,7 @@ impl Cuda {
 
     /// An empty 8-bit form for `y` when a kernel writing `y` should make one: few rows (the
     /// one-token or few-pair products that read it) of a width the blocks divide.
-    fn q8_for(&self, y: &CudaAct) -> Result<Option<Q8Act>> {
+    pub(crate) fn q8_for(&self, y: &CudaAct) -> Result<Option<Q8Act>> {
         if self.mmvq_variant.0 == 0 || y.rows > MMV_MAX || !y.width.is_multiple_of(32) {
             return Ok(None);
         }

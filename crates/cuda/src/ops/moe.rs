@@ -167,13 +167,13 @@ impl Cuda {
     fn route(&self, e: &Experts<Cuda>, x: &CudaAct) -> Result<Route> {
         let (n, k, ne) = (x.rows, e.n_expert_used, e.n_expert);
         let logits = self.act(n, ne)?;
-        self.matmul_(&e.gate_inp, x, &logits)?;
         let r = Route {
             ids: self.scratch(4 * n * k)?,
             weights: self.act(n, k)?,
             n,
             k,
         };
+        self.matmul_(&e.gate_inp, x, &logits)?;
         let f = self.f(Src::Moe, "topk")?;
         let (lp, ip, wp) = (logits.ptr(), r.ids.ptr(), r.weights.ptr());
         let (nei, ki, ni) = (ne as i32, k as i32, n as i32);

@@ -137,6 +137,20 @@ pub trait Backend: Send + Sync + Sized + 'static {
         qkv: [&Self::Act; 3],
         p: AttnParams,
     ) -> Result<Self::Act>;
+    /// The whole of gated attention between its projections (spec qwen35moe §4.1 steps 3–7):
+    /// q is columns `q_cols` of `qg` (all of it without), the gate columns `gate_cols` (no
+    /// gate without); q and k get their per-head RMS norms (where given) and RoPE; then
+    /// [`Backend::attention`], times σ(gate). Made of the ops above here; a GPU does it in
+    /// three passes.
+    fn attention_block(
+        &self,
+        s: &Self::Step,
+        layer: &mut Self::Layer,
+        [qg, k, v]: [Self::Act; 3],
+        b: AttnBlock<'_, Self>,
+    ) -> Result<Self::Act> {
+        attention_block_ops(self, s, layer, [qg, k, v], b)
+    }
     /// `x ← x ⊙ σ(g)`.
     fn sigmoid_mul(&self, s: &Self::Step, x: &mut Self::Act, g: &Self::Act) -> Result<()>;
     /// The gated activation `act(gate) ⊙ up`.
@@ -288,6 +302,69 @@ pub struct AttnParams {
     pub shape: AttnShape,
     /// A sliding window: keys with `pos − p < window` only (llama.cpp `is_masked_swa`).
     pub window: Option<usize>,
+}
+
+/// [`Backend::attention_block`] made of the backend's single ops (the default, and a GPU's
+/// fallback).
+pub fn attention_block_ops<B: Backend>(
+    be: &B,
+    s: &B::Step,
+    layer: &mut B::Layer,
+    [qg, mut k, v]: [B::Act; 3],
+    b: AttnBlock<'_, B>,
+) -> Result<B::Act> {
+    let gate = match b.gate_cols {
+        Some(c) => Some(be.gather_cols(s, &qg, c)?),
+        None => None,
+    };
+    let mut q = match b.q_cols {
+        Some(c) => be.gather_cols(s, &qg, c)?,
+        None => qg,
+    };
+    if let Some(w) = b.q_norm {
+        be.rms_norm_inplace(s, &mut q, w, b.eps)?;
+    }
+    if let Some(w) = b.k_norm {
+        be.rms_norm_inplace(s, &mut k, w, b.eps)?;
+    }
+    let hd = b.attn.shape.head_dim;
+    be.rope(s, &mut q, hd, b.rope)?;
+    be.rope(s, &mut k, hd, b.rope)?;
+    let mut o = be.attention(s, layer, [&q, &k, &v], b.attn)?;
+    if let Some(g) = gate {
+        be.sigmoid_mul(s, &mut o, &g)?;
+    }
+    Ok(o)
+}
+
+/// What [`Backend::attention_block`] does around the attention itself.
+pub struct AttnBlock<'a, B: Backend> {
+    /// The query columns of the projection (`None`: all of it).
+    pub q_cols: Option<&'a B::Index>,
+    /// The gate columns (`None`: no output gate).
+    pub gate_cols: Option<&'a B::Index>,
+    /// Per-head RMS norm weights of q.
+    pub q_norm: Option<&'a B::Vector>,
+    /// Per-head RMS norm weights of k.
+    pub k_norm: Option<&'a B::Vector>,
+    /// The norms' epsilon.
+    pub eps: f32,
+    /// Positions, applied to q and k.
+    pub rope: Rope,
+    /// Heads, scale, window.
+    pub attn: AttnParams,
+}
+
+impl<B: Backend> std::fmt::Debug for AttnBlock<'_, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttnBlock")
+            .field("gated", &self.gate_cols.is_some())
+            .field("q_norm", &self.q_norm.is_some())
+            .field("k_norm", &self.k_norm.is_some())
+            .field("rope", &self.rope)
+            .field("attn", &self.attn)
+            .finish()
+    }
 }
 
 /// The activation of a gated FFN.

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::{AttnParams, Backend, DeltaNet, DeltaShape, Experts};
+use crate::backend::{AttnBlock, AttnParams, Backend, DeltaNet, DeltaShape, Experts};
 use crate::error::{Error, Result};
 use crate::kv::CacheConfig;
 use crate::ops::{AttnShape, Exec, Rope, RopeStyle};
@@ -444,24 +444,25 @@ impl<B: Backend> Qwen35Moe<B> {
         let (b, hp) = (&*self.b, &self.hp);
         let hd = hp.head_dim;
         // 1. per head: query ‖ gate; 2. keys and values.
-        let [qg, mut k, v] = b.matmuls(s, [&m.attn_q, &m.attn_k, &m.attn_v], x)?;
-        let mut q = b.gather_cols(s, &qg, &self.splits.q)?;
-        let gate = b.gather_cols(s, &qg, &self.splits.gate)?;
-        b.rms_norm_inplace(s, &mut q, &m.attn_q_norm, hp.rms_eps)?; // 3. Qcur_normed
-        b.rms_norm_inplace(s, &mut k, &m.attn_k_norm, hp.rms_eps)?; //    Kcur_normed
-        b.rope(s, &mut q, hd, hp.rope)?; // 4.
-        b.rope(s, &mut k, hd, hp.rope)?;
-        let p = AttnParams {
-            shape: AttnShape {
-                n_head: hp.n_head,
-                n_head_kv: hp.n_head_kv,
-                head_dim: hd,
-                scale: 1.0 / (hd as f32).sqrt(),
+        let [qg, k, v] = b.matmuls(s, [&m.attn_q, &m.attn_k, &m.attn_v], x)?;
+        let p = AttnBlock {
+            q_cols: Some(&self.splits.q),
+            gate_cols: Some(&self.splits.gate),
+            q_norm: Some(&m.attn_q_norm), // 3. Qcur_normed
+            k_norm: Some(&m.attn_k_norm), //    Kcur_normed
+            eps: hp.rms_eps,
+            rope: hp.rope, // 4.
+            attn: AttnParams {
+                shape: AttnShape {
+                    n_head: hp.n_head,
+                    n_head_kv: hp.n_head_kv,
+                    head_dim: hd,
+                    scale: 1.0 / (hd as f32).sqrt(),
+                },
+                window: None,
             },
-            window: None,
         };
-        let mut o = b.attention(s, kv, [&q, &k, &v], p)?; // 5.–6.
-        b.sigmoid_mul(s, &mut o, &gate)?; // 7.
+        let o = b.attention_block(s, kv, [qg, k, v], p)?; // 5.–7.
         b.matmul(s, &m.attn_output, &o) // 8.
     }
 
