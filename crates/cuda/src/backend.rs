@@ -88,6 +88,8 @@ pub struct Cuda {
     /// Attention's norms, RoPE, rotations and gate in two fused kernels around the attention
     /// (`LLM_SERVER_ATTN_FUSED=0`: one op each).
     pub(crate) attn_fused: bool,
+    /// Rows a lane group of `mmvq` (`LLM_SERVER_MMVQ_ROWS`: 1 or 2).
+    pub(crate) mmvq_rows: u32,
     /// Prefill attention on the tensor cores (`attn_mma`; `LLM_SERVER_ATTN_MMA=0`: the SIMT
     /// kernel).
     pub(crate) attn_mma: bool,
@@ -245,6 +247,11 @@ impl Cuda {
             mmv_variant: variant("LLM_SERVER_MMV", &[1, 2, 4], (1, 4)),
             mmv1_variant: variant("LLM_SERVER_MMV1", &[0, 1, 2, 4], (2, 2)),
             mmvq_variant: variant("LLM_SERVER_MMVQ", &[0, 1], (1, 1)),
+            mmvq_rows: std::env::var("LLM_SERVER_MMVQ_ROWS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|v| [1, 2].contains(v))
+                .unwrap_or(1),
             attn_fused: std::env::var("LLM_SERVER_ATTN_FUSED").map_or(true, |v| v != "0"),
             attn_mma: std::env::var("LLM_SERVER_ATTN_MMA").map_or(true, |v| v != "0"),
             delta_lpr: std::env::var("LLM_SERVER_DELTA_LPR")

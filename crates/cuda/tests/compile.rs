@@ -21,6 +21,7 @@ fn variants(src: Src) -> Vec<Vec<(&'static str, String)>> {
                     ("MMV1_ROWS", "2".into()),
                     ("MMV1_UNROLL", "2".into()),
                     ("MMVQ_UNROLL", "2".into()),
+                    ("MMVQ_R", "2".into()),
                 ]
             })
             .collect(),

@@ -226,6 +226,9 @@ extern "C" __global__ void __launch_bounds__(128) mmv1(MmvArgs a) {
 #ifndef MMVQ_UNROLL
 #define MMVQ_UNROLL 1
 #endif
+#ifndef MMVQ_R
+#define MMVQ_R 1
+#endif
 
 // One matrix of a `mmvq` launch: with `dense`, blockIdx.y < n_dense is a token (activation
 // row x_off + y, expert 0); otherwise blockIdx.y is a (token, expert) pair (expert ids[y],
@@ -257,39 +260,61 @@ struct MmvqArgs {
 
 // Rows of up to four matrices × one token or (token, expert) pair a blockIdx.y, with integer
 // dot products on 8-bit activations. A row's units (UPB a block, each 16 to 32 values) are
-// spread over 2^lanes_log2 lanes, MMVQ_UNROLL units in flight a lane; a warp takes
-// 32 / lanes rows, a block four warps. (An expert launch can carry the shared expert's
+// spread over 2^lanes_log2 lanes, MMVQ_UNROLL units in flight a lane; a lane group takes
+// MMVQ_R rows (sharing the activations' loads), a warp 32 / lanes groups, a block 4 warps. (An expert launch can carry the shared expert's
 // matrices as dense ones: their blocks past the tokens do nothing.)
 extern "C" __global__ void __launch_bounds__(128) mmvq(MmvqArgs a) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int lanes = 1 << a.lanes_log2, sub = lane & (lanes - 1);
-    int r = ((blockIdx.x * 4 + warp) << (5 - a.lanes_log2)) + (lane >> a.lanes_log2);
+    int r0 = (((blockIdx.x * 4 + warp) << (5 - a.lanes_log2)) + (lane >> a.lanes_log2)) * MMVQ_R;
     int pair = blockIdx.y;
-    int mi = 0;
-    for (; mi + 1 < a.n_mats && r >= a.mats[mi].m; mi++) r -= a.mats[mi].m;
-    const MmvqMat mt = a.mats[mi];
-    bool live = r < mt.m && (!mt.dense || pair < a.n_dense);
-    r = min(r, mt.m - 1);
-    u64 expert = 0, xr = (u64)mt.x_off + pair;
-    if (!mt.dense) {
-        expert = (u64)a.ids[pair];
-        xr = (u64)mt.x_off + pair / a.x_div;
-    }
-    const i8* xq = a.xq + xr * a.K;
-    const float* xd = a.xd + xr * (a.K / 32);
-    const u8* w = mt.w + (expert * mt.m + r) * a.row_bytes;
-    int units = live ? a.K / QK * UPB : 0;
-    float acc = 0.0f;
-    for (int u0 = sub; u0 < units; u0 += lanes * MMVQ_UNROLL) {
-        float v[MMVQ_UNROLL];
+    const u8* w[MMVQ_R];
+    const i8* xq[MMVQ_R];
+    const float* xd[MMVQ_R];
+    float* yp[MMVQ_R];
+    bool live[MMVQ_R];
+    bool any = false;
 #pragma unroll
-        for (int i = 0; i < MMVQ_UNROLL; i++) v[i] = VDOT(w, min(u0 + lanes * i, units - 1), xq, xd);
+    for (int k = 0; k < MMVQ_R; k++) {
+        int r = r0 + k, mi = 0;
+        for (; mi + 1 < a.n_mats && r >= a.mats[mi].m; mi++) r -= a.mats[mi].m;
+        const MmvqMat mt = a.mats[mi];
+        live[k] = r < mt.m && (!mt.dense || pair < a.n_dense);
+        any |= live[k];
+        r = min(r, mt.m - 1);
+        u64 expert = 0, xr = (u64)mt.x_off + pair;
+        if (!mt.dense) {
+            expert = (u64)a.ids[pair];
+            xr = (u64)mt.x_off + pair / a.x_div;
+        }
+        xq[k] = a.xq + xr * a.K;
+        xd[k] = a.xd + xr * (a.K / 32);
+        w[k] = mt.w + (expert * mt.m + r) * a.row_bytes;
+        yp[k] = mt.y + (u64)pair * mt.m + r;
+    }
+    int units = any ? a.K / QK * UPB : 0;
+    float acc[MMVQ_R];
+#pragma unroll
+    for (int k = 0; k < MMVQ_R; k++) acc[k] = 0.0f;
+    for (int u0 = sub; u0 < units; u0 += lanes * MMVQ_UNROLL) {
+        float v[MMVQ_R][MMVQ_UNROLL];
 #pragma unroll
         for (int i = 0; i < MMVQ_UNROLL; i++)
-            if (u0 + lanes * i < units) acc += v[i];
+#pragma unroll
+            for (int k = 0; k < MMVQ_R; k++)
+                v[k][i] = VDOT(w[k], min(u0 + lanes * i, units - 1), xq[k], xd[k]);
+#pragma unroll
+        for (int i = 0; i < MMVQ_UNROLL; i++)
+            if (u0 + lanes * i < units)
+#pragma unroll
+                for (int k = 0; k < MMVQ_R; k++) acc[k] += v[k][i];
     }
-    for (int o = lanes >> 1; o > 0; o >>= 1) acc += __shfl_xor_sync(FULL_MASK, acc, o);
-    if (sub == 0 && live) mt.y[(u64)pair * mt.m + r] = acc;
+#pragma unroll
+    for (int k = 0; k < MMVQ_R; k++) {
+        float s = acc[k];
+        for (int o = lanes >> 1; o > 0; o >>= 1) s += __shfl_xor_sync(FULL_MASK, s, o);
+        if (sub == 0 && live[k]) *yp[k] = s;
+    }
 }
 #endif
 

@@ -333,7 +333,7 @@ impl Cuda {
             };
             total += q.m;
         }
-        let per_block = 4 * (32 >> lanes_log2);
+        let per_block = 4 * (32 >> lanes_log2) * self.mmvq_rows;
         let grid_y = pairs.max(rows.tokens) as u32;
         let f = self.k.func(Src::Matmul, &self.wtype(w0), "mmvq")?;
         // SAFETY: the callers size every output for its rows (tokens or pairs) × m; ids are

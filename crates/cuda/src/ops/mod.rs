@@ -41,6 +41,7 @@ impl Cuda {
             ("MMV1_ROWS", self.mmv1_variant.0.max(1).to_string()),
             ("MMV1_UNROLL", self.mmv1_variant.1.to_string()),
             ("MMVQ_UNROLL", self.mmvq_variant.1.to_string()),
+            ("MMVQ_R", self.mmvq_rows.to_string()),
         ]
     }
 
