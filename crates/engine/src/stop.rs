@@ -7,6 +7,7 @@
 pub struct StopMatcher {
     stops: Vec<String>,
     held: String,
+    matched: Option<usize>,
 }
 
 /// What [`StopMatcher::push`] found.
@@ -24,6 +25,7 @@ impl StopMatcher {
         StopMatcher {
             stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
             held: String::new(),
+            matched: None,
         }
     }
 
@@ -33,9 +35,11 @@ impl StopMatcher {
         let first = self
             .stops
             .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
+            .enumerate()
+            .filter_map(|(i, s)| self.held.find(s.as_str()).map(|at| (at, i)))
             .min();
-        if let Some(at) = first {
+        if let Some((at, i)) = first {
+            self.matched = Some(i);
             let out = self.held[..at].to_string();
             self.held.clear();
             return StopStep::Stop(out);
@@ -60,6 +64,12 @@ impl StopMatcher {
         StopStep::Continue(out)
     }
 
+    /// The stop string that ended generation (the earliest in the text; of two starting
+    /// there, the first given).
+    pub fn matched(&self) -> Option<&str> {
+        self.matched.map(|i| self.stops[i].as_str())
+    }
+
     /// Text still held back when generation ends for another reason.
     pub fn finish(&mut self) -> String {
         std::mem::take(&mut self.held)
@@ -76,6 +86,7 @@ mod tests {
         assert_eq!(m.push("hello </"), StopStep::Continue("hello ".into()));
         assert_eq!(m.push("en"), StopStep::Continue(String::new()));
         assert_eq!(m.push("d> more"), StopStep::Stop(String::new()));
+        assert_eq!(m.matched(), Some("</end>"));
     }
 
     #[test]

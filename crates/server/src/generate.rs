@@ -58,7 +58,7 @@ pub enum Finish {
 }
 
 /// What a finished generation did.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Outcome {
     /// Tokens in the prompt.
     pub prompt_tokens: usize,
@@ -66,6 +66,8 @@ pub struct Outcome {
     pub completion_tokens: usize,
     /// Why it ended.
     pub finish: Finish,
+    /// The stop string that ended it (with [`Finish::StopString`]).
+    pub stop: Option<String>,
     /// Time of the prompt's forward pass.
     pub prefill: Duration,
     /// Time from the first sample to the end.
@@ -177,6 +179,7 @@ pub fn generate(
         prompt_tokens: prompt.len(),
         completion_tokens: generated,
         finish,
+        stop: stops.matched().map(str::to_string),
         prefill,
         decode: t1.elapsed(),
     })

@@ -23,6 +23,7 @@ pub use model::ServedModel;
 pub use request::Job;
 pub use routes::{router, serve, AppState};
 
+pub mod anthropic;
 mod error;
 pub mod extract;
 pub mod generate;
@@ -31,3 +32,4 @@ pub mod queue;
 pub mod request;
 pub mod response;
 pub mod routes;
+pub mod think;

@@ -420,7 +420,7 @@ fn check_content(content: Option<&Value>, role: &str, i: usize) -> Result<(), Ap
 }
 
 /// A template error: the request's fault (a role order the template refuses) or the file's.
-fn template_error(e: ChatError) -> ApiError {
+pub(crate) fn template_error(e: ChatError) -> ApiError {
     match e {
         ChatError::Raised { message, .. } => ApiError::invalid("messages", message),
         ChatError::Render { .. } | ChatError::BadMessage { .. } | ChatError::MessagesNotArray => {

@@ -214,6 +214,7 @@ mod tests {
             prompt_tokens: 7,
             completion_tokens: 3,
             finish,
+            stop: None,
             prefill: Duration::ZERO,
             decode: Duration::ZERO,
         }

@@ -16,6 +16,7 @@ use futures_util::stream;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use crate::anthropic;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, BODY_LIMIT};
 use crate::generate::Outcome;
@@ -52,6 +53,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
@@ -105,9 +108,9 @@ async fn completions(
 
 /// Template rendering and tokenizing a long prompt take a while: keep them off the async
 /// workers.
-async fn prepare(
-    f: impl FnOnce() -> Result<Job, ApiError> + Send + 'static,
-) -> Result<Job, ApiError> {
+pub(crate) async fn prepare<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::Internal {
@@ -178,22 +181,30 @@ fn sse_response(enc: SseEncoder, events: mpsc::Receiver<Event>) -> Response {
         .into_response()
 }
 
-/// With `--api-key`, `/v1` routes need `Authorization: Bearer <key>` (`/health` stays open,
-/// as in llama-server).
+/// With `--api-key`, `/v1` routes need the key, as `Authorization: Bearer <key>` (OpenAI) or
+/// `x-api-key: <key>` (Anthropic); `/health` stays open, as in llama-server. The Messages
+/// routes answer a refusal in Anthropic's error shape.
 async fn require_api_key(
     State(s): State<AppState>,
     req: Request,
     next: Next,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Response> {
     if let Some(key) = &s.api_key {
-        let given = req
-            .headers()
+        let h = req.headers();
+        let bearer = h
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        if given != Some(&**key) {
-            return Err(ApiError::Unauthorized);
+        let x_key = h
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim);
+        if bearer != Some(&**key) && x_key != Some(&**key) {
+            if req.uri().path().starts_with("/v1/messages") {
+                return Err(anthropic::AnthropicError(ApiError::Unauthorized).into_response());
+            }
+            return Err(ApiError::Unauthorized.into_response());
         }
     }
     Ok(next.run(req).await)
