@@ -10,11 +10,7 @@
 //! `any`/`tool` (needs constrained decoding), images and documents (a 400 says so), and the
 //! thinking budget (reasoning is not cut at `budget_tokens`).
 
-use std::convert::Infallible;
-
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use engine::{ChatRequest, SamplerError, SamplerParams};
@@ -30,7 +26,7 @@ use crate::model::ServedModel;
 use crate::queue::Event;
 use crate::request::{template_error, Job, StreamOptions};
 use crate::response::random_u64;
-use crate::routes::{prepare, AppState};
+use crate::routes::{collect, ended_early, event_stream, prepare, AppState};
 use crate::think::{split_whole, Part, ThinkSplit};
 
 /// An [`ApiError`] answered in Anthropic's shape.
@@ -465,20 +461,6 @@ pub async fn count_tokens(
     Ok(Json(json!({"input_tokens": n})))
 }
 
-async fn collect(mut events: mpsc::Receiver<Event>) -> Result<(String, Outcome), ApiError> {
-    let mut text = String::new();
-    while let Some(event) = events.recv().await {
-        match event {
-            Event::Text(t) => text.push_str(&t),
-            Event::Done(o) => return Ok((text, o)),
-            Event::Failed(message) => return Err(ApiError::Internal { message }),
-        }
-    }
-    Err(ApiError::Internal {
-        message: "generation ended without a result".into(),
-    })
-}
-
 /// What every part of one reply shares.
 #[derive(Clone, Debug)]
 struct MessageHead {
@@ -663,34 +645,19 @@ fn sse(head: MessageHead, events: mpsc::Receiver<Event>) -> Response {
                 event("error", error_body(&ApiError::Internal { message })),
                 false,
             ),
-            None => (
-                event(
-                    "error",
-                    error_body(&ApiError::Internal {
-                        message: "generation ended without a result".into(),
-                    }),
-                ),
-                false,
-            ),
+            None => (event("error", error_body(&ended_early())), false),
         };
         Some((chunk, more.then_some((blocks, events, None))))
     });
-    let body = Body::from_stream(futures_util::StreamExt::map(chunks, Ok::<_, Infallible>));
-    (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response()
+    event_stream(chunks)
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
-    use axum::http::{Request, StatusCode};
+    use axum::body::Body;
+    use axum::http::{header, Request, StatusCode};
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 

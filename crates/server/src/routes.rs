@@ -135,7 +135,9 @@ async fn answer(s: &AppState, endpoint: Endpoint, job: Job) -> Result<Response, 
     }
 }
 
-async fn collect(mut events: mpsc::Receiver<Event>) -> Result<(String, Outcome), ApiError> {
+pub(crate) async fn collect(
+    mut events: mpsc::Receiver<Event>,
+) -> Result<(String, Outcome), ApiError> {
     let mut text = String::new();
     while let Some(event) = events.recv().await {
         match event {
@@ -147,7 +149,7 @@ async fn collect(mut events: mpsc::Receiver<Event>) -> Result<(String, Outcome),
     Err(ended_early())
 }
 
-fn ended_early() -> ApiError {
+pub(crate) fn ended_early() -> ApiError {
     ApiError::Internal {
         message: "generation ended without a result".into(),
     }
@@ -170,6 +172,13 @@ fn sse_response(enc: SseEncoder, events: mpsc::Receiver<Event>) -> Response {
         };
         Some((chunk, more.then_some((enc, events, None))))
     });
+    event_stream(chunks)
+}
+
+/// An SSE response of `chunks` (already formatted events).
+pub(crate) fn event_stream(
+    chunks: impl futures_util::Stream<Item = String> + Send + 'static,
+) -> Response {
     let body = Body::from_stream(futures_util::StreamExt::map(chunks, Ok::<_, Infallible>));
     (
         [
