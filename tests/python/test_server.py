@@ -133,6 +133,31 @@ def test_streamed_chat_equals_whole(client):
     assert all(c.usage is None for c in chunks[:-1])
 
 
+def test_reasoning_apart_from_the_answer(client, tmp_path):
+    """The demo template opens `<think>` when thinking is on: the text before `</think>` is
+    reasoning (`reasoning_content`, whole and streamed), never content; `--reasoning-format
+    none` leaves the model's text as it is."""
+    args = dict(model=MODEL, messages=HELLO, max_tokens=24, temperature=0,
+                extra_body={"chat_template_kwargs": {"enable_thinking": True}})
+    whole = client.chat.completions.create(**args).choices[0].message
+    assert "</think>" not in whole.content
+    reasoning = getattr(whole, "reasoning_content", None)
+    chunks = list(client.chat.completions.create(**args, stream=True))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert "".join(d.content or "" for d in deltas) == whole.content
+    streamed = "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas)
+    assert streamed == (reasoning or "")
+    s = Server(tmp_path / "server.log", "--alias", MODEL, "--reasoning-format", "none")
+    try:
+        raw_text = s.client().chat.completions.create(**args).choices[0].message.content
+    finally:
+        s.stop()
+    # Same greedy tokens: the raw text is the reasoning, the tag, the answer.
+    assert "</think>" in raw_text
+    before, after = raw_text.split("</think>", 1)
+    assert before.strip() == (reasoning or "") and after.strip() == whole.content.strip()
+
+
 def test_stop_strings(client):
     args = dict(model=MODEL, messages=HELLO, max_tokens=32, temperature=0,
                 extra_body={"ignore_eos": True})

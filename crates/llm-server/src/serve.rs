@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use server::{AppState, ServedModel};
+use server::{AppState, ReasoningFormat, ServedModel};
 
 use crate::cache_args::CacheArgs;
 use crate::load;
@@ -34,10 +34,25 @@ pub struct Args {
     /// Require `Authorization: Bearer KEY` on `/v1` routes.
     #[arg(long)]
     pub api_key: Option<String>,
+    /// Where the chat route puts the model's `<think>` reasoning: `deepseek` (or `auto`) in
+    /// `reasoning_content`, `none` left in `content` (llama-server's flag).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub reasoning_format: ReasoningArg,
     #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]
     pub device: crate::device_args::DeviceArgs,
+}
+
+/// `--reasoning-format` values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ReasoningArg {
+    /// As `deepseek`.
+    Auto,
+    /// Reasoning in `reasoning_content`.
+    Deepseek,
+    /// Reasoning left in `content`.
+    None,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -63,7 +78,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("weights ready in {:.1} s", t0.elapsed().as_secs_f64());
     let model = ServedModel::new(m.model, m.tokenizer, m.template, m.exec, id, n_ctx)
         .with_context(|| format!("{}: chat template", path.display()))?
-        .with_cache(args.cache.config());
+        .with_cache(args.cache.config())
+        .with_reasoning(match args.reasoning_format {
+            ReasoningArg::Auto | ReasoningArg::Deepseek => ReasoningFormat::Deepseek,
+            ReasoningArg::None => ReasoningFormat::None,
+        });
     eprintln!(
         "model {} ({}), context {n_ctx}, {} threads",
         model.id,

@@ -212,6 +212,7 @@ impl MessagesRequest {
                 sampling,
             },
             stream: f.stream.unwrap_or(false).then(StreamOptions::default),
+            think: prompt.thinking.then_some(prompt.opened_think),
         };
         Ok((job, prompt))
     }

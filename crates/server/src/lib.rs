@@ -19,7 +19,7 @@
 
 pub use error::ApiError;
 pub use generate::{generate, prompt_tokens, Finish, GenerateError, Generator, Outcome, Params};
-pub use model::ServedModel;
+pub use model::{ReasoningFormat, ServedModel};
 pub use request::Job;
 pub use routes::{router, serve, AppState};
 

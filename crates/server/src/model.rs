@@ -23,6 +23,18 @@ pub struct ServedModel {
     pub created: u64,
     /// KV cache types of each request's state (`-ctk/-ctv`).
     pub cache: engine::CacheConfig,
+    /// Where the chat route puts the model's `<think>` reasoning.
+    pub reasoning: ReasoningFormat,
+}
+
+/// llama-server's `--reasoning-format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReasoningFormat {
+    /// Left in `content` as the model wrote it.
+    None,
+    /// Taken out into `reasoning_content` (`message` and stream `delta`), as DeepSeek's API.
+    #[default]
+    Deepseek,
 }
 
 impl std::fmt::Debug for ServedModel {
@@ -61,12 +73,19 @@ impl ServedModel {
             n_ctx,
             created: crate::response::unix_now(),
             cache: engine::CacheConfig::default(),
+            reasoning: ReasoningFormat::default(),
         })
     }
 
     /// The same model with KV caches of the given types.
     pub fn with_cache(mut self, cache: engine::CacheConfig) -> ServedModel {
         self.cache = cache;
+        self
+    }
+
+    /// The same model with reasoning put where `format` says.
+    pub fn with_reasoning(mut self, format: ReasoningFormat) -> ServedModel {
+        self.reasoning = format;
         self
     }
 

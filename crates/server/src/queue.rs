@@ -117,6 +117,7 @@ mod tests {
                 cache: Default::default(),
             },
             stream: None,
+            think: None,
         }
     }
 

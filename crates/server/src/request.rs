@@ -11,7 +11,8 @@ use serde_json::{Map, Number, Value};
 use crate::error::ApiError;
 use crate::extract::{fields, FromJson};
 use crate::generate::{prompt_tokens, Params};
-use crate::model::ServedModel;
+use crate::model::{ReasoningFormat, ServedModel};
+use crate::think::ThinkSplit;
 
 /// A validated request, ready for the queue.
 #[derive(Debug)]
@@ -22,6 +23,9 @@ pub struct Job {
     pub params: Params,
     /// `Some` when the reply is streamed (SSE).
     pub stream: Option<StreamOptions>,
+    /// `Some(opened)` when `<think>` reasoning is taken out of the answer (`opened`: the
+    /// prompt already opened the tag).
+    pub think: Option<bool>,
 }
 
 /// OpenAI's `stream_options`.
@@ -139,7 +143,11 @@ impl ChatCompletionRequest {
         };
         let text = m.template.render(&req).map_err(template_error)?;
         let prompt = prompt_tokens(&m.tokenizer, &text, true);
-        self.gen.into_job(m, prompt)
+        let mut job = self.gen.into_job(m, prompt)?;
+        if m.reasoning == ReasoningFormat::Deepseek {
+            job.think = Some(ThinkSplit::prompt_opens(&text));
+        }
+        Ok(job)
     }
 }
 
@@ -203,6 +211,7 @@ impl GenFields {
                 sampling,
             },
             stream,
+            think: None,
         })
     }
 

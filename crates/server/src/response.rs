@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::generate::{Finish, Outcome};
+use crate::think::{split_whole, Part, ThinkSplit};
 
 /// Identifies this build in `system_fingerprint`.
 pub const FINGERPRINT: &str = concat!("llm-server-", env!("CARGO_PKG_VERSION"));
@@ -37,6 +38,8 @@ pub struct Meta {
     pub model: String,
     /// The endpoint.
     pub endpoint: Endpoint,
+    /// `Some(opened)`: `<think>` reasoning goes to `reasoning_content` (chat only).
+    pub think: Option<bool>,
 }
 
 impl Meta {
@@ -51,6 +54,7 @@ impl Meta {
             created: unix_now(),
             model: model.to_string(),
             endpoint,
+            think: None,
         }
     }
 
@@ -83,11 +87,20 @@ pub fn usage(o: &Outcome) -> Value {
 pub fn full_reply(meta: &Meta, text: &str, o: &Outcome) -> Value {
     let finish = finish_reason(o.finish);
     let (object, choice) = match meta.endpoint {
-        Endpoint::Chat => (
-            "chat.completion",
-            json!({"index": 0, "message": {"role": "assistant", "content": text, "refusal": null},
-                   "logprobs": null, "finish_reason": finish}),
-        ),
+        Endpoint::Chat => {
+            let mut message = json!({"role": "assistant", "content": text, "refusal": null});
+            if let Some(opened) = meta.think {
+                let (reasoning, answer) = split_whole(text, opened);
+                message["content"] = answer.into();
+                if !reasoning.is_empty() {
+                    message["reasoning_content"] = reasoning.into();
+                }
+            }
+            (
+                "chat.completion",
+                json!({"index": 0, "message": message, "logprobs": null, "finish_reason": finish}),
+            )
+        }
         Endpoint::Completion => (
             "text_completion",
             json!({"text": text, "index": 0, "logprobs": null, "finish_reason": finish}),
@@ -100,19 +113,25 @@ pub fn full_reply(meta: &Meta, text: &str, o: &Outcome) -> Value {
 }
 
 /// Writes one streamed reply as SSE chunks.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct SseEncoder {
     meta: Meta,
     include_usage: bool,
+    split: Option<ThinkSplit>,
 }
 
 impl SseEncoder {
     /// An encoder; with `include_usage` every chunk carries `"usage": null` and a last chunk
     /// the counts, as OpenAI does.
     pub fn new(meta: Meta, include_usage: bool) -> SseEncoder {
+        let split = match meta.endpoint {
+            Endpoint::Chat => meta.think.map(ThinkSplit::new),
+            Endpoint::Completion => None,
+        };
         SseEncoder {
             meta,
             include_usage,
+            split,
         }
     }
 
@@ -126,21 +145,43 @@ impl SseEncoder {
         })
     }
 
-    /// A piece of generated text.
-    pub fn text(&self, text: &str) -> String {
-        match self.meta.endpoint {
-            Endpoint::Chat => self.chunk(json!({"content": text}), None),
-            Endpoint::Completion => self.chunk(json!(text), None),
+    /// A piece of generated text (reasoning as `reasoning_content` deltas; nothing while a
+    /// `<think>` tag may be forming).
+    pub fn text(&mut self, text: &str) -> String {
+        match (self.meta.endpoint, &mut self.split) {
+            (Endpoint::Chat, Some(split)) => {
+                let parts = split.push(text);
+                self.parts(parts)
+            }
+            (Endpoint::Chat, None) => self.chunk(json!({"content": text}), None),
+            (Endpoint::Completion, _) => self.chunk(json!(text), None),
         }
     }
 
-    /// The end: the chunk with `finish_reason`, the usage chunk if asked for, `[DONE]`.
-    pub fn done(&self, o: &Outcome) -> String {
+    fn parts(&self, parts: Vec<Part>) -> String {
+        parts
+            .into_iter()
+            .map(|p| match p {
+                Part::Thinking(t) => self.chunk(json!({"reasoning_content": t}), None),
+                Part::Text(t) => self.chunk(json!({"content": t}), None),
+            })
+            .collect()
+    }
+
+    /// The end: held text, the chunk with `finish_reason`, the usage chunk if asked for,
+    /// `[DONE]`.
+    pub fn done(&mut self, o: &Outcome) -> String {
+        let rest = self
+            .split
+            .as_mut()
+            .map(ThinkSplit::finish)
+            .unwrap_or_default();
+        let mut out = self.parts(rest);
         let empty = match self.meta.endpoint {
             Endpoint::Chat => json!({}),
             Endpoint::Completion => json!(""),
         };
-        let mut out = self.chunk(empty, Some(finish_reason(o.finish)));
+        out.push_str(&self.chunk(empty, Some(finish_reason(o.finish))));
         if self.include_usage {
             let mut v = self.meta.envelope(self.object());
             v.insert("choices".into(), json!([]));
@@ -226,6 +267,7 @@ mod tests {
             created: 42,
             model: "demo".into(),
             endpoint,
+            think: None,
         }
     }
 
@@ -244,7 +286,7 @@ mod tests {
 
     #[test]
     fn chat_stream_chunks() {
-        let enc = SseEncoder::new(meta(Endpoint::Chat), false);
+        let mut enc = SseEncoder::new(meta(Endpoint::Chat), false);
         let start = enc.start().unwrap_or_default();
         let expected = format!(
             "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":42,\
@@ -264,7 +306,7 @@ mod tests {
 
     #[test]
     fn usage_chunk_when_asked() {
-        let enc = SseEncoder::new(meta(Endpoint::Chat), true);
+        let mut enc = SseEncoder::new(meta(Endpoint::Chat), true);
         let body = [enc.text("a"), enc.done(&outcome(Finish::Eos))].concat();
         let ev = events(&body);
         assert_eq!(ev.len(), 3);
@@ -278,8 +320,35 @@ mod tests {
     }
 
     #[test]
+    fn reasoning_goes_to_its_own_field() {
+        let m = Meta {
+            think: Some(true),
+            ..meta(Endpoint::Chat)
+        };
+        let mut enc = SseEncoder::new(m.clone(), false);
+        let body = [
+            enc.text("plan</th"),
+            enc.text("ink>\n\nHi"),
+            enc.done(&outcome(Finish::Eos)),
+        ]
+        .concat();
+        let ev = events(&body);
+        assert_eq!(
+            ev[0]["choices"][0]["delta"],
+            json!({"reasoning_content": "plan"})
+        );
+        assert_eq!(ev[1]["choices"][0]["delta"], json!({"content": "Hi"}));
+        let full = full_reply(&m, "plan</think>\n\nHi", &outcome(Finish::Eos));
+        let msg = &full["choices"][0]["message"];
+        assert_eq!(
+            (&msg["content"], &msg["reasoning_content"]),
+            (&json!("Hi"), &json!("plan"))
+        );
+    }
+
+    #[test]
     fn completion_stream_and_reply() {
-        let enc = SseEncoder::new(meta(Endpoint::Completion), false);
+        let mut enc = SseEncoder::new(meta(Endpoint::Completion), false);
         assert!(enc.start().is_none());
         let ev = events(&[enc.text("once"), enc.done(&outcome(Finish::StopString))].concat());
         assert_eq!(ev[0]["object"], "text_completion");

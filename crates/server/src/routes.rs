@@ -120,7 +120,8 @@ pub(crate) async fn prepare<T: Send + 'static>(
 
 /// Queue the job and answer with its result, whole or streamed.
 async fn answer(s: &AppState, endpoint: Endpoint, job: Job) -> Result<Response, ApiError> {
-    let meta = Meta::new(endpoint, &s.model.id);
+    let mut meta = Meta::new(endpoint, &s.model.id);
+    meta.think = job.think;
     let stream = job.stream;
     let events = s.queue.submit(s.model.clone(), job, meta.id.clone()).await;
     match stream {
@@ -160,7 +161,7 @@ pub(crate) fn ended_early() -> ApiError {
 fn sse_response(enc: SseEncoder, events: mpsc::Receiver<Event>) -> Response {
     let first = enc.start();
     let chunks = stream::unfold(Some((enc, events, first)), |st| async move {
-        let (enc, mut events, first) = st?;
+        let (mut enc, mut events, first) = st?;
         if let Some(chunk) = first {
             return Some((chunk, Some((enc, events, None))));
         }

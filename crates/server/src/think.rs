@@ -25,11 +25,14 @@ enum State {
     Answer,
 }
 
-/// Splits a generation into reasoning and answer.
+/// Splits a generation into reasoning and answer. Blank space at either end of the reasoning
+/// is dropped (the templates put newlines around it), so a reasoning of only newlines is none.
 #[derive(Debug)]
 pub struct ThinkSplit {
     state: State,
     held: String,
+    /// No reasoning released yet: leading blank space is dropped.
+    fresh: bool,
 }
 
 impl ThinkSplit {
@@ -43,6 +46,7 @@ impl ThinkSplit {
                 State::Start
             },
             held: String::new(),
+            fresh: true,
         }
     }
 
@@ -71,20 +75,22 @@ impl ThinkSplit {
                 State::Thinking => {
                     if let Some(at) = self.held.find(CLOSE) {
                         let rest = self.held.split_off(at);
-                        push_part(&mut out, Part::Thinking(std::mem::take(&mut self.held)));
+                        let reasoning = std::mem::take(&mut self.held);
+                        self.think(&mut out, reasoning.trim_end());
                         self.held = rest[CLOSE.len()..].to_string();
                         self.state = State::AfterThinking;
                         continue;
                     }
-                    let keep = (1..CLOSE.len())
+                    // Hold back what may start the closing tag, and blank space that may
+                    // turn out to end the reasoning.
+                    let tag = (1..CLOSE.len())
                         .rev()
                         .find(|&n| self.held.ends_with(&CLOSE[..n]))
                         .unwrap_or(0);
-                    let tail = self.held.split_off(self.held.len() - keep);
-                    push_part(
-                        &mut out,
-                        Part::Thinking(std::mem::replace(&mut self.held, tail)),
-                    );
+                    let body_end = self.held[..self.held.len() - tag].trim_end().len();
+                    let tail = self.held.split_off(body_end);
+                    let body = std::mem::replace(&mut self.held, tail);
+                    self.think(&mut out, &body);
                     return out;
                 }
                 State::AfterThinking => {
@@ -104,12 +110,24 @@ impl ThinkSplit {
         }
     }
 
+    /// Reasoning text out, leading blank space dropped until some is released.
+    fn think(&mut self, out: &mut Vec<Part>, text: &str) {
+        let text = if self.fresh { text.trim_start() } else { text };
+        if !text.is_empty() {
+            self.fresh = false;
+            out.push(Part::Thinking(text.to_string()));
+        }
+    }
+
     /// What is still held when generation ends (an unfinished tag is text of its kind).
     pub fn finish(&mut self) -> Vec<Part> {
         let held = std::mem::take(&mut self.held);
         let mut out = Vec::new();
         match self.state {
-            State::Thinking => push_part(&mut out, Part::Thinking(held)),
+            State::Thinking => {
+                let t = held.trim_end().to_string();
+                self.think(&mut out, &t);
+            }
             State::AfterThinking => {}
             State::Start | State::Answer => push_part(&mut out, Part::Text(held)),
         }
@@ -172,8 +190,8 @@ mod tests {
 
     #[test]
     fn tags_split_anywhere() {
-        let whole = "<think>\nplan a</think>\n\nAnswer.";
-        let want = vec![th("\nplan a"), tx("Answer.")];
+        let whole = "<think>\nplan a\n b \n</think>\n\nAnswer.";
+        let want = vec![th("plan a\n b"), tx("Answer.")];
         // Every way of cutting the text in two, and one character at a time.
         for cut in 0..=whole.len() {
             assert_eq!(
