@@ -158,6 +158,47 @@ def test_reasoning_apart_from_the_answer(client, tmp_path):
     assert before.strip() == (reasoning or "") and after.strip() == whole.content.strip()
 
 
+def metrics(server) -> dict:
+    """`GET /metrics` as {sample name with labels: value}."""
+    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as res:
+        assert res.headers["Content-Type"].startswith("text/plain")
+        text = res.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def test_metrics_count_requests_tokens_and_first_tokens(server, client):
+    before = metrics(server)
+    route = 'llm_server_requests_total{route="/v1/chat/completions",status="200"}'
+    r = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=5, temperature=0,
+                                       extra_body={"ignore_eos": True})
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=[], max_tokens=5)
+    after = metrics(server)
+    assert after[route] == before.get(route, 0) + 1
+    bad = 'llm_server_requests_total{route="/v1/chat/completions",status="400"}'
+    assert after[bad] == before.get(bad, 0) + 1
+    gen = "llm_server_generated_tokens_total"
+    assert after[gen] == before[gen] + r.usage.completion_tokens
+    prompt = "llm_server_prompt_tokens_total"
+    assert after[prompt] == before[prompt] + r.usage.prompt_tokens
+    count = "llm_server_time_to_first_token_seconds_count"
+    assert after[count] == before[count] + 1
+    assert after['llm_server_time_to_first_token_seconds_bucket{le="+Inf"}'] == after[count]
+    # The generation thread lets go of its gauge just after its last event: wait for it.
+    for _ in range(100):
+        if after["llm_server_requests_running"] == 0:
+            break
+        time.sleep(0.02)
+        after = metrics(server)
+    assert after["llm_server_requests_waiting"] == 0 and after["llm_server_requests_running"] == 0
+    assert after["llm_server_resident_memory_bytes"] > 0
+
+
 def test_stop_strings(client):
     args = dict(model=MODEL, messages=HELLO, max_tokens=32, temperature=0,
                 extra_body={"ignore_eos": True})

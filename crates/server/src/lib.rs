@@ -27,6 +27,7 @@ pub mod anthropic;
 mod error;
 pub mod extract;
 pub mod generate;
+pub mod metrics;
 mod model;
 pub mod queue;
 pub mod request;

@@ -5,10 +5,12 @@
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, Mutex};
 
 use crate::generate::{generate, Finish, Outcome};
+use crate::metrics::Metrics;
 use crate::model::ServedModel;
 use crate::request::Job;
 
@@ -31,6 +33,7 @@ pub enum Event {
 #[derive(Clone, Debug, Default)]
 pub struct Queue {
     turn: Arc<Mutex<()>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Queue {
@@ -42,19 +45,60 @@ impl Queue {
         job: Job,
         label: String,
     ) -> mpsc::Receiver<Event> {
-        let turn = self.turn.clone().lock_owned().await;
+        let queued = Instant::now();
+        let turn = {
+            let _waiting = Gauge::up(&self.metrics, Metrics::waiting);
+            self.turn.clone().lock_owned().await
+        };
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        let metrics = self.metrics.clone();
         tokio::task::spawn_blocking(move || {
-            // Held until this generation ends (a panic included: the guard drops on unwind).
+            // Held until this generation ends (a panic included: the guards drop on unwind).
             let _turn = turn;
-            run(&model, &job, &tx, &label);
+            let _running = Gauge::up(&metrics, Metrics::running);
+            run(&model, &job, &tx, &label, (&metrics, queued));
         });
         rx
     }
+
+    /// The counters this queue feeds.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
 }
 
-fn run(model: &ServedModel, job: &Job, tx: &mpsc::Sender<Event>, label: &str) {
+/// A gauge raised for as long as it lives.
+struct Gauge<'a> {
+    m: &'a Metrics,
+    f: fn(&Metrics, i64),
+}
+
+impl<'a> Gauge<'a> {
+    fn up(m: &'a Metrics, f: fn(&Metrics, i64)) -> Gauge<'a> {
+        f(m, 1);
+        Gauge { m, f }
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        (self.f)(self.m, -1);
+    }
+}
+
+fn run(
+    model: &ServedModel,
+    job: &Job,
+    tx: &mpsc::Sender<Event>,
+    label: &str,
+    (metrics, queued): (&Metrics, Instant),
+) {
+    let mut first = true;
     let result = generate(model.generator(), &job.prompt, &job.params, |text| {
+        if first && !text.is_empty() {
+            first = false;
+            metrics.first_token(queued.elapsed());
+        }
         let gone = if text.is_empty() {
             tx.is_closed()
         } else {
@@ -69,6 +113,7 @@ fn run(model: &ServedModel, job: &Job, tx: &mpsc::Sender<Event>, label: &str) {
     let event = match result {
         Ok(o) => {
             log(label, &o);
+            metrics.finished(&o);
             Event::Done(o)
         }
         Err(e) => {

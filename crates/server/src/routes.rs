@@ -61,10 +61,15 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .with_state(state)
 }
 
@@ -75,6 +80,23 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::i
             let _ = tokio::signal::ctrl_c().await;
         })
         .await
+}
+
+/// Prometheus' text format (no key needed, like `/health`).
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.queue.metrics().render(),
+    )
+        .into_response()
+}
+
+/// Every request counted by route and status.
+async fn count_requests(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let res = next.run(req).await;
+    s.queue.metrics().request(&path, res.status().as_u16());
+    res
 }
 
 async fn health() -> Json<Value> {
