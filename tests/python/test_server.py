@@ -199,6 +199,30 @@ def test_metrics_count_requests_tokens_and_first_tokens(server, client):
     assert after["llm_server_resident_memory_bytes"] > 0
 
 
+def test_tool_history_renders_the_arguments(client):
+    """An earlier call's `arguments` (JSON text, as OpenAI sends them) reach the template as an
+    object: a longer argument value makes a longer prompt."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+
+    def prompt_tokens(city: str) -> int:
+        messages = [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [{
+                "id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": json.dumps({"city": city})}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
+        ]
+        r = client.chat.completions.create(model=MODEL, messages=messages, tools=tools,
+                                           max_tokens=1, temperature=0)
+        return r.usage.prompt_tokens
+
+    assert prompt_tokens("Paris, France, Europe, Earth") > prompt_tokens("Paris")
+    with pytest.raises(openai.BadRequestError, match="constrained decoding"):
+        client.chat.completions.create(model=MODEL, messages=HELLO, tools=tools, max_tokens=1,
+                                       tool_choice="required")
+
+
 def test_stop_strings(client):
     args = dict(model=MODEL, messages=HELLO, max_tokens=32, temperature=0,
                 extra_body={"ignore_eos": True})

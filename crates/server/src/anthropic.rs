@@ -28,6 +28,12 @@ use crate::request::{template_error, Job, StreamOptions};
 use crate::response::random_u64;
 use crate::routes::{collect, ended_early, event_stream, prepare, AppState};
 use crate::think::{split_whole, Part, ThinkSplit};
+use crate::tools::{split_calls, ParamTypes, Piece, ToolSplit};
+
+/// A fresh `tool_use` id.
+fn tool_use_id() -> String {
+    format!("toolu_{:016x}{:08x}", random_u64(), random_u64() as u32)
+}
 
 /// An [`ApiError`] answered in Anthropic's shape.
 #[derive(Debug)]
@@ -94,6 +100,8 @@ struct Prompt {
     tokens: Vec<u32>,
     opened_think: bool,
     thinking: bool,
+    /// Parameter types of the tools, when calls are parsed out of the answer.
+    tools: Option<ParamTypes>,
 }
 
 impl MessagesRequest {
@@ -124,7 +132,7 @@ impl MessagesRequest {
             )),
             None => None,
         };
-        check_tool_choice(f.tool_choice.as_ref())?;
+        let parse_calls = check_tool_choice(f.tool_choice.as_ref())?;
         let thinking = thinking_enabled(f.thinking.as_ref())?;
         let messages = Value::Array(messages);
         let req = ChatRequest {
@@ -135,10 +143,15 @@ impl MessagesRequest {
             extra: None,
         };
         let text = m.template.render(&req).map_err(template_error)?;
+        let types = match (&tools, parse_calls) {
+            (Some(Value::Array(t)), true) if !t.is_empty() => Some(ParamTypes::from_tools(t)),
+            _ => None,
+        };
         Ok(Prompt {
             tokens: prompt_tokens(&m.tokenizer, &text, true),
             opened_think: ThinkSplit::prompt_opens(&text),
             thinking,
+            tools: types,
         })
     }
 
@@ -213,6 +226,7 @@ impl MessagesRequest {
             },
             stream: f.stream.unwrap_or(false).then(StreamOptions::default),
             think: prompt.thinking.then_some(prompt.opened_think),
+            tools: prompt.tools.clone(),
         };
         Ok((job, prompt))
     }
@@ -386,10 +400,12 @@ fn convert_tool(t: &Value, i: usize) -> Result<Value, ApiError> {
     Ok(json!({"type": "function", "function": f}))
 }
 
-fn check_tool_choice(c: Option<&Value>) -> Result<(), ApiError> {
-    let Some(c) = c else { return Ok(()) };
+/// Whether calls are parsed out of the answer (`auto`, the default) or not (`none`).
+fn check_tool_choice(c: Option<&Value>) -> Result<bool, ApiError> {
+    let Some(c) = c else { return Ok(true) };
     match c.get("type").and_then(Value::as_str) {
-        Some("auto" | "none") => Ok(()),
+        Some("auto") => Ok(true),
+        Some("none") => Ok(false),
         Some(t @ ("any" | "tool")) => Err(ApiError::unsupported(
             "tool_choice",
             format!("tool_choice '{t}' (forcing a tool call needs constrained decoding)"),
@@ -437,6 +453,7 @@ pub async fn messages(
         input_tokens: prompt.tokens.len(),
         opened_think: prompt.opened_think,
         thinking: prompt.thinking,
+        tools: prompt.tools.clone(),
     };
     let stream = job.stream.is_some();
     let events = s.queue.submit(s.model.clone(), job, id).await;
@@ -471,10 +488,15 @@ struct MessageHead {
     opened_think: bool,
     /// Reasoning goes to `thinking` blocks (else it stays in the text).
     thinking: bool,
+    /// Calls in the answer become `tool_use` blocks.
+    tools: Option<ParamTypes>,
 }
 
-/// Anthropic's `stop_reason` and `stop_sequence`.
-fn stop_reason(o: &Outcome) -> (&'static str, Value) {
+/// Anthropic's `stop_reason` and `stop_sequence` (`tool_use` when the answer called tools).
+fn stop_reason(o: &Outcome, called: bool) -> (&'static str, Value) {
+    if called {
+        return ("tool_use", Value::Null);
+    }
     match o.finish {
         Finish::Length => ("max_tokens", Value::Null),
         Finish::StopString => (
@@ -488,7 +510,7 @@ fn stop_reason(o: &Outcome) -> (&'static str, Value) {
 impl MessageHead {
     fn whole(&self, text: &str, o: &Outcome) -> Value {
         let mut content = Vec::new();
-        let answer = if self.thinking {
+        let mut answer = if self.thinking {
             let (reasoning, answer) = split_whole(text, self.opened_think);
             if !reasoning.is_empty() {
                 content.push(json!({"type": "thinking", "thinking": reasoning, "signature": ""}));
@@ -497,12 +519,28 @@ impl MessageHead {
         } else {
             text.to_string()
         };
+        let calls = match &self.tools {
+            Some(types) => {
+                let (rest, calls) = split_calls(&answer, types.clone());
+                if !calls.is_empty() {
+                    answer = rest.trim().to_string();
+                }
+                calls
+            }
+            None => Vec::new(),
+        };
         // The answer's block, also when it is empty and nothing else was written (every
         // message has a block; the stream opens blocks the same way).
-        if !answer.is_empty() || content.is_empty() {
+        if !answer.is_empty() || (content.is_empty() && calls.is_empty()) {
             content.push(json!({"type": "text", "text": answer}));
         }
-        let (reason, seq) = stop_reason(o);
+        for c in &calls {
+            content.push(
+                json!({"type": "tool_use", "id": tool_use_id(), "name": c.name,
+                                "input": c.arguments}),
+            );
+        }
+        let (reason, seq) = stop_reason(o, !calls.is_empty());
         json!({"id": self.id, "type": "message", "role": "assistant", "model": self.model,
                "content": content, "stop_reason": reason, "stop_sequence": seq,
                "usage": {"input_tokens": o.prompt_tokens, "output_tokens": o.completion_tokens}})
@@ -518,6 +556,8 @@ fn event(name: &str, data: Value) -> String {
 struct Blocks {
     head: MessageHead,
     split: Option<ThinkSplit>,
+    tools: Option<ToolSplit>,
+    called: bool,
     /// The open block's index and kind ("thinking" or "text").
     open: Option<(usize, &'static str)>,
     next: usize,
@@ -531,33 +571,77 @@ impl Blocks {
         }
     }
 
-    /// Events for `parts`: a new block whenever the kind changes.
+    /// Events for `parts`: a new block whenever the kind changes; each tool call a block.
     fn write(&mut self, parts: Vec<Part>, out: &mut String) {
         for p in parts {
-            let (kind, delta) = match &p {
-                Part::Thinking(t) => ("thinking", json!({"type": "thinking_delta", "thinking": t})),
-                Part::Text(t) => ("text", json!({"type": "text_delta", "text": t})),
-            };
-            if self.open.map(|(_, k)| k) != Some(kind) {
-                self.close(out);
-                let block = match kind {
-                    "thinking" => json!({"type": "thinking", "thinking": "", "signature": ""}),
-                    _ => json!({"type": "text", "text": ""}),
-                };
-                let index = self.next;
-                self.next += 1;
-                out.push_str(&event(
-                    "content_block_start",
-                    json!({"type": "content_block_start", "index": index, "content_block": block}),
-                ));
-                self.open = Some((index, kind));
+            match p {
+                Part::Thinking(t) => self.delta(
+                    "thinking",
+                    json!({"type": "thinking_delta", "thinking": t}),
+                    out,
+                ),
+                Part::Text(t) => {
+                    let pieces = match &mut self.tools {
+                        Some(tools) => tools.push(&t),
+                        None => vec![Piece::Text(t)],
+                    };
+                    self.pieces(pieces, out);
+                }
             }
-            let index = self.open.map_or(0, |(i, _)| i);
-            out.push_str(&event(
-                "content_block_delta",
-                json!({"type": "content_block_delta", "index": index, "delta": delta}),
-            ));
         }
+    }
+
+    fn pieces(&mut self, pieces: Vec<Piece>, out: &mut String) {
+        for p in pieces {
+            match p {
+                Piece::Text(t) => self.delta("text", json!({"type": "text_delta", "text": t}), out),
+                Piece::Call(c) => {
+                    self.close(out);
+                    let index = self.next;
+                    self.next += 1;
+                    self.called = true;
+                    let block = json!({"type": "tool_use", "id": tool_use_id(), "name": c.name,
+                                       "input": {}});
+                    out.push_str(&event(
+                        "content_block_start",
+                        json!({"type": "content_block_start", "index": index, "content_block": block}),
+                    ));
+                    out.push_str(&event(
+                        "content_block_delta",
+                        json!({"type": "content_block_delta", "index": index,
+                               "delta": {"type": "input_json_delta",
+                                         "partial_json": c.arguments.to_string()}}),
+                    ));
+                    out.push_str(&event(
+                        "content_block_stop",
+                        json!({"type": "content_block_stop", "index": index}),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// A delta of a thinking or text block, opening one when the open block is another.
+    fn delta(&mut self, kind: &'static str, delta: Value, out: &mut String) {
+        if self.open.map(|(_, k)| k) != Some(kind) {
+            self.close(out);
+            let block = match kind {
+                "thinking" => json!({"type": "thinking", "thinking": "", "signature": ""}),
+                _ => json!({"type": "text", "text": ""}),
+            };
+            let index = self.next;
+            self.next += 1;
+            out.push_str(&event(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": index, "content_block": block}),
+            ));
+            self.open = Some((index, kind));
+        }
+        let index = self.open.map_or(0, |(i, _)| i);
+        out.push_str(&event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        ));
     }
 
     fn close(&mut self, out: &mut String) {
@@ -596,6 +680,12 @@ impl Blocks {
             None => Vec::new(),
         };
         self.write(rest, &mut out);
+        let held = self
+            .tools
+            .as_mut()
+            .map(ToolSplit::finish)
+            .unwrap_or_default();
+        self.pieces(held, &mut out);
         if self.next == 0 {
             // Every message has a block: an empty answer is an empty text block.
             out.push_str(&event(
@@ -607,7 +697,7 @@ impl Blocks {
             self.next = 1;
         }
         self.close(&mut out);
-        let (reason, seq) = stop_reason(o);
+        let (reason, seq) = stop_reason(o, self.called);
         out.push_str(&event(
             "message_delta",
             json!({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": seq},
@@ -622,9 +712,12 @@ impl Blocks {
 /// generation.
 fn sse(head: MessageHead, events: mpsc::Receiver<Event>) -> Response {
     let split = head.thinking.then(|| ThinkSplit::new(head.opened_think));
+    let tools = head.tools.clone().map(ToolSplit::new);
     let blocks = Blocks {
         head,
         split,
+        tools,
+        called: false,
         open: None,
         next: 0,
     };
@@ -708,6 +801,77 @@ mod tests {
         assert_eq!(st, StatusCode::UNAUTHORIZED);
         let v: Value = serde_json::from_str(&text).expect("json");
         assert_eq!(v["error"]["type"], "authentication_error");
+    }
+
+    #[test]
+    fn tool_use_whole_and_streamed() {
+        let tools = [json!({"type": "function", "function": {"name": "get",
+            "parameters": {"properties": {"n": {"type": "integer"}}}}})];
+        let head = MessageHead {
+            id: "msg_1".into(),
+            model: "m".into(),
+            input_tokens: 3,
+            opened_think: false,
+            thinking: false,
+            tools: Some(ParamTypes::from_tools(&tools)),
+        };
+        let text = "Checking.<tool_call>\n<function=get>\n<parameter=n>\n7\n</parameter>\n</function>\n</tool_call>";
+        let o = Outcome {
+            prompt_tokens: 3,
+            completion_tokens: 20,
+            finish: Finish::Eos,
+            stop: None,
+            prefill: Default::default(),
+            decode: Default::default(),
+        };
+        let whole = head.whole(text, &o);
+        assert_eq!(whole["stop_reason"], "tool_use");
+        assert_eq!(
+            whole["content"][0],
+            json!({"type": "text", "text": "Checking."})
+        );
+        let tu = &whole["content"][1];
+        assert_eq!(
+            (&tu["type"], &tu["name"], &tu["input"]),
+            (&json!("tool_use"), &json!("get"), &json!({"n": 7}))
+        );
+        let mut b = Blocks {
+            tools: head.tools.clone().map(ToolSplit::new),
+            head,
+            split: None,
+            called: false,
+            open: None,
+            next: 0,
+        };
+        let mut out = String::new();
+        for piece in [&text[..20], &text[20..]] {
+            let parts = b.parts(piece);
+            b.write(parts, &mut out);
+        }
+        out.push_str(&b.done(&o));
+        let datas: Vec<Value> = out
+            .split_terminator("\n\n")
+            .map(|e| serde_json::from_str(e.split_once("data: ").expect("data").1).expect("json"))
+            .collect();
+        let starts: Vec<&Value> = datas
+            .iter()
+            .filter(|d| d["type"] == "content_block_start")
+            .map(|d| &d["content_block"]["type"])
+            .collect();
+        assert_eq!(starts, [&json!("text"), &json!("tool_use")]);
+        let partial = datas
+            .iter()
+            .find_map(|d| d["delta"]["partial_json"].as_str())
+            .expect("input_json_delta");
+        assert_eq!(
+            serde_json::from_str::<Value>(partial).expect("json"),
+            json!({"n": 7})
+        );
+        let delta = datas
+            .iter()
+            .find(|d| d["type"] == "message_delta")
+            .expect("message_delta");
+        assert_eq!(delta["delta"]["stop_reason"], "tool_use");
     }
 
     #[tokio::test]

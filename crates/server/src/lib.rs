@@ -34,3 +34,4 @@ pub mod request;
 pub mod response;
 pub mod routes;
 pub mod think;
+pub mod tools;

@@ -163,6 +163,7 @@ mod tests {
             },
             stream: None,
             think: None,
+            tools: None,
         }
     }
 

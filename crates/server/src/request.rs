@@ -13,6 +13,7 @@ use crate::extract::{fields, FromJson};
 use crate::generate::{prompt_tokens, Params};
 use crate::model::{ReasoningFormat, ServedModel};
 use crate::think::ThinkSplit;
+use crate::tools::ParamTypes;
 
 /// A validated request, ready for the queue.
 #[derive(Debug)]
@@ -26,6 +27,8 @@ pub struct Job {
     /// `Some(opened)` when `<think>` reasoning is taken out of the answer (`opened`: the
     /// prompt already opened the tag).
     pub think: Option<bool>,
+    /// `Some` when `<tool_call>` blocks in the answer are returned as calls.
+    pub tools: Option<ParamTypes>,
 }
 
 /// OpenAI's `stream_options`.
@@ -72,6 +75,7 @@ pub struct ChatCompletionRequest {
 struct ChatFields {
     messages: Vec<Value>,
     tools: Option<Vec<Value>>,
+    tool_choice: Option<Value>,
     chat_template_kwargs: Option<Map<String, Value>>,
     response_format: Option<Value>,
 }
@@ -121,7 +125,37 @@ impl ChatCompletionRequest {
                 ));
             }
         }
-        let messages = check_messages(self.chat.messages)?;
+        let parse_calls = match &self.chat.tool_choice {
+            None | Some(Value::Null) => true,
+            Some(Value::String(c)) if c == "auto" => true,
+            Some(Value::String(c)) if c == "none" => false,
+            Some(Value::String(c)) if c == "required" => {
+                return Err(ApiError::unsupported(
+                    "tool_choice",
+                    "tool_choice 'required' (forcing a call needs constrained decoding)",
+                ))
+            }
+            Some(Value::Object(_)) => {
+                return Err(ApiError::unsupported(
+                    "tool_choice",
+                    "a named tool_choice (forcing a call needs constrained decoding)",
+                ))
+            }
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    "tool_choice must be 'none', 'auto', 'required' or a named function",
+                ))
+            }
+        };
+        let mut messages = check_messages(self.chat.messages)?;
+        arguments_as_objects(&mut messages);
+        let types = self
+            .chat
+            .tools
+            .as_deref()
+            .filter(|t| parse_calls && !t.is_empty())
+            .map(ParamTypes::from_tools);
         let tools = self.chat.tools.map(Value::Array);
         let kwargs = self.chat.chat_template_kwargs;
         let enable_thinking = match kwargs.as_ref().and_then(|k| k.get("enable_thinking")) {
@@ -147,6 +181,7 @@ impl ChatCompletionRequest {
         if m.reasoning == ReasoningFormat::Deepseek {
             job.think = Some(ThinkSplit::prompt_opens(&text));
         }
+        job.tools = types;
         Ok(job)
     }
 }
@@ -212,6 +247,7 @@ impl GenFields {
             },
             stream,
             think: None,
+            tools: None,
         })
     }
 
@@ -355,6 +391,28 @@ fn stop_strings(stop: Option<Value>) -> Result<Vec<String>, ApiError> {
 
 /// Checks roles and content shapes (templates would fail obscurely or silently drop what they
 /// don't know); `developer` becomes `system`, as OpenAI maps it for models without that role.
+/// Earlier calls' `arguments` as objects, not JSON text: templates iterate them (`|items`), as
+/// llama-server hands them over.
+pub(crate) fn arguments_as_objects(messages: &mut Value) {
+    let calls = messages
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.get_mut("tool_calls").and_then(Value::as_array_mut))
+        .flatten();
+    for call in calls {
+        let f = match call.get_mut("function") {
+            Some(f) => f,
+            None => call,
+        };
+        if let Some(Value::String(s)) = f.get("arguments") {
+            if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(s) {
+                f["arguments"] = v;
+            }
+        }
+    }
+}
+
 fn check_messages(messages: Vec<Value>) -> Result<Value, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use crate::error::ApiError;
 use crate::generate::{Finish, Outcome};
 use crate::think::{split_whole, Part, ThinkSplit};
+use crate::tools::{split_calls, ParamTypes, Piece, ToolSplit};
 
 /// Identifies this build in `system_fingerprint`.
 pub const FINGERPRINT: &str = concat!("llm-server-", env!("CARGO_PKG_VERSION"));
@@ -40,6 +41,8 @@ pub struct Meta {
     pub endpoint: Endpoint,
     /// `Some(opened)`: `<think>` reasoning goes to `reasoning_content` (chat only).
     pub think: Option<bool>,
+    /// `Some`: `<tool_call>` blocks in the answer become `tool_calls` (chat only).
+    pub tools: Option<ParamTypes>,
 }
 
 impl Meta {
@@ -55,6 +58,7 @@ impl Meta {
             model: model.to_string(),
             endpoint,
             think: None,
+            tools: None,
         }
     }
 
@@ -89,13 +93,36 @@ pub fn full_reply(meta: &Meta, text: &str, o: &Outcome) -> Value {
     let (object, choice) = match meta.endpoint {
         Endpoint::Chat => {
             let mut message = json!({"role": "assistant", "content": text, "refusal": null});
+            let mut answer = text.to_string();
             if let Some(opened) = meta.think {
-                let (reasoning, answer) = split_whole(text, opened);
-                message["content"] = answer.into();
+                let (reasoning, a) = split_whole(text, opened);
+                answer = a;
                 if !reasoning.is_empty() {
                     message["reasoning_content"] = reasoning.into();
                 }
             }
+            let mut finish = finish;
+            if let Some(types) = &meta.tools {
+                let (rest, calls) = split_calls(&answer, types.clone());
+                if !calls.is_empty() {
+                    answer = rest.trim().to_string();
+                    let calls: Vec<Value> = calls
+                        .iter()
+                        .map(|c| {
+                            json!({"id": call_id(), "type": "function", "function":
+                            {"name": c.name, "arguments": c.arguments.to_string()}})
+                        })
+                        .collect();
+                    message["tool_calls"] = Value::Array(calls);
+                    finish = "tool_calls";
+                }
+            }
+            // With calls and no text, OpenAI's content is null.
+            message["content"] = if answer.is_empty() && message.get("tool_calls").is_some() {
+                Value::Null
+            } else {
+                answer.into()
+            };
             (
                 "chat.completion",
                 json!({"index": 0, "message": message, "logprobs": null, "finish_reason": finish}),
@@ -118,20 +145,24 @@ pub struct SseEncoder {
     meta: Meta,
     include_usage: bool,
     split: Option<ThinkSplit>,
+    tools: Option<ToolSplit>,
+    /// Tool calls sent so far.
+    calls: usize,
 }
 
 impl SseEncoder {
     /// An encoder; with `include_usage` every chunk carries `"usage": null` and a last chunk
     /// the counts, as OpenAI does.
     pub fn new(meta: Meta, include_usage: bool) -> SseEncoder {
-        let split = match meta.endpoint {
-            Endpoint::Chat => meta.think.map(ThinkSplit::new),
-            Endpoint::Completion => None,
-        };
+        let chat = meta.endpoint == Endpoint::Chat;
+        let split = meta.think.filter(|_| chat).map(ThinkSplit::new);
+        let tools = meta.tools.clone().filter(|_| chat).map(ToolSplit::new);
         SseEncoder {
             meta,
             include_usage,
             split,
+            tools,
+            calls: 0,
         }
     }
 
@@ -145,27 +176,54 @@ impl SseEncoder {
         })
     }
 
-    /// A piece of generated text (reasoning as `reasoning_content` deltas; nothing while a
-    /// `<think>` tag may be forming).
+    /// A piece of generated text (reasoning as `reasoning_content` deltas, tool calls as
+    /// `tool_calls` deltas; nothing while a tag may be forming).
     pub fn text(&mut self, text: &str) -> String {
-        match (self.meta.endpoint, &mut self.split) {
-            (Endpoint::Chat, Some(split)) => {
-                let parts = split.push(text);
-                self.parts(parts)
-            }
-            (Endpoint::Chat, None) => self.chunk(json!({"content": text}), None),
-            (Endpoint::Completion, _) => self.chunk(json!(text), None),
+        if self.meta.endpoint == Endpoint::Completion {
+            return self.chunk(json!(text), None);
         }
+        let parts = match &mut self.split {
+            Some(split) => split.push(text),
+            None => vec![Part::Text(text.to_string())],
+        };
+        self.parts(parts)
     }
 
-    fn parts(&self, parts: Vec<Part>) -> String {
-        parts
-            .into_iter()
-            .map(|p| match p {
-                Part::Thinking(t) => self.chunk(json!({"reasoning_content": t}), None),
-                Part::Text(t) => self.chunk(json!({"content": t}), None),
-            })
-            .collect()
+    fn parts(&mut self, parts: Vec<Part>) -> String {
+        let mut out = String::new();
+        for p in parts {
+            match p {
+                Part::Thinking(t) => {
+                    out.push_str(&self.chunk(json!({"reasoning_content": t}), None))
+                }
+                Part::Text(t) => {
+                    let pieces = match &mut self.tools {
+                        Some(tools) => tools.push(&t),
+                        None => vec![Piece::Text(t)],
+                    };
+                    out.push_str(&self.pieces(pieces));
+                }
+            }
+        }
+        out
+    }
+
+    fn pieces(&mut self, pieces: Vec<Piece>) -> String {
+        let mut out = String::new();
+        for p in pieces {
+            let delta = match p {
+                Piece::Text(t) => json!({"content": t}),
+                Piece::Call(c) => {
+                    let d = json!({"tool_calls": [{"index": self.calls, "id": call_id(),
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": c.arguments.to_string()}}]});
+                    self.calls += 1;
+                    d
+                }
+            };
+            out.push_str(&self.chunk(delta, None));
+        }
+        out
     }
 
     /// The end: held text, the chunk with `finish_reason`, the usage chunk if asked for,
@@ -177,11 +235,21 @@ impl SseEncoder {
             .map(ThinkSplit::finish)
             .unwrap_or_default();
         let mut out = self.parts(rest);
+        let held = self
+            .tools
+            .as_mut()
+            .map(ToolSplit::finish)
+            .unwrap_or_default();
+        out.push_str(&self.pieces(held));
         let empty = match self.meta.endpoint {
             Endpoint::Chat => json!({}),
             Endpoint::Completion => json!(""),
         };
-        out.push_str(&self.chunk(empty, Some(finish_reason(o.finish))));
+        let finish = match self.calls {
+            0 => finish_reason(o.finish),
+            _ => "tool_calls",
+        };
+        out.push_str(&self.chunk(empty, Some(finish)));
         if self.include_usage {
             let mut v = self.meta.envelope(self.object());
             v.insert("choices".into(), json!([]));
@@ -229,6 +297,11 @@ pub fn sse_data(v: &Value) -> String {
     format!("data: {v}\n\n")
 }
 
+/// A fresh tool call id.
+pub fn call_id() -> String {
+    format!("call_{:016x}", random_u64())
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -268,6 +341,7 @@ mod tests {
             model: "demo".into(),
             endpoint,
             think: None,
+            tools: None,
         }
     }
 
@@ -343,6 +417,46 @@ mod tests {
         assert_eq!(
             (&msg["content"], &msg["reasoning_content"]),
             (&json!("Hi"), &json!("plan"))
+        );
+    }
+
+    #[test]
+    fn tool_calls_whole_and_streamed() {
+        let tools = [json!({"type": "function", "function": {"name": "f",
+            "parameters": {"properties": {"q": {"type": "string"}}}}})];
+        let m = Meta {
+            tools: Some(ParamTypes::from_tools(&tools)),
+            ..meta(Endpoint::Chat)
+        };
+        let text =
+            "<tool_call>\n<function=f>\n<parameter=q>\n42\n</parameter>\n</function>\n</tool_call>";
+        let full = full_reply(&m, text, &outcome(Finish::Eos));
+        let choice = &full["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        assert_eq!(choice["message"]["content"], Value::Null);
+        let call = &choice["message"]["tool_calls"][0];
+        assert_eq!(call["function"]["name"], "f");
+        assert_eq!(call["function"]["arguments"], r#"{"q":"42"}"#);
+        assert!(call["id"].as_str().is_some_and(|i| i.starts_with("call_")));
+        let mut enc = SseEncoder::new(m, false);
+        let (a, b) = text.split_at(17);
+        let body = [
+            enc.text("Sure. "),
+            enc.text(a),
+            enc.text(b),
+            enc.done(&outcome(Finish::Eos)),
+        ]
+        .concat();
+        let ev = events(&body);
+        assert_eq!(ev[0]["choices"][0]["delta"], json!({"content": "Sure. "}));
+        let d = &ev[1]["choices"][0]["delta"]["tool_calls"][0];
+        assert_eq!(
+            (&d["index"], &d["function"]["name"]),
+            (&json!(0), &json!("f"))
+        );
+        assert_eq!(
+            ev.last().expect("events")["choices"][0]["finish_reason"],
+            "tool_calls"
         );
     }
 

@@ -144,6 +144,7 @@ pub(crate) async fn prepare<T: Send + 'static>(
 async fn answer(s: &AppState, endpoint: Endpoint, job: Job) -> Result<Response, ApiError> {
     let mut meta = Meta::new(endpoint, &s.model.id);
     meta.think = job.think;
+    meta.tools = job.tools.clone();
     let stream = job.stream;
     let events = s.queue.submit(s.model.clone(), job, meta.id.clone()).await;
     match stream {
