@@ -223,6 +223,38 @@ def test_tool_history_renders_the_arguments(client):
                                        tool_choice="required")
 
 
+def test_models_and_props_report_the_context(server, client):
+    m = client.models.list().data[0]
+    assert m.model_extra["max_model_len"] == 8192 and m.model_extra["meta"]["n_ctx"] == 8192
+    assert m.model_extra["meta"]["n_vocab"] > 0
+    with urllib.request.urlopen(server.url + "/props", timeout=10) as res:
+        props = json.loads(res.read())
+    assert props["n_ctx"] == 8192 and props["model_alias"] == MODEL
+    assert "<|im_start|>" in props["chat_template"]
+
+
+def test_chat_template_file(tmp_path):
+    tpl = tmp_path / "t.jinja"
+    tpl.write_text("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+                   "{% endfor %}<|im_start|>assistant\n")
+    s = Server(tmp_path / "server.log", "--alias", MODEL, "--chat-template-file", str(tpl))
+    try:
+        with urllib.request.urlopen(s.url + "/props", timeout=10) as res:
+            assert json.loads(res.read())["chat_template"] == tpl.read_text()
+        r = s.client().chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
+        assert r.usage.prompt_tokens > 0
+    finally:
+        s.stop()
+    bad = tmp_path / "bad.jinja"
+    bad.write_text("{% for m in messages %}")
+    proc = subprocess.run([str(binary()), "serve", "--port", "0", "--chat-template-file", str(bad)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "bad.jinja" in proc.stderr, proc.stderr
+    missing = subprocess.run([str(binary()), "serve", "--port", "0", "--chat-template-file",
+                              str(tmp_path / "nope.jinja")], capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "nope.jinja" in missing.stderr, missing.stderr
+
+
 def test_stop_strings(client):
     args = dict(model=MODEL, messages=HELLO, max_tokens=32, temperature=0,
                 extra_body={"ignore_eos": True})

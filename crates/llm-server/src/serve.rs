@@ -34,6 +34,9 @@ pub struct Args {
     /// Require `Authorization: Bearer KEY` on `/v1` routes.
     #[arg(long)]
     pub api_key: Option<String>,
+    /// A Jinja chat template to use instead of the GGUF's (llama-server's flag).
+    #[arg(long)]
+    pub chat_template_file: Option<PathBuf>,
     /// Where the chat route puts the model's `<think>` reasoning: `deepseek` (or `auto`) in
     /// `reasoning_content`, `none` left in `content` (llama-server's flag).
     #[arg(long, value_enum, default_value = "auto")]
@@ -76,8 +79,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .forward(&[0], &mut state, engine::Logits::Last, m.exec)
         .context("warm-up forward pass")?;
     eprintln!("weights ready in {:.1} s", t0.elapsed().as_secs_f64());
-    let model = ServedModel::new(m.model, m.tokenizer, m.template, m.exec, id, n_ctx)
-        .with_context(|| format!("{}: chat template", path.display()))?
+    let mut model = ServedModel::new(m.model, m.tokenizer, m.template, m.exec, id, n_ctx)
+        .with_context(|| format!("{}: chat template", path.display()))?;
+    if let Some(file) = &args.chat_template_file {
+        let source = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the chat template {}", file.display()))?;
+        model = model
+            .with_template_source(&source)
+            .with_context(|| format!("{}: chat template", file.display()))?;
+    }
+    let model = model
         .with_cache(args.cache.config())
         .with_reasoning(match args.reasoning_format {
             ReasoningArg::Auto | ReasoningArg::Deepseek => ReasoningFormat::Deepseek,

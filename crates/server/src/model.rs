@@ -77,6 +77,19 @@ impl ServedModel {
         })
     }
 
+    /// The same model with its chat template replaced by `source` (`--chat-template-file`),
+    /// the vocabulary's BOS/EOS texts bound as the GGUF's template has them.
+    pub fn with_template_source(mut self, source: &str) -> Result<ServedModel, ChatError> {
+        let text = |id: Option<u32>| {
+            id.and_then(|i| self.tokenizer.token_text(i))
+                .unwrap_or("")
+                .to_string()
+        };
+        let (bos, eos) = (text(self.tokenizer.bos()), text(self.tokenizer.eos()));
+        self.template = ChatTemplate::new(source, &bos, &eos)?;
+        Ok(self)
+    }
+
     /// The same model with KV caches of the given types.
     pub fn with_cache(mut self, cache: engine::CacheConfig) -> ServedModel {
         self.cache = cache;

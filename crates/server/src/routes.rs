@@ -51,6 +51,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/models", get(models))
+        .route("/props", get(props))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/messages", post(anthropic::messages))
@@ -103,11 +104,40 @@ async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// OpenAI's list, with the context a request gets (`max_model_len`, as vLLM) and
+/// llama-server's `meta`.
 async fn models(State(s): State<AppState>) -> Json<Value> {
     let m = &s.model;
     Json(json!({"object": "list", "data": [{
         "id": m.id, "object": "model", "created": m.created, "owned_by": "llm-server",
+        "max_model_len": m.n_ctx,
+        "meta": {"n_ctx": m.n_ctx, "n_ctx_train": m.model.n_ctx_train(),
+                 "n_vocab": m.model.n_vocab(), "architecture": m.model.arch()},
     }]}))
+}
+
+/// llama-server's `/props`: the served model, its context, template and defaults.
+async fn props(State(s): State<AppState>) -> Json<Value> {
+    let m = &s.model;
+    let d = engine::SamplerParams::default();
+    Json(json!({
+        "model_alias": m.id,
+        "architecture": m.model.arch(),
+        "n_ctx": m.n_ctx,
+        "n_ctx_train": m.model.n_ctx_train(),
+        "n_vocab": m.model.n_vocab(),
+        "total_slots": 1,
+        "chat_template": m.template.source(),
+        "reasoning_format": match m.reasoning {
+            crate::model::ReasoningFormat::None => "none",
+            crate::model::ReasoningFormat::Deepseek => "deepseek",
+        },
+        "default_generation_settings": {"n_ctx": m.n_ctx, "params": {
+            "temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p, "min_p": d.min_p,
+            "typical_p": d.typical_p, "repeat_penalty": d.repeat_penalty,
+            "repeat_last_n": d.repeat_last_n}},
+        "build_info": crate::response::FINGERPRINT,
+    }))
 }
 
 async fn chat_completions(

@@ -107,6 +107,7 @@ pub struct ChatRequest<'a> {
 /// A compiled chat template with the special-token texts it may print.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: Arc<str>,
     bos_token: String,
     eos_token: String,
     /// Whether the template prints content given as a list of parts (see `messages.rs`).
@@ -132,6 +133,7 @@ impl ChatTemplate {
         let env = env::build(source.to_string(), clock.clone()).map_err(template_error)?;
         let mut t = ChatTemplate {
             env,
+            source: Arc::from(source),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
             typed_content: true,
@@ -150,6 +152,11 @@ impl ChatTemplate {
         let bos = token_text(md, "tokenizer.ggml.bos_token_id")?;
         let eos = token_text(md, "tokenizer.ggml.eos_token_id")?;
         ChatTemplate::new(source, &bos, &eos).map(Some)
+    }
+
+    /// The template's Jinja text.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// llama.cpp's fallback for GGUFs without a template ([`CHATML_TEMPLATE`]).
