@@ -392,3 +392,29 @@ def test_disconnect_stops_generation(server, client):
     assert time.monotonic() - t0 < 5
     cancelled = re.findall(r"generated (\d+) tokens .*cancelled", server.log.read_text())
     assert cancelled and int(cancelled[-1]) < 8000
+
+
+def test_sigterm_stops_accepting_then_cancels_what_runs(tmp_path):
+    s = Server(tmp_path / "server.log", "--alias", MODEL, "-c", "8192", "--shutdown-grace", "1")
+    body = json.dumps({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 8000,
+                       "stream": True, "ignore_eos": True, "temperature": 0}).encode()
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: {s.host}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection((s.host, int(s.port)), timeout=60) as sock:
+        sock.sendall(head + body)
+        received = b""
+        while received.count(b"data: ") < 3:
+            chunk = sock.recv(4096)
+            assert chunk, received
+            received += chunk
+        s.proc.send_signal(15)  # SIGTERM
+        # The stream goes on within the grace period, then ends: the socket closes.
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert s.proc.wait(timeout=60) == 0
+    log = s.log.read_text()
+    assert "shutting down" in log and "deadline passed" in log and "stopped" in log, log
+    generated = re.findall(r"generated (\d+) tokens", log)
+    assert not generated or int(generated[-1]) < 8000
+    with pytest.raises(OSError):
+        socket.create_connection((s.host, int(s.port)), timeout=5).close()

@@ -17,13 +17,14 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The file could not be opened or mapped.
-    #[error("{}: {source}", path.display())]
+    /// The file could not be opened or mapped. (The OS error is in the message, not a
+    /// `source`, so a printed error chain says it once.)
+    #[error("{}: {os}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The OS error.
-        source: io::Error,
+        os: io::Error,
     },
     /// The writer's output failed.
     #[error("writing GGUF: {source}")]

@@ -37,9 +37,9 @@ impl GgufFile {
     /// reads of the lost pages fault (SIGBUS); don't rewrite model files in place.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref();
-        let io = |source| Error::Io {
+        let io = |os| Error::Io {
             path: path.to_owned(),
-            source,
+            os,
         };
         let file = File::open(path).map_err(io)?;
         // SAFETY: the map is read-only and private to this process; its contents are treated

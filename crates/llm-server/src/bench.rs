@@ -203,7 +203,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     if let (Some(mean), false) = (tg_rate, args.no_bandwidth) {
-        let file = gguf::GgufFile::open(&path)?;
+        let file = crate::load::open_gguf(&path)?;
         let bytes = decode_bytes(&file);
         let (bw, what) = match &m.gpu {
             Some(g) => (g.copy_bandwidth(1 << 30)?, "GPU copy".to_string()),

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use gguf::{Array, GgmlType, GgufFile, TensorInfo, Value};
 use serde_json::{json, Map as JsonMap, Value as Json};
 
@@ -27,8 +26,7 @@ pub struct Args {
 const ARRAY_HEAD: usize = 8;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let file = GgufFile::open(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let file = crate::load::open_gguf(&args.file)?;
     let report = Report::new(&file);
     if args.json {
         let doc = report.to_json(&args.file, !args.no_tensors);

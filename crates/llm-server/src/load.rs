@@ -20,20 +20,69 @@ pub struct Loaded {
     pub exec: Exec,
 }
 
-/// The model path: `-m`, else the shipped default (with an error naming both when absent).
+/// The model path: `-m`, else the shipped demo model, looked for where an installed binary
+/// or a container keeps it: `$LLM_SERVER_DEFAULT_MODEL`, `<bin>/../share/llm-server/`,
+/// next to the binary, `$XDG_DATA_HOME/llm-server/` (or `~/.local/share/llm-server/`),
+/// `/usr/local/share/llm-server/`, `/usr/share/llm-server/`, then the source checkout the
+/// binary was built from. The error names every place tried.
 pub fn model_path(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(p) = arg {
         return Ok(p);
     }
-    let default = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(DEFAULT_MODEL);
-    if default.exists() {
-        return Ok(default);
+    let places = default_model_places();
+    if let Some(found) = places.iter().find(|p| p.is_file()) {
+        eprintln!(
+            "model: {} (the demo model; -m FILE for another)",
+            found.display()
+        );
+        return Ok(found.clone());
     }
+    let tried: Vec<String> = places.iter().map(|p| p.display().to_string()).collect();
     anyhow::bail!(
-        "no model given: pass -m FILE.gguf (the default {DEFAULT_MODEL} is not in this checkout)"
+        "no model given: pass -m FILE.gguf (the demo model {DEFAULT_MODEL} is in none of: {})",
+        tried.join(", ")
     )
+}
+
+fn default_model_places() -> Vec<PathBuf> {
+    let name = Path::new(DEFAULT_MODEL)
+        .file_name()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let mut places = Vec::new();
+    if let Some(p) = std::env::var_os("LLM_SERVER_DEFAULT_MODEL") {
+        places.push(PathBuf::from(p));
+    }
+    if let Some(bin) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        places.push(bin.join("../share/llm-server").join(&name));
+        places.push(bin.join(&name));
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")));
+    if let Some(d) = data {
+        places.push(d.join("llm-server").join(&name));
+    }
+    places.push(Path::new("/usr/local/share/llm-server").join(&name));
+    places.push(Path::new("/usr/share/llm-server").join(&name));
+    places.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(DEFAULT_MODEL),
+    );
+    places
+}
+
+/// Open a GGUF file; a parse error is prefixed with the file's name (an OS error names it
+/// already).
+pub fn open_gguf(path: &Path) -> anyhow::Result<gguf::GgufFile> {
+    gguf::GgufFile::open(path).map_err(|e| match e {
+        e @ gguf::Error::Io { .. } => anyhow::Error::new(e),
+        e => anyhow::Error::new(e).context(format!("cannot read {}", path.display())),
+    })
 }
 
 /// A model without its tokenizer: what `bench` needs (llama-bench loads files whose
@@ -51,8 +100,7 @@ pub fn open_model(
     threads: Option<usize>,
     device: &DeviceArgs,
 ) -> anyhow::Result<Bare> {
-    let file =
-        gguf::GgufFile::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = open_gguf(path)?;
     let (model, gpu) = crate::device_args::load(path, Arc::new(file), device)?;
     let mut exec = Exec::default();
     if let Some(t) = threads {
@@ -63,8 +111,7 @@ pub fn open_model(
 
 /// Open `path`: map it, build the model, its tokenizer and (if the file has one) its template.
 pub fn open(path: &Path, threads: Option<usize>, device: &DeviceArgs) -> anyhow::Result<Loaded> {
-    let file =
-        gguf::GgufFile::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = open_gguf(path)?;
     let file = Arc::new(file);
     let tokenizer = Tokenizer::from_gguf(file.metadata())
         .with_context(|| format!("{}: tokenizer", path.display()))?;

@@ -46,8 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
-    let file = gguf::GgufFile::open(&args.model)
-        .with_context(|| format!("cannot read {}", args.model.display()))?;
+    let file = crate::load::open_gguf(&args.model)?;
     let (model, _gpu) = crate::device_args::load(&args.model, Arc::new(file), &args.device)?;
     let mut exec = engine::Exec::default();
     if let Some(t) = args.threads {

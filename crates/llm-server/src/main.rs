@@ -49,7 +49,19 @@ enum Command {
     Logits(logits::Args),
 }
 
-fn main() -> anyhow::Result<()> {
+/// Errors print as their message chain (`cannot read X: No such file…`), one line, whatever
+/// `RUST_BACKTRACE` says: a CLI user needs the reason, not our stack.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     keep_freed_memory();
     let cli = Cli::parse_from(cache_args::expand_single_dash(std::env::args_os()));
     if !matches!(cli.command, Command::Serve(_)) {

@@ -34,6 +34,10 @@ pub struct Args {
     /// Require `Authorization: Bearer KEY` on `/v1` routes.
     #[arg(long)]
     pub api_key: Option<String>,
+    /// On SIGINT/SIGTERM: seconds the requests in flight get to finish before they are
+    /// cancelled.
+    #[arg(long, default_value_t = 10.0)]
+    pub shutdown_grace: f64,
     /// A Jinja chat template to use instead of the GGUF's (llama-server's flag).
     #[arg(long)]
     pub chat_template_file: Option<PathBuf>,
@@ -115,7 +119,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut out = std::io::stdout();
         writeln!(out, "listening on http://{addr}")?;
         out.flush()?;
-        server::serve(listener, state).await?;
+        let grace = std::time::Duration::from_secs_f64(args.shutdown_grace.max(0.0));
+        server::serve_until_signal(listener, state, grace).await?;
+        eprintln!("stopped");
         anyhow::Ok(())
     })
 }

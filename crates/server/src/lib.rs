@@ -21,7 +21,7 @@ pub use error::ApiError;
 pub use generate::{generate, prompt_tokens, Finish, GenerateError, Generator, Outcome, Params};
 pub use model::{ReasoningFormat, ServedModel};
 pub use request::Job;
-pub use routes::{router, serve, AppState};
+pub use routes::{router, serve, serve_until_signal, AppState};
 
 pub mod anthropic;
 mod error;

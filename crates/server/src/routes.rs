@@ -74,13 +74,67 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serve `router(state)` on `listener` until Ctrl-C.
+/// How long a shutdown waits for requests in flight before cancelling them.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serve `router(state)` on `listener` until SIGINT (Ctrl-C) or SIGTERM: then stop accepting,
+/// let the requests in flight finish for up to `grace`, and cancel what is left (dropping a
+/// stream stops its generation).
+pub async fn serve_until_signal(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    grace: std::time::Duration,
+) -> std::io::Result<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        eprintln!(
+            "shutting down: no new connections; requests in flight get {:.0} s",
+            grace.as_secs_f64()
+        );
+        let _ = tx.send(());
+    });
+    tokio::select! {
+        r = server => r,
+        _ = async {
+            if rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            eprintln!("shutdown deadline passed: cancelling the requests still running");
+            Ok(())
+        }
+    }
+}
+
+/// Serve with the default grace period ([`SHUTDOWN_GRACE`]).
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
+    serve_until_signal(listener, state, SHUTDOWN_GRACE).await
+}
+
+/// SIGINT or (on Unix) SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Prometheus' text format (no key needed, like `/health`).
