@@ -2,6 +2,7 @@
 HTTP (urllib, sockets) and curl, on the shipped demo model. Replies are short (max_tokens <= 32)
 so the module runs in seconds."""
 import json
+import math
 import re
 import select
 import shutil
@@ -253,6 +254,34 @@ def test_chat_template_file(tmp_path):
     missing = subprocess.run([str(binary()), "serve", "--port", "0", "--chat-template-file",
                               str(tmp_path / "nope.jinja")], capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "nope.jinja" in missing.stderr, missing.stderr
+
+
+def test_logprobs_chat_streamed_and_legacy(client):
+    args = dict(model=MODEL, messages=HELLO, max_tokens=6, temperature=0, logprobs=True,
+                top_logprobs=3, extra_body={"ignore_eos": True})
+    whole = client.chat.completions.create(**args)
+    items = whole.choices[0].logprobs.content
+    assert len(items) == whole.usage.completion_tokens == 6
+    for it in items:
+        tops = it.top_logprobs
+        assert len(tops) == 3 and all(a.logprob >= b.logprob for a, b in zip(tops, tops[1:]))
+        # Greedy: the chosen token is the most likely one.
+        assert it.token == tops[0].token and abs(it.logprob - tops[0].logprob) < 1e-6
+        assert it.logprob <= 0 and sum(math.exp(t.logprob) for t in tops) <= 1 + 1e-5
+        assert bytes(it.bytes).decode("utf-8", "replace") == it.token
+    chunks = list(client.chat.completions.create(**args, stream=True))
+    streamed = [it for c in chunks if c.choices and c.choices[0].logprobs
+                for it in c.choices[0].logprobs.content]
+    assert [(i.token, round(i.logprob, 5)) for i in streamed] == \
+        [(i.token, round(i.logprob, 5)) for i in items]
+    r = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=5,
+                                  temperature=0, logprobs=2, extra_body={"ignore_eos": True})
+    lp = r.choices[0].logprobs
+    assert "".join(lp.tokens) == r.choices[0].text and len(lp.token_logprobs) == 5
+    assert all(len(t) <= 2 for t in lp.top_logprobs)
+    assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[0] == 0
+    plain = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
+    assert plain.choices[0].logprobs is None
 
 
 def test_stop_strings(client):

@@ -114,6 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         stop: args.stop.clone(),
         sampling: args.sampling.params(),
         cache: args.cache.config(),
+        logprobs: None,
     };
     let generator = Generator {
         model: m.model.as_ref(),

@@ -221,6 +221,7 @@ impl MessagesRequest {
                 max_tokens,
                 n_ctx: m.n_ctx,
                 cache: m.cache,
+                logprobs: None,
                 stop,
                 sampling,
             },
@@ -460,8 +461,8 @@ pub async fn messages(
     if stream {
         return Ok(sse(head, events));
     }
-    let (text, outcome) = collect(events).await?;
-    Ok(Json(head.whole(&text, &outcome)).into_response())
+    let c = collect(events).await?;
+    Ok(Json(head.whole(&c.text, &c.outcome)).into_response())
 }
 
 /// `POST /v1/messages/count_tokens`.
@@ -734,6 +735,7 @@ fn sse(head: MessageHead, events: mpsc::Receiver<Event>) -> Response {
                 blocks.write(parts, &mut out);
                 (out, true)
             }
+            Some(Event::Logprob(_)) => (String::new(), true),
             Some(Event::Done(o)) => (blocks.done(&o), false),
             Some(Event::Failed(message)) => (
                 event("error", error_body(&ApiError::Internal { message })),

@@ -42,6 +42,51 @@ pub struct Params {
     pub sampling: SamplerParams,
     /// KV cache types (`-ctk/-ctv`).
     pub cache: engine::CacheConfig,
+    /// `Some(n)`: report each generated token's log-probability and its `n` most likely
+    /// alternatives (from the model's distribution, before sampling's changes).
+    pub logprobs: Option<usize>,
+}
+
+/// A generated token's log-probability and the most likely tokens at its position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    /// The token.
+    pub id: u32,
+    /// Its natural log-probability.
+    pub logprob: f32,
+    /// The `n` most likely tokens there, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+impl TokenLogprob {
+    /// `id`'s log-probability under softmax(`logits`), and the `n` largest.
+    pub fn of(logits: &[f32], id: u32, n: usize) -> TokenLogprob {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let log_sum = (logits
+            .iter()
+            .map(|&l| ((l - max) as f64).exp())
+            .sum::<f64>())
+        .ln() as f32;
+        let lp = |l: f32| l - max - log_sum;
+        // The n largest by a single pass (n is at most 20).
+        let mut top: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
+        for (i, &l) in logits.iter().enumerate() {
+            if top.len() == n && top.last().is_none_or(|&(_, m)| l <= m) {
+                continue;
+            }
+            let at = top.partition_point(|&(_, m)| m >= l);
+            top.insert(at, (i as u32, l));
+            top.truncate(n);
+        }
+        TokenLogprob {
+            id,
+            logprob: lp(logits
+                .get(id as usize)
+                .copied()
+                .unwrap_or(f32::NEG_INFINITY)),
+            top: top.into_iter().map(|(i, l)| (i, lp(l))).collect(),
+        }
+    }
 }
 
 /// Why generation ended.
@@ -117,7 +162,19 @@ pub fn generate(
     g: Generator,
     prompt: &[u32],
     params: &Params,
+    on_text: impl FnMut(&str) -> ControlFlow<()>,
+) -> Result<Outcome, GenerateError> {
+    generate_with_logprobs(g, prompt, params, on_text, |_| {})
+}
+
+/// [`generate`], handing each generated token's [`TokenLogprob`] to `on_token` (before its
+/// text) when `params.logprobs` asks for them.
+pub fn generate_with_logprobs(
+    g: Generator,
+    prompt: &[u32],
+    params: &Params,
     mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+    mut on_token: impl FnMut(TokenLogprob),
 ) -> Result<Outcome, GenerateError> {
     if prompt.is_empty() {
         return Err(GenerateError::EmptyPrompt);
@@ -143,6 +200,9 @@ pub fn generate(
         if g.tokenizer.is_eog(tok) {
             finish = Finish::Eos;
             break;
+        }
+        if let Some(n) = params.logprobs {
+            on_token(TokenLogprob::of(&logits, tok, n));
         }
         sampler.accept(tok);
         generated += 1;
@@ -214,6 +274,7 @@ mod tests {
             stop: stop.iter().map(|s| s.to_string()).collect(),
             sampling: SamplerParams::greedy(),
             cache: Default::default(),
+            logprobs: None,
         };
         let (mut text, mut calls) = (String::new(), 0);
         let o = generate(m.generator(), &prompt, &params, |t| {
@@ -254,6 +315,7 @@ mod tests {
             stop: Vec::new(),
             sampling: SamplerParams::greedy(),
             cache: Default::default(),
+            logprobs: None,
         };
         let run = |prompt: &[u32]| {
             generate(

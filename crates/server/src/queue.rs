@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, Mutex};
 
-use crate::generate::{generate, Finish, Outcome};
+use crate::generate::{generate_with_logprobs, Finish, Outcome, TokenLogprob};
 use crate::metrics::Metrics;
 use crate::model::ServedModel;
 use crate::request::Job;
@@ -23,6 +23,9 @@ const CHANNEL_DEPTH: usize = 64;
 pub enum Event {
     /// Final text (never empty).
     Text(String),
+    /// A generated token's log-probability (with `logprobs`), before its text: OpenAI's
+    /// chat item `{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}`.
+    Logprob(serde_json::Value),
     /// Generation ended normally.
     Done(Outcome),
     /// Generation failed after it was accepted.
@@ -94,22 +97,31 @@ fn run(
     (metrics, queued): (&Metrics, Instant),
 ) {
     let mut first = true;
-    let result = generate(model.generator(), &job.prompt, &job.params, |text| {
-        if first && !text.is_empty() {
-            first = false;
-            metrics.first_token(queued.elapsed());
-        }
-        let gone = if text.is_empty() {
-            tx.is_closed()
-        } else {
-            tx.blocking_send(Event::Text(text.to_string())).is_err()
-        };
-        if gone {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
-        }
-    });
+    let on_token = |lp: TokenLogprob| {
+        let _ = tx.blocking_send(Event::Logprob(logprob_item(&model.tokenizer, &lp)));
+    };
+    let result = generate_with_logprobs(
+        model.generator(),
+        &job.prompt,
+        &job.params,
+        |text| {
+            if first && !text.is_empty() {
+                first = false;
+                metrics.first_token(queued.elapsed());
+            }
+            let gone = if text.is_empty() {
+                tx.is_closed()
+            } else {
+                tx.blocking_send(Event::Text(text.to_string())).is_err()
+            };
+            if gone {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        },
+        on_token,
+    );
     let event = match result {
         Ok(o) => {
             log(label, &o);
@@ -123,6 +135,24 @@ fn run(
     };
     // The client may be gone by now; nothing to tell it then.
     let _ = tx.blocking_send(event);
+}
+
+/// A token's text as OpenAI gives it: the bytes, lossily as a string.
+fn token_json(tok: &engine::Tokenizer, id: u32, logprob: f32) -> serde_json::Value {
+    let bytes = tok.token_bytes(id);
+    serde_json::json!({"token": String::from_utf8_lossy(bytes), "logprob": logprob,
+                       "bytes": bytes})
+}
+
+/// OpenAI's chat logprobs item for a generated token.
+fn logprob_item(tok: &engine::Tokenizer, lp: &TokenLogprob) -> serde_json::Value {
+    let mut item = token_json(tok, lp.id, lp.logprob);
+    item["top_logprobs"] = lp
+        .top
+        .iter()
+        .map(|&(id, l)| token_json(tok, id, l))
+        .collect();
+    item
 }
 
 /// One line per request on stderr, like llama-server's timings.
@@ -160,6 +190,7 @@ mod tests {
                 stop: Vec::new(),
                 sampling: SamplerParams::greedy(),
                 cache: Default::default(),
+                logprobs: None,
             },
             stream: None,
             think: None,
@@ -172,6 +203,7 @@ mod tests {
         while let Some(ev) = rx.recv().await {
             match ev {
                 Event::Text(t) => text.push_str(&t),
+                Event::Logprob(_) => {}
                 Event::Done(o) => return (text, Some(o)),
                 Event::Failed(e) => panic!("{e}"),
             }

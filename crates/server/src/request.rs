@@ -177,7 +177,9 @@ impl ChatCompletionRequest {
         };
         let text = m.template.render(&req).map_err(template_error)?;
         let prompt = prompt_tokens(&m.tokenizer, &text, true);
+        let logprobs = self.gen.chat_logprobs()?;
         let mut job = self.gen.into_job(m, prompt)?;
+        job.params.logprobs = logprobs;
         if m.reasoning == ReasoningFormat::Deepseek {
             job.think = Some(ThinkSplit::prompt_opens(&text));
         }
@@ -203,7 +205,10 @@ impl CompletionRequest {
             return Err(ApiError::unsupported("best_of", "best_of other than 1"));
         }
         let prompt = completion_prompt(&self.text.prompt, m)?;
-        self.gen.into_job(m, prompt)
+        let logprobs = self.gen.completion_logprobs()?;
+        let mut job = self.gen.into_job(m, prompt)?;
+        job.params.logprobs = logprobs;
+        Ok(job)
     }
 }
 
@@ -215,13 +220,49 @@ impl GenFields {
             Some(n) if n < 1 => return Err(ApiError::invalid("n", "n must be at least 1")),
             Some(_) => return Err(ApiError::unsupported("n", "n > 1 (several choices)")),
         }
-        if is_set(&self.logprobs) {
-            return Err(ApiError::unsupported("logprobs", "logprobs"));
-        }
-        if is_set(&self.top_logprobs) {
-            return Err(ApiError::unsupported("top_logprobs", "top_logprobs"));
-        }
         Ok(())
+    }
+
+    /// Chat's `logprobs` (a boolean) and `top_logprobs` (0–20, with `logprobs`).
+    fn chat_logprobs(&self) -> Result<Option<usize>, ApiError> {
+        let on = match &self.logprobs {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+            Some(Value::Bool(true)) => true,
+            Some(_) => return Err(ApiError::invalid("logprobs", "logprobs must be a boolean")),
+        };
+        let top = match &self.top_logprobs {
+            None | Some(Value::Null) => 0,
+            Some(v) => match v.as_u64() {
+                Some(n @ 0..=20) if on => n as usize,
+                Some(0..=20) => {
+                    return Err(ApiError::invalid(
+                        "top_logprobs",
+                        "top_logprobs needs logprobs: true",
+                    ))
+                }
+                _ => {
+                    return Err(ApiError::invalid(
+                        "top_logprobs",
+                        "top_logprobs must be an integer from 0 to 20",
+                    ))
+                }
+            },
+        };
+        Ok(on.then_some(top))
+    }
+
+    /// Legacy completions' `logprobs`: how many alternatives (0–5) besides the chosen token.
+    fn completion_logprobs(&self) -> Result<Option<usize>, ApiError> {
+        match &self.logprobs {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(n @ 0..=5) => Ok(Some(n as usize)),
+                _ => Err(ApiError::invalid(
+                    "logprobs",
+                    "logprobs must be an integer from 0 to 5",
+                )),
+            },
+        }
     }
 
     /// The generation parameters for a prompt of `prompt.len()` tokens.
@@ -242,6 +283,7 @@ impl GenFields {
                 max_tokens,
                 n_ctx: m.n_ctx,
                 cache: m.cache,
+                logprobs: None,
                 stop,
                 sampling,
             },
@@ -319,11 +361,6 @@ impl GenFields {
         })?;
         Ok(p)
     }
-}
-
-/// A field given with a value other than null / false.
-fn is_set(v: &Option<Value>) -> bool {
-    !matches!(v, None | Some(Value::Null) | Some(Value::Bool(false)))
 }
 
 /// The request's seed, or a fresh random one (llama-server's default seed is random too).
@@ -618,9 +655,14 @@ mod tests {
                 json!({"messages": user("hi"), "logit_bias": {"999999": 1}}),
                 "logit_bias.999999",
             ),
+            (json!({"messages": user("hi"), "logprobs": 3}), "logprobs"),
             (
-                json!({"messages": user("hi"), "logprobs": true}),
-                "logprobs",
+                json!({"messages": user("hi"), "logprobs": true, "top_logprobs": 21}),
+                "top_logprobs",
+            ),
+            (
+                json!({"messages": user("hi"), "top_logprobs": 2}),
+                "top_logprobs",
             ),
             (json!({"messages": user("hi"), "stream": "yes"}), "stream"),
             (

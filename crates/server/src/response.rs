@@ -88,7 +88,8 @@ pub fn usage(o: &Outcome) -> Value {
 }
 
 /// A whole (non-streamed) reply.
-pub fn full_reply(meta: &Meta, text: &str, o: &Outcome) -> Value {
+pub fn full_reply(meta: &Meta, text: &str, o: &Outcome, logprobs: Option<&[Value]>) -> Value {
+    let lp = logprobs.map_or(Value::Null, |l| logprobs_json(meta.endpoint, l, 0));
     let finish = finish_reason(o.finish);
     let (object, choice) = match meta.endpoint {
         Endpoint::Chat => {
@@ -125,18 +126,49 @@ pub fn full_reply(meta: &Meta, text: &str, o: &Outcome) -> Value {
             };
             (
                 "chat.completion",
-                json!({"index": 0, "message": message, "logprobs": null, "finish_reason": finish}),
+                json!({"index": 0, "message": message, "logprobs": lp, "finish_reason": finish}),
             )
         }
         Endpoint::Completion => (
             "text_completion",
-            json!({"text": text, "index": 0, "logprobs": null, "finish_reason": finish}),
+            json!({"text": text, "index": 0, "logprobs": lp, "finish_reason": finish}),
         ),
     };
     let mut v = meta.envelope(object);
     v.insert("choices".into(), json!([choice]));
     v.insert("usage".into(), usage(o));
     Value::Object(v)
+}
+
+/// The `logprobs` object of a choice from chat items (queue::Event::Logprob): chat's
+/// `{content: [items]}`, or legacy completions' `{tokens, token_logprobs, top_logprobs,
+/// text_offset}` with offsets counted in characters from `offset`.
+pub fn logprobs_json(endpoint: Endpoint, items: &[Value], offset: usize) -> Value {
+    match endpoint {
+        Endpoint::Chat => json!({"content": items, "refusal": null}),
+        Endpoint::Completion => {
+            let token = |i: &Value| i["token"].as_str().unwrap_or_default().to_string();
+            let mut at = offset;
+            let offsets: Vec<usize> = items
+                .iter()
+                .map(|i| {
+                    let here = at;
+                    at += token(i).chars().count();
+                    here
+                })
+                .collect();
+            let top: Vec<Value> = items
+                .iter()
+                .map(|i| {
+                    let alts = i["top_logprobs"].as_array().into_iter().flatten();
+                    Value::Object(alts.map(|a| (token(a), a["logprob"].clone())).collect())
+                })
+                .collect();
+            json!({"tokens": items.iter().map(token).collect::<Vec<_>>(),
+                   "token_logprobs": items.iter().map(|i| i["logprob"].clone()).collect::<Vec<_>>(),
+                   "top_logprobs": top, "text_offset": offsets})
+        }
+    }
 }
 
 /// Writes one streamed reply as SSE chunks.
@@ -148,6 +180,8 @@ pub struct SseEncoder {
     tools: Option<ToolSplit>,
     /// Tool calls sent so far.
     calls: usize,
+    /// Logprob items of tokens whose text has not gone out yet (sent with the next chunk).
+    logprobs: Vec<Value>,
 }
 
 impl SseEncoder {
@@ -163,17 +197,23 @@ impl SseEncoder {
             split,
             tools,
             calls: 0,
+            logprobs: Vec::new(),
         }
     }
 
     /// What goes out before any token: a chat stream opens with the assistant role.
-    pub fn start(&self) -> Option<String> {
+    pub fn start(&mut self) -> Option<String> {
         (self.meta.endpoint == Endpoint::Chat).then(|| {
             self.chunk(
                 json!({"role": "assistant", "content": "", "refusal": null}),
                 None,
             )
         })
+    }
+
+    /// A token's logprob item (queue::Event::Logprob): it goes out with the next chunk.
+    pub fn logprob(&mut self, item: Value) {
+        self.logprobs.push(item);
     }
 
     /// A piece of generated text (reasoning as `reasoning_content` deltas, tool calls as
@@ -274,13 +314,17 @@ impl SseEncoder {
     }
 
     /// One chunk: a chat `delta` or a completion `text`.
-    fn chunk(&self, content: Value, finish: Option<&str>) -> String {
+    fn chunk(&mut self, content: Value, finish: Option<&str>) -> String {
+        let lp = match self.logprobs.is_empty() {
+            true => Value::Null,
+            false => logprobs_json(self.meta.endpoint, &std::mem::take(&mut self.logprobs), 0),
+        };
         let choice = match self.meta.endpoint {
             Endpoint::Chat => {
-                json!({"index": 0, "delta": content, "logprobs": null, "finish_reason": finish})
+                json!({"index": 0, "delta": content, "logprobs": lp, "finish_reason": finish})
             }
             Endpoint::Completion => {
-                json!({"text": content, "index": 0, "logprobs": null, "finish_reason": finish})
+                json!({"text": content, "index": 0, "logprobs": lp, "finish_reason": finish})
             }
         };
         let mut v = self.meta.envelope(self.object());
@@ -412,7 +456,7 @@ mod tests {
             json!({"reasoning_content": "plan"})
         );
         assert_eq!(ev[1]["choices"][0]["delta"], json!({"content": "Hi"}));
-        let full = full_reply(&m, "plan</think>\n\nHi", &outcome(Finish::Eos));
+        let full = full_reply(&m, "plan</think>\n\nHi", &outcome(Finish::Eos), None);
         let msg = &full["choices"][0]["message"];
         assert_eq!(
             (&msg["content"], &msg["reasoning_content"]),
@@ -430,7 +474,7 @@ mod tests {
         };
         let text =
             "<tool_call>\n<function=f>\n<parameter=q>\n42\n</parameter>\n</function>\n</tool_call>";
-        let full = full_reply(&m, text, &outcome(Finish::Eos));
+        let full = full_reply(&m, text, &outcome(Finish::Eos), None);
         let choice = &full["choices"][0];
         assert_eq!(choice["finish_reason"], "tool_calls");
         assert_eq!(choice["message"]["content"], Value::Null);
@@ -472,6 +516,7 @@ mod tests {
             &meta(Endpoint::Completion),
             "once",
             &outcome(Finish::Length),
+            None,
         );
         assert_eq!(full["choices"][0]["text"], "once");
         assert_eq!(full["choices"][0]["finish_reason"], "length");
@@ -480,7 +525,7 @@ mod tests {
 
     #[test]
     fn chat_reply_and_ids() {
-        let full = full_reply(&meta(Endpoint::Chat), "hi", &outcome(Finish::Eos));
+        let full = full_reply(&meta(Endpoint::Chat), "hi", &outcome(Finish::Eos), None);
         assert_eq!(full["object"], "chat.completion");
         assert_eq!(full["choices"][0]["message"]["content"], "hi");
         assert_eq!(full["choices"][0]["message"]["role"], "assistant");

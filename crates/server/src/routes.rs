@@ -230,6 +230,7 @@ async fn answer(s: &AppState, endpoint: Endpoint, job: Job) -> Result<Response, 
     meta.think = job.think;
     meta.tools = job.tools.clone();
     let stream = job.stream;
+    let job_logprobs = job.params.logprobs.is_some();
     let events = s.queue.submit(s.model.clone(), job, meta.id.clone()).await;
     match stream {
         Some(opts) => Ok(sse_response(
@@ -237,20 +238,33 @@ async fn answer(s: &AppState, endpoint: Endpoint, job: Job) -> Result<Response, 
             events,
         )),
         None => {
-            let (text, outcome) = collect(events).await?;
-            Ok(Json(full_reply(&meta, &text, &outcome)).into_response())
+            let c = collect(events).await?;
+            let lp = job_logprobs.then_some(&c.logprobs[..]);
+            Ok(Json(full_reply(&meta, &c.text, &c.outcome, lp)).into_response())
         }
     }
 }
 
-pub(crate) async fn collect(
-    mut events: mpsc::Receiver<Event>,
-) -> Result<(String, Outcome), ApiError> {
-    let mut text = String::new();
+/// A whole generation: its text, its tokens' logprob items (when asked for), its outcome.
+pub(crate) struct Collected {
+    pub(crate) text: String,
+    pub(crate) logprobs: Vec<Value>,
+    pub(crate) outcome: Outcome,
+}
+
+pub(crate) async fn collect(mut events: mpsc::Receiver<Event>) -> Result<Collected, ApiError> {
+    let (mut text, mut logprobs) = (String::new(), Vec::new());
     while let Some(event) = events.recv().await {
         match event {
             Event::Text(t) => text.push_str(&t),
-            Event::Done(o) => return Ok((text, o)),
+            Event::Logprob(l) => logprobs.push(l),
+            Event::Done(outcome) => {
+                return Ok(Collected {
+                    text,
+                    logprobs,
+                    outcome,
+                })
+            }
             Event::Failed(message) => return Err(ApiError::Internal { message }),
         }
     }
@@ -265,7 +279,7 @@ pub(crate) fn ended_early() -> ApiError {
 
 /// The stream: the opening chunk, one chunk per text event, then the end. Dropping it (hyper
 /// does when the client disconnects) drops the receiver, which cancels the generation.
-fn sse_response(enc: SseEncoder, events: mpsc::Receiver<Event>) -> Response {
+fn sse_response(mut enc: SseEncoder, events: mpsc::Receiver<Event>) -> Response {
     let first = enc.start();
     let chunks = stream::unfold(Some((enc, events, first)), |st| async move {
         let (mut enc, mut events, first) = st?;
@@ -274,6 +288,10 @@ fn sse_response(enc: SseEncoder, events: mpsc::Receiver<Event>) -> Response {
         }
         let (chunk, more) = match events.recv().await {
             Some(Event::Text(t)) => (enc.text(&t), true),
+            Some(Event::Logprob(l)) => {
+                enc.logprob(l);
+                (String::new(), true)
+            }
             Some(Event::Done(o)) => (enc.done(&o), false),
             Some(Event::Failed(message)) => (enc.error(&ApiError::Internal { message }), false),
             None => (enc.error(&ended_early()), false),
