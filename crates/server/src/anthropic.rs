@@ -49,7 +49,7 @@ impl From<ApiError> for AnthropicError {
 fn error_type(e: &ApiError) -> &'static str {
     match e {
         ApiError::Unauthorized => "authentication_error",
-        ApiError::NotFound { .. } => "not_found_error",
+        ApiError::NotFound { .. } | ApiError::ModelNotFound { .. } => "not_found_error",
         ApiError::TooLarge { .. } => "request_too_large",
         ApiError::Internal { .. } => "api_error",
         _ => "invalid_request_error",
@@ -70,7 +70,6 @@ impl IntoResponse for AnthropicError {
 /// The fields of a Messages request (`count_tokens` takes the same, `max_tokens` optional).
 #[derive(Deserialize, Debug)]
 struct Fields {
-    #[allow(dead_code)] // any model name is accepted: one model is served
     model: String,
     max_tokens: Option<i64>,
     messages: Vec<Value>,
@@ -107,6 +106,7 @@ struct Prompt {
 impl MessagesRequest {
     fn prompt(&self, m: &ServedModel) -> Result<Prompt, ApiError> {
         let f = &self.0;
+        m.check_model(Some(&f.model))?;
         let mut messages = Vec::new();
         if let Some(system) = &f.system {
             let text = blocks_text(system, "system")?;
@@ -783,11 +783,11 @@ mod tests {
         for (body, status) in [
             ("{nope", StatusCode::BAD_REQUEST),
             (
-                r#"{"model": "x", "messages": [{"role": "user", "content": "hi"}]}"#,
+                r#"{"model": "demo", "messages": [{"role": "user", "content": "hi"}]}"#,
                 StatusCode::BAD_REQUEST,
             ),
             (
-                r#"{"model": "x", "max_tokens": 3, "messages": [{"role": "tool", "content": "hi"}]}"#,
+                r#"{"model": "demo", "max_tokens": 3, "messages": [{"role": "tool", "content": "hi"}]}"#,
                 StatusCode::BAD_REQUEST,
             ),
         ] {
@@ -797,8 +797,7 @@ mod tests {
             assert_eq!(v["type"], "error", "{text}");
             assert_eq!(v["error"]["type"], "invalid_request_error", "{text}");
         }
-        let body =
-            r#"{"model": "x", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}"#;
+        let body = r#"{"model": "demo", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}"#;
         let (st, text) = post("/v1/messages", body, Some("k")).await;
         assert_eq!(st, StatusCode::UNAUTHORIZED);
         let v: Value = serde_json::from_str(&text).expect("json");
@@ -878,7 +877,7 @@ mod tests {
 
     #[tokio::test]
     async fn whole_and_streamed_messages() {
-        let body = r#"{"model": "x", "max_tokens": 5, "temperature": 0, "stream": STREAM,
+        let body = r#"{"model": "demo", "max_tokens": 5, "temperature": 0, "stream": STREAM,
                        "system": [{"type": "text", "text": "Be brief."}],
                        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello"}]}]}"#;
         let (st, text) = post("/v1/messages", &body.replace("STREAM", "false"), None).await;

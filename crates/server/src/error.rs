@@ -46,6 +46,14 @@ pub enum ApiError {
         /// Completion tokens asked for.
         completion: usize,
     },
+    /// The request names a model this server does not serve.
+    #[error("The model `{model}` does not exist (this server serves `{served}`)")]
+    ModelNotFound {
+        /// The name asked for.
+        model: String,
+        /// The name served (`--alias`).
+        served: String,
+    },
     /// No or a wrong API key.
     #[error("Incorrect or missing API key: send `Authorization: Bearer <key>`")]
     Unauthorized,
@@ -104,7 +112,7 @@ impl ApiError {
             | ApiError::Unsupported { .. }
             | ApiError::ContextLength { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::NotFound { .. } | ApiError::ModelNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -126,6 +134,9 @@ impl ApiError {
                 Some("context_length_exceeded"),
             ),
             ApiError::Unauthorized => ("invalid_request_error", None, Some("invalid_api_key")),
+            ApiError::ModelNotFound { .. } => {
+                ("invalid_request_error", None, Some("model_not_found"))
+            }
             ApiError::TooLarge { .. } => ("invalid_request_error", None, Some("request_too_large")),
             ApiError::Internal { .. } => ("server_error", None, None),
             ApiError::BadJson { .. }
@@ -135,6 +146,7 @@ impl ApiError {
         // OpenAI names `messages` as the culprit of an overlong prompt.
         let param = param.map(String::as_str).or(match self {
             ApiError::ContextLength { .. } => Some("messages"),
+            ApiError::ModelNotFound { .. } => Some("model"),
             _ => None,
         });
         json!({"error": {"message": self.to_string(), "type": kind, "param": param, "code": code}})

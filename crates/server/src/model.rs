@@ -90,6 +90,17 @@ impl ServedModel {
         Ok(self)
     }
 
+    /// A request's `model` must be the one served (absent is fine, as llama-server allows).
+    pub fn check_model(&self, asked: Option<&str>) -> Result<(), crate::ApiError> {
+        match asked {
+            Some(name) if name != self.id => Err(crate::ApiError::ModelNotFound {
+                model: name.to_string(),
+                served: self.id.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The same model with KV caches of the given types.
     pub fn with_cache(mut self, cache: engine::CacheConfig) -> ServedModel {
         self.cache = cache;

@@ -42,6 +42,7 @@ pub struct StreamOptions {
 /// Sampling, length and streaming fields common to both endpoints.
 #[derive(Deserialize, Debug, Default)]
 struct GenFields {
+    model: Option<String>,
     temperature: Option<f32>,
     top_p: Option<f32>,
     top_k: Option<i64>,
@@ -267,6 +268,7 @@ impl GenFields {
 
     /// The generation parameters for a prompt of `prompt.len()` tokens.
     fn into_job(self, m: &ServedModel, prompt: Vec<u32>) -> Result<Job, ApiError> {
+        m.check_model(self.model.as_deref())?;
         if prompt.is_empty() {
             return Err(ApiError::invalid("prompt", "the prompt is empty"));
         }
@@ -588,7 +590,7 @@ mod tests {
 
     #[test]
     fn defaults_and_fields() {
-        let job = chat(json!({"model": "x", "messages": user("hi")})).unwrap();
+        let job = chat(json!({"model": "demo", "messages": user("hi")})).unwrap();
         assert!(job.stream.is_none());
         assert_eq!(job.params.max_tokens, 256 - job.prompt.len());
         assert_eq!(job.params.sampling.temperature, 0.8);
@@ -665,6 +667,7 @@ mod tests {
                 "top_logprobs",
             ),
             (json!({"messages": user("hi"), "stream": "yes"}), "stream"),
+            (json!({"messages": user("hi"), "model": 3}), "model"),
             (
                 json!({"messages": [{"role": "wizard", "content": "x"}]}),
                 "messages[0].role",
