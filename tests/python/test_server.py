@@ -284,6 +284,37 @@ def test_logprobs_chat_streamed_and_legacy(client):
     assert plain.choices[0].logprobs is None
 
 
+def test_several_choices(client):
+    """`n` choices, whole and streamed: greedy ones are equal; seeded sampled ones differ
+    from each other (seed, seed + 1, …) and are reproducible; usage counts them all."""
+    greedy = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=6, n=3,
+                                            temperature=0, extra_body={"ignore_eos": True})
+    texts = [c.message.content for c in greedy.choices]
+    assert [c.index for c in greedy.choices] == [0, 1, 2] and len(set(texts)) == 1
+    assert greedy.usage.completion_tokens == 18
+    args = dict(model=MODEL, messages=HELLO, max_tokens=12, n=3, temperature=1.5, seed=7,
+                extra_body={"ignore_eos": True})
+    a = client.chat.completions.create(**args)
+    b = client.chat.completions.create(**args)
+    assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
+    assert len({c.message.content for c in a.choices}) > 1
+    chunks = list(client.chat.completions.create(**args, stream=True,
+                                                 stream_options={"include_usage": True}))
+    streamed = ["", "", ""]
+    finishes = {}
+    for c in chunks:
+        for ch in c.choices:
+            streamed[ch.index] += ch.delta.content or ""
+            if ch.finish_reason:
+                finishes[ch.index] = ch.finish_reason
+    assert streamed == [c.message.content for c in a.choices]
+    assert finishes == {0: "length", 1: "length", 2: "length"}
+    assert chunks[-1].usage.completion_tokens == 36
+    legacy = client.completions.create(model=MODEL, prompt="Once", max_tokens=3, n=2,
+                                       temperature=0)
+    assert [c.index for c in legacy.choices] == [0, 1]
+
+
 def test_stop_strings(client):
     args = dict(model=MODEL, messages=HELLO, max_tokens=32, temperature=0,
                 extra_body={"ignore_eos": True})

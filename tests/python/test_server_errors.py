@@ -54,7 +54,7 @@ CASES = [
     ("oa-logit-bias-bad-id", OA, chat(logit_bias={"99999999": 1}), {}, 400, "openai",
      "invalid_request_error"),
     ("oa-n-zero", OA, chat(n=0), {}, 400, "openai", "invalid_request_error"),
-    ("oa-n-two", OA, chat(n=2), {}, 400, "openai", "unsupported_parameter"),
+    ("oa-n-too-many", OA, chat(n=17), {}, 400, "openai", "invalid_request_error"),
     ("oa-top-logprobs-alone", OA, chat(top_logprobs=2), {}, 400, "openai", "invalid_request_error"),
     ("oa-stream-string", OA, chat(stream="yes"), {}, 400, "openai", "invalid_request_error"),
     ("oa-response-format", OA, chat(response_format={"type": "json_object"}), {}, 400, "openai",

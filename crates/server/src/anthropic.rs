@@ -228,6 +228,7 @@ impl MessagesRequest {
             stream: f.stream.unwrap_or(false).then(StreamOptions::default),
             think: prompt.thinking.then_some(prompt.opened_think),
             tools: prompt.tools.clone(),
+            n: 1,
         };
         Ok((job, prompt))
     }
@@ -735,7 +736,7 @@ fn sse(head: MessageHead, events: mpsc::Receiver<Event>) -> Response {
                 blocks.write(parts, &mut out);
                 (out, true)
             }
-            Some(Event::Logprob(_)) => (String::new(), true),
+            Some(Event::Logprob(_) | Event::Choice(_)) => (String::new(), true),
             Some(Event::Done(o)) => (blocks.done(&o), false),
             Some(Event::Failed(message)) => (
                 event("error", error_body(&ApiError::Internal { message })),

@@ -26,8 +26,10 @@ pub enum Event {
     /// A generated token's log-probability (with `logprobs`), before its text: OpenAI's
     /// chat item `{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}`.
     Logprob(serde_json::Value),
-    /// Generation ended normally.
+    /// A choice ended normally (`n` of them, each after its text).
     Done(Outcome),
+    /// The events that follow belong to choice `i` (sent before every choice but the first).
+    Choice(usize),
     /// Generation failed after it was accepted.
     Failed(String),
 }
@@ -89,6 +91,7 @@ impl Drop for Gauge<'_> {
     }
 }
 
+/// Every choice of `job` in turn (`n` of them, seeds counting up from the request's).
 fn run(
     model: &ServedModel,
     job: &Job,
@@ -97,44 +100,53 @@ fn run(
     (metrics, queued): (&Metrics, Instant),
 ) {
     let mut first = true;
-    let on_token = |lp: TokenLogprob| {
-        let _ = tx.blocking_send(Event::Logprob(logprob_item(&model.tokenizer, &lp)));
-    };
-    let result = generate_with_logprobs(
-        model.generator(),
-        &job.prompt,
-        &job.params,
-        |text| {
-            if first && !text.is_empty() {
-                first = false;
-                metrics.first_token(queued.elapsed());
-            }
-            let gone = if text.is_empty() {
-                tx.is_closed()
-            } else {
-                tx.blocking_send(Event::Text(text.to_string())).is_err()
-            };
-            if gone {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        },
-        on_token,
-    );
-    let event = match result {
-        Ok(o) => {
-            log(label, &o);
-            metrics.finished(&o);
-            Event::Done(o)
+    for i in 0..job.n.max(1) {
+        if i > 0 && tx.blocking_send(Event::Choice(i)).is_err() {
+            return; // the client is gone
         }
-        Err(e) => {
-            eprintln!("{label}: failed: {e}");
-            Event::Failed(e.to_string())
+        let mut params = job.params.clone();
+        params.sampling.seed = params.sampling.seed.wrapping_add(i as u64);
+        let on_token = |lp: TokenLogprob| {
+            let _ = tx.blocking_send(Event::Logprob(logprob_item(&model.tokenizer, &lp)));
+        };
+        let result = generate_with_logprobs(
+            model.generator(),
+            &job.prompt,
+            &params,
+            |text| {
+                if first && !text.is_empty() {
+                    first = false;
+                    metrics.first_token(queued.elapsed());
+                }
+                let gone = if text.is_empty() {
+                    tx.is_closed()
+                } else {
+                    tx.blocking_send(Event::Text(text.to_string())).is_err()
+                };
+                if gone {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+            on_token,
+        );
+        let (event, failed) = match result {
+            Ok(o) => {
+                log(label, &o);
+                metrics.finished(&o);
+                (Event::Done(o), false)
+            }
+            Err(e) => {
+                eprintln!("{label}: failed: {e}");
+                (Event::Failed(e.to_string()), true)
+            }
+        };
+        // The client may be gone by now; nothing to tell it then.
+        if tx.blocking_send(event).is_err() || failed {
+            return;
         }
-    };
-    // The client may be gone by now; nothing to tell it then.
-    let _ = tx.blocking_send(event);
+    }
 }
 
 /// A token's text as OpenAI gives it: the bytes, lossily as a string.
@@ -195,6 +207,7 @@ mod tests {
             stream: None,
             think: None,
             tools: None,
+            n: 1,
         }
     }
 
@@ -203,7 +216,7 @@ mod tests {
         while let Some(ev) = rx.recv().await {
             match ev {
                 Event::Text(t) => text.push_str(&t),
-                Event::Logprob(_) => {}
+                Event::Logprob(_) | Event::Choice(_) => {}
                 Event::Done(o) => return (text, Some(o)),
                 Event::Failed(e) => panic!("{e}"),
             }

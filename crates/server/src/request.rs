@@ -15,6 +15,9 @@ use crate::model::{ReasoningFormat, ServedModel};
 use crate::think::ThinkSplit;
 use crate::tools::ParamTypes;
 
+/// Most choices one request may ask for.
+const MAX_N: i64 = 16;
+
 /// A validated request, ready for the queue.
 #[derive(Debug)]
 pub struct Job {
@@ -29,6 +32,8 @@ pub struct Job {
     pub think: Option<bool>,
     /// `Some` when `<tool_call>` blocks in the answer are returned as calls.
     pub tools: Option<ParamTypes>,
+    /// Choices to generate (`n`), one after the other, seeds `seed`, `seed + 1`, ….
+    pub n: usize,
 }
 
 /// OpenAI's `stream_options`.
@@ -217,9 +222,12 @@ impl GenFields {
     /// Fields whose other values this server cannot honour.
     fn check_unsupported(&self) -> Result<(), ApiError> {
         match self.n {
-            None | Some(1) => {}
+            None => {}
             Some(n) if n < 1 => return Err(ApiError::invalid("n", "n must be at least 1")),
-            Some(_) => return Err(ApiError::unsupported("n", "n > 1 (several choices)")),
+            Some(n) if n > MAX_N => {
+                return Err(ApiError::invalid("n", format!("n must be at most {MAX_N}")))
+            }
+            Some(_) => {}
         }
         Ok(())
     }
@@ -292,6 +300,7 @@ impl GenFields {
             stream,
             think: None,
             tools: None,
+            n: usize::try_from(self.n.unwrap_or(1)).unwrap_or(1),
         })
     }
 
@@ -646,7 +655,7 @@ mod tests {
             ),
             (json!({"messages": user("hi"), "top_p": 0}), "top_p"),
             (json!({"messages": user("hi"), "top_p": 1.5}), "top_p"),
-            (json!({"messages": user("hi"), "n": 2}), "n"),
+            (json!({"messages": user("hi"), "n": 17}), "n"),
             (
                 json!({"messages": user("hi"), "max_tokens": 0}),
                 "max_tokens",

@@ -89,9 +89,49 @@ pub fn usage(o: &Outcome) -> Value {
 
 /// A whole (non-streamed) reply.
 pub fn full_reply(meta: &Meta, text: &str, o: &Outcome, logprobs: Option<&[Value]>) -> Value {
+    let (object, choice) = choice_json(meta, 0, text, o, logprobs);
+    let mut v = meta.envelope(object);
+    v.insert("choices".into(), json!([choice]));
+    v.insert("usage".into(), usage(o));
+    Value::Object(v)
+}
+
+/// A whole reply of several choices (`n` > 1): (text, outcome, logprobs) each; the usage
+/// counts the prompt once and every choice's tokens.
+pub fn full_reply_n(meta: &Meta, choices: &[(&str, &Outcome, Option<&[Value]>)]) -> Value {
+    let mut object = "chat.completion";
+    let list: Vec<Value> = choices
+        .iter()
+        .enumerate()
+        .map(|(i, (text, o, lp))| {
+            let (obj, c) = choice_json(meta, i, text, o, *lp);
+            object = obj;
+            c
+        })
+        .collect();
+    let mut v = meta.envelope(object);
+    v.insert("choices".into(), Value::Array(list));
+    if let Some((_, first, _)) = choices.first() {
+        let total = Outcome {
+            completion_tokens: choices.iter().map(|c| c.1.completion_tokens).sum(),
+            ..(*first).clone()
+        };
+        v.insert("usage".into(), usage(&total));
+    }
+    Value::Object(v)
+}
+
+/// One choice of a whole reply, and the reply's `object`.
+fn choice_json(
+    meta: &Meta,
+    index: usize,
+    text: &str,
+    o: &Outcome,
+    logprobs: Option<&[Value]>,
+) -> (&'static str, Value) {
     let lp = logprobs.map_or(Value::Null, |l| logprobs_json(meta.endpoint, l, 0));
     let finish = finish_reason(o.finish);
-    let (object, choice) = match meta.endpoint {
+    match meta.endpoint {
         Endpoint::Chat => {
             let mut message = json!({"role": "assistant", "content": text, "refusal": null});
             let mut answer = text.to_string();
@@ -126,18 +166,14 @@ pub fn full_reply(meta: &Meta, text: &str, o: &Outcome, logprobs: Option<&[Value
             };
             (
                 "chat.completion",
-                json!({"index": 0, "message": message, "logprobs": lp, "finish_reason": finish}),
+                json!({"index": index, "message": message, "logprobs": lp, "finish_reason": finish}),
             )
         }
         Endpoint::Completion => (
             "text_completion",
-            json!({"text": text, "index": 0, "logprobs": lp, "finish_reason": finish}),
+            json!({"text": text, "index": index, "logprobs": lp, "finish_reason": finish}),
         ),
-    };
-    let mut v = meta.envelope(object);
-    v.insert("choices".into(), json!([choice]));
-    v.insert("usage".into(), usage(o));
-    Value::Object(v)
+    }
 }
 
 /// The `logprobs` object of a choice from chat items (queue::Event::Logprob): chat's
@@ -182,9 +218,19 @@ pub struct SseEncoder {
     calls: usize,
     /// Logprob items of tokens whose text has not gone out yet (sent with the next chunk).
     logprobs: Vec<Value>,
+    /// The choice this encoder writes (`n` > 1: one encoder a choice).
+    index: usize,
 }
 
 impl SseEncoder {
+    /// The same, for choice `index`.
+    pub fn for_choice(meta: Meta, include_usage: bool, index: usize) -> SseEncoder {
+        SseEncoder {
+            index,
+            ..SseEncoder::new(meta, include_usage)
+        }
+    }
+
     /// An encoder; with `include_usage` every chunk carries `"usage": null` and a last chunk
     /// the counts, as OpenAI does.
     pub fn new(meta: Meta, include_usage: bool) -> SseEncoder {
@@ -198,6 +244,7 @@ impl SseEncoder {
             tools,
             calls: 0,
             logprobs: Vec::new(),
+            index: 0,
         }
     }
 
@@ -269,6 +316,13 @@ impl SseEncoder {
     /// The end: held text, the chunk with `finish_reason`, the usage chunk if asked for,
     /// `[DONE]`.
     pub fn done(&mut self, o: &Outcome) -> String {
+        let mut out = self.finish(o);
+        out.push_str(&self.end(o));
+        out
+    }
+
+    /// The end of this choice: held text and the chunk with `finish_reason`.
+    pub fn finish(&mut self, o: &Outcome) -> String {
         let rest = self
             .split
             .as_mut()
@@ -290,6 +344,13 @@ impl SseEncoder {
             _ => "tool_calls",
         };
         out.push_str(&self.chunk(empty, Some(finish)));
+        out
+    }
+
+    /// The end of the stream: the usage chunk if asked for (`o`: the counts of all choices),
+    /// then `[DONE]`.
+    pub fn end(&self, o: &Outcome) -> String {
+        let mut out = String::new();
         if self.include_usage {
             let mut v = self.meta.envelope(self.object());
             v.insert("choices".into(), json!([]));
@@ -319,12 +380,13 @@ impl SseEncoder {
             true => Value::Null,
             false => logprobs_json(self.meta.endpoint, &std::mem::take(&mut self.logprobs), 0),
         };
+        let index = self.index;
         let choice = match self.meta.endpoint {
             Endpoint::Chat => {
-                json!({"index": 0, "delta": content, "logprobs": lp, "finish_reason": finish})
+                json!({"index": index, "delta": content, "logprobs": lp, "finish_reason": finish})
             }
             Endpoint::Completion => {
-                json!({"text": content, "index": 0, "logprobs": lp, "finish_reason": finish})
+                json!({"text": content, "index": index, "logprobs": lp, "finish_reason": finish})
             }
         };
         let mut v = self.meta.envelope(self.object());

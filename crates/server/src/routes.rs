@@ -23,7 +23,7 @@ use crate::generate::Outcome;
 use crate::model::ServedModel;
 use crate::queue::{Event, Queue};
 use crate::request::{ChatCompletionRequest, CompletionRequest, Job};
-use crate::response::{full_reply, Endpoint, Meta, SseEncoder};
+use crate::response::{full_reply_n, Endpoint, Meta, SseEncoder};
 
 /// What the handlers share.
 #[derive(Clone, Debug)]
@@ -229,18 +229,29 @@ async fn answer(s: &AppState, endpoint: Endpoint, job: Job) -> Result<Response, 
     let mut meta = Meta::new(endpoint, &s.model.id);
     meta.think = job.think;
     meta.tools = job.tools.clone();
-    let stream = job.stream;
+    let (stream, n) = (job.stream, job.n.max(1));
     let job_logprobs = job.params.logprobs.is_some();
     let events = s.queue.submit(s.model.clone(), job, meta.id.clone()).await;
     match stream {
-        Some(opts) => Ok(sse_response(
-            SseEncoder::new(meta, opts.include_usage),
-            events,
-        )),
+        Some(opts) => {
+            let encs = (0..n)
+                .map(|i| SseEncoder::for_choice(meta.clone(), opts.include_usage, i))
+                .collect();
+            Ok(sse_response(encs, events))
+        }
         None => {
-            let c = collect(events).await?;
-            let lp = job_logprobs.then_some(&c.logprobs[..]);
-            Ok(Json(full_reply(&meta, &c.text, &c.outcome, lp)).into_response())
+            let all = collect_n(events, n).await?;
+            let choices: Vec<(&str, &Outcome, Option<&[Value]>)> = all
+                .iter()
+                .map(|c| {
+                    (
+                        &c.text[..],
+                        &c.outcome,
+                        job_logprobs.then_some(&c.logprobs[..]),
+                    )
+                })
+                .collect();
+            Ok(Json(full_reply_n(&meta, &choices)).into_response())
         }
     }
 }
@@ -252,18 +263,33 @@ pub(crate) struct Collected {
     pub(crate) outcome: Outcome,
 }
 
-pub(crate) async fn collect(mut events: mpsc::Receiver<Event>) -> Result<Collected, ApiError> {
+/// The one choice of a generation.
+pub(crate) async fn collect(events: mpsc::Receiver<Event>) -> Result<Collected, ApiError> {
+    let mut all = collect_n(events, 1).await?;
+    all.pop().ok_or_else(ended_early)
+}
+
+/// The `n` choices of a generation, in order.
+async fn collect_n(
+    mut events: mpsc::Receiver<Event>,
+    n: usize,
+) -> Result<Vec<Collected>, ApiError> {
+    let mut all = Vec::with_capacity(n);
     let (mut text, mut logprobs) = (String::new(), Vec::new());
     while let Some(event) = events.recv().await {
         match event {
             Event::Text(t) => text.push_str(&t),
             Event::Logprob(l) => logprobs.push(l),
+            Event::Choice(_) => {}
             Event::Done(outcome) => {
-                return Ok(Collected {
-                    text,
-                    logprobs,
+                all.push(Collected {
+                    text: std::mem::take(&mut text),
+                    logprobs: std::mem::take(&mut logprobs),
                     outcome,
-                })
+                });
+                if all.len() == n {
+                    return Ok(all);
+                }
             }
             Event::Failed(message) => return Err(ApiError::Internal { message }),
         }
@@ -277,26 +303,64 @@ pub(crate) fn ended_early() -> ApiError {
     }
 }
 
-/// The stream: the opening chunk, one chunk per text event, then the end. Dropping it (hyper
-/// does when the client disconnects) drops the receiver, which cancels the generation.
-fn sse_response(mut enc: SseEncoder, events: mpsc::Receiver<Event>) -> Response {
-    let first = enc.start();
-    let chunks = stream::unfold(Some((enc, events, first)), |st| async move {
-        let (mut enc, mut events, first) = st?;
+/// The stream of `n` choices (one encoder each): every choice's opening chunk, one chunk per
+/// text event of the choice running, its finish chunk when it ends, then the usage (all
+/// choices' tokens) and `[DONE]`. Dropping it (hyper does when the client disconnects) drops
+/// the receiver, which cancels the generation.
+fn sse_response(mut encs: Vec<SseEncoder>, events: mpsc::Receiver<Event>) -> Response {
+    let first: String = encs.iter_mut().filter_map(SseEncoder::start).collect();
+    let first = (!first.is_empty()).then_some(first);
+    struct St {
+        encs: Vec<SseEncoder>,
+        events: mpsc::Receiver<Event>,
+        cur: usize,
+        total: Option<Outcome>,
+    }
+    let st = St {
+        encs,
+        events,
+        cur: 0,
+        total: None,
+    };
+    let chunks = stream::unfold(Some((st, first)), |s| async move {
+        let (mut st, first) = s?;
         if let Some(chunk) = first {
-            return Some((chunk, Some((enc, events, None))));
+            return Some((chunk, Some((st, None))));
         }
-        let (chunk, more) = match events.recv().await {
-            Some(Event::Text(t)) => (enc.text(&t), true),
+        let cur = st.cur.min(st.encs.len() - 1);
+        let (chunk, more) = match st.events.recv().await {
+            Some(Event::Text(t)) => (st.encs[cur].text(&t), true),
             Some(Event::Logprob(l)) => {
-                enc.logprob(l);
+                st.encs[cur].logprob(l);
                 (String::new(), true)
             }
-            Some(Event::Done(o)) => (enc.done(&o), false),
-            Some(Event::Failed(message)) => (enc.error(&ApiError::Internal { message }), false),
-            None => (enc.error(&ended_early()), false),
+            Some(Event::Choice(i)) => {
+                st.cur = i;
+                (String::new(), true)
+            }
+            Some(Event::Done(o)) => {
+                let mut out = st.encs[cur].finish(&o);
+                let total = match st.total.take() {
+                    None => o,
+                    Some(t) => Outcome {
+                        completion_tokens: t.completion_tokens + o.completion_tokens,
+                        ..t
+                    },
+                };
+                let last = cur + 1 == st.encs.len();
+                if last {
+                    out.push_str(&st.encs[cur].end(&total));
+                } else {
+                    st.total = Some(total);
+                }
+                (out, !last)
+            }
+            Some(Event::Failed(message)) => {
+                (st.encs[cur].error(&ApiError::Internal { message }), false)
+            }
+            None => (st.encs[cur].error(&ended_early()), false),
         };
-        Some((chunk, more.then_some((enc, events, None))))
+        Some((chunk, more.then_some((st, None))))
     });
     event_stream(chunks)
 }
