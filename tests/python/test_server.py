@@ -352,7 +352,7 @@ def test_text_completions(client):
 @pytest.mark.parametrize("kwargs, param", [
     (dict(temperature=-1), "temperature"),
     (dict(top_p=1.5), "top_p"),
-    (dict(n=2), "n"),
+    (dict(n=17), "n"),
     (dict(max_tokens=0), "max_tokens"),
     (dict(messages=[{"role": "wizard", "content": "hi"}]), "messages[0].role"),
     (dict(extra_body={"temperature": "hot"}), "temperature"),
