@@ -1,12 +1,14 @@
 """`llm-server serve` over real HTTP on loopback, driven by the official `openai` client, raw
 HTTP (urllib, sockets) and curl, on the shipped demo model. Replies are short (max_tokens <= 32)
 so the module runs in seconds."""
+import base64
 import json
 import math
 import re
 import select
 import shutil
 import socket
+import struct
 import subprocess
 import time
 import urllib.error
@@ -313,6 +315,32 @@ def test_several_choices(client):
     legacy = client.completions.create(model=MODEL, prompt="Once", max_tokens=3, n=2,
                                        temperature=0)
     assert [c.index for c in legacy.choices] == [0, 1]
+
+
+def test_embeddings(client):
+    one = client.embeddings.create(model=MODEL, input="The whale swam.")
+    v = one.data[0].embedding
+    assert len(v) > 0 and abs(math.sqrt(sum(x * x for x in v)) - 1) < 1e-4
+    assert one.usage.prompt_tokens > 0 and one.usage.total_tokens == one.usage.prompt_tokens
+    many = client.embeddings.create(model=MODEL, input=["The whale swam.", "Tea is hot.",
+                                                        "The whale swam."])
+    vs = [d.embedding for d in many.data]
+    assert [d.index for d in many.data] == [0, 1, 2]
+    assert max(abs(a - b) for a, b in zip(vs[0], v)) < 1e-5
+    assert vs[0] == vs[2] and vs[0] != vs[1]
+    # The client asks for base64 by default and decodes it; asked for explicitly it hands the
+    # text over: little-endian f32, the same values as `float`.
+    b64 = client.embeddings.create(model=MODEL, input="The whale swam.", encoding_format="base64")
+    raw = base64.b64decode(b64.data[0].embedding)
+    floats = struct.unpack(f"<{len(raw) // 4}f", raw)
+    fl = client.embeddings.create(model=MODEL, input="The whale swam.", encoding_format="float")
+    assert max(abs(a - b) for a, b in zip(floats, fl.data[0].embedding)) < 1e-6
+    ids = client.embeddings.create(model=MODEL, input=[[1, 2, 3], [4, 5]])
+    assert len(ids.data) == 2 and ids.usage.prompt_tokens == 5
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model=MODEL, input=[])
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="other", input="x")
 
 
 def test_stop_strings(client):

@@ -18,6 +18,8 @@ pub struct Loaded {
     pub tokenizer: Tokenizer,
     pub template: Option<ChatTemplate>,
     pub exec: Exec,
+    /// `{arch}.pooling_type` (llama.cpp's numbering), when the file says.
+    pub pooling: Option<u64>,
 }
 
 /// The model path: `-m`, else the shipped demo model, looked for where an installed binary
@@ -117,6 +119,10 @@ pub fn open(path: &Path, threads: Option<usize>, device: &DeviceArgs) -> anyhow:
         .with_context(|| format!("{}: tokenizer", path.display()))?;
     let template = ChatTemplate::from_gguf(file.metadata())
         .with_context(|| format!("{}: chat template", path.display()))?;
+    let pooling = file
+        .metadata()
+        .get_str("general.architecture")
+        .and_then(|a| file.metadata().get_u64(&format!("{a}.pooling_type")));
     let (model, gpu) = crate::device_args::load(path, file, device)?;
     let mut exec = Exec::default();
     if let Some(t) = threads {
@@ -128,6 +134,7 @@ pub fn open(path: &Path, threads: Option<usize>, device: &DeviceArgs) -> anyhow:
         tokenizer,
         template,
         exec,
+        pooling,
     })
 }
 

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use server::{AppState, ReasoningFormat, ServedModel};
+use server::{AppState, Pooling, ReasoningFormat, ServedModel};
 
 use crate::cache_args::CacheArgs;
 use crate::load;
@@ -93,6 +93,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("{}: chat template", file.display()))?;
     }
     let model = model
+        .with_pooling(match m.pooling {
+            Some(2) => Pooling::Cls,
+            Some(3) => Pooling::Last,
+            _ => Pooling::Mean,
+        })
         .with_cache(args.cache.config())
         .with_reasoning(match args.reasoning_format {
             ReasoningArg::Auto | ReasoningArg::Deepseek => ReasoningFormat::Deepseek,

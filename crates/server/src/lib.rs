@@ -19,11 +19,12 @@
 
 pub use error::ApiError;
 pub use generate::{generate, prompt_tokens, Finish, GenerateError, Generator, Outcome, Params};
-pub use model::{ReasoningFormat, ServedModel};
+pub use model::{Pooling, ReasoningFormat, ServedModel};
 pub use request::Job;
 pub use routes::{router, serve, serve_until_signal, AppState};
 
 pub mod anthropic;
+pub mod embeddings;
 mod error;
 pub mod extract;
 pub mod generate;

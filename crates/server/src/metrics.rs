@@ -18,12 +18,13 @@ const TTFT_BUCKETS: [f64; 12] = [
 ];
 
 /// The routes requests are counted under (anything else is `other`).
-const ROUTES: [&str; 8] = [
+const ROUTES: [&str; 9] = [
     "/health",
     "/metrics",
     "/v1/models",
     "/v1/chat/completions",
     "/v1/completions",
+    "/v1/embeddings",
     "/v1/messages",
     "/v1/messages/count_tokens",
     "/props",

@@ -25,6 +25,21 @@ pub struct ServedModel {
     pub cache: engine::CacheConfig,
     /// Where the chat route puts the model's `<think>` reasoning.
     pub reasoning: ReasoningFormat,
+    /// How `/v1/embeddings` pools a text's token states.
+    pub pooling: Pooling,
+}
+
+/// How token states become one embedding (the GGUF's `{arch}.pooling_type`; mean when it
+/// names none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pooling {
+    /// The mean over the tokens.
+    #[default]
+    Mean,
+    /// The first token's state.
+    Cls,
+    /// The last token's state (decoder embedding models).
+    Last,
 }
 
 /// llama-server's `--reasoning-format`.
@@ -74,6 +89,7 @@ impl ServedModel {
             created: crate::response::unix_now(),
             cache: engine::CacheConfig::default(),
             reasoning: ReasoningFormat::default(),
+            pooling: Pooling::default(),
         })
     }
 
@@ -104,6 +120,12 @@ impl ServedModel {
     /// The same model with KV caches of the given types.
     pub fn with_cache(mut self, cache: engine::CacheConfig) -> ServedModel {
         self.cache = cache;
+        self
+    }
+
+    /// The same model pooling embeddings as `p` says.
+    pub fn with_pooling(mut self, p: Pooling) -> ServedModel {
+        self.pooling = p;
         self
     }
 

@@ -66,6 +66,28 @@ impl Queue {
         rx
     }
 
+    /// Wait for the model like a generation, then run `f` on a blocking thread with it
+    /// (embeddings).
+    pub async fn exclusive<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, crate::ApiError> {
+        let turn = {
+            let _waiting = Gauge::up(&self.metrics, Metrics::waiting);
+            self.turn.clone().lock_owned().await
+        };
+        let metrics = self.metrics.clone();
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            let _running = Gauge::up(&metrics, Metrics::running);
+            f()
+        })
+        .await
+        .map_err(|e| crate::ApiError::Internal {
+            message: format!("the model's thread failed: {e}"),
+        })
+    }
+
     /// The counters this queue feeds.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

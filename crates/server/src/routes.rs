@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::anthropic;
+use crate::embeddings;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, BODY_LIMIT};
 use crate::generate::Outcome;
@@ -54,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/props", get(props))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route_layer(middleware::from_fn_with_state(

@@ -209,6 +209,9 @@ impl<B: Backend> Gemma3<B> {
                 .map_or(&self.output_norm, |n| &n.attn_norm);
             x = b.add_norm(s, &mut h, &y, next, eps)?;
         }
+        if which == Logits::Hidden {
+            return Ok(x);
+        }
         let mut logits = b.matmul(s, &self.output, &x)?; // result_output
         if hp.softcap > 0.0 {
             b.softcap(s, &mut logits, hp.softcap)?;

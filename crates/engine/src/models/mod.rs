@@ -66,6 +66,9 @@ pub enum Logits {
     All,
     /// Tokens `i..` of the batch (perplexity scores the second half of a chunk).
     From(usize),
+    /// Not logits: every token's final hidden state after the output norm (`n_embd` values
+    /// each), for embeddings.
+    Hidden,
 }
 
 impl Logits {
@@ -73,7 +76,7 @@ impl Logits {
     pub fn first(self, n: usize) -> usize {
         match self {
             Logits::Last => n.saturating_sub(1),
-            Logits::All => 0,
+            Logits::All | Logits::Hidden => 0,
             Logits::From(i) => i.min(n),
         }
     }

@@ -568,6 +568,9 @@ impl<B: Backend> Qwen35Moe<B> {
                 .map_or(&self.output_norm, |n| &n.attn_norm);
             x = b.add_norm(s, &mut h, &f, next, eps)?;
         }
+        if which == Logits::Hidden {
+            return Ok(x);
+        }
         b.matmul(s, &self.output, &x) // result_output
     }
 }
