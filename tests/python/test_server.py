@@ -227,6 +227,9 @@ def test_tool_history_renders_the_arguments(client):
 
 
 def test_models_and_props_report_the_context(server, client):
+    # The ready line: what runs where and what it holds.
+    assert re.search(r"ready: demo \(qwen35moe, [\d.]+ GiB\) on cpu \| context 8192, KV f16/f16",
+                     server.log.read_text()), server.log.read_text()
     m = client.models.list().data[0]
     assert m.model_extra["max_model_len"] == 8192 and m.model_extra["meta"]["n_ctx"] == 8192
     assert m.model_extra["meta"]["n_vocab"] > 0

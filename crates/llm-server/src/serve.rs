@@ -51,6 +51,14 @@ pub struct Args {
     pub device: crate::device_args::DeviceArgs,
 }
 
+/// This process's resident memory in MiB (Linux; 0 elsewhere).
+fn resident_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0.0, |pages| (pages * 4096) as f64 / (1u64 << 20) as f64)
+}
+
 /// `--reasoning-format` values.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum ReasoningArg {
@@ -103,11 +111,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ReasoningArg::Auto | ReasoningArg::Deepseek => ReasoningFormat::Deepseek,
             ReasoningArg::None => ReasoningFormat::None,
         });
+    // One line that says what runs where, and what it holds.
+    let file_gib = std::fs::metadata(&path).map_or(0.0, |m| m.len() as f64 / (1u64 << 30) as f64);
+    let cache = args.cache.config();
+    let kv_bytes = model
+        .model
+        .new_state_with(n_ctx, cache)
+        .map_or(0, |st| st.kv_bytes());
     eprintln!(
-        "model {} ({}), context {n_ctx}, {} threads",
+        "ready: {} ({}, {file_gib:.2} GiB) on {} | context {n_ctx}, KV {}/{} {:.0} MiB a \
+         request | {} threads | resident {:.0} MiB",
         model.id,
         model.model.arch(),
-        model.exec.threads
+        model.model.backend(),
+        cache.k,
+        cache.v,
+        kv_bytes as f64 / (1u64 << 20) as f64,
+        model.exec.threads,
+        resident_mib(),
     );
     let state = AppState::new(model, args.api_key);
     // Generation runs on blocking threads; the async side only parses and streams.
