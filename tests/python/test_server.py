@@ -346,6 +346,29 @@ def test_embeddings(client):
         client.embeddings.create(model="other", input="x")
 
 
+def test_echo(client):
+    prompt = "Once upon a time"
+    r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=4, temperature=0,
+                                  echo=True, extra_body={"ignore_eos": True})
+    plain = client.completions.create(model=MODEL, prompt=prompt, max_tokens=4, temperature=0,
+                                      extra_body={"ignore_eos": True})
+    assert r.choices[0].text == prompt + plain.choices[0].text
+    lp = client.completions.create(model=MODEL, prompt=prompt, max_tokens=4, temperature=0,
+                                   echo=True, logprobs=1, extra_body={"ignore_eos": True})
+    c = lp.choices[0]
+    assert c.text == r.choices[0].text and "".join(c.logprobs.tokens) == c.text
+    n_prompt = lp.usage.prompt_tokens
+    assert len(c.logprobs.tokens) == n_prompt + 4
+    assert c.logprobs.token_logprobs[0] is None
+    assert all(x <= 0 for x in c.logprobs.token_logprobs[1:])
+    streamed = list(client.completions.create(model=MODEL, prompt=prompt, max_tokens=4,
+                                              temperature=0, echo=True, logprobs=1, stream=True,
+                                              extra_body={"ignore_eos": True}))
+    assert "".join(ch.choices[0].text for ch in streamed) == c.text
+    toks = [t for ch in streamed if ch.choices[0].logprobs for t in ch.choices[0].logprobs.tokens]
+    assert toks == c.logprobs.tokens
+
+
 def test_stop_strings(client):
     args = dict(model=MODEL, messages=HELLO, max_tokens=32, temperature=0,
                 extra_body={"ignore_eos": True})

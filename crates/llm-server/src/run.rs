@@ -115,6 +115,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         sampling: args.sampling.params(),
         cache: args.cache.config(),
         logprobs: None,
+        prompt_logprobs: false,
     };
     let generator = Generator {
         model: m.model.as_ref(),

@@ -222,6 +222,7 @@ impl MessagesRequest {
                 n_ctx: m.n_ctx,
                 cache: m.cache,
                 logprobs: None,
+                prompt_logprobs: false,
                 stop,
                 sampling,
             },
@@ -229,6 +230,7 @@ impl MessagesRequest {
             think: prompt.thinking.then_some(prompt.opened_think),
             tools: prompt.tools.clone(),
             n: 1,
+            echo: None,
         };
         Ok((job, prompt))
     }

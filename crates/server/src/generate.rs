@@ -45,6 +45,9 @@ pub struct Params {
     /// `Some(n)`: report each generated token's log-probability and its `n` most likely
     /// alternatives (from the model's distribution, before sampling's changes).
     pub logprobs: Option<usize>,
+    /// With `logprobs`: report the prompt's tokens too (legacy `echo`; the first has none),
+    /// which needs the prompt's logits at every position.
+    pub prompt_logprobs: bool,
 }
 
 /// A generated token's log-probability and the most likely tokens at its position.
@@ -190,7 +193,22 @@ pub fn generate_with_logprobs(
     prompt.iter().for_each(|&t| sampler.accept(t));
     let mut state = g.model.new_state_with(params.n_ctx, params.cache)?;
     let t0 = Instant::now();
-    let mut logits = g.model.forward(prompt, &mut state, Logits::Last, g.exec)?;
+    let mut logits = match params.logprobs.filter(|_| params.prompt_logprobs) {
+        Some(n) => {
+            let all = g.model.forward(prompt, &mut state, Logits::All, g.exec)?;
+            let v = all.len() / prompt.len();
+            on_token(TokenLogprob {
+                id: prompt[0],
+                logprob: f32::NAN, // nothing before the first token
+                top: Vec::new(),
+            });
+            for (i, &t) in prompt.iter().enumerate().skip(1) {
+                on_token(TokenLogprob::of(&all[(i - 1) * v..i * v], t, n));
+            }
+            all[(prompt.len() - 1) * v..].to_vec()
+        }
+        None => g.model.forward(prompt, &mut state, Logits::Last, g.exec)?,
+    };
     let prefill = t0.elapsed();
     let (mut stops, mut pending) = (StopMatcher::new(&params.stop), Vec::new());
     let t1 = Instant::now();
@@ -275,6 +293,7 @@ mod tests {
             sampling: SamplerParams::greedy(),
             cache: Default::default(),
             logprobs: None,
+            prompt_logprobs: false,
         };
         let (mut text, mut calls) = (String::new(), 0);
         let o = generate(m.generator(), &prompt, &params, |t| {
@@ -316,6 +335,7 @@ mod tests {
             sampling: SamplerParams::greedy(),
             cache: Default::default(),
             logprobs: None,
+            prompt_logprobs: false,
         };
         let run = |prompt: &[u32]| {
             generate(

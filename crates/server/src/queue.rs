@@ -128,8 +128,25 @@ fn run(
         }
         let mut params = job.params.clone();
         params.sampling.seed = params.sampling.seed.wrapping_add(i as u64);
+        // Echo: the prompt's text first (its logprobs, when asked for, come from the
+        // generation's prefill just after; they attach to the next text sent).
+        if let Some(echo) = job.echo.as_ref().filter(|e| !e.is_empty()) {
+            if !params.prompt_logprobs && tx.blocking_send(Event::Text(echo.clone())).is_err() {
+                return;
+            }
+        }
+        let echo_after = job
+            .echo
+            .as_ref()
+            .filter(|e| params.prompt_logprobs && !e.is_empty());
+        let mut seen = 0;
         let on_token = |lp: TokenLogprob| {
             let _ = tx.blocking_send(Event::Logprob(logprob_item(&model.tokenizer, &lp)));
+            seen += 1;
+            // With the prompt's logprobs, its text follows its last one.
+            if let Some(echo) = echo_after.filter(|_| seen == job.prompt.len()) {
+                let _ = tx.blocking_send(Event::Text(echo.clone()));
+            }
         };
         let result = generate_with_logprobs(
             model.generator(),
@@ -225,11 +242,13 @@ mod tests {
                 sampling: SamplerParams::greedy(),
                 cache: Default::default(),
                 logprobs: None,
+                prompt_logprobs: false,
             },
             stream: None,
             think: None,
             tools: None,
             n: 1,
+            echo: None,
         }
     }
 

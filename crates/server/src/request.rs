@@ -34,6 +34,8 @@ pub struct Job {
     pub tools: Option<ParamTypes>,
     /// Choices to generate (`n`), one after the other, seeds `seed`, `seed + 1`, ….
     pub n: usize,
+    /// Legacy `echo`: the prompt's text, sent before each choice's completion.
+    pub echo: Option<String>,
 }
 
 /// OpenAI's `stream_options`.
@@ -198,9 +200,6 @@ impl CompletionRequest {
     /// Check everything and tokenize the prompt.
     pub fn into_job(self, m: &ServedModel) -> Result<Job, ApiError> {
         self.gen.check_unsupported()?;
-        if self.text.echo == Some(true) {
-            return Err(ApiError::unsupported("echo", "echo"));
-        }
         if self.text.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
             return Err(ApiError::unsupported(
                 "suffix",
@@ -212,8 +211,22 @@ impl CompletionRequest {
         }
         let prompt = completion_prompt(&self.text.prompt, m)?;
         let logprobs = self.gen.completion_logprobs()?;
+        let echo = self.text.echo == Some(true);
+        // The prompt's text as the reply repeats it: as given, or the ids' text.
+        let echo_text = match &self.text.prompt {
+            Value::String(s) => s.clone(),
+            Value::Array(l) if l.len() == 1 && l[0].is_string() => {
+                l[0].as_str().unwrap_or_default().to_string()
+            }
+            _ => prompt
+                .iter()
+                .map(|&t| String::from_utf8_lossy(m.tokenizer.token_bytes(t)).into_owned())
+                .collect(),
+        };
         let mut job = self.gen.into_job(m, prompt)?;
         job.params.logprobs = logprobs;
+        job.params.prompt_logprobs = echo && logprobs.is_some();
+        job.echo = echo.then_some(echo_text);
         Ok(job)
     }
 }
@@ -294,6 +307,7 @@ impl GenFields {
                 n_ctx: m.n_ctx,
                 cache: m.cache,
                 logprobs: None,
+                prompt_logprobs: false,
                 stop,
                 sampling,
             },
@@ -301,6 +315,7 @@ impl GenFields {
             think: None,
             tools: None,
             n: usize::try_from(self.n.unwrap_or(1)).unwrap_or(1),
+            echo: None,
         })
     }
 
@@ -738,7 +753,6 @@ mod tests {
             (json!({"prompt": ["a", "b"]}), "prompt"),
             (json!({"prompt": [1, -2]}), "prompt"),
             (json!({"prompt": {"a": 1}}), "prompt"),
-            (json!({"prompt": "x", "echo": true}), "echo"),
             (json!({"max_tokens": 3}), "prompt"),
         ] {
             assert_eq!(
