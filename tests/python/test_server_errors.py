@@ -3,6 +3,7 @@ status, never a panic or a dropped connection, and the server keeps serving. One
 server (`--api-key`) on the demo model with a small context."""
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -169,3 +170,43 @@ def test_still_serving_after_all_that(server):
     assert status == 200 and r["choices"][0]["message"] is not None
     status, r = send(server, AN, msgs(), {"x-api-key": KEY})
     assert status == 200 and r["content"]
+
+
+def test_full_line_refuses_with_retry_after(tmp_path):
+    """`--max-queue 1`: one request runs, one waits, the next is refused — 429 with
+    `Retry-After` on OpenAI's routes, 529 `overloaded_error` on Anthropic's."""
+    s = Server(tmp_path / "server.log", "--alias", MODEL, "-c", "8192", "--max-queue", "1")
+    long = j({"model": MODEL, "prompt": "Once", "max_tokens": 4000, "stream": True,
+              "ignore_eos": True, "temperature": 0})
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: {s.host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(long)}\r\n\r\n").encode()
+    socks = []
+    try:
+        for _ in range(2):  # the first runs, the second waits
+            sock = socket.create_connection((s.host, int(s.port)), timeout=30)
+            sock.sendall(head + long)
+            socks.append(sock)
+        assert socks[0].recv(4096).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 30
+        while True:  # until the second is counted as waiting
+            with urllib.request.urlopen(s.url + "/metrics", timeout=10) as res:
+                if "llm_server_requests_waiting 1\n" in res.read().decode():
+                    break
+            assert time.monotonic() < deadline, "the second request never waited"
+            time.sleep(0.02)
+        req = urllib.request.Request(s.url + OA, data=chat(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=30)
+        assert e.value.code == 429 and e.value.headers["Retry-After"] == "1"
+        assert json.loads(e.value.read())["error"]["code"] == "rate_limit_exceeded"
+        req = urllib.request.Request(s.url + AN, data=msgs(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=30)
+        assert e.value.code == 529 and e.value.headers["Retry-After"] == "1"
+        assert json.loads(e.value.read())["error"]["type"] == "overloaded_error"
+    finally:
+        for sock in socks:
+            sock.close()
+        s.stop()

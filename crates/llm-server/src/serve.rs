@@ -34,6 +34,10 @@ pub struct Args {
     /// Require `Authorization: Bearer KEY` on `/v1` routes.
     #[arg(long)]
     pub api_key: Option<String>,
+    /// Requests that may wait for the model; more are refused with 429 (OpenAI) or 529
+    /// (Anthropic) and `Retry-After`.
+    #[arg(long, default_value_t = server::queue::DEFAULT_MAX_WAITING)]
+    pub max_queue: usize,
     /// On SIGINT/SIGTERM: seconds the requests in flight get to finish before they are
     /// cancelled.
     #[arg(long, default_value_t = 10.0)]
@@ -130,7 +134,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         model.exec.threads,
         resident_mib(),
     );
-    let state = AppState::new(model, args.api_key);
+    let state = AppState::new(model, args.api_key).with_max_queue(args.max_queue);
     // Generation runs on blocking threads; the async side only parses and streams.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -52,6 +52,7 @@ fn error_type(e: &ApiError) -> &'static str {
         ApiError::NotFound { .. } | ApiError::ModelNotFound { .. } => "not_found_error",
         ApiError::TooLarge { .. } => "request_too_large",
         ApiError::Internal { .. } => "api_error",
+        ApiError::Overloaded { .. } => "overloaded_error",
         _ => "invalid_request_error",
     }
 }
@@ -63,6 +64,17 @@ pub fn error_body(e: &ApiError) -> Value {
 
 impl IntoResponse for AnthropicError {
     fn into_response(self) -> Response {
+        if matches!(self.0, ApiError::Overloaded { .. }) {
+            // Anthropic's own status for an overloaded API.
+            let status = axum::http::StatusCode::from_u16(529)
+                .unwrap_or(axum::http::StatusCode::SERVICE_UNAVAILABLE);
+            let mut res = (status, Json(error_body(&self.0))).into_response();
+            res.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                crate::error::RETRY_AFTER_SECS.into(),
+            );
+            return res;
+        }
         (self.0.status(), Json(error_body(&self.0))).into_response()
     }
 }
@@ -460,7 +472,7 @@ pub async fn messages(
         tools: prompt.tools.clone(),
     };
     let stream = job.stream.is_some();
-    let events = s.queue.submit(s.model.clone(), job, id).await;
+    let events = s.queue.submit(s.model.clone(), job, id).await?;
     if stream {
         return Ok(sse(head, events));
     }

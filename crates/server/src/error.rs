@@ -54,6 +54,12 @@ pub enum ApiError {
         /// The name served (`--alias`).
         served: String,
     },
+    /// The waiting line is full: come back later (`Retry-After`).
+    #[error("The server is busy: {waiting} requests are waiting for the model; retry shortly")]
+    Overloaded {
+        /// Requests waiting when this one came.
+        waiting: usize,
+    },
     /// No or a wrong API key.
     #[error("Incorrect or missing API key: send `Authorization: Bearer <key>`")]
     Unauthorized,
@@ -116,6 +122,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -139,6 +146,7 @@ impl ApiError {
             }
             ApiError::TooLarge { .. } => ("invalid_request_error", None, Some("request_too_large")),
             ApiError::Internal { .. } => ("server_error", None, None),
+            ApiError::Overloaded { .. } => ("requests", None, Some("rate_limit_exceeded")),
             ApiError::BadJson { .. }
             | ApiError::NotFound { .. }
             | ApiError::MethodNotAllowed { .. } => ("invalid_request_error", None, None),
@@ -153,9 +161,17 @@ impl ApiError {
     }
 }
 
+/// Seconds a refused client is asked to wait (`Retry-After`).
+pub const RETRY_AFTER_SECS: u64 = 1;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status(), Json(self.body())).into_response()
+        let mut res = (self.status(), Json(self.body())).into_response();
+        if matches!(self, ApiError::Overloaded { .. }) {
+            res.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECS.into());
+        }
+        res
     }
 }
 

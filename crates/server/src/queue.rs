@@ -34,27 +34,69 @@ pub enum Event {
     Failed(String),
 }
 
-/// The model's waiting line.
-#[derive(Clone, Debug, Default)]
+/// Requests that may wait for the model at once unless `--max-queue` says otherwise.
+pub const DEFAULT_MAX_WAITING: usize = 256;
+
+/// The model's waiting line: at most `limit` requests wait; more are refused (429/529).
+#[derive(Clone, Debug)]
 pub struct Queue {
     turn: Arc<Mutex<()>>,
     metrics: Arc<Metrics>,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+    limit: usize,
+}
+
+impl Default for Queue {
+    fn default() -> Queue {
+        Queue::with_limit(DEFAULT_MAX_WAITING)
+    }
+}
+
+/// A place in the line, given back when dropped.
+struct Place(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Queue {
+    /// A line where at most `limit` requests wait.
+    pub fn with_limit(limit: usize) -> Queue {
+        Queue {
+            turn: Arc::default(),
+            metrics: Arc::default(),
+            waiting: Arc::default(),
+            limit,
+        }
+    }
+
+    /// Wait for the model's turn, or refuse when the line is full.
+    async fn turn(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, crate::ApiError> {
+        let ahead = self
+            .waiting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let place = Place(self.waiting.clone());
+        if ahead >= self.limit {
+            return Err(crate::ApiError::Overloaded { waiting: ahead });
+        }
+        let _waiting = Gauge::up(&self.metrics, Metrics::waiting);
+        let turn = self.turn.clone().lock_owned().await;
+        drop(place);
+        Ok(turn)
+    }
+
     /// Wait for the model, then start `job` on a blocking thread; its events come on the
-    /// returned channel. `label` names the request in the log line written when it ends.
+    /// returned channel (refused when the line is full). `label` names the request in the log line written when it ends.
     pub async fn submit(
         &self,
         model: Arc<ServedModel>,
         job: Job,
         label: String,
-    ) -> mpsc::Receiver<Event> {
+    ) -> Result<mpsc::Receiver<Event>, crate::ApiError> {
         let queued = Instant::now();
-        let turn = {
-            let _waiting = Gauge::up(&self.metrics, Metrics::waiting);
-            self.turn.clone().lock_owned().await
-        };
+        let turn = self.turn().await?;
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         let metrics = self.metrics.clone();
         tokio::task::spawn_blocking(move || {
@@ -63,7 +105,7 @@ impl Queue {
             let _running = Gauge::up(&metrics, Metrics::running);
             run(&model, &job, &tx, &label, (&metrics, queued));
         });
-        rx
+        Ok(rx)
     }
 
     /// Wait for the model like a generation, then run `f` on a blocking thread with it
@@ -72,10 +114,7 @@ impl Queue {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, crate::ApiError> {
-        let turn = {
-            let _waiting = Gauge::up(&self.metrics, Metrics::waiting);
-            self.turn.clone().lock_owned().await
-        };
+        let turn = self.turn().await?;
         let metrics = self.metrics.clone();
         tokio::task::spawn_blocking(move || {
             let _turn = turn;
@@ -268,11 +307,11 @@ mod tests {
     #[tokio::test]
     async fn requests_take_turns_and_agree() {
         let q = Queue::default();
-        let a = q.submit(demo(), job(12), "a".into()).await;
+        let a = q.submit(demo(), job(12), "a".into()).await.expect("queued");
         // The second waits for the first's turn to end, then runs the same greedy job.
         let b = tokio::spawn({
             let q = q.clone();
-            async move { collect(q.submit(demo(), job(12), "b".into()).await).await }
+            async move { collect(q.submit(demo(), job(12), "b".into()).await.expect("queued")).await }
         });
         let (ta, oa) = collect(a).await;
         let (tb, ob) = b.await.expect("join");
@@ -285,11 +324,45 @@ mod tests {
     #[tokio::test]
     async fn dropped_receiver_cancels() {
         let q = Queue::default();
-        let mut rx = q.submit(demo(), job(200), "gone".into()).await;
+        let mut rx = q
+            .submit(demo(), job(200), "gone".into())
+            .await
+            .expect("queued");
         assert!(matches!(rx.recv().await, Some(Event::Text(_))));
         drop(rx);
         // The turn is free again soon: the next job runs to its end.
-        let (_, o) = collect(q.submit(demo(), job(4), "next".into()).await).await;
+        let (_, o) = collect(
+            q.submit(demo(), job(4), "next".into())
+                .await
+                .expect("queued"),
+        )
+        .await;
         assert!(o.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_full_line_refuses() {
+        let q = Queue::with_limit(1);
+        // One runs, one waits (the limit), the third is refused at once.
+        let a = q.submit(demo(), job(100), "a".into()).await.expect("runs");
+        let waiting = tokio::spawn({
+            let q = q.clone();
+            async move { collect(q.submit(demo(), job(2), "b".into()).await.expect("waits")).await }
+        });
+        for _ in 0..200 {
+            if q.waiting.load(std::sync::atomic::Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let refused = q.submit(demo(), job(2), "c".into()).await;
+        assert!(matches!(
+            refused,
+            Err(crate::ApiError::Overloaded { waiting: 1 })
+        ));
+        drop(a);
+        assert!(waiting.await.expect("join").1.is_some());
+        // The line is free again.
+        assert!(q.submit(demo(), job(1), "d".into()).await.is_ok());
     }
 }

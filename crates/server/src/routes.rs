@@ -46,6 +46,12 @@ impl AppState {
             api_key: api_key.map(Arc::from),
         }
     }
+
+    /// The same with at most `n` requests waiting for the model (`--max-queue`).
+    pub fn with_max_queue(mut self, n: usize) -> AppState {
+        self.queue = Queue::with_limit(n);
+        self
+    }
 }
 
 /// The whole API.
@@ -233,7 +239,10 @@ async fn answer(s: &AppState, endpoint: Endpoint, job: Job) -> Result<Response, 
     meta.tools = job.tools.clone();
     let (stream, n) = (job.stream, job.n.max(1));
     let job_logprobs = job.params.logprobs.is_some();
-    let events = s.queue.submit(s.model.clone(), job, meta.id.clone()).await;
+    let events = s
+        .queue
+        .submit(s.model.clone(), job, meta.id.clone())
+        .await?;
     match stream {
         Some(opts) => {
             let encs = (0..n)
