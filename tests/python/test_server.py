@@ -484,19 +484,26 @@ def test_api_key(tmp_path):
         s.stop()
 
 
-def test_disconnect_stops_generation(server, client):
-    body = json.dumps({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 8000,
+def long_stream(server, max_tokens: int = 8000):
+    """A raw socket streaming a long text completion, three events in: (socket, bytes so far)."""
+    body = json.dumps({"model": MODEL, "prompt": "Once upon a time", "max_tokens": max_tokens,
                        "stream": True, "ignore_eos": True, "temperature": 0}).encode()
     head = (f"POST /v1/completions HTTP/1.1\r\nHost: {server.host}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
-    with socket.create_connection((server.host, int(server.port)), timeout=30) as sock:
-        sock.sendall(head + body)
-        received = b""
-        while received.count(b"data: ") < 3:
-            chunk = sock.recv(4096)
-            assert chunk, received
-            received += chunk
-        assert received.startswith(b"HTTP/1.1 200")
+    sock = socket.create_connection((server.host, int(server.port)), timeout=60)
+    sock.sendall(head + body)
+    received = b""
+    while received.count(b"data: ") < 3:
+        chunk = sock.recv(4096)
+        assert chunk, received
+        received += chunk
+    assert received.startswith(b"HTTP/1.1 200")
+    return sock, received
+
+
+def test_disconnect_stops_generation(server, client):
+    sock, _ = long_stream(server)
+    sock.close()
     # Hanging up stops the 8000-token generation, so the next request is served at once
     # (8000 tokens take the demo model many seconds).
     t0 = time.monotonic()
@@ -510,17 +517,8 @@ def test_disconnect_stops_generation(server, client):
 
 def test_sigterm_stops_accepting_then_cancels_what_runs(tmp_path):
     s = Server(tmp_path / "server.log", "--alias", MODEL, "-c", "8192", "--shutdown-grace", "1")
-    body = json.dumps({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 8000,
-                       "stream": True, "ignore_eos": True, "temperature": 0}).encode()
-    head = (f"POST /v1/completions HTTP/1.1\r\nHost: {s.host}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
-    with socket.create_connection((s.host, int(s.port)), timeout=60) as sock:
-        sock.sendall(head + body)
-        received = b""
-        while received.count(b"data: ") < 3:
-            chunk = sock.recv(4096)
-            assert chunk, received
-            received += chunk
+    sock, received = long_stream(s)
+    with sock:
         s.proc.send_signal(15)  # SIGTERM
         # The stream goes on within the grace period, then ends: the socket closes.
         while chunk := sock.recv(65536):
