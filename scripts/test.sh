@@ -35,6 +35,10 @@ LLM_SERVER_CUDA_LIBS="$(.venv/bin/python -c 'import nvidia, os; print(os.path.jo
 export LLM_SERVER_CUDA_LIBS LLM_SERVER_REQUIRE_NVRTC=1
 echo "$LLM_SERVER_CUDA_LIBS"
 
+step "Dockerfile linter from the npm registry (the container packaging test)"
+mkdir -p .cache/npm
+npm install --no-audit --no-fund --silent --prefix .cache/npm dockerfile-utils@0.16.3
+
 step "format and lints"
 cargo fmt --all --check
 cargo clippy --release --workspace --all-targets --quiet -- -D warnings
