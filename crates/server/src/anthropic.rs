@@ -13,7 +13,7 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use engine::{ChatRequest, SamplerError, SamplerParams};
+use engine::{ChatRequest, SamplerParams};
 use futures_util::stream;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -21,10 +21,10 @@ use tokio::sync::mpsc;
 
 use crate::error::ApiError;
 use crate::extract::{fields, ApiJson, FromJson};
-use crate::generate::{prompt_tokens, Finish, Outcome, Params};
+use crate::generate::{prompt_tokens, Finish, Outcome};
 use crate::model::ServedModel;
 use crate::queue::Event;
-use crate::request::{template_error, Job, StreamOptions};
+use crate::request::{sampler_error, template_error, Job, StreamOptions};
 use crate::response::random_u64;
 use crate::routes::{collect, ended_early, event_stream, prepare, AppState};
 use crate::think::{split_whole, Part, ThinkSplit};
@@ -222,27 +222,13 @@ impl MessagesRequest {
             seed: random_u64(),
             ..d
         };
-        sampling.validate().map_err(|e| match e {
-            SamplerError::OutOfRange { name, .. } => ApiError::invalid(name, e.to_string()),
-            SamplerError::BadBias { .. } => ApiError::invalid("logit_bias", e.to_string()),
-        })?;
+        sampling.validate().map_err(sampler_error)?;
         let stop = f.stop_sequences.unwrap_or_default();
         let job = Job {
-            prompt: prompt.tokens.clone(),
-            params: Params {
-                max_tokens,
-                n_ctx: m.n_ctx,
-                cache: m.cache,
-                logprobs: None,
-                prompt_logprobs: false,
-                stop,
-                sampling,
-            },
             stream: f.stream.unwrap_or(false).then(StreamOptions::default),
             think: prompt.thinking.then_some(prompt.opened_think),
             tools: prompt.tools.clone(),
-            n: 1,
-            echo: None,
+            ..Job::new(m, prompt.tokens.clone(), max_tokens, stop, sampling)
         };
         Ok((job, prompt))
     }

@@ -38,6 +38,44 @@ pub struct Job {
     pub echo: Option<String>,
 }
 
+impl Job {
+    /// A whole (not streamed) job of one choice for `prompt` on `m`, with the request's
+    /// length, stop strings and sampling; no logprobs, reasoning or tool parsing.
+    pub(crate) fn new(
+        m: &ServedModel,
+        prompt: Vec<u32>,
+        max_tokens: usize,
+        stop: Vec<String>,
+        sampling: SamplerParams,
+    ) -> Job {
+        Job {
+            prompt,
+            params: Params {
+                max_tokens,
+                n_ctx: m.n_ctx,
+                cache: m.cache,
+                logprobs: None,
+                prompt_logprobs: false,
+                stop,
+                sampling,
+            },
+            stream: None,
+            think: None,
+            tools: None,
+            n: 1,
+            echo: None,
+        }
+    }
+}
+
+/// A sampler settings error as the API's 400, naming the parameter.
+pub(crate) fn sampler_error(e: SamplerError) -> ApiError {
+    match e {
+        SamplerError::OutOfRange { name, .. } => ApiError::invalid(name, e.to_string()),
+        SamplerError::BadBias { .. } => ApiError::invalid("logit_bias", e.to_string()),
+    }
+}
+
 /// OpenAI's `stream_options`.
 #[derive(Deserialize, Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct StreamOptions {
@@ -301,21 +339,9 @@ impl GenFields {
             _ => None,
         };
         Ok(Job {
-            prompt,
-            params: Params {
-                max_tokens,
-                n_ctx: m.n_ctx,
-                cache: m.cache,
-                logprobs: None,
-                prompt_logprobs: false,
-                stop,
-                sampling,
-            },
             stream,
-            think: None,
-            tools: None,
             n: usize::try_from(self.n.unwrap_or(1)).unwrap_or(1),
-            echo: None,
+            ..Job::new(m, prompt, max_tokens, stop, sampling)
         })
     }
 
@@ -381,10 +407,7 @@ impl GenFields {
         if p.top_p <= 0.0 {
             return Err(ApiError::invalid("top_p", "top_p must be greater than 0"));
         }
-        p.validate().map_err(|e| match e {
-            SamplerError::OutOfRange { name, .. } => ApiError::invalid(name, e.to_string()),
-            SamplerError::BadBias { .. } => ApiError::invalid("logit_bias", e.to_string()),
-        })?;
+        p.validate().map_err(sampler_error)?;
         Ok(p)
     }
 }
