@@ -62,12 +62,17 @@ class Server:
             self.proc.wait()
 
 
+def module_server(tmp_path_factory, *args: str):
+    """A module's server on the demo model (alias `demo`), stopped at the end."""
+    s = Server(tmp_path_factory.mktemp("serve") / "server.log", "--alias", MODEL, *args)
+    yield s
+    s.stop()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     # A context big enough that an unstopped generation would run for many seconds.
-    s = Server(tmp_path_factory.mktemp("serve") / "server.log", "--alias", MODEL, "-c", "8192")
-    yield s
-    s.stop()
+    yield from module_server(tmp_path_factory, "-c", "8192")
 
 
 @pytest.fixture(scope="module")

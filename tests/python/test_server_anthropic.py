@@ -9,7 +9,7 @@ import urllib.request
 import anthropic
 import pytest
 
-from test_server import Server
+from test_server import Server, module_server
 
 MODEL = "demo"
 HELLO = [{"role": "user", "content": "Tell me about the whale."}]
@@ -17,9 +17,7 @@ HELLO = [{"role": "user", "content": "Tell me about the whale."}]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    s = Server(tmp_path_factory.mktemp("serve") / "server.log", "--alias", MODEL, "-c", "4096")
-    yield s
-    s.stop()
+    yield from module_server(tmp_path_factory, "-c", "4096")
 
 
 @pytest.fixture(scope="module")

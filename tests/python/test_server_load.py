@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from test_server import Server
+from test_server import module_server
 
 MODEL = "demo"
 CLIENTS, REQUESTS = 64, 1000
@@ -20,9 +20,7 @@ MSG = [{"role": "user", "content": "Tell me about the whale."}]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    s = Server(tmp_path_factory.mktemp("serve") / "server.log", "--alias", MODEL, "-c", "512")
-    yield s
-    s.stop()
+    yield from module_server(tmp_path_factory, "-c", "512")
 
 
 def request(server, i: int) -> str:
