@@ -374,6 +374,23 @@ def test_echo(client):
     assert toks == c.logprobs.tokens
 
 
+def test_request_logs_are_logfmt_with_ids(server, client):
+    r = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=3, temperature=0,
+                                       extra_body={"ignore_eos": True})
+    for _ in range(100):  # the generation's line is written just after its reply
+        log = server.log.read_text()
+        if r.id in log:
+            break
+        time.sleep(0.02)
+    line = next(l for l in log.splitlines() if l.startswith(f"generation id={r.id} "))
+    fields = dict(kv.split("=", 1) for kv in line.split()[1:])
+    assert fields["prompt_tokens"] == str(r.usage.prompt_tokens)
+    assert fields["generated_tokens"] == "3" and fields["finish"] == "length"
+    assert float(fields["decode_tok_s"]) > 0
+    assert re.search(r'^http method=POST path="/v1/chat/completions" status=200 ms=[\d.]+$', log,
+                     re.M)
+
+
 def test_stop_strings(client):
     args = dict(model=MODEL, messages=HELLO, max_tokens=32, temperature=0,
                 extra_body={"ignore_eos": True})
@@ -516,7 +533,7 @@ def test_disconnect_stops_generation(server, client):
                                                                 max_tokens=8)
     assert r.choices[0].message.content
     assert time.monotonic() - t0 < 5
-    cancelled = re.findall(r"generated (\d+) tokens .*cancelled", server.log.read_text())
+    cancelled = re.findall(r"generated_tokens=(\d+) .*finish=cancelled", server.log.read_text())
     assert cancelled and int(cancelled[-1]) < 8000
 
 
@@ -531,7 +548,7 @@ def test_sigterm_stops_accepting_then_cancels_what_runs(tmp_path):
     assert s.proc.wait(timeout=60) == 0
     log = s.log.read_text()
     assert "shutting down" in log and "deadline passed" in log and "stopped" in log, log
-    generated = re.findall(r"generated (\d+) tokens", log)
+    generated = re.findall(r"generated_tokens=(\d+)", log)
     assert not generated or int(generated[-1]) < 8000
     with pytest.raises(OSError):
         socket.create_connection((s.host, int(s.port)), timeout=5).close()

@@ -216,7 +216,7 @@ fn run(
                 (Event::Done(o), false)
             }
             Err(e) => {
-                eprintln!("{label}: failed: {e}");
+                eprintln!("generation id={label} error={:?}", e.to_string());
                 (Event::Failed(e.to_string()), true)
             }
         };
@@ -245,20 +245,24 @@ fn logprob_item(tok: &engine::Tokenizer, lp: &TokenLogprob) -> serde_json::Value
     item
 }
 
-/// One line per request on stderr, like llama-server's timings.
+/// One line per generation on stderr, in logfmt (`key=value`, the request's id first), like
+/// llama-server's timings: what a log collector can parse.
 fn log(label: &str, o: &Outcome) {
     let finish = match o.finish {
         Finish::Eos => "eos",
-        Finish::StopString => "stop string",
+        Finish::StopString => "stop",
         Finish::Length => "length",
-        Finish::Cancelled => "cancelled (client gone)",
+        Finish::Cancelled => "cancelled",
     };
     let rate = |n: usize, d: std::time::Duration| n as f64 / d.as_secs_f64().max(1e-9);
     eprintln!(
-        "{label}: prompt {} tokens ({:.1} tok/s), generated {} tokens ({:.1} tok/s), {finish}",
+        "generation id={label} prompt_tokens={} prefill_s={:.3} prefill_tok_s={:.1} \
+         generated_tokens={} decode_s={:.3} decode_tok_s={:.1} finish={finish}",
         o.prompt_tokens,
+        o.prefill.as_secs_f64(),
         rate(o.prompt_tokens, o.prefill),
         o.completion_tokens,
+        o.decode.as_secs_f64(),
         rate(o.completion_tokens, o.decode),
     );
 }

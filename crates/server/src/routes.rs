@@ -154,11 +154,20 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Every request counted by route and status.
+/// Every request counted by route and status, and logged (logfmt; a streamed reply's line
+/// comes when its headers go out, its generation's line when it ends).
 async fn count_requests(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let path = req.uri().path().to_string();
+    let (method, path) = (req.method().to_string(), req.uri().path().to_string());
+    let t0 = std::time::Instant::now();
     let res = next.run(req).await;
-    s.queue.metrics().request(&path, res.status().as_u16());
+    let status = res.status().as_u16();
+    s.queue.metrics().request(&path, status);
+    if path != "/health" && path != "/metrics" {
+        eprintln!(
+            "http method={method} path={path:?} status={status} ms={:.1}",
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+    }
     res
 }
 
