@@ -55,14 +55,6 @@ pub struct Args {
     pub device: crate::device_args::DeviceArgs,
 }
 
-/// This process's resident memory in MiB (Linux; 0 elsewhere).
-fn resident_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0.0, |pages| (pages * 4096) as f64 / (1u64 << 20) as f64)
-}
-
 /// `--reasoning-format` values.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum ReasoningArg {
@@ -132,7 +124,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cache.v,
         kv_bytes as f64 / (1u64 << 20) as f64,
         model.exec.threads,
-        resident_mib(),
+        server::metrics::resident_bytes().unwrap_or(0) as f64 / (1u64 << 20) as f64,
     );
     let state = AppState::new(model, args.api_key).with_max_queue(args.max_queue);
     // Generation runs on blocking threads; the async side only parses and streams.

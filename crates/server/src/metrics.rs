@@ -242,7 +242,7 @@ fn add(a: &AtomicU64, delta: i64) {
 }
 
 /// Resident set size from `/proc/self/statm` (Linux; `None` elsewhere).
-fn resident_bytes() -> Option<u64> {
+pub fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)

@@ -83,10 +83,7 @@ impl ThinkSplit {
                     }
                     // Hold back what may start the closing tag, and blank space that may
                     // turn out to end the reasoning.
-                    let tag = (1..CLOSE.len())
-                        .rev()
-                        .find(|&n| self.held.ends_with(&CLOSE[..n]))
-                        .unwrap_or(0);
+                    let tag = partial_tag(&self.held, CLOSE);
                     let body_end = self.held[..self.held.len() - tag].trim_end().len();
                     let tail = self.held.split_off(body_end);
                     let body = std::mem::replace(&mut self.held, tail);
@@ -133,6 +130,15 @@ impl ThinkSplit {
         }
         out
     }
+}
+
+/// The length of the longest end of `text` that is a proper start of `tag` (what to hold
+/// back: the tag may be completing in the next piece).
+pub(crate) fn partial_tag(text: &str, tag: &str) -> usize {
+    (1..tag.len())
+        .rev()
+        .find(|&n| tag.is_char_boundary(n) && text.ends_with(&tag[..n]))
+        .unwrap_or(0)
 }
 
 fn push_part(out: &mut Vec<Part>, p: Part) {

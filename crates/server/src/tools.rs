@@ -9,6 +9,8 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
+use crate::think::partial_tag;
+
 const OPEN: &str = "<tool_call>";
 const CLOSE: &str = "</tool_call>";
 
@@ -102,10 +104,7 @@ impl ToolSplit {
                 self.inside = true;
                 continue;
             }
-            let keep = (1..OPEN.len())
-                .rev()
-                .find(|&n| self.held.ends_with(&OPEN[..n]))
-                .unwrap_or(0);
+            let keep = partial_tag(&self.held, OPEN);
             let tail = self.held.split_off(self.held.len() - keep);
             text_piece(&mut out, std::mem::replace(&mut self.held, tail));
             return out;
