@@ -87,18 +87,9 @@ pub fn usage(o: &Outcome) -> Value {
            "total_tokens": o.prompt_tokens + o.completion_tokens})
 }
 
-/// A whole (non-streamed) reply.
-pub fn full_reply(meta: &Meta, text: &str, o: &Outcome, logprobs: Option<&[Value]>) -> Value {
-    let (object, choice) = choice_json(meta, 0, text, o, logprobs);
-    let mut v = meta.envelope(object);
-    v.insert("choices".into(), json!([choice]));
-    v.insert("usage".into(), usage(o));
-    Value::Object(v)
-}
-
-/// A whole reply of several choices (`n` > 1): (text, outcome, logprobs) each; the usage
-/// counts the prompt once and every choice's tokens.
-pub fn full_reply_n(meta: &Meta, choices: &[(&str, &Outcome, Option<&[Value]>)]) -> Value {
+/// A whole (non-streamed) reply of one or more choices (`n`): (text, outcome, logprobs) each;
+/// the usage counts the prompt once and every choice's tokens.
+pub fn full_reply(meta: &Meta, choices: &[(&str, &Outcome, Option<&[Value]>)]) -> Value {
     let mut object = "chat.completion";
     let list: Vec<Value> = choices
         .iter()
@@ -313,14 +304,6 @@ impl SseEncoder {
         out
     }
 
-    /// The end: held text, the chunk with `finish_reason`, the usage chunk if asked for,
-    /// `[DONE]`.
-    pub fn done(&mut self, o: &Outcome) -> String {
-        let mut out = self.finish(o);
-        out.push_str(&self.end(o));
-        out
-    }
-
     /// The end of this choice: held text and the chunk with `finish_reason`.
     pub fn finish(&mut self, o: &Outcome) -> String {
         let rest = self
@@ -429,6 +412,13 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// A whole single-choice stream's end: the choice's finish, then usage and `[DONE]`.
+    fn done(enc: &mut SseEncoder, o: &Outcome) -> String {
+        let mut out = enc.finish(o);
+        out.push_str(&enc.end(o));
+        out
+    }
+
     fn outcome(finish: Finish) -> Outcome {
         Outcome {
             prompt_tokens: 7,
@@ -475,7 +465,12 @@ mod tests {
              \"finish_reason\":null}}]}}\n\n"
         );
         assert_eq!(start, expected);
-        let body = [start, enc.text("Hel"), enc.done(&outcome(Finish::Length))].concat();
+        let body = [
+            start,
+            enc.text("Hel"),
+            done(&mut enc, &outcome(Finish::Length)),
+        ]
+        .concat();
         let ev = events(&body);
         assert_eq!(ev.len(), 3);
         assert_eq!(ev[1]["choices"][0]["delta"], json!({"content": "Hel"}));
@@ -487,7 +482,7 @@ mod tests {
     #[test]
     fn usage_chunk_when_asked() {
         let mut enc = SseEncoder::new(meta(Endpoint::Chat), true);
-        let body = [enc.text("a"), enc.done(&outcome(Finish::Eos))].concat();
+        let body = [enc.text("a"), done(&mut enc, &outcome(Finish::Eos))].concat();
         let ev = events(&body);
         assert_eq!(ev.len(), 3);
         assert!(ev[..2].iter().all(|e| e["usage"].is_null()));
@@ -509,7 +504,7 @@ mod tests {
         let body = [
             enc.text("plan</th"),
             enc.text("ink>\n\nHi"),
-            enc.done(&outcome(Finish::Eos)),
+            done(&mut enc, &outcome(Finish::Eos)),
         ]
         .concat();
         let ev = events(&body);
@@ -518,7 +513,7 @@ mod tests {
             json!({"reasoning_content": "plan"})
         );
         assert_eq!(ev[1]["choices"][0]["delta"], json!({"content": "Hi"}));
-        let full = full_reply(&m, "plan</think>\n\nHi", &outcome(Finish::Eos), None);
+        let full = full_reply(&m, &[("plan</think>\n\nHi", &outcome(Finish::Eos), None)]);
         let msg = &full["choices"][0]["message"];
         assert_eq!(
             (&msg["content"], &msg["reasoning_content"]),
@@ -536,7 +531,7 @@ mod tests {
         };
         let text =
             "<tool_call>\n<function=f>\n<parameter=q>\n42\n</parameter>\n</function>\n</tool_call>";
-        let full = full_reply(&m, text, &outcome(Finish::Eos), None);
+        let full = full_reply(&m, &[(text, &outcome(Finish::Eos), None)]);
         let choice = &full["choices"][0];
         assert_eq!(choice["finish_reason"], "tool_calls");
         assert_eq!(choice["message"]["content"], Value::Null);
@@ -550,7 +545,7 @@ mod tests {
             enc.text("Sure. "),
             enc.text(a),
             enc.text(b),
-            enc.done(&outcome(Finish::Eos)),
+            done(&mut enc, &outcome(Finish::Eos)),
         ]
         .concat();
         let ev = events(&body);
@@ -570,15 +565,19 @@ mod tests {
     fn completion_stream_and_reply() {
         let mut enc = SseEncoder::new(meta(Endpoint::Completion), false);
         assert!(enc.start().is_none());
-        let ev = events(&[enc.text("once"), enc.done(&outcome(Finish::StopString))].concat());
+        let ev = events(
+            &[
+                enc.text("once"),
+                done(&mut enc, &outcome(Finish::StopString)),
+            ]
+            .concat(),
+        );
         assert_eq!(ev[0]["object"], "text_completion");
         assert_eq!(ev[0]["choices"][0]["text"], "once");
         assert_eq!(ev[1]["choices"][0]["finish_reason"], "stop");
         let full = full_reply(
             &meta(Endpoint::Completion),
-            "once",
-            &outcome(Finish::Length),
-            None,
+            &[("once", &outcome(Finish::Length), None)],
         );
         assert_eq!(full["choices"][0]["text"], "once");
         assert_eq!(full["choices"][0]["finish_reason"], "length");
@@ -587,7 +586,10 @@ mod tests {
 
     #[test]
     fn chat_reply_and_ids() {
-        let full = full_reply(&meta(Endpoint::Chat), "hi", &outcome(Finish::Eos), None);
+        let full = full_reply(
+            &meta(Endpoint::Chat),
+            &[("hi", &outcome(Finish::Eos), None)],
+        );
         assert_eq!(full["object"], "chat.completion");
         assert_eq!(full["choices"][0]["message"]["content"], "hi");
         assert_eq!(full["choices"][0]["message"]["role"], "assistant");

@@ -24,7 +24,7 @@ use crate::generate::Outcome;
 use crate::model::ServedModel;
 use crate::queue::{Event, Queue};
 use crate::request::{ChatCompletionRequest, CompletionRequest, Job};
-use crate::response::{full_reply_n, Endpoint, Meta, SseEncoder};
+use crate::response::{full_reply, Endpoint, Meta, SseEncoder};
 
 /// What the handlers share.
 #[derive(Clone, Debug)]
@@ -271,7 +271,7 @@ async fn answer(s: &AppState, endpoint: Endpoint, job: Job) -> Result<Response, 
                     )
                 })
                 .collect();
-            Ok(Json(full_reply_n(&meta, &choices)).into_response())
+            Ok(Json(full_reply(&meta, &choices)).into_response())
         }
     }
 }
