@@ -13,7 +13,7 @@ WIKI = ROOT / "tests" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 
 @pytest.mark.parametrize("case", GOLDEN["runs"], ids=lambda c: c["model"])
 def test_perplexity_matches_llama_perplexity(case):
-    found = [m for m in real_models() if m.stem == case["model"]]
+    found = [ROOT / case["path"]] if "path" in case else [m for m in real_models() if m.stem == case["model"]]
     if not found:
         pytest.skip(f"{case['model']} not fetched (scripts/fetch-models.py sets LLM_SERVER_MODELS)")
     out = run("perplexity", "-m", found[0], "-f", WIKI, "-c", case["ctx"], "--chunks", case["chunks"]).stdout

@@ -96,6 +96,15 @@ pub struct Cuda {
     /// Lanes a DeltaNet state row in a decode step's `delta_rule` (`LLM_SERVER_DELTA_LPR`:
     /// 2, 4 or 8).
     pub(crate) delta_lpr: u32,
+    /// The residual add and norm with the row in registers (`add_norm_r`), and the MoE's sum
+    /// folded into it (`moe_combine_norm`) (`LLM_SERVER_NORM_FUSED=0`: `add_norm` and
+    /// `moe_combine`).
+    pub(crate) norm_fused: bool,
+    /// A decode step's attention blocks per SM (`LLM_SERVER_ATTN_SPLITS`, 1–8): the positions
+    /// split over up to 256 blocks a KV head group; splits past the context exit at once.
+    /// 2 (132 splits on an H200 for 2 KV heads) beat 4 and 8 at 16,384 positions (BENCHMARKS.md
+    /// 2026-12-02, third session).
+    pub(crate) attn_splits: u32,
     weight_bytes: std::sync::atomic::AtomicUsize,
 }
 
@@ -259,6 +268,12 @@ impl Cuda {
                 .and_then(|v| v.parse().ok())
                 .filter(|v| [2, 4, 8].contains(v))
                 .unwrap_or(4),
+            norm_fused: std::env::var("LLM_SERVER_NORM_FUSED").map_or(true, |v| v != "0"),
+            attn_splits: std::env::var("LLM_SERVER_ATTN_SPLITS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|v| (1..=8).contains(v))
+                .unwrap_or(2),
             weight_bytes: Default::default(),
             gpu,
         }))
@@ -692,7 +707,18 @@ impl Backend for Cuda {
     }
 
     fn moe(&self, s: &CudaStep, m: &Experts<Cuda>, x: &CudaAct) -> R<CudaAct> {
-        Ok(self.moe_(s, m, x)?)
+        Ok(self.moe_(s, m, x, None)?)
+    }
+
+    fn moe_add_norm(
+        &self,
+        s: &CudaStep,
+        m: &Experts<Cuda>,
+        x: &CudaAct,
+        (h, w, eps): (&mut CudaAct, &CudaVec, f32),
+    ) -> R<CudaAct> {
+        h.q8 = None;
+        Ok(self.moe_(s, m, x, Some((h, w, eps)))?)
     }
 
     fn deltanet(

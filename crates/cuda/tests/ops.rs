@@ -123,6 +123,8 @@ fn norms_and_elementwise() {
     let up = |v: &[f32], width: usize| g.upload_act(v.len() / width, width, v).expect("up");
     let dl = |a: &cuda::CudaAct| g.download_act(a).expect("dl");
     let vec = |v: Vec<f32>| g.vector(v).expect("vec");
+    let s3 = |rows: usize| g.step(&vec![0; rows], 0).expect("step");
+    let cs3 = |rows: usize| CpuStep::new(&vec![0; rows], 0, exec());
     // Row norm and per-head norm.
     for group in [w, 64] {
         let wv = rand(group, 3 + group as u64);
@@ -209,6 +211,26 @@ fn norms_and_elementwise() {
         .expect("cpu");
     close("add_norm: sum", &dl(&a), &c.data, 0.0);
     close("add_norm: norm", &dl(&got), &want.data, 1e-5);
+    // Widths for each path: the register-held kernel (one chunk a thread, several, a
+    // partial warp) and the one-pass fallback (not a multiple of 4, wider than 16,384).
+    for width in [64usize, 100, 576, 2048, 6144, 16384, 16388, 17000] {
+        let rows = 3;
+        let (x, y, gv) = (
+            rand(rows * width, 21),
+            rand(rows * width, 22),
+            rand(width, 23),
+        );
+        let mut a = up(&x, width);
+        let got = g
+            .add_norm(&s3(rows), &mut a, &up(&y, width), &vec(gv.clone()), 1e-6)
+            .expect("add_norm");
+        let mut c = cpu_act(width, x.clone());
+        let want = Cpu
+            .add_norm(&cs3(rows), &mut c, &cpu_act(width, y), &gv, 1e-6)
+            .expect("cpu");
+        close(&format!("add_norm {width}: sum"), &dl(&a), &c.data, 0.0);
+        close(&format!("add_norm {width}"), &dl(&got), &want.data, 1e-5);
+    }
     let nw = rand(64, 12);
     let got = g
         .norm_gate(&s, &up(&x, w), &vec(nw.clone()), &up(&y, w), 1e-6)
@@ -487,9 +509,28 @@ fn moe_decode_and_grouped_prefill() {
                     .moe(&s, &gpu_m, &g.upload_act(n, e, &x).expect("x"))
                     .expect("moe");
                 let cs = CpuStep::new(&vec![0; n], 0, exec());
-                let want = Cpu.moe(&cs, &cpu_m, &cpu_act(e, x)).expect("cpu");
+                let want = Cpu.moe(&cs, &cpu_m, &cpu_act(e, x.clone())).expect("cpu");
                 let what = format!("moe {ty} shared {with_shared} ({sh_ff}) n {n}");
                 close(&what, &g.download_act(&got).expect("dl"), &want.data, 3e-2);
+                // Summed into a residual and normed in one pass.
+                let (h0, nw) = (rand(n * e, 70 + n as u64), rand(e, 71));
+                let mut h = g.upload_act(n, e, &h0).expect("h");
+                let gw = g.vector(nw.clone()).expect("w");
+                let got = g
+                    .moe_add_norm(
+                        &s,
+                        &gpu_m,
+                        &g.upload_act(n, e, &x).expect("x"),
+                        (&mut h, &gw, 1e-6),
+                    )
+                    .expect("moe_add_norm");
+                let mut ch = cpu_act(e, h0);
+                let want = Cpu
+                    .moe_add_norm(&cs, &cpu_m, &cpu_act(e, x.clone()), (&mut ch, &nw, 1e-6))
+                    .expect("cpu");
+                let dl = |a: &cuda::CudaAct| g.download_act(a).expect("dl");
+                close(&format!("{what}: residual"), &dl(&h), &ch.data, 3e-2);
+                close(&format!("{what}: + norm"), &dl(&got), &want.data, 3e-2);
             }
         }
     }

@@ -148,12 +148,15 @@ extern "C" __global__ void attn(AttnArgs a) {
     int hi = p0 + r_last / group + 1;
     int lo = a.window > 0 ? max(0, p0 + r_first / group - a.window + 1) : 0;
     float* qw = qs + warp * D;
-    if (active)
-        for (int i = lane; i < D; i += 32) qw[i] = a.q[((u64)t * a.n_head + hq) * D + i] * a.scale;
     float m = NEG_INF, l = 0.0f;
     float acc[D / 32];
 #pragma unroll
     for (int i = 0; i < D / 32; i++) acc[i] = 0.0f;
+    // A split past the last position (decode splits for the deepest context the step may
+    // see) skips everything and only says so to attn_combine.
+    bool empty = (lo / CHUNK + split) * CHUNK >= hi;
+    if (active && !empty)
+        for (int i = lane; i < D; i += 32) qw[i] = a.q[((u64)t * a.n_head + hq) * D + i] * a.scale;
     int threads = blockDim.x;
     for (int c = lo / CHUNK + split; c * CHUNK < hi; c += a.n_split) {
         int base = c * CHUNK;

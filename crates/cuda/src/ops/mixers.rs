@@ -314,7 +314,7 @@ impl Cuda {
         // Split the positions so the GPU is busy (fixed per shape, so graph-safe): decode
         // always; a prefill with few blocks of 64 rows too.
         let n_split = match (n <= 4, mma) {
-            (true, _) => (2 * sms / (sh.n_head_kv * grid_y)).clamp(1, 64),
+            (true, _) => (self.attn_splits as usize * sms / (sh.n_head_kv * grid_y)).clamp(1, 256),
             (false, true) => (3 * sms).div_ceil(sh.n_head_kv * grid_y).clamp(1, 8),
             (false, false) => 1,
         };

@@ -27,6 +27,38 @@ pub(crate) fn size_err(what: String) -> Error {
     Error::Size(what)
 }
 
+/// What [`Cuda::norm_rows`] adds to the residual.
+pub(crate) enum Added<'a> {
+    /// Rows of the residual's shape.
+    Act(&'a CudaAct),
+    /// The MoE's weighted sum of its experts (and its shared expert).
+    Moe(&'a Combine),
+}
+
+/// The MoE's sum as `moe_combine_norm` reads it (`struct Combine` of `norm.cu`, field by
+/// field).
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct Combine {
+    pub out: u64,
+    pub slot_of: u64,
+    pub weights: u64,
+    pub sh: u64,
+    pub gate: u64,
+    pub x: u64,
+    pub k: i32,
+}
+
+/// Threads a row for the register-held norm kernels (`add_norm_r`, `moe_combine_norm`: four
+/// values a thread, at most 4 chunks of the block), or `None` where a row does not suit them.
+pub(crate) fn regs_norm_threads(width: usize) -> Option<u32> {
+    if !width.is_multiple_of(4) || width > 4 * 4 * 1024 {
+        return None;
+    }
+    let t = (width / 4).div_ceil(32) * 32;
+    Some(t.min(1024) as u32)
+}
+
 impl Cuda {
     pub(crate) fn f(&self, src: Src, name: &'static str) -> Result<Func> {
         self.k.func(src, &[], name)
@@ -180,27 +212,61 @@ impl Cuda {
         w: &CudaVec,
         eps: f32,
     ) -> Result<CudaAct> {
-        if h.len() != a.len() || w.len != h.width {
+        if h.len() != a.len() {
+            return Err(size_err(format!(
+                "add_norm: {} values added to {}",
+                a.len(),
+                h.len()
+            )));
+        }
+        self.norm_rows(h, Added::Act(a), w, eps)
+    }
+
+    /// `h += a` (or the MoE's sum), then the RMS norm of each row of `h` times `w`, with the
+    /// 8-bit form when one-token products will read it.
+    pub(crate) fn norm_rows(
+        &self,
+        h: &CudaAct,
+        a: Added<'_>,
+        w: &CudaVec,
+        eps: f32,
+    ) -> Result<CudaAct> {
+        if w.len != h.width {
             return Err(size_err(format!(
                 "add_norm: rows of {} and a norm of {}",
                 h.width, w.len
             )));
         }
         let mut y = self.act(h.rows, h.width)?;
-        let (hp, ap, wp, yp, width) = (h.ptr(), a.ptr(), w.buf.ptr(), y.ptr(), h.width as i32);
+        let (hp, wp, yp, width) = (h.ptr(), w.buf.ptr(), y.ptr(), h.width as i32);
         let q8 = self.q8_for(&y)?;
         let (qp, dp) = q8.as_ref().map_or((0, 0), |q| (q.q(), q.d()));
-        let f = self.f(Src::Norm, "add_norm")?;
-        // SAFETY: h, a and y hold rows of `width`; w holds `width`.
+        let threads = regs_norm_threads(h.width).filter(|_| self.norm_fused);
+        let (f, block) = match (&a, threads) {
+            (Added::Act(_), Some(t)) => (self.f(Src::Norm, "add_norm_r")?, t),
+            (Added::Act(_), None) => (self.f(Src::Norm, "add_norm")?, 256),
+            (Added::Moe(_), Some(t)) => (self.f(Src::Norm, "moe_combine_norm")?, t),
+            (Added::Moe(_), None) => return Err(size_err("moe_combine_norm: width".into())),
+        };
+        let ap = match &a {
+            Added::Act(a) => a.ptr(),
+            Added::Moe(_) => 0,
+        };
+        let second = match &a {
+            Added::Act(_) => arg(&ap),
+            Added::Moe(c) => arg(*c),
+        };
+        // SAFETY: h, a and y hold rows of `width`; w holds `width`; a Combine's buffers hold
+        // the pairs' rows, their weights and slots, the shared expert's rows and its gate.
         unsafe {
             self.gpu.launch(
                 &f,
                 (h.rows as u32, 1, 1),
-                (256, 1, 1),
+                (block, 1, 1),
                 0,
                 &mut [
                     arg(&hp),
-                    arg(&ap),
+                    second,
                     arg(&wp),
                     arg(&yp),
                     arg(&width),

@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use engine::backend::Experts;
 
-use crate::backend::{Cuda, CudaAct, CudaStep};
+use crate::backend::{Cuda, CudaAct, CudaStep, CudaVec};
 use crate::error::Result;
 use crate::kernels::Src;
 use crate::pool::Block;
 
 use super::matmul::{MmvIn, QMat, QRows};
-use super::{arg, size_err};
+use super::{arg, regs_norm_threads, size_err, Added, Combine};
 
 /// Experts routed per MoE decode call below which the chosen experts go through `mmv` with
 /// their ids, above which pairs are sorted by expert for the grouped `gemm`.
@@ -50,7 +50,15 @@ impl Sorted {
 }
 
 impl Cuda {
-    pub(crate) fn moe_(&self, _: &CudaStep, e: &Experts<Cuda>, x: &CudaAct) -> Result<CudaAct> {
+    /// The MoE of `x`; with `fuse` (the residual, the next norm, its epsilon) added to the
+    /// residual and normed ([`engine::backend::Backend::moe_add_norm`]).
+    pub(crate) fn moe_(
+        &self,
+        _: &CudaStep,
+        e: &Experts<Cuda>,
+        x: &CudaAct,
+        fuse: Option<(&mut CudaAct, &CudaVec, f32)>,
+    ) -> Result<CudaAct> {
         let (n, k, ne, ff, emb) = (x.rows, e.n_expert_used, e.n_expert, e.n_ff_exp, x.width);
         if ne > 1024 || k > 32 || k == 0 || e.gate_exps.experts != ne || e.gate_exps.k != emb {
             return Err(size_err(format!(
@@ -160,7 +168,26 @@ impl Cuda {
             None => None,
         };
         let slot_of = sorted.as_ref().map_or(0, Sorted::slot_of);
-        self.combine(&route, (&down, slot_of), shared.as_ref(), x)
+        match fuse {
+            Some((h, w, eps)) if self.norm_fused && regs_norm_threads(emb).is_some() => {
+                let (sh, gate) = shared.as_ref().map_or((0, 0), |(o, g)| (o.ptr(), *g));
+                let c = Combine {
+                    out: down.ptr(),
+                    slot_of,
+                    weights: route.weights.ptr(),
+                    sh,
+                    gate,
+                    x: x.ptr(),
+                    k: k as i32,
+                };
+                self.norm_rows(h, Added::Moe(&c), w, eps)
+            }
+            Some((h, w, eps)) => {
+                let y = self.combine(&route, (&down, slot_of), shared.as_ref(), x)?;
+                self.add_norm_(h, &y, w, eps)
+            }
+            None => self.combine(&route, (&down, slot_of), shared.as_ref(), x),
+        }
     }
 
     /// The router's logits and the top-k choice per token.

@@ -167,6 +167,18 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// Routed experts: router, top-k, the chosen experts' SwiGLU FFNs, weighted sum; plus the
     /// shared expert when the block has one.
     fn moe(&self, s: &Self::Step, m: &Experts<Self>, x: &Self::Act) -> Result<Self::Act>;
+    /// [`Backend::moe`] of `x` added to the residual `h`, then the RMS norm of `h` times `w`
+    /// ([`Backend::add_norm`]): a GPU sums the experts into the residual and norms in one pass.
+    fn moe_add_norm(
+        &self,
+        s: &Self::Step,
+        m: &Experts<Self>,
+        x: &Self::Act,
+        (h, w, eps): (&mut Self::Act, &Self::Vector, f32),
+    ) -> Result<Self::Act> {
+        let f = self.moe(s, m, x)?;
+        self.add_norm(s, h, &f, w, eps)
+    }
     /// Spec `qwen35moe.md` §4.2 steps 2–6: gates from the raw β and α projections, the short
     /// convolution of `mix` (`n × conv_dim`: q ‖ k ‖ v), q and k L2-normalised, the delta rule
     /// over the step's tokens. Out: `n × n_v_head·d_v`.

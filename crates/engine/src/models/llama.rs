@@ -221,16 +221,18 @@ impl<B: Backend> Llama<B> {
                 h = b.keep_rows(s, h, which.first(n))?;
                 xn = b.keep_rows(s, xn, which.first(n))?;
             }
-            let f = match &l.ffn {
-                Ffn::Dense(f) => f.forward(b, s, &xn)?,
-                Ffn::Moe(m) => b.moe(s, m, &xn)?,
-            }; // ffn_out
-               // l_out, then the next layer's attn_norm (result_norm after the last)
+            // ffn_out; l_out, then the next layer's attn_norm (result_norm after the last)
             let next = self
                 .layers
                 .get(i + 1)
                 .map_or(&self.output_norm, |n| &n.attn_norm);
-            x = b.add_norm(s, &mut h, &f, next, eps)?;
+            x = match &l.ffn {
+                Ffn::Dense(f) => {
+                    let f = f.forward(b, s, &xn)?;
+                    b.add_norm(s, &mut h, &f, next, eps)?
+                }
+                Ffn::Moe(m) => b.moe_add_norm(s, m, &xn, (&mut h, next, eps))?,
+            };
         }
         if which == Logits::Hidden {
             return Ok(x);

@@ -557,16 +557,19 @@ impl<B: Backend> Qwen35Moe<B> {
                 h = b.keep_rows(s, h, which.first(n))?;
                 xn = b.keep_rows(s, xn, which.first(n))?;
             }
-            let f = match &l.ffn {
-                Ffn::Moe(m) => b.moe(s, m, &xn)?, // spec §4.3: ffn_out
-                Ffn::Dense(d) => d.forward(b, s, &xn)?,
-            };
             // l_out, then the next layer's attn_norm (result_norm after the last)
             let next = self
                 .layers
                 .get(il + 1)
                 .map_or(&self.output_norm, |n| &n.attn_norm);
-            x = b.add_norm(s, &mut h, &f, next, eps)?;
+            x = match &l.ffn {
+                // spec §4.3: ffn_out
+                Ffn::Moe(m) => b.moe_add_norm(s, m, &xn, (&mut h, next, eps))?,
+                Ffn::Dense(d) => {
+                    let f = d.forward(b, s, &xn)?;
+                    b.add_norm(s, &mut h, &f, next, eps)?
+                }
+            };
         }
         if which == Logits::Hidden {
             return Ok(x);
