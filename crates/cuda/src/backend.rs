@@ -106,6 +106,13 @@ pub struct Cuda {
     /// 2026-12-02, third session).
     pub(crate) attn_splits: u32,
     weight_bytes: std::sync::atomic::AtomicUsize,
+    /// Which experts stay in RAM ([`crate::Placement`]), for the tensors loaded next.
+    pub(crate) placement: Mutex<crate::Placement>,
+    /// Some expert tensor has experts in RAM: decode steps run eagerly (the host computes in
+    /// the middle of each MoE layer).
+    hybrid: std::sync::atomic::AtomicBool,
+    /// The pinned buffers of the RAM experts' hand-offs.
+    pub(crate) staging_h: Mutex<crate::hybrid::Staging>,
 }
 
 /// A weight matrix on the GPU.
@@ -121,6 +128,9 @@ pub struct CudaMat {
     /// Experts (1 for a plain matrix).
     pub(crate) experts: usize,
     pub(crate) row_bytes: usize,
+    /// Stacked experts under hybrid placement: the RAM side and the slot map (`buf` then holds
+    /// only the GPU's experts, in slot order).
+    pub(crate) host: Option<Arc<crate::hybrid::HostExperts>>,
 }
 
 /// An f32 vector on the GPU.
@@ -212,6 +222,8 @@ pub struct CudaSeq {
 #[derive(Debug)]
 pub struct CudaStep {
     pub(crate) n: usize,
+    /// The worker pool's threads (RAM-resident experts).
+    pub(crate) exec: engine::Exec,
 }
 
 /// A kernel variant from `var` (`a,b`: `a` one of `firsts`, `b` 1–8), else `default`.
@@ -275,6 +287,9 @@ impl Cuda {
                 .filter(|v| (1..=8).contains(v))
                 .unwrap_or(2),
             weight_bytes: Default::default(),
+            placement: Mutex::default(),
+            hybrid: Default::default(),
+            staging_h: Mutex::default(),
             gpu,
         }))
     }
@@ -335,7 +350,10 @@ impl Cuda {
     pub fn step(&self, tokens: &[u32], pos0: usize) -> crate::Result<CudaStep> {
         self.gpu.bind()?;
         self.write_step(tokens, pos0)?;
-        Ok(CudaStep { n: tokens.len() })
+        Ok(CudaStep {
+            n: tokens.len(),
+            exec: engine::Exec::default(),
+        })
     }
 
     /// An activation holding `data` (`rows × width`).
@@ -372,11 +390,16 @@ impl Cuda {
         }
         let buf = self.gpu.alloc(bytes.len())?;
         buf.upload(bytes)?;
-        self.weight_bytes
-            .fetch_add(bytes.len(), std::sync::atomic::Ordering::Relaxed);
+        self.count_weights(bytes.len());
         let buf = Arc::new(buf);
         lock(&self.uploaded).insert(key, (buf.clone(), t.clone()));
         Ok(buf)
+    }
+
+    /// Add `bytes` to the weights on the device.
+    pub(crate) fn count_weights(&self, bytes: usize) {
+        self.weight_bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn zeroed(&self, bytes: usize) -> crate::Result<DevBuf> {
@@ -483,18 +506,28 @@ impl Backend for Cuda {
             1
         };
         let m = t.n_rows() / experts.max(1);
-        let (ty, buf) = if NATIVE_TYPES.contains(&t.ty) {
-            (t.ty, self.upload(&t, t.data())?)
+        let converted;
+        let (ty, data) = if NATIVE_TYPES.contains(&t.ty) {
+            (t.ty, t.data())
         } else {
             // Other types (the IQ2/IQ3 family, …): f16 on the GPU, converted once here.
             let vals = t.to_f32()?;
-            let bytes: Vec<u8> = vals
+            converted = vals
                 .iter()
                 .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-                .collect();
-            (GgmlType::F16, self.upload(&t, &bytes)?)
+                .collect::<Vec<u8>>();
+            (GgmlType::F16, &converted[..])
         };
         let row_bytes = ty.bytes_for(k as u64).unwrap_or(0) as usize;
+        let (buf, host) = match self.in_ram(&t) {
+            Some(in_ram) => {
+                let (buf, h) = self.upload_experts(&t, data, &in_ram, m * row_bytes)?;
+                self.hybrid
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                (buf, Some(Arc::new(h)))
+            }
+            None => (self.upload(&t, data)?, None),
+        };
         Ok(CudaMat {
             buf,
             name: t.name.clone(),
@@ -503,6 +536,7 @@ impl Backend for Cuda {
             m,
             experts,
             row_bytes,
+            host,
         })
     }
 
@@ -568,8 +602,10 @@ impl Backend for Cuda {
         self.write_step(req.tokens, req.pos0)?;
         let step = CudaStep {
             n: req.tokens.len(),
+            exec: req.exec,
         };
-        let out = if step.n == 1 && self.graphs && !self.gpu.profiling() {
+        let hybrid = self.hybrid.load(std::sync::atomic::Ordering::Relaxed);
+        let out = if step.n == 1 && self.graphs && !hybrid && !self.gpu.profiling() {
             self.decode(seq, &step, graph)?
         } else {
             graph(&step, &mut seq.layers)?

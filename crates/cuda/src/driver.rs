@@ -723,6 +723,15 @@ impl Event {
         )
     }
 
+    /// Wait until the stream has passed the recorded point.
+    pub fn wait(&self) -> Result<()> {
+        // SAFETY: live event.
+        check(
+            unsafe { sys::cuEventSynchronize(self.e) },
+            "cuEventSynchronize",
+        )
+    }
+
     /// Milliseconds from `start` to this event (both recorded; waits for this one).
     pub fn since(&self, start: &Event) -> Result<f32> {
         // SAFETY: live events.
@@ -737,6 +746,10 @@ impl Event {
         }
     }
 }
+
+// SAFETY: an event is a context-wide handle; recording and waiting are thread-safe in the
+// driver.
+unsafe impl Send for Event {}
 
 impl Drop for Event {
     fn drop(&mut self) {

@@ -26,12 +26,14 @@ pub use backend::{
 };
 pub use driver::{DevBuf, Event, Gpu};
 pub use error::{Error, Result};
+pub use hybrid::Placement;
 pub use kernels::Src;
 
 mod backend;
 pub mod compile;
 mod driver;
 mod error;
+mod hybrid;
 mod kernels;
 mod ops;
 mod pool;

@@ -50,6 +50,10 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
+    /// Plan the GPU placement for a context of at least N positions (llama-bench's
+    /// `-fitc/--fit-ctx`; default: the deepest test).
+    #[arg(long = "fit-ctx", value_name = "N")]
+    pub fit_ctx: Option<usize>,
     /// Skip the memory-bandwidth measurement after the tg test.
     #[arg(long)]
     pub no_bandwidth: bool,
@@ -66,8 +70,22 @@ enum Test {
     Tg(usize),
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(mut args: Args) -> anyhow::Result<()> {
     let path = load::model_path(args.model.clone())?;
+    let deepest = args.depth.iter().max().copied().unwrap_or(0)
+        + args
+            .n_prompt
+            .iter()
+            .chain(&args.n_gen)
+            .max()
+            .copied()
+            .unwrap_or(0);
+    args.device.needs = crate::placement::Needs {
+        n_ctx: deepest.max(args.fit_ctx.unwrap_or(0)).max(1),
+        cache: args.cache.config(),
+        ubatch: args.ubatch.max(1),
+        logit_rows: 1,
+    };
     let m = load::open_model(&path, args.threads, &args.device)?;
     let n_vocab = m.model.n_vocab() as u64;
     let cache = args.cache.config();
@@ -301,7 +319,7 @@ fn decode_bytes(file: &gguf::GgufFile) -> u64 {
 }
 
 /// Read bandwidth of `threads` threads summing a 2 GiB buffer (4× any L3 here), best of 3.
-fn read_bandwidth(threads: usize) -> f64 {
+pub(crate) fn read_bandwidth(threads: usize) -> f64 {
     const BYTES: usize = 2 << 30;
     let words: Vec<u64> = (0..BYTES / 8).map(|i| i as u64).collect();
     let per = words.len().div_ceil(threads.max(1));

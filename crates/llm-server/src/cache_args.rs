@@ -37,6 +37,10 @@ const SINGLE_DASH: &[(&str, &str)] = &[
     ("-ctv", "--cache-type-v"),
     ("-ngl", "--n-gpu-layers"),
     ("-ub", "--ubatch-size"),
+    ("-ot", "--override-tensor"),
+    ("-ncmoe", "--n-cpu-moe"),
+    ("-fitt", "--fit-target"),
+    ("-fitc", "--fit-ctx"),
 ];
 
 /// `args` with [`SINGLE_DASH`] flags rewritten.

@@ -15,6 +15,12 @@ pub struct DeviceArgs {
     /// or any number ≥ the layer count (99) puts the whole model on the GPU (the default).
     #[arg(long = "n-gpu-layers", value_name = "N")]
     pub n_gpu_layers: Option<String>,
+    /// Which experts stay in RAM (hybrid placement).
+    #[command(flatten)]
+    pub placement: crate::placement::PlacementArgs,
+    /// What the command will allocate (set by the command, for the planner).
+    #[arg(skip)]
+    pub needs: crate::placement::Needs,
 }
 
 /// What [`DeviceArgs`] resolves to.
@@ -83,6 +89,18 @@ pub fn load(path: &Path, file: Arc<gguf::GgufFile>, args: &DeviceArgs) -> anyhow
             }
         },
     };
+    if let Some(g) = &gpu {
+        let free = g.gpu().mem_info().ok().map(|(free, _)| free as u64);
+        let plan = crate::placement::plan(&file, &args.placement, &args.needs, free)
+            .with_context(|| format!("placing {}", path.display()))?;
+        for n in &plan.notes {
+            eprintln!("note: {n}");
+        }
+        if plan.counts().0 > 0 {
+            eprintln!("placement: {}", plan.summary());
+        }
+        g.set_placement(plan.placement());
+    }
     let model = match &gpu {
         Some(g) => engine::load_on(file, g.clone()),
         None => engine::load(file),
@@ -99,6 +117,7 @@ mod tests {
         DeviceArgs {
             device: dev.map(str::to_string),
             n_gpu_layers: ngl.map(str::to_string),
+            ..Default::default()
         }
     }
 

@@ -177,7 +177,7 @@ mod tests {
         w.finish().expect("finish");
         let cpu = DeviceArgs {
             device: Some("cpu".into()),
-            n_gpu_layers: None,
+            ..Default::default()
         };
         let m = open_model(&path, Some(1), &cpu).expect("bench loads it");
         let mut st = m.model.new_state(4).expect("state");

@@ -5,11 +5,13 @@ mod bench;
 mod cache_args;
 mod dequant;
 mod device_args;
+mod fit;
 mod inspect;
 mod kld;
 mod load;
 mod logits;
 mod perplexity;
+mod placement;
 mod run;
 mod serve;
 mod synth;
@@ -41,6 +43,8 @@ enum Command {
     Perplexity(perplexity::Args),
     /// Write a synthetic-weight GGUF with the exact layout of a real model.
     Synth(synth::Args),
+    /// Where a model's tensors and experts would go on this machine, without loading it.
+    Fit(fit::Args),
     /// Dequantize raw ggml blocks to little-endian f32 (a test tool for the bit-exact checks).
     #[command(hide = true)]
     Dequant(dequant::Args),
@@ -71,6 +75,7 @@ fn run() -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Fit(args) => fit::run(args),
         Command::Run(args) => run::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Perplexity(args) => perplexity::run(args),

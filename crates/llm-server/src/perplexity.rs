@@ -50,8 +50,15 @@ pub struct Args {
     pub device: crate::device_args::DeviceArgs,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(mut args: Args) -> anyhow::Result<()> {
     let path = load::model_path(args.model.clone())?;
+    let ctx = args.ctx_size.unwrap_or(512);
+    args.device.needs = crate::placement::Needs {
+        n_ctx: ctx,
+        cache: args.cache.config(),
+        ubatch: ctx.min(512),
+        logit_rows: ctx.min(512),
+    };
     let m = load::open(&path, args.threads, &args.device)?;
     if args.ctx_size.is_some_and(|c| c < 2) {
         bail!("--ctx-size must be at least 2");
@@ -67,8 +74,8 @@ fn perplexity(args: &Args, m: &Loaded) -> anyhow::Result<()> {
     let file = args.file.as_ref().context("--file is required")?;
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let text = String::from_utf8_lossy(&bytes);
-    let n_ctx = args.ctx_size.unwrap_or(512);
     let tokens = m.tokenizer.encode(&text, true, false);
+    let n_ctx = args.ctx_size.unwrap_or(512);
     if tokens.len() < 2 * n_ctx {
         bail!(
             "{} tokenizes to {} tokens; a context of {n_ctx} needs at least {}",

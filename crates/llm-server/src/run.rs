@@ -88,8 +88,13 @@ impl SamplingArgs {
     }
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(mut args: Args) -> anyhow::Result<()> {
     let path = load::model_path(args.model)?;
+    args.device.needs = crate::placement::Needs {
+        n_ctx: args.ctx_size,
+        cache: args.cache.config(),
+        ..Default::default()
+    };
     let m = load::open(&path, args.threads, &args.device)?;
     let prompt = if args.chat {
         let Some(t) = &m.template else {

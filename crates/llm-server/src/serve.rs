@@ -66,9 +66,14 @@ pub enum ReasoningArg {
     None,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(mut args: Args) -> anyhow::Result<()> {
     let path = load::model_path(args.model)?;
     eprintln!("loading {}", path.display());
+    args.device.needs = crate::placement::Needs {
+        n_ctx: args.ctx_size,
+        cache: args.cache.config(),
+        ..Default::default()
+    };
     let m = load::open(&path, args.threads, &args.device)?;
     let n_ctx = match args.ctx_size {
         0 => m.model.n_ctx_train(),

@@ -75,8 +75,11 @@ extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) mmv(MmvArgs a) {
     const float* x = a.x;
     const float* x2 = a.x2;
     int n = a.n, pair = blockIdx.y;
+    bool skip = false;  // an expert not on this GPU (hybrid placement): its rows are 0
     if (a.ids) {
-        w += (u64)a.ids[pair] * mt.m * a.row_bytes;
+        int e = a.ids[pair];
+        skip = e < 0;
+        w += (u64)max(e, 0) * mt.m * a.row_bytes;
         u64 xo = (u64)(pair / a.x_div) * a.x_stride;
         x += xo;
         if (x2) x2 += xo;
@@ -86,7 +89,7 @@ extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) mmv(MmvArgs a) {
     float acc[MMV_MAX];
 #pragma unroll
     for (int t = 0; t < MMV_MAX; t++) acc[t] = 0.0f;
-    int ng = live ? a.K / 8 : 0;
+    int ng = live && !skip ? a.K / 8 : 0;
     for (int g0 = 32 * split; g0 < ng; g0 += 32 * MMV_SPLIT * MMV_UNROLL) {
         // Loads with no branch between them (a lane past the row end re-reads the last
         // granule and drops it below), so the compiler issues them all before the first use.
@@ -161,8 +164,11 @@ extern "C" __global__ void __launch_bounds__(128) mmv1(MmvArgs a) {
     const float* x = a.x;
     const float* x2 = a.x2;
     u64 expert = 0;
+    bool skip = false;  // an expert not on this GPU: its rows are 0
     if (a.ids) {
-        expert = (u64)a.ids[pair];
+        int e = a.ids[pair];
+        skip = e < 0;
+        expert = (u64)max(e, 0);
         u64 xo = (u64)(pair / a.x_div) * a.x_stride;
         x += xo;
         if (x2) x2 += xo;
@@ -182,7 +188,7 @@ extern "C" __global__ void __launch_bounds__(128) mmv1(MmvArgs a) {
     float acc[MMV1_ROWS];
 #pragma unroll
     for (int k = 0; k < MMV1_ROWS; k++) acc[k] = 0.0f;
-    int ng = a.K / 8;
+    int ng = skip ? 0 : a.K / 8;
     for (int g0 = lane; g0 < ng; g0 += 32 * MMV1_UNROLL) {
         float wv[MMV1_ROWS][MMV1_UNROLL][8];
         float4 xv[MMV1_UNROLL][2];
@@ -280,13 +286,16 @@ extern "C" __global__ void __launch_bounds__(128) mmvq(MmvqArgs a) {
         for (; mi + 1 < a.n_mats && r >= a.mats[mi].m; mi++) r -= a.mats[mi].m;
         const MmvqMat mt = a.mats[mi];
         live[k] = r < mt.m && (!mt.dense || pair < a.n_dense);
-        any |= live[k];
         r = min(r, mt.m - 1);
         u64 expert = 0, xr = (u64)mt.x_off + pair;
+        bool skip = false;  // an expert not on this GPU: its rows are 0
         if (!mt.dense) {
-            expert = (u64)a.ids[pair];
+            int e = a.ids[pair];
+            skip = e < 0;
+            expert = (u64)max(e, 0);
             xr = (u64)mt.x_off + pair / a.x_div;
         }
+        any |= live[k] && !skip;
         xq[k] = a.xq + xr * a.K;
         xd[k] = a.xd + xr * (a.K / 32);
         w[k] = mt.w + (expert * mt.m + r) * a.row_bytes;

@@ -55,11 +55,19 @@ __device__ __forceinline__ void topk_row(const float* __restrict__ l, int n_expe
     }
 }
 
+// With `slot` (hybrid placement: per expert its slot on this GPU, or −1 where it stays in
+// RAM), `gids` gets each pair's slot for the GPU's expert products.
 extern "C" __global__ void topk(const float* __restrict__ logits, int n_expert, int k, int n,
-                                i32* __restrict__ ids, float* __restrict__ weights) {
+                                i32* __restrict__ ids, float* __restrict__ weights,
+                                const i32* __restrict__ slot, i32* __restrict__ gids) {
     int t = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (t >= n) return;
     topk_row(logits + (u64)t * n_expert, n_expert, k, t, ids, weights);
+    if (slot) {
+        __syncwarp();
+        int lane = threadIdx.x & 31;
+        if (lane < k) gids[(u64)t * k + lane] = slot[ids[(u64)t * k + lane]];
+    }
 }
 
 // Pairs (token t, slot i) = p = t·k + i sorted by expert, in one block: `slot_of[p]` its
@@ -75,7 +83,8 @@ extern "C" __global__ void moe_sort(const i32* __restrict__ ids, int n_pairs, in
     i32* cursor = sh + n_expert;
     for (int e = threadIdx.x; e < n_expert; e += blockDim.x) count[e] = 0;
     __syncthreads();
-    for (int p = threadIdx.x; p < n_pairs; p += blockDim.x) atomicAdd(&count[ids[p]], 1);
+    for (int p = threadIdx.x; p < n_pairs; p += blockDim.x)
+        if (ids[p] >= 0) atomicAdd(&count[ids[p]], 1);
     __syncthreads();
     if (threadIdx.x == 0) {
         int off = 0, nt = 0;
@@ -94,20 +103,26 @@ extern "C" __global__ void moe_sort(const i32* __restrict__ ids, int n_pairs, in
     }
     __syncthreads();
     for (int p = threadIdx.x; p < n_pairs; p += blockDim.x) {
+        if (ids[p] < 0) {  // an expert in RAM (hybrid placement): no row here
+            slot_of[p] = -1;
+            continue;
+        }
         int pos = atomicAdd(&cursor[ids[p]], 1);
         slot_of[p] = pos;
         x_row[pos] = p / k;
     }
 }
 
-// y[t] = Σ_i weights[t·k + i] · out[row(t·k + i)] (row = slot_of[p], or p when null), plus
-// the shared expert's output sh[t] scaled by σ(gate · x[t]) (by 1 without a gate; nothing
-// without a shared expert). Block (t, c) takes columns 256c.. of token t (each block of a
+// y[t] = Σ_i weights[t·k + i] · out[row(t·k + i)] (row = slot_of[p], or p when null; none
+// where it is −1), plus the shared expert's output sh[t] scaled by σ(gate · x[t]) (by 1
+// without a gate; nothing without a shared expert), plus `host[t]` (the weighted sum of the
+// experts computed in RAM, hybrid placement) where given. Block (t, c) takes columns 256c.. of token t (each block of a
 // token forms the gate's dot product itself: a row of x, cheaper than a launch).
 extern "C" __global__ void moe_combine(const float* __restrict__ out, const i32* __restrict__ slot_of,
                                        const float* __restrict__ weights, const float* __restrict__ sh,
                                        const float* __restrict__ gate, const float* __restrict__ x,
-                                       float* __restrict__ y, int k, int width) {
+                                       const float* __restrict__ host, float* __restrict__ y,
+                                       int k, int width) {
     __shared__ float red[32];
     int t = blockIdx.x;
     u64 base = (u64)t * width;
@@ -123,8 +138,9 @@ extern "C" __global__ void moe_combine(const float* __restrict__ out, const i32*
     for (int i = 0; i < k; i++) {
         int p = t * k + i;
         int r = slot_of ? slot_of[p] : p;
-        acc += weights[p] * out[(u64)r * width + c];
+        if (r >= 0) acc += weights[p] * out[(u64)r * width + c];
     }
     if (sh) acc += s * sh[base + c];
+    if (host) acc += host[base + c];
     y[base + c] = acc;
 }

@@ -74,6 +74,7 @@ struct Combine {
     const float* sh;       // the shared expert's output, or null
     const float* gate;     // its gate vector (width), or null
     const float* x;        // the MoE's input (for the gate's dot product)
+    const float* host;     // the RAM-resident experts' weighted sum (hybrid), or null
     int k;
 };
 
@@ -104,9 +105,14 @@ __device__ __forceinline__ void add_norm_regs(float* __restrict__ h, const float
             for (int i = 0; i < c->k; i++) {
                 int p = t * c->k + i;
                 int r = c->slot_of ? c->slot_of[p] : p;
+                if (r < 0) continue;
                 float wt = c->weights[p];
                 float4 o = *(const float4*)(c->out + (u64)r * width + c0);
                 av.x += wt * o.x; av.y += wt * o.y; av.z += wt * o.z; av.w += wt * o.w;
+            }
+            if (c->host) {
+                float4 o = *(const float4*)(c->host + base + c0);
+                av.x += o.x; av.y += o.y; av.z += o.z; av.w += o.w;
             }
             if (c->sh) {
                 float4 o = *(const float4*)(c->sh + base + c0);

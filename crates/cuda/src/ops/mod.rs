@@ -46,6 +46,7 @@ pub(crate) struct Combine {
     pub sh: u64,
     pub gate: u64,
     pub x: u64,
+    pub host: u64,
     pub k: i32,
 }
 

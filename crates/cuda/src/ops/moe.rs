@@ -18,12 +18,21 @@ use super::{arg, regs_norm_threads, size_err, Added, Combine};
 /// their ids, above which pairs are sorted by expert for the grouped `gemm`.
 const MOE_MMV_PAIRS: usize = 64;
 
-/// A MoE call's routing: per (token, slot) pair its expert id, per pair its weight.
+/// A MoE call's routing: per (token, slot) pair its expert id, per pair its weight; under
+/// hybrid placement also per pair the expert's slot on the GPU (−1: in RAM).
 struct Route {
     ids: Block,
+    gids: Option<Block>,
     weights: CudaAct,
     n: usize,
     k: usize,
+}
+
+impl Route {
+    /// The expert ids the GPU's products read: slots under hybrid placement.
+    fn gpu_ids(&self) -> u64 {
+        self.gids.as_ref().unwrap_or(&self.ids).ptr()
+    }
 }
 
 /// Pairs sorted by expert for the grouped product: per pair its row in expert order, per row
@@ -54,7 +63,7 @@ impl Cuda {
     /// residual and normed ([`engine::backend::Backend::moe_add_norm`]).
     pub(crate) fn moe_(
         &self,
-        _: &CudaStep,
+        step: &CudaStep,
         e: &Experts<Cuda>,
         x: &CudaAct,
         fuse: Option<(&mut CudaAct, &CudaVec, f32)>,
@@ -66,6 +75,11 @@ impl Cuda {
             )));
         }
         let route = self.route(e, x)?; // ffn_moe_logits, ffn_moe_topk, ffn_moe_weights_norm
+                                       // Hybrid placement: the RAM side's inputs on their way while the GPU does its experts.
+        let ram = match &e.gate_exps.host {
+            Some(_) => Some(self.start_ram_experts(route.ids.ptr(), &route.weights, x)?),
+            None => None,
+        };
         let pairs = n * k;
         let q8 = pairs <= MOE_MMV_PAIRS
             && [&e.gate_exps, &e.up_exps, &e.down_exps]
@@ -97,7 +111,7 @@ impl Cuda {
         let sorted = if let Some(xq) = &xq {
             let rows = |x_div| QRows {
                 tokens: n,
-                ids: Some((route.ids.ptr(), pairs, x_div)),
+                ids: Some((route.gpu_ids(), pairs, x_div)),
             };
             let mut gu = vec![
                 QMat::by_id(&e.gate_exps, &gate),
@@ -132,7 +146,7 @@ impl Cuda {
                 x: xin,
                 x2,
                 n: pairs,
-                ids: Some(route.ids.ptr()),
+                ids: Some(route.gpu_ids()),
                 x_div,
             };
             let gu = [(&e.gate_exps, &gate, ff), (&e.up_exps, &up, ff)];
@@ -168,6 +182,15 @@ impl Cuda {
             None => None,
         };
         let slot_of = sorted.as_ref().map_or(0, Sorted::slot_of);
+        let host = match ram {
+            Some(r) => Some(self.finish_ram_experts(
+                r,
+                [&e.gate_exps, &e.up_exps, &e.down_exps],
+                step.exec,
+            )?),
+            None => None,
+        };
+        let host_ptr = host.as_ref().map_or(0, CudaAct::ptr);
         match fuse {
             Some((h, w, eps)) if self.norm_fused && regs_norm_threads(emb).is_some() => {
                 let (sh, gate) = shared.as_ref().map_or((0, 0), |(o, g)| (o.ptr(), *g));
@@ -178,15 +201,16 @@ impl Cuda {
                     sh,
                     gate,
                     x: x.ptr(),
+                    host: host_ptr,
                     k: k as i32,
                 };
                 self.norm_rows(h, Added::Moe(&c), w, eps)
             }
             Some((h, w, eps)) => {
-                let y = self.combine(&route, (&down, slot_of), shared.as_ref(), x)?;
+                let y = self.combine(&route, (&down, slot_of), shared.as_ref(), x, host_ptr)?;
                 self.add_norm_(h, &y, w, eps)
             }
-            None => self.combine(&route, (&down, slot_of), shared.as_ref(), x),
+            None => self.combine(&route, (&down, slot_of), shared.as_ref(), x, host_ptr),
         }
     }
 
@@ -194,8 +218,13 @@ impl Cuda {
     fn route(&self, e: &Experts<Cuda>, x: &CudaAct) -> Result<Route> {
         let (n, k, ne) = (x.rows, e.n_expert_used, e.n_expert);
         let logits = self.act(n, ne)?;
+        let slot = e.gate_exps.host.as_ref().map(|h| h.slot_dev.ptr());
         let r = Route {
             ids: self.scratch(4 * n * k)?,
+            gids: match slot {
+                Some(_) => Some(self.scratch(4 * n * k)?),
+                None => None,
+            },
             weights: self.act(n, k)?,
             n,
             k,
@@ -204,14 +233,24 @@ impl Cuda {
         let f = self.f(Src::Moe, "topk")?;
         let (lp, ip, wp) = (logits.ptr(), r.ids.ptr(), r.weights.ptr());
         let (nei, ki, ni) = (ne as i32, k as i32, n as i32);
-        // SAFETY: logits n × ne; ids and weights n × k.
+        let (sp, gp) = (slot.unwrap_or(0), r.gids.as_ref().map_or(0, Block::ptr));
+        // SAFETY: logits n × ne; ids, weights and slots n × k; the slot map ne.
         unsafe {
             self.gpu.launch(
                 &f,
                 ((n as u32).div_ceil(4), 1, 1),
                 (128, 1, 1),
                 0,
-                &mut [arg(&lp), arg(&nei), arg(&ki), arg(&ni), arg(&ip), arg(&wp)],
+                &mut [
+                    arg(&lp),
+                    arg(&nei),
+                    arg(&ki),
+                    arg(&ni),
+                    arg(&ip),
+                    arg(&wp),
+                    arg(&sp),
+                    arg(&gp),
+                ],
             )?
         };
         Ok(r)
@@ -228,7 +267,7 @@ impl Cuda {
             max_tiles,
         };
         let f = self.f(Src::Moe, "moe_sort")?;
-        let (ip, np, ki, nei, tile) = (r.ids.ptr(), pairs as i32, r.k as i32, ne as i32, 64i32);
+        let (ip, np, ki, nei, tile) = (r.gpu_ids(), pairs as i32, r.k as i32, ne as i32, 64i32);
         let (slot, xrow, tiles, n_tiles) = (s.slot_of(), s.x_row(), s.tiles(), s.n_tiles());
         // SAFETY: the scratch holds slot_of, x_row (pairs each), the tiles and the count.
         unsafe {
@@ -260,6 +299,7 @@ impl Cuda {
         (down, slot_of): (&CudaAct, u64),
         shared: Option<&(CudaAct, u64)>,
         x: &CudaAct,
+        host: u64,
     ) -> Result<CudaAct> {
         let emb = x.width;
         let y = self.act(r.n, emb)?;
@@ -288,6 +328,7 @@ impl Cuda {
                     arg(&shp),
                     arg(&gp),
                     arg(&xp),
+                    arg(&host),
                     arg(&yp),
                     arg(&ki),
                     arg(&w),

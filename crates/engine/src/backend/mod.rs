@@ -27,6 +27,7 @@ use crate::ops::{AttnShape, Exec, Rope};
 use crate::weights::QTensor;
 
 pub use cpu::{Cpu, CpuAct, CpuLayer, CpuStep};
+pub use moe::experts_sum;
 
 /// Operations on a device, over its own buffers. Errors are the engine's: a backend maps its
 /// device failures (out of memory, a failed launch) to [`Error::Backend`].

@@ -30,19 +30,36 @@ pub(super) fn forward(m: &Experts<Cpu>, x: &[f32], exec: Exec) -> Result<Vec<f32
         }
         Ok(())
     })?;
+    let pairs = sel
+        .chunks_exact(k.max(1))
+        .enumerate()
+        .flat_map(|(t, row)| row.iter().map(move |&(i, w)| (t, i, w)));
+    drop(route);
+    experts_sum([&m.gate_exps, &m.up_exps, &m.down_exps], x, pairs, exec) // ffn_moe_out
+}
+
+/// `y[t] = Σ w · down_e(silu(gate_e·x[t]) ⊙ up_e·x[t])` over the given (token t, expert e,
+/// weight w) pairs, for rows of `x` as wide as the experts' input: the SwiGLU experts of
+/// stacked `[gate, up, down]` tensors, each chosen expert run once on the rows that chose it.
+/// (The CPU backend's MoE after routing, and a GPU backend's RAM-resident experts.)
+pub fn experts_sum(
+    w: [&QTensor; 3],
+    x: &[f32],
+    pairs: impl IntoIterator<Item = (usize, usize, f32)>,
+    exec: Exec,
+) -> Result<Vec<f32>> {
+    let (e, n_expert) = (w[0].row_len(), w[0].dims[2] as usize);
+    let n = x.len() / e;
     let mut chosen: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n_expert];
-    for (t, row) in sel.chunks_exact(k.max(1)).enumerate() {
-        for &(i, w) in row {
-            chosen[i].push((t, w));
-        }
+    for (t, i, wt) in pairs {
+        chosen[i].push((t, wt));
     }
     let used: Vec<(usize, &Vec<(usize, f32)>)> = chosen
         .iter()
         .enumerate()
         .filter(|(_, t)| !t.is_empty())
         .collect();
-    drop(route);
-    let out = experts(m, x, &used, exec)?;
+    let out = experts(w, x, &used, exec)?;
     let _sum = crate::prof::stage("moe weighted sum");
     // Each token's (expert slot, row of that expert's output, weight), in expert order.
     let mut per_token: Vec<Vec<(usize, usize, f32)>> = vec![Vec::new(); n];
@@ -60,18 +77,18 @@ pub(super) fn forward(m: &Experts<Cpu>, x: &[f32], exec: Exec) -> Result<Vec<f32
         }
         Ok(())
     })?;
-    Ok(y) // ffn_moe_out
+    Ok(y)
 }
 
 /// Each used expert (its slice of the 3-D tensors) on the rows of `x` routed to it: all
 /// gate and up projections as one pool job, then all down projections as another.
 fn experts(
-    m: &Experts<Cpu>,
+    [gate_exps, up_exps, down_exps]: [&QTensor; 3],
     x: &[f32],
     used: &[(usize, &Vec<(usize, f32)>)],
     exec: Exec,
 ) -> Result<Vec<Vec<f32>>> {
-    let (e, ff) = (m.gate_exps.row_len(), m.gate_exps.dims[1] as usize);
+    let (e, ff) = (gate_exps.row_len(), gate_exps.dims[1] as usize);
     let gather = crate::prof::stage("moe gather");
     let counts: Vec<usize> = used.iter().map(|(_, t)| t.len()).collect();
     let total: usize = counts.iter().sum();
@@ -79,8 +96,8 @@ fn experts(
     // expert's rows gathered already quantized: an eighth of the bytes of gathering f32
     // rows and quantizing each copy. Where gate and up differ in type, or the type has
     // no dot kernel, the f32 rows are gathered and each job quantizes its own.
-    let ty = m.gate_exps.ty;
-    let whole = match m.up_exps.ty == ty {
+    let ty = gate_exps.ty;
+    let whole = match up_exps.ty == ty {
         true => ops::quantize(ty, x, e, exec)?,
         false => None,
     };
@@ -125,8 +142,8 @@ fn experts(
         used.iter().zip(&xs).zip(gates).zip(ups).zip(&picked)
     {
         let rows = ex * ff..(ex + 1) * ff;
-        let mut gate = job(&m.gate_exps, rows.clone(), xs, toks.len(), g);
-        let mut up = job(&m.up_exps, rows, xs, toks.len(), u);
+        let mut gate = job(gate_exps, rows.clone(), xs, toks.len(), g);
+        let mut up = job(up_exps, rows, xs, toks.len(), u);
         (gate.acts, up.acts) = (acts.as_ref(), acts.as_ref());
         jobs.push(gate);
         jobs.push(up);
@@ -140,7 +157,7 @@ fn experts(
         .iter()
         .zip(&gates)
         .zip(&mut outs)
-        .map(|((&(ex, toks), &g), o)| job(&m.down_exps, ex * e..(ex + 1) * e, g, toks.len(), o))
+        .map(|((&(ex, toks), &g), o)| job(down_exps, ex * e..(ex + 1) * e, g, toks.len(), o))
         .collect();
     ops::matmul_batch(&mut jobs, exec)?;
     drop(jobs);
