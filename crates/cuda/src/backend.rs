@@ -108,11 +108,13 @@ pub struct Cuda {
     weight_bytes: std::sync::atomic::AtomicUsize,
     /// Which experts stay in RAM ([`crate::Placement`]), for the tensors loaded next.
     pub(crate) placement: Mutex<crate::Placement>,
-    /// Some expert tensor has experts in RAM: decode steps run eagerly (the host computes in
-    /// the middle of each MoE layer).
+    /// Some expert tensor has experts in RAM (`LLM_SERVER_HYBRID_GRAPHS=0`: such decode
+    /// steps run eagerly, for measuring).
     hybrid: std::sync::atomic::AtomicBool,
-    /// The pinned buffers of the RAM experts' hand-offs.
+    /// The pinned staging and events of the RAM experts' hand-offs.
     pub(crate) staging_h: Mutex<crate::hybrid::Staging>,
+    /// RAM-expert jobs queued by the current forward (kept until it has finished).
+    pub(crate) pending_jobs: Mutex<Vec<Arc<crate::hybrid::HostJob>>>,
 }
 
 /// A weight matrix on the GPU.
@@ -216,6 +218,8 @@ pub struct CudaSeq {
     out: Option<CudaAct>,
     /// Decode steps run so far (the first runs eagerly and fills the pool).
     decode_steps: usize,
+    /// The RAM-expert jobs the graph's host nodes run (hybrid placement).
+    host_jobs: Vec<Arc<crate::hybrid::HostJob>>,
 }
 
 /// A forward call's context: the token count; tokens and positions are on the device.
@@ -290,6 +294,7 @@ impl Cuda {
             placement: Mutex::default(),
             hybrid: Default::default(),
             staging_h: Mutex::default(),
+            pending_jobs: Mutex::default(),
             gpu,
         }))
     }
@@ -474,6 +479,8 @@ impl Cuda {
         let extra = &mut seq.extra;
         extra.graph = Some(g);
         extra.out = Some(out.clone());
+        // The graph's host nodes run these jobs at every replay.
+        extra.host_jobs = std::mem::take(&mut *lock(&self.pending_jobs));
         Ok(out)
     }
 }
@@ -604,13 +611,26 @@ impl Backend for Cuda {
             n: req.tokens.len(),
             exec: req.exec,
         };
-        let hybrid = self.hybrid.load(std::sync::atomic::Ordering::Relaxed);
-        let out = if step.n == 1 && self.graphs && !hybrid && !self.gpu.profiling() {
-            self.decode(seq, &step, graph)?
+        let eager = self.hybrid.load(std::sync::atomic::Ordering::Relaxed)
+            && std::env::var("LLM_SERVER_HYBRID_GRAPHS").is_ok_and(|v| v == "0");
+        lock(&self.pending_jobs).clear();
+        let out = if step.n == 1 && self.graphs && !eager && !self.gpu.profiling() {
+            self.decode(seq, &step, graph)
         } else {
-            graph(&step, &mut seq.layers)?
+            graph(&step, &mut seq.layers)
         };
-        Ok(self.download(&out)?)
+        let logits = out.and_then(|o| Ok(self.download(&o)?));
+        // The RAM experts' host functions report here (they cannot unwind into the driver).
+        let pending = std::mem::take(&mut *lock(&self.pending_jobs));
+        let failed = pending
+            .iter()
+            .chain(&seq.extra.host_jobs)
+            .find_map(|j| j.error());
+        if let Some(e) = failed {
+            self.gpu.sync()?;
+            return Err(Error::Size(e).into());
+        }
+        logits
     }
 
     fn embed(&self, s: &CudaStep, table: &CudaMat) -> R<CudaAct> {

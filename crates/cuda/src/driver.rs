@@ -147,6 +147,9 @@ pub(crate) fn ensure_nvrtc() -> Result<()> {
 pub struct Gpu {
     ctx: sys::CUcontext,
     stream: sys::CUstream,
+    /// A second stream for work beside the main one (hybrid placement's RAM hand-offs),
+    /// forked from and joined back to it with events (so graph capture follows it).
+    side: sys::CUstream,
     /// `cuda:N`.
     pub ordinal: usize,
     /// The device's name (`NVIDIA H200`).
@@ -227,6 +230,19 @@ impl Gpu {
                 sys::cuDriverGetVersion(&mut driver_version),
                 "cuDriverGetVersion",
             )?;
+            // How a host thread waits for the GPU (`LLM_SERVER_CUDA_SCHED`: auto, spin, yield
+            // or block): with experts in RAM the worker pool wants every core while the main
+            // thread waits.
+            let sched = match std::env::var("LLM_SERVER_CUDA_SCHED").as_deref() {
+                Ok("spin") => 1,
+                Ok("yield") => 2,
+                Ok("block") => 4,
+                _ => 0,
+            };
+            if sched != 0 {
+                // Ignored where the context is already active (another user of the device).
+                let _ = sys::cuDevicePrimaryCtxSetFlags_v2(dev, sched);
+            }
             let mut ctx = std::ptr::null_mut();
             check(
                 sys::cuDevicePrimaryCtxRetain(&mut ctx, dev),
@@ -236,12 +252,15 @@ impl Gpu {
             let mut stream = std::ptr::null_mut();
             // A non-blocking stream: no implicit sync with the legacy default stream.
             check(sys::cuStreamCreate(&mut stream, 1), "cuStreamCreate")?;
+            let mut side = std::ptr::null_mut();
+            check(sys::cuStreamCreate(&mut side, 1), "cuStreamCreate")?;
             let profile = std::env::var_os("LLM_SERVER_CUDA_PROFILE")
                 .is_some_and(|v| v != "0")
                 .then(Default::default);
             Ok(Arc::new(Gpu {
                 ctx,
                 stream,
+                side,
                 ordinal,
                 name,
                 cc,
@@ -258,12 +277,84 @@ impl Gpu {
         check(unsafe { sys::cuCtxSetCurrent(self.ctx) }, "cuCtxSetCurrent")
     }
 
-    /// Wait for everything queued on the stream.
+    /// Wait for everything queued on the streams.
     pub fn sync(&self) -> Result<()> {
-        // SAFETY: a live stream.
+        // SAFETY: live streams.
+        check(
+            unsafe { sys::cuStreamSynchronize(self.side) },
+            "cuStreamSynchronize",
+        )?;
+        // SAFETY: as above.
         check(
             unsafe { sys::cuStreamSynchronize(self.stream) },
             "cuStreamSynchronize",
+        )
+    }
+
+    /// Let the side stream go on from here: it waits for what the main stream queued so far
+    /// (`e` records the point).
+    pub(crate) fn fork(&self, e: &Event) -> Result<()> {
+        // SAFETY: live event and streams.
+        unsafe {
+            check(sys::cuEventRecord(e.e, self.stream), "cuEventRecord")?;
+            check(
+                sys::cuStreamWaitEvent(self.side, e.e, 0),
+                "cuStreamWaitEvent",
+            )
+        }
+    }
+
+    /// Make the main stream wait for what the side stream queued so far (`e` records it).
+    pub(crate) fn join(&self, e: &Event) -> Result<()> {
+        // SAFETY: live event and streams.
+        unsafe {
+            check(sys::cuEventRecord(e.e, self.side), "cuEventRecord")?;
+            check(
+                sys::cuStreamWaitEvent(self.stream, e.e, 0),
+                "cuStreamWaitEvent",
+            )
+        }
+    }
+
+    /// Copy `bytes` from device address `src` to host address `dst` on the side stream.
+    ///
+    /// # Safety
+    /// Both ranges must hold `bytes` and stay alive until the side stream passes the copy.
+    pub(crate) unsafe fn dtoh_side(&self, dst: *mut u8, src: u64, bytes: usize) -> Result<()> {
+        // SAFETY: as the caller vouches.
+        check(
+            unsafe { sys::cuMemcpyDtoHAsync_v2(dst.cast(), src, bytes, self.side) },
+            "cuMemcpyDtoHAsync",
+        )
+    }
+
+    /// Copy `bytes` from host address `src` to device address `dst` on the side stream.
+    ///
+    /// # Safety
+    /// As for [`Gpu::dtoh_side`].
+    pub(crate) unsafe fn htod_side(&self, dst: u64, src: *const u8, bytes: usize) -> Result<()> {
+        // SAFETY: as the caller vouches.
+        check(
+            unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src.cast(), bytes, self.side) },
+            "cuMemcpyHtoDAsync",
+        )
+    }
+
+    /// Run `f(data)` on a driver thread when the side stream gets there (the stream waits for
+    /// it to return). Captured into a graph, it runs at each replay.
+    ///
+    /// # Safety
+    /// `data` must stay valid for as long as the call (or a graph holding it) can run; `f`
+    /// must not call the CUDA API and must not unwind.
+    pub(crate) unsafe fn host_fn_side(
+        &self,
+        f: unsafe extern "C" fn(*mut c_void),
+        data: *mut c_void,
+    ) -> Result<()> {
+        // SAFETY: as the caller vouches.
+        check(
+            unsafe { sys::cuLaunchHostFunc(self.side, Some(f), data) },
+            "cuLaunchHostFunc",
         )
     }
 
@@ -520,6 +611,18 @@ impl Gpu {
         })
     }
 
+    /// An event for ordering only (no timing: cheaper, and what graph capture wants).
+    pub(crate) fn order_event(self: &Arc<Self>) -> Result<Event> {
+        self.bind()?;
+        let mut e = std::ptr::null_mut();
+        // SAFETY: valid out-pointer; 2 = CU_EVENT_DISABLE_TIMING.
+        check(unsafe { sys::cuEventCreate(&mut e, 2) }, "cuEventCreate")?;
+        Ok(Event {
+            e,
+            gpu: self.clone(),
+        })
+    }
+
     /// A timing event.
     pub fn event(self: &Arc<Self>) -> Result<Event> {
         self.bind()?;
@@ -615,6 +718,11 @@ impl HostBuf {
     /// Its size.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Its address (for copies and host functions the streams order).
+    pub(crate) fn ptr(&self) -> *mut u8 {
+        self.ptr
     }
 }
 

@@ -6,13 +6,16 @@
 //! (packed, in slot order) with a map from expert id to slot (−1: in RAM), and keeps the whole
 //! tensor in RAM for the worker pool. In a MoE call the top-k kernel writes each pair's slot
 //! beside its expert id; the GPU's expert products skip pairs whose slot is −1 (their rows
-//! are 0). The pairs in RAM, their weights and the layer's input go to pinned host memory in
-//! one copy, the host waits for that copy only (the GPU goes on with its experts), the pool
-//! computes the RAM experts' weighted sum, and one copy brings it back to be added with the
-//! rest. One hand-off each way per layer.
+//! are 0). Beside them, on a second stream forked after the routing, the pairs, their weights
+//! and the layer's input go to pinned host memory, a host function (run by the driver when the
+//! stream gets there) has the worker pool compute the RAM experts' weighted sum, and a copy
+//! brings it back; the main stream joins the side stream before the sum is added with the
+//! rest. One hand-off each way per layer, nothing waited for on the host — so a decode step
+//! with RAM experts is still recorded once as a CUDA graph (host nodes included) and replayed.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex};
 
 use engine::backend::experts_sum;
 use engine::{Exec, QTensor};
@@ -51,18 +54,95 @@ pub(crate) struct HostExperts {
     pub(crate) slot_dev: DevBuf,
 }
 
-/// Pinned buffers and the event of the hand-offs (one forward at a time uses them).
+/// The pinned staging of the hand-offs and the fork/join events (one forward at a time).
 #[derive(Debug, Default)]
 pub(crate) struct Staging {
-    host: Option<HostBuf>,
-    event: Option<Event>,
+    host: Option<Arc<HostBuf>>,
+    events: Option<(Event, Event)>,
 }
 
-/// What a MoE call started on the RAM side: the copies are queued, the event follows them.
-pub(crate) struct Started {
+/// One MoE layer's RAM side, run by a host function on the side stream: read the pairs,
+/// weights and input from pinned memory, compute the RAM experts' weighted sum, write it back.
+/// Kept alive by the backend until the forward that queued it has finished, or by the
+/// sequence for as long as a recorded graph replays it.
+pub(crate) struct HostJob {
+    w: [Arc<HostExperts>; 3],
     n: usize,
     k: usize,
     width: usize,
+    exec: Exec,
+    /// The staging (ids, weights, x, y), owned here so a graph keeps it.
+    buf: Arc<HostBuf>,
+    err: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for HostJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostJob")
+            .field("tensor", &self.w[0].tensor.name)
+            .field("n", &self.n)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostJob {
+    /// Byte offsets of ids, weights, x and y in the staging.
+    fn offsets(n: usize, k: usize, width: usize) -> [usize; 4] {
+        [0, 4 * n * k, 8 * n * k, 8 * n * k + 4 * n * width]
+    }
+
+    fn bytes(n: usize, k: usize, width: usize) -> usize {
+        8 * n * k + 8 * n * width
+    }
+
+    fn run(&self) -> std::result::Result<(), String> {
+        let (n, k, width) = (self.n, self.k, self.width);
+        let [oi, ow, ox, oy] = Self::offsets(n, k, width);
+        let p = self.buf.ptr();
+        // SAFETY: the staging holds bytes(n, k, width) ≥ these ranges; the side stream runs
+        // this function after its copies in and before its copy out, and nothing else touches
+        // the staging meanwhile (one forward at a time; every stream use is ordered).
+        let (ids, wts, x, y) = unsafe {
+            (
+                std::slice::from_raw_parts(p.add(oi).cast::<i32>(), n * k),
+                std::slice::from_raw_parts(p.add(ow).cast::<f32>(), n * k),
+                std::slice::from_raw_parts(p.add(ox).cast::<f32>(), n * width),
+                std::slice::from_raw_parts_mut(p.add(oy).cast::<f32>(), n * width),
+            )
+        };
+        let slot = &self.w[0].slot;
+        let pairs = ids
+            .iter()
+            .zip(wts)
+            .enumerate()
+            .filter(|&(_, (&e, _))| slot.get(e as usize).is_some_and(|&s| s < 0))
+            .map(|(pi, (&e, &wt))| (pi / k, e as usize, wt));
+        let [g, u, d] = &self.w;
+        let out = experts_sum([&g.tensor, &u.tensor, &d.tensor], x, pairs, self.exec)
+            .map_err(|e| format!("moe experts in RAM ({}): {e}", g.tensor.name))?;
+        y.copy_from_slice(&out);
+        Ok(())
+    }
+
+    /// The error of a run, if one failed.
+    pub(crate) fn error(&self) -> Option<String> {
+        lock(&self.err).clone()
+    }
+}
+
+/// The host function the side stream calls: runs the job, keeps an error or a panic for the
+/// forward to report (nothing may unwind into the driver).
+unsafe extern "C" fn run_host_job(data: *mut c_void) {
+    // SAFETY: `data` is an `Arc<HostJob>`'s pointer, kept alive by its owners for as long as
+    // a stream or graph can call this (see HostJob).
+    let job = unsafe { &*(data as *const HostJob) };
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run()));
+    let err = match r {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e,
+        Err(_) => "moe experts in RAM: a worker panicked".to_string(),
+    };
+    *lock(&job.err) = Some(err);
 }
 
 impl Cuda {
@@ -78,8 +158,8 @@ impl Cuda {
         v.iter().any(|&b| b).then(|| v.clone())
     }
 
-    /// Upload the GPU experts of `t` (its bytes `data` in type `ty`, `m` rows of `row_bytes`
-    /// an expert) packed in slot order; the map and the tensor stay for the RAM side.
+    /// Upload the GPU experts of `t` (its bytes `data`, `expert_bytes` an expert) packed in
+    /// slot order; the map and the tensor stay for the RAM side.
     pub(crate) fn upload_experts(
         &self,
         t: &QTensor,
@@ -121,90 +201,75 @@ impl Cuda {
         ))
     }
 
-    /// Queue the copies of a MoE call's routing (`ids`, `weights`: n × k) and input `x`
-    /// (n × width) to pinned memory, and the event after them.
-    pub(crate) fn start_ram_experts(
+    /// Queue a MoE call's RAM side on the side stream, forked after the routing: its pairs
+    /// (`ids`), their `weights` and the input `x` to pinned memory, the pool's weighted sum
+    /// of the RAM experts, and that sum back to the device (the returned rows, n × width).
+    /// The caller queues the GPU's experts on the main stream, then [`Cuda::join_ram`].
+    pub(crate) fn queue_ram_experts(
         &self,
         ids: u64,
         weights: &CudaAct,
         x: &CudaAct,
-    ) -> Result<Started> {
-        let (n, k, width) = (x.rows, weights.width, x.width);
-        let bytes = Self::staging_bytes(n, k, width);
-        let mut st = lock(&self.staging_h);
-        if st.host.as_ref().is_none_or(|h| h.bytes() < bytes) {
-            // Nothing queued reads the old buffer past here: a layer's copy back is queued
-            // before the next layer's copies out, and this waits for all of them.
-            self.gpu.sync()?;
-            st.host = Some(self.gpu.alloc_host(bytes)?);
-        }
-        if st.event.is_none() {
-            st.event = Some(self.gpu.event()?);
-        }
-        let h = st.host.as_mut().expect("allocated above").as_mut_slice();
-        let (ids_h, rest) = h.split_at_mut(4 * n * k);
-        let (w_h, rest) = rest.split_at_mut(4 * n * k);
-        let (x_h, _) = rest.split_at_mut(4 * n * width);
-        // SAFETY: the device buffers hold n·k ids and weights and n × width inputs; the pinned
-        // buffer outlives the copies (it is only replaced after a full sync).
-        unsafe {
-            self.gpu.dtoh(ids_h, ids)?;
-            self.gpu.dtoh(w_h, weights.ptr())?;
-            self.gpu.dtoh(x_h, x.ptr())?;
-        }
-        st.event.as_ref().expect("created above").record()?;
-        Ok(Started { n, k, width })
-    }
-
-    /// Wait for the copies of `s`, compute the RAM experts' weighted sum on the worker pool
-    /// and queue its copy to the device.
-    pub(crate) fn finish_ram_experts(
-        &self,
-        s: Started,
         w: [&CudaMat; 3],
         exec: Exec,
     ) -> Result<CudaAct> {
-        let hosts: Vec<&HostExperts> = w.iter().filter_map(|m| m.host.as_deref()).collect();
-        let [hg, hu, hd] = hosts[..] else {
+        let (n, k, width) = (x.rows, weights.width, x.width);
+        let hosts: Vec<Arc<HostExperts>> = w.iter().filter_map(|m| m.host.clone()).collect();
+        let Ok([g, u, d]) = <[Arc<HostExperts>; 3]>::try_from(hosts) else {
             return Err(Error::Size(
                 "moe: gate, up and down experts placed differently".into(),
             ));
         };
-        if hg.slot != hu.slot || hg.slot != hd.slot {
+        if g.slot != u.slot || g.slot != d.slot {
             return Err(Error::Size(
                 "moe: gate, up and down experts placed differently".into(),
             ));
         }
-        let out = self.act(s.n, s.width)?;
+        let bytes = HostJob::bytes(n, k, width);
+        let out = self.act(n, width)?;
         let mut st = lock(&self.staging_h);
-        st.event.as_ref().expect("started").wait()?;
-        let h = st.host.as_mut().expect("started").as_mut_slice();
-        let (ids_h, rest) = h.split_at_mut(4 * s.n * s.k);
-        let (w_h, rest) = rest.split_at_mut(4 * s.n * s.k);
-        let (x_h, rest) = rest.split_at_mut(4 * s.n * s.width);
-        let le = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        let pairs: Vec<(usize, usize, f32)> = ids_h
-            .chunks_exact(4)
-            .zip(w_h.chunks_exact(4))
-            .enumerate()
-            .map(|(p, (i, wt))| (p / s.k, le(i) as usize, f32::from_bits(le(wt))))
-            .filter(|&(_, e, _)| hg.slot.get(e).is_some_and(|&sl| sl < 0))
-            .collect();
-        let x: Vec<f32> = x_h.chunks_exact(4).map(|b| f32::from_bits(le(b))).collect();
-        let y = experts_sum([&hg.tensor, &hu.tensor, &hd.tensor], &x, pairs, exec)
-            .map_err(|e| Error::Size(format!("moe experts in RAM: {e}")))?;
-        let (y_h, _) = rest.split_at_mut(4 * s.n * s.width);
-        for (d, v) in y_h.chunks_exact_mut(4).zip(&y) {
-            d.copy_from_slice(&v.to_le_bytes());
+        if st.host.as_ref().is_none_or(|h| h.bytes() < bytes) {
+            // Earlier calls of this forward may still use the old staging: wait for them. (A
+            // recorded graph keeps its own through its jobs.)
+            self.gpu.sync()?;
+            st.host = Some(Arc::new(self.gpu.alloc_host(bytes)?));
         }
-        // SAFETY: `out` holds n × width floats; the pinned buffer stays until a full sync.
-        unsafe { self.gpu.htod(out.ptr(), y_h)? };
+        if st.events.is_none() {
+            st.events = Some((self.gpu.order_event()?, self.gpu.order_event()?));
+        }
+        let buf = st.host.clone().expect("allocated above");
+        let (fork, _) = st.events.as_ref().expect("made above");
+        let job = Arc::new(HostJob {
+            w: [g, u, d],
+            n,
+            k,
+            width,
+            exec,
+            buf: buf.clone(),
+            err: Mutex::new(None),
+        });
+        let [oi, ow, ox, oy] = HostJob::offsets(n, k, width);
+        let p = buf.ptr();
+        self.gpu.fork(fork)?;
+        // SAFETY: the staging holds `bytes`; ids and weights hold n·k values, x and out n ×
+        // width; the job (and through it the staging) stays alive while a stream or graph
+        // can run these (pending_jobs, then the sequence's graph).
+        unsafe {
+            self.gpu.dtoh_side(p.add(oi), ids, 4 * n * k)?;
+            self.gpu.dtoh_side(p.add(ow), weights.ptr(), 4 * n * k)?;
+            self.gpu.dtoh_side(p.add(ox), x.ptr(), 4 * n * width)?;
+            self.gpu
+                .host_fn_side(run_host_job, Arc::as_ptr(&job) as *mut c_void)?;
+            self.gpu.htod_side(out.ptr(), p.add(oy), 4 * n * width)?;
+        }
+        lock(&self.pending_jobs).push(job);
         Ok(out)
     }
 
-    /// Pinned bytes a call of n tokens, k experts each, rows of `width` needs: ids, weights,
-    /// the input and the sum.
-    fn staging_bytes(n: usize, k: usize, width: usize) -> usize {
-        8 * n * k + 8 * n * width
+    /// Make the main stream wait for the RAM side queued by [`Cuda::queue_ram_experts`].
+    pub(crate) fn join_ram(&self) -> Result<()> {
+        let st = lock(&self.staging_h);
+        let (_, join) = st.events.as_ref().expect("queued before");
+        self.gpu.join(join)
     }
 }

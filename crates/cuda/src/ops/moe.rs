@@ -75,9 +75,15 @@ impl Cuda {
             )));
         }
         let route = self.route(e, x)?; // ffn_moe_logits, ffn_moe_topk, ffn_moe_weights_norm
-                                       // Hybrid placement: the RAM side's inputs on their way while the GPU does its experts.
-        let ram = match &e.gate_exps.host {
-            Some(_) => Some(self.start_ram_experts(route.ids.ptr(), &route.weights, x)?),
+                                       // Hybrid placement: the RAM side on the side stream while the GPU does its experts.
+        let host = match &e.gate_exps.host {
+            Some(_) => Some(self.queue_ram_experts(
+                route.ids.ptr(),
+                &route.weights,
+                x,
+                [&e.gate_exps, &e.up_exps, &e.down_exps],
+                step.exec,
+            )?),
             None => None,
         };
         let pairs = n * k;
@@ -182,14 +188,9 @@ impl Cuda {
             None => None,
         };
         let slot_of = sorted.as_ref().map_or(0, Sorted::slot_of);
-        let host = match ram {
-            Some(r) => Some(self.finish_ram_experts(
-                r,
-                [&e.gate_exps, &e.up_exps, &e.down_exps],
-                step.exec,
-            )?),
-            None => None,
-        };
+        if host.is_some() {
+            self.join_ram()?;
+        }
         let host_ptr = host.as_ref().map_or(0, CudaAct::ptr);
         match fuse {
             Some((h, w, eps)) if self.norm_fused && regs_norm_threads(emb).is_some() => {
