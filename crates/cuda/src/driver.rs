@@ -271,6 +271,19 @@ impl Gpu {
         }
     }
 
+    /// Have host threads waiting for the GPU yield their core while they spin (unless
+    /// `LLM_SERVER_CUDA_SCHED` chose): with experts in RAM the worker pool needs every core
+    /// while the main thread waits (decode 67.7 → 78.3 tok/s on the 35B-A3B, 16 GB emulated,
+    /// BENCHMARKS.md 2026-12-02 third session).
+    pub(crate) fn prefer_yield(&self) -> Result<()> {
+        if std::env::var_os("LLM_SERVER_CUDA_SCHED").is_some() {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: the context is current; 2 = CU_CTX_SCHED_YIELD.
+        check(unsafe { sys::cuCtxSetFlags(2) }, "cuCtxSetFlags")
+    }
+
     /// Make the context current on the calling thread.
     pub fn bind(&self) -> Result<()> {
         // SAFETY: the context is alive (retained in `open`).

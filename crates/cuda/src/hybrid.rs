@@ -148,6 +148,11 @@ unsafe extern "C" fn run_host_job(data: *mut c_void) {
 impl Cuda {
     /// Use `p` for the tensors loaded from now on.
     pub fn set_placement(&self, p: Placement) {
+        if p.n_in_ram() > 0 {
+            // A driver without cuCtxSetFlags (before CUDA 12.1) keeps its default: slower, not
+            // wrong.
+            let _ = self.gpu.prefer_yield();
+        }
         *lock(&self.placement) = p;
     }
 

@@ -35,6 +35,7 @@ pub mod models;
 pub mod ops;
 mod pool;
 pub mod prof;
+pub mod routing;
 pub mod sampler;
 mod stop;
 #[cfg(test)]

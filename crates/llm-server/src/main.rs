@@ -3,6 +3,7 @@
 
 mod bench;
 mod cache_args;
+mod calibrate;
 mod dequant;
 mod device_args;
 mod fit;
@@ -45,6 +46,8 @@ enum Command {
     Synth(synth::Args),
     /// Where a model's tensors and experts would go on this machine, without loading it.
     Fit(fit::Args),
+    /// Count how often each expert is chosen over a text (for --expert-stats).
+    Calibrate(calibrate::Args),
     /// Dequantize raw ggml blocks to little-endian f32 (a test tool for the bit-exact checks).
     #[command(hide = true)]
     Dequant(dequant::Args),
@@ -76,6 +79,7 @@ fn run() -> anyhow::Result<()> {
         Command::Inspect(args) => inspect::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Fit(args) => fit::run(args),
+        Command::Calibrate(args) => calibrate::run(args),
         Command::Run(args) => run::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Perplexity(args) => perplexity::run(args),

@@ -40,6 +40,10 @@ pub struct PlacementArgs {
     /// instead of the free memory less `--fit-target`.
     #[arg(long = "vram-budget", value_name = "MiB")]
     pub vram_budget: Option<u64>,
+    /// Routing statistics of this model (`llm-server calibrate`): `--fit` puts the most used
+    /// experts on the GPU (without it: every expert equally likely).
+    #[arg(long = "expert-stats", value_name = "FILE")]
+    pub expert_stats: Option<std::path::PathBuf>,
 }
 
 /// What the planner needs besides the file: the context and cache types the command will
@@ -197,8 +201,12 @@ fn overrides(rules: &[String]) -> anyhow::Result<Vec<Override>> {
                 d if d == "CUDA" || d == "GPU" || d.starts_with("CUDA") => false,
                 _ => anyhow::bail!("-ot {one:?}: unknown device {dev:?} (CPU, CUDA0)"),
             };
-            let re = regex::Regex::new(pat)
-                .map_err(|e| anyhow::anyhow!("-ot {one:?}: bad regular expression: {e}"))?;
+            let re = regex::Regex::new(pat).map_err(|e| {
+                // The parser's message draws a caret under the pattern: keep its last line.
+                let why = e.to_string();
+                let why = why.lines().last().unwrap_or_default().trim().to_string();
+                anyhow::anyhow!("-ot {one:?}: bad regular expression ({why})")
+            })?;
             out.push(Override { re, to_ram });
         }
     }
@@ -244,11 +252,7 @@ pub fn state_bytes(file: &GgufFile, n_ctx: usize, cache: CacheConfig) -> u64 {
         .get_u64(&format!("{arch}.attention.value_length"))
         .unwrap_or(kd);
     let interval = u("full_attention_interval");
-    let n_attn = if interval > 0 {
-        n_layer / interval
-    } else {
-        n_layer
-    };
+    let n_attn = n_layer.checked_div(interval).unwrap_or(n_layer);
     let row = |t: KvType, w: u64| t.row_bytes(w as usize) as u64;
     let kv = n_attn * n_ctx as u64 * (row(cache.k, n_kv * kd) + row(cache.v, n_kv * vd));
     // DeltaNet layers (qwen35moe, qwen3next): the convolution's last taps and the state.
@@ -296,6 +300,10 @@ pub fn plan(
     free: Option<u64>,
 ) -> anyhow::Result<Plan> {
     let rules = overrides(&args.override_tensor)?;
+    let stats = match &args.expert_stats {
+        Some(p) => Some(crate::calibrate::read(p, file)?),
+        None => None,
+    };
     let fit =
         fit_flag(args.fit.as_deref())?.unwrap_or(free.is_some() || args.vram_budget.is_some());
     let md = file.metadata();
@@ -347,6 +355,20 @@ pub fn plan(
             if kept_dense.len() > 3 { ", …" } else { "" }
         ));
     }
+    if let (Some(st), Some(p)) = (&stats, &args.expert_stats) {
+        for (il, l) in &plan.layers {
+            match st.get(il) {
+                Some(c) if c.len() == l.n_expert => {}
+                Some(c) => anyhow::bail!(
+                    "--expert-stats {}: layer {il} has {} counts, the model {} experts",
+                    p.display(),
+                    c.len(),
+                    l.n_expert
+                ),
+                None => anyhow::bail!("--expert-stats {}: no counts for layer {il}", p.display()),
+            }
+        }
+    }
     let budget = match (args.vram_budget, free) {
         (Some(b), _) => Some(b << 20),
         (None, Some(f)) => Some(f.saturating_sub(args.fit_target.unwrap_or(1024) << 20)),
@@ -383,22 +405,28 @@ pub fn plan(
         );
     }
     // Fill: experts the flags left on the GPU go back to RAM, then come to the GPU again one at
-    // a time, round robin over the layers (lowest ids first), while they fit.
+    // a time, most used first (by the stats; without them round robin over the layers, lowest
+    // ids first), while they fit.
     let mut room = budget - fixed;
-    let mut want: BTreeMap<usize, Vec<bool>> = BTreeMap::new();
+    let mut order = Vec::new();
     for (&il, l) in plan.layers.iter_mut() {
-        want.insert(il, l.in_ram.iter().map(|&b| !b).collect());
-        l.in_ram.iter_mut().for_each(|b| *b = true);
+        let use_of = |e: usize| match stats.as_ref().and_then(|s| s.get(&il)) {
+            // Laplace-smoothed share of the layer's choices (unseen experts still rank).
+            Some(c) => (c[e] as f64 + 1.0) / (c.iter().sum::<u64>() as f64 + c.len() as f64),
+            None => 1.0 / l.n_expert as f64,
+        };
+        for (e, ram) in l.in_ram.iter_mut().enumerate() {
+            if !*ram {
+                order.push((use_of(e), e, il));
+            }
+            *ram = true;
+        }
     }
-    let max_e = plan.layers.values().map(|l| l.n_expert).max().unwrap_or(0);
-    'fill: for e in 0..max_e {
-        for (&il, l) in plan.layers.iter_mut() {
-            if e >= l.n_expert || !want[&il][e] {
-                continue;
-            }
-            if l.expert_bytes > room {
-                break 'fill;
-            }
+    // Most used first; ties by expert id, then layer (the round robin).
+    order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    for (_, e, il) in order {
+        let l = plan.layers.get_mut(&il).expect("listed above");
+        if l.expert_bytes <= room {
             room -= l.expert_bytes;
             l.in_ram[e] = false;
         }
@@ -483,4 +511,204 @@ fn ranges(v: &[usize]) -> String {
         i = j + 1;
     }
     out.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo() -> GgufFile {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(crate::load::DEFAULT_MODEL);
+        GgufFile::open(p).expect("demo model")
+    }
+
+    fn args(f: impl FnOnce(&mut PlacementArgs)) -> PlacementArgs {
+        let mut a = PlacementArgs::default();
+        f(&mut a);
+        a
+    }
+
+    fn in_ram_by_layer(p: &Plan) -> Vec<usize> {
+        p.layers
+            .values()
+            .map(|l| l.in_ram.iter().filter(|&&b| b).count())
+            .collect()
+    }
+
+    #[test]
+    fn flags_send_whole_layers_to_ram() {
+        let f = demo();
+        let n = Needs::default();
+        let none = plan(&f, &PlacementArgs::default(), &n, None).unwrap();
+        assert_eq!(none.counts(), (0, 256));
+        assert!(none.placement().in_ram.is_empty());
+        let all = plan(&f, &args(|a| a.cpu_moe = true), &n, None).unwrap();
+        assert_eq!(all.counts(), (256, 256));
+        // gate, up and down of each of the 8 layers
+        assert_eq!(all.placement().in_ram.len(), 24);
+        let first3 = plan(&f, &args(|a| a.n_cpu_moe = Some(3)), &n, None).unwrap();
+        assert_eq!(in_ram_by_layer(&first3), [32, 32, 32, 0, 0, 0, 0, 0]);
+        let ot = plan(
+            &f,
+            &args(|a| a.override_tensor = vec![r"blk\.5\.ffn_up_exps=CPU,output=CPU".into()]),
+            &n,
+            None,
+        )
+        .unwrap();
+        assert_eq!(in_ram_by_layer(&ot), [0, 0, 0, 0, 0, 32, 0, 0]);
+        assert!(ot.notes[0].contains("stay on the GPU"), "{:?}", ot.notes);
+        let gpu = plan(
+            &f,
+            &args(|a| a.override_tensor = vec!["exps=CUDA0".into()]),
+            &n,
+            None,
+        )
+        .unwrap();
+        assert_eq!(gpu.counts().0, 0);
+    }
+
+    #[test]
+    fn bad_flags_are_clear_errors() {
+        let f = demo();
+        let n = Needs::default();
+        let err = |a: PlacementArgs| format!("{:#}", plan(&f, &a, &n, None).unwrap_err());
+        assert!(err(args(|a| a.override_tensor = vec!["exps".into()])).contains("REGEX=DEVICE"));
+        assert!(
+            err(args(|a| a.override_tensor = vec!["exps=TPU".into()])).contains("unknown device")
+        );
+        assert!(err(args(|a| a.override_tensor = vec!["(exps=CPU".into()]))
+            .contains("bad regular expression"));
+        assert!(err(args(|a| a.fit = Some("maybe".into()))).contains("on or off"));
+        // A budget below the non-expert part: an error before loading, naming the parts.
+        let e = err(args(|a| a.vram_budget = Some(50)));
+        assert!(e.contains("alone need") && e.contains("-c 4096"), "{e}");
+        // Too small with --fit off: says how to make it fit.
+        let e = err(args(|a| {
+            a.vram_budget = Some(95);
+            a.fit = Some("off".into())
+        }));
+        assert!(e.contains("--fit on"), "{e}");
+    }
+
+    #[test]
+    fn fit_fills_the_budget_evenly_and_keeps_flagged_layers_in_ram() {
+        let f = demo();
+        let n = Needs::default();
+        let full = plan(&f, &PlacementArgs::default(), &n, None).unwrap();
+        let mib = |b: u64| b.div_ceil(1 << 20);
+        // A budget 3 MiB short of the whole model: some experts go to RAM, evenly.
+        let budget = mib(full.gpu_bytes()) - 3;
+        let p = plan(&f, &args(|a| a.vram_budget = Some(budget)), &n, None).unwrap();
+        let by_layer = in_ram_by_layer(&p);
+        assert!(p.counts().0 > 0 && p.gpu_bytes() <= budget << 20);
+        let (lo, hi) = (
+            by_layer.iter().min().unwrap(),
+            by_layer.iter().max().unwrap(),
+        );
+        assert!(hi - lo <= 1, "{by_layer:?}");
+        // Experts in RAM are the highest ids of each layer (uniform use: lowest ids first).
+        for l in p.layers.values() {
+            let first_ram = l.in_ram.iter().position(|&b| b).unwrap();
+            assert!(l.in_ram[first_ram..].iter().all(|&b| b));
+        }
+        // With --n-cpu-moe 2 as well, layers 0 and 1 stay wholly in RAM and the rest get more.
+        let q = plan(
+            &f,
+            &args(|a| {
+                a.vram_budget = Some(budget);
+                a.n_cpu_moe = Some(2)
+            }),
+            &n,
+            None,
+        )
+        .unwrap();
+        let by_layer = in_ram_by_layer(&q);
+        assert_eq!(&by_layer[..2], [32, 32]);
+        assert!(by_layer[2..].iter().all(|&r| r < 32));
+        assert!(q.gpu_bytes() <= budget << 20);
+        // A larger context takes its KV cache from the experts' share.
+        let long = Needs { n_ctx: 16384, ..n };
+        let r = plan(&f, &args(|a| a.vram_budget = Some(budget + 9)), &long, None).unwrap();
+        assert!(r.state_bytes > p.state_bytes);
+        assert!(
+            r.counts().0 > p.counts().0,
+            "{} vs {}",
+            r.counts().0,
+            p.counts().0
+        );
+    }
+
+    /// A stats file for the demo model: expert `e` of every layer chosen (e·7 mod 32)²+1 times.
+    fn stats_file(f: &GgufFile, fingerprint: &str, experts: usize) -> std::path::PathBuf {
+        let counts: serde_json::Map<String, serde_json::Value> = (0..8)
+            .map(|l| {
+                let row: Vec<u64> = (0..experts)
+                    .map(|e| ((e * 7 % 32).pow(2) + 1) as u64)
+                    .collect();
+                (l.to_string(), serde_json::json!(row))
+            })
+            .collect();
+        let v = serde_json::json!({
+            "format": crate::calibrate::FORMAT, "version": 1,
+            "model": {"name": "demo", "fingerprint": fingerprint},
+            "counts": counts,
+        });
+        let p = std::env::temp_dir().join(format!(
+            "stats-{}-{fingerprint}-{experts}.json",
+            std::process::id()
+        ));
+        std::fs::write(&p, v.to_string()).unwrap();
+        let _ = f;
+        p
+    }
+
+    #[test]
+    fn expert_stats_put_the_most_used_experts_on_the_gpu() {
+        let f = demo();
+        let n = Needs::default();
+        let full = plan(&f, &PlacementArgs::default(), &n, None).unwrap();
+        let budget = full.gpu_bytes().div_ceil(1 << 20) - 3;
+        let good = stats_file(&f, &crate::calibrate::fingerprint(&f), 32);
+        let p = plan(
+            &f,
+            &args(|a| {
+                a.vram_budget = Some(budget);
+                a.expert_stats = Some(good.clone())
+            }),
+            &n,
+            None,
+        )
+        .unwrap();
+        for l in p.layers.values() {
+            // Every GPU expert is used at least as often as every RAM expert.
+            let use_of = |e: usize| (e * 7 % 32).pow(2);
+            let gpu_min = (0..32).filter(|&e| !l.in_ram[e]).map(use_of).min().unwrap();
+            let ram_max = (0..32).filter(|&e| l.in_ram[e]).map(use_of).max().unwrap();
+            assert!(gpu_min >= ram_max, "{:?}", l.in_ram);
+        }
+        let err = |path| {
+            let a = args(|a| {
+                a.vram_budget = Some(budget);
+                a.expert_stats = Some(path)
+            });
+            format!("{:#}", plan(&f, &a, &n, None).unwrap_err())
+        };
+        let other = stats_file(&f, "fnv1a64:0000000000000000", 32);
+        assert!(err(other.clone()).contains("made for another model"));
+        let short = stats_file(&f, &crate::calibrate::fingerprint(&f), 16);
+        assert!(err(short.clone()).contains("layer 0 has 16 counts"));
+        let missing = std::env::temp_dir().join("no-such-stats.json");
+        assert!(err(missing).contains("cannot read --expert-stats"));
+        for p in [good, other, short] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    #[test]
+    fn ranges_read_well() {
+        assert_eq!(ranges(&[0, 1, 2, 5, 7, 8]), "0-2, 5, 7-8");
+        assert_eq!(ranges(&[]), "");
+    }
 }

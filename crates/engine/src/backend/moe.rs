@@ -30,6 +30,7 @@ pub(super) fn forward(m: &Experts<Cpu>, x: &[f32], exec: Exec) -> Result<Vec<f32
         }
         Ok(())
     })?;
+    crate::routing::record(&m.gate_exps.name, n_expert, sel.iter().map(|&(i, _)| i));
     let pairs = sel
         .chunks_exact(k.max(1))
         .enumerate()

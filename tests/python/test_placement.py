@@ -1,0 +1,88 @@
+"""Hybrid placement from the command line (issue 11): `llm-server fit` plans where every
+expert goes without loading the weights, `llm-server calibrate` writes routing statistics the
+planner reads, and llama-server's placement flags are accepted with clear errors for bad
+values. (The placements themselves run on the GPU: crates/cuda/tests/models.rs.)"""
+import json
+import os
+import subprocess
+
+from helpers import ROOT, binary
+
+DEMO = ROOT / "models" / "demo-moe-f16.gguf"
+WIKI = ROOT / "tests" / "data" / "wikitext-2-raw" / "wiki.test.raw"
+
+
+def cli(*args, ok=True):
+    p = subprocess.run([str(binary()), *map(str, args)], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "RUST_BACKTRACE": "1"})
+    assert (p.returncode == 0) == ok, p
+    return p
+
+
+def experts_line(out):
+    return next(l for l in out.splitlines() if l.startswith("experts: "))
+
+
+def test_fit_prints_the_plan_and_fills_a_budget():
+    whole = cli("fit", "-m", DEMO, "--device", "cpu", "--no-bandwidth").stdout
+    assert "| non-expert weights | GPU |" in whole and "| blk.7 experts (32 × " in whole
+    assert experts_line(whole).startswith("experts: 256 of 256 on the GPU")
+    # 3 MiB short of the whole model: the highest ids of every layer go to RAM, evenly.
+    fitted = cli("fit", "-m", DEMO, "--device", "cpu", "--vram-budget", "95",
+                 "--no-bandwidth").stdout
+    assert "| GPU 18, RAM 14 (experts 18-31) |" in fitted, fitted
+    assert "of a 95 MiB budget" in experts_line(fitted)
+    # llama.cpp's spellings: -ncmoe, -ot with several rules, a device name per rule.
+    flags = cli("fit", "-m", DEMO, "--device", "cpu", "-ncmoe", "2", "-ot",
+                r"blk\.5\.ffn_.*_exps=CPU,blk\.6\.ffn_up_exps=CUDA0", "--no-bandwidth").stdout
+    rows = [l for l in flags.splitlines() if l.startswith("| blk.")]
+    assert [r.split("|")[2].strip() for r in rows] == ["RAM", "RAM", "GPU", "GPU", "GPU", "RAM",
+                                                      "GPU", "GPU"], rows
+
+
+def test_bad_placement_flags_are_one_line_errors():
+    for args, reason in [
+        (["-ot", "exps"], "expected REGEX=DEVICE"),
+        (["-ot", "exps=TPU"], "unknown device"),
+        (["-ot", "(exps=CPU"], "bad regular expression"),
+        (["--fit", "maybe"], "expected on or off"),
+        (["--vram-budget", "40"], "alone need"),
+        (["--vram-budget", "95", "--fit", "off"], "use --fit on"),
+        (["--expert-stats", "/nonexistent.json"], "cannot read --expert-stats"),
+    ]:
+        p = cli("fit", "-m", DEMO, "--device", "cpu", "--no-bandwidth", *args, ok=False)
+        lines = p.stderr.strip().splitlines()
+        assert lines[-1].startswith("error: ") and reason in lines[-1], (args, p.stderr)
+        assert "backtrace" not in p.stderr.lower()
+
+
+def test_calibrate_writes_stats_the_planner_uses(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_bytes(WIKI.read_bytes()[:120_000])
+    stats = tmp_path / "stats.json"
+    cli("calibrate", "-m", DEMO, "-f", text, "-o", stats, "--chunks", "4", "-t", "2")
+    d = json.loads(stats.read_text())
+    assert d["format"] == "llm-server expert-stats" and d["version"] == 1
+    assert d["model"]["arch"] == "qwen35moe" and d["model"]["n_expert"] == 32
+    assert d["gathered"]["tokens"] == 4 * 512
+    counts = {int(k): v for k, v in d["counts"].items()}
+    assert sorted(counts) == list(range(8))
+    # Every token chose 4 experts in every layer.
+    assert all(len(c) == 32 and sum(c) == 4 * 512 * 4 for c in counts.values())
+    out = cli("fit", "-m", DEMO, "--device", "cpu", "--vram-budget", "95", "--expert-stats",
+              stats, "--no-bandwidth").stdout
+    # Layer 0's GPU experts are its most used ones.
+    row = next(l for l in out.splitlines() if l.startswith("| blk.0 experts"))
+    ram = set()
+    for part in row.split("(experts ")[1].split(")")[0].split(", "):
+        a, _, b = part.partition("-")
+        ram.update(range(int(a), int(b or a) + 1))
+    gpu = set(range(32)) - ram
+    assert min(counts[0][e] for e in gpu) >= max(counts[0][e] for e in ram), row
+    # A stats file made for another model is refused by name.
+    other = dict(d, model=dict(d["model"], fingerprint="fnv1a64:0123456789abcdef"))
+    bad = tmp_path / "other.json"
+    bad.write_text(json.dumps(other))
+    p = cli("fit", "-m", DEMO, "--device", "cpu", "--expert-stats", bad, "--no-bandwidth",
+            ok=False)
+    assert "made for another model" in p.stderr, p.stderr
