@@ -251,6 +251,11 @@ fn worker(s: &Shared, index: usize) {
 /// slower); llama.cpp's results do not depend on them either. The pool's threads and every
 /// CPU forward call set it; GPU kernels are compiled with `-ftz=true`.
 pub(crate) fn flush_denormals() {
+    // `LLM_SERVER_FTZ=0` leaves the mode as it is, for before/after measurements.
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *OFF.get_or_init(|| std::env::var_os("LLM_SERVER_FTZ").is_some_and(|v| v == "0")) {
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     // SAFETY: only the FTZ (bit 15) and DAZ (bit 6) bits of this thread's MXCSR change;
     // every x86-64 CPU has SSE2 and DAZ.

@@ -57,6 +57,9 @@ pub struct Args {
     /// Skip the memory-bandwidth measurement after the tg test.
     #[arg(long)]
     pub no_bandwidth: bool,
+    /// `--url`: benchmark a running server instead (its own options).
+    #[command(flatten)]
+    pub client: crate::bench_url::UrlArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]
@@ -71,6 +74,9 @@ enum Test {
 }
 
 pub fn run(mut args: Args) -> anyhow::Result<()> {
+    if args.client.url.is_some() {
+        return crate::bench_url::run(args.client);
+    }
     let path = load::model_path(args.model.clone())?;
     let deepest = args.depth.iter().max().copied().unwrap_or(0)
         + args

@@ -2,6 +2,7 @@
 //! only parses arguments and dispatches.
 
 mod bench;
+mod bench_url;
 mod cache_args;
 mod calibrate;
 mod dequant;
@@ -39,7 +40,7 @@ enum Command {
     /// Run one prompt and print the tokens as they come.
     Run(run::Args),
     /// Prompt and generation speed, measured like llama-bench (-p 512 -n 128).
-    Bench(bench::Args),
+    Bench(Box<bench::Args>),
     /// Perplexity of a text file (llama-perplexity's method).
     Perplexity(perplexity::Args),
     /// Write a synthetic-weight GGUF with the exact layout of a real model.
@@ -81,7 +82,7 @@ fn run() -> anyhow::Result<()> {
         Command::Fit(args) => fit::run(args),
         Command::Calibrate(args) => calibrate::run(args),
         Command::Run(args) => run::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run(*args),
         Command::Perplexity(args) => perplexity::run(args),
         Command::Dequant(args) => dequant::run(args),
         Command::Logits(args) => logits::run(args),

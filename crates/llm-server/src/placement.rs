@@ -435,7 +435,7 @@ pub fn plan(
 }
 
 /// Print the plan (`llm-server fit`): every tensor group, where it goes, the bytes on each
-/// side and the decode speed the bandwidths predict.
+/// side and the decode speed the bandwidths (bytes a second) predict.
 pub fn print(plan: &Plan, k: usize, gpu_bw: Option<f64>, ram_bw: Option<f64>) {
     println!("| tensors | where | MiB |");
     println!("|---|---|---:|");
@@ -481,10 +481,13 @@ pub fn print(plan: &Plan, k: usize, gpu_bw: Option<f64>, ram_bw: Option<f64>) {
     );
     match (gpu_bw, ram_bw) {
         (Some(g), Some(r)) => {
-            let t = dg / (g * 1e9) + dr / (r * 1e9);
+            // Bandwidths in bytes a second.
+            let t = dg / g + dr / r;
             println!(
-                "{line}; at {g:.0} GB/s (GPU copy) and {r:.0} GB/s (RAM read): at most {:.0} \
+                "{line}; at {:.0} GB/s (GPU copy) and {:.1} GB/s (RAM read): at most {:.0} \
                  tok/s from bandwidth alone",
+                g / 1e9,
+                r / 1e9,
                 1.0 / t.max(1e-12)
             );
         }

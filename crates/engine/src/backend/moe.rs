@@ -49,6 +49,8 @@ pub fn experts_sum(
     pairs: impl IntoIterator<Item = (usize, usize, f32)>,
     exec: Exec,
 ) -> Result<Vec<f32>> {
+    // A GPU backend calls this from a driver thread, which is part 0 of the pool's jobs.
+    crate::pool::flush_denormals();
     let (e, n_expert) = (w[0].row_len(), w[0].dims[2] as usize);
     let n = x.len() / e;
     let mut chosen: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n_expert];
