@@ -30,7 +30,7 @@ def test_fit_prints_the_plan_and_fills_a_budget():
     # 3 MiB short of the whole model: the highest ids of every layer go to RAM, evenly.
     fitted = cli("fit", "-m", DEMO, "--device", "cpu", "--vram-budget", "95",
                  "--no-bandwidth").stdout
-    assert "| GPU 18, RAM 14 (experts 18-31) |" in fitted, fitted
+    assert "| GPU 17, RAM 15 (experts 17-31) |" in fitted, fitted
     assert "of a 95 MiB budget" in experts_line(fitted)
     # llama.cpp's spellings: -ncmoe, -ot with several rules, a device name per rule.
     flags = cli("fit", "-m", DEMO, "--device", "cpu", "-ncmoe", "2", "-ot",

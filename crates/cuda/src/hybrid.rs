@@ -54,11 +54,13 @@ pub(crate) struct HostExperts {
     pub(crate) slot_dev: DevBuf,
 }
 
-/// The pinned staging of the hand-offs and the fork/join events (one forward at a time).
+/// The pinned staging of the hand-offs, the fork/join events, and the device buffer a batch
+/// streams a whole expert tensor into (one forward at a time).
 #[derive(Debug, Default)]
 pub(crate) struct Staging {
     host: Option<Arc<HostBuf>>,
     events: Option<(Event, Event)>,
+    device: Option<Arc<DevBuf>>,
 }
 
 /// One MoE layer's RAM side, run by a host function on the side stream: read the pairs,
@@ -269,6 +271,69 @@ impl Cuda {
         }
         lock(&self.pending_jobs).push(job);
         Ok(out)
+    }
+
+    /// Whether a batch can stream `w`'s RAM experts to the GPU: it has some, the kernels read
+    /// the file's type as it is, and `LLM_SERVER_HYBRID_STREAM` is not `0`.
+    pub(crate) fn streamable(&self, w: &CudaMat) -> bool {
+        w.host.as_ref().is_some_and(|h| h.tensor.ty == w.ty)
+            && std::env::var("LLM_SERVER_HYBRID_STREAM").map_or(true, |v| v != "0")
+    }
+
+    /// `w` whole on the device for one batch (DESIGN §3 item 4): its GPU experts copied from
+    /// their slots, its RAM experts from the file, into the staging buffer, in id order — runs
+    /// of neighbouring experts one copy each (the planner's uniform placement makes two runs
+    /// a tensor). The copies are ordered on the stream before the product that reads them and
+    /// after the one that read the previous tensor.
+    pub(crate) fn stream_experts(&self, w: &CudaMat) -> Result<CudaMat> {
+        let h = w.host.as_ref().expect("streamable");
+        let eb = w.m * w.row_bytes;
+        let total = eb * w.experts;
+        let data = h.tensor.data();
+        if data.len() < total {
+            return Err(Error::Size(format!(
+                "{}: {} bytes in the file for {total}",
+                h.tensor.name,
+                data.len()
+            )));
+        }
+        let buf = {
+            let mut st = lock(&self.staging_h);
+            if st.device.as_ref().is_none_or(|d| d.bytes() < total) {
+                // An earlier product may still read the old buffer.
+                self.gpu.sync()?;
+                st.device = None;
+                st.device = Some(Arc::new(self.gpu.alloc(total)?));
+            }
+            st.device.clone().expect("allocated above")
+        };
+        let mut e = 0;
+        while e < w.experts {
+            let ram = h.slot[e] < 0;
+            let mut end = e + 1;
+            while end < w.experts && (h.slot[end] < 0) == ram {
+                end += 1;
+            }
+            let (dst, bytes) = (buf.ptr() + (e * eb) as u64, (end - e) * eb);
+            // SAFETY: the staging holds `total` ≥ end·eb bytes; the packed buffer holds the
+            // slots of GPU experts e..end (consecutive: slots follow ids); the file's bytes are
+            // checked above.
+            unsafe {
+                match ram {
+                    true => self.gpu.htod(dst, &data[e * eb..end * eb])?,
+                    false => {
+                        let src = w.buf.ptr() + (h.slot[e] as usize * eb) as u64;
+                        self.gpu.dtod(dst, src, bytes)?
+                    }
+                }
+            }
+            e = end;
+        }
+        Ok(CudaMat {
+            buf,
+            host: None,
+            ..w.clone()
+        })
     }
 
     /// Make the main stream wait for the RAM side queued by [`Cuda::queue_ram_experts`].

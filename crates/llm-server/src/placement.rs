@@ -95,6 +95,9 @@ pub struct Plan {
     pub state_bytes: u64,
     /// Compute buffers (activations of a micro-batch, logits).
     pub compute_bytes: u64,
+    /// With experts in RAM: the buffer a prefill batch streams one whole expert tensor into
+    /// (the largest).
+    pub stream_bytes: u64,
     /// The GPU memory the plan may use (`None`: not limited).
     pub budget: Option<u64>,
     /// Notes for the user (flags that could not be followed as written).
@@ -116,7 +119,11 @@ impl Plan {
 
     /// GPU bytes in all.
     pub fn gpu_bytes(&self) -> u64 {
-        self.dense_bytes + self.state_bytes + self.compute_bytes + self.expert_bytes().0
+        self.dense_bytes
+            + self.state_bytes
+            + self.compute_bytes
+            + self.stream_bytes
+            + self.expert_bytes().0
     }
 
     /// The backend's placement.
@@ -320,11 +327,13 @@ pub fn plan(
         ..Plan::default()
     };
     let mut kept_dense = Vec::new();
+    let mut largest_experts = 0;
     for t in file.tensors() {
         let bytes = gpu_bytes_of(t.ty, t.n_bytes, t.n_elements);
         let rule = rules.iter().find(|r| r.re.is_match(&t.name));
         match expert_layer(&t.name) {
             Some(il) => {
+                largest_experts = largest_experts.max(bytes);
                 let n_expert = t.dims.get(2).copied().unwrap_or(1) as usize;
                 let l = plan.layers.entry(il).or_default();
                 l.names.push(t.name.clone());
@@ -369,6 +378,9 @@ pub fn plan(
             }
         }
     }
+    if plan.counts().0 > 0 {
+        plan.stream_bytes = largest_experts;
+    }
     let budget = match (args.vram_budget, free) {
         (Some(b), _) => Some(b << 20),
         (None, Some(f)) => Some(f.saturating_sub(args.fit_target.unwrap_or(1024) << 20)),
@@ -395,6 +407,19 @@ pub fn plan(
     }
     if plan.gpu_bytes() <= budget {
         return Ok(plan);
+    }
+    // Some experts will be in RAM: the streaming buffer comes first.
+    plan.stream_bytes = largest_experts;
+    let fixed = fixed + plan.stream_bytes;
+    if fixed > budget {
+        anyhow::bail!(
+            "the GPU budget is {:.0} MiB: the non-expert part ({:.0} MiB) fits, but not with the \
+             {:.0} MiB buffer a prefill streams RAM experts through; use a smaller -c or a larger \
+             --vram-budget",
+            budget as f64 / MIB,
+            (fixed - plan.stream_bytes) as f64 / MIB,
+            plan.stream_bytes as f64 / MIB
+        );
     }
     if !fit {
         anyhow::bail!(
@@ -451,6 +476,12 @@ pub fn print(plan: &Plan, k: usize, gpu_bw: Option<f64>, ram_bw: Option<f64>) {
         "| compute buffers | GPU | {:.0} |",
         plan.compute_bytes as f64 / MIB
     );
+    if plan.stream_bytes > 0 {
+        println!(
+            "| prefill's streaming buffer (the largest expert tensor) | GPU | {:.0} |",
+            plan.stream_bytes as f64 / MIB
+        );
+    }
     for (il, l) in &plan.layers {
         let ram: Vec<usize> = (0..l.n_expert).filter(|&e| l.in_ram[e]).collect();
         let g = l.n_expert - ram.len();

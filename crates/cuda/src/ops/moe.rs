@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use engine::backend::Experts;
 
-use crate::backend::{Cuda, CudaAct, CudaStep, CudaVec};
+use crate::backend::{Cuda, CudaAct, CudaMat, CudaStep, CudaVec};
 use crate::error::Result;
 use crate::kernels::Src;
 use crate::pool::Block;
@@ -75,22 +75,23 @@ impl Cuda {
             )));
         }
         let route = self.route(e, x)?; // ffn_moe_logits, ffn_moe_topk, ffn_moe_weights_norm
-                                       // Hybrid placement: the RAM side on the side stream while the GPU does its experts.
+        let pairs = n * k;
+        let mats = [&e.gate_exps, &e.up_exps, &e.down_exps];
+        let q8 = pairs <= MOE_MMV_PAIRS && mats.iter().all(|w| self.q8_ok(w));
+        // Hybrid placement: a batch's grouped products stream the RAM experts to the GPU
+        // (`stream_experts`); fewer pairs go to the pool on the side stream while the GPU does
+        // its experts.
+        let streamed = pairs > MOE_MMV_PAIRS && mats.iter().all(|w| self.streamable(w));
         let host = match &e.gate_exps.host {
-            Some(_) => Some(self.queue_ram_experts(
+            Some(_) if !streamed => Some(self.queue_ram_experts(
                 route.ids.ptr(),
                 &route.weights,
                 x,
-                [&e.gate_exps, &e.up_exps, &e.down_exps],
+                mats,
                 step.exec,
             )?),
-            None => None,
+            _ => None,
         };
-        let pairs = n * k;
-        let q8 = pairs <= MOE_MMV_PAIRS
-            && [&e.gate_exps, &e.up_exps, &e.down_exps]
-                .iter()
-                .all(|w| self.q8_ok(w));
         // The shared expert rides in the experts' launches when its matrices match theirs:
         // its gate and up rows after the pairs' rows, its down product beside theirs.
         let merged = q8
@@ -166,12 +167,21 @@ impl Cuda {
             self.mmv(&[(&e.down_exps, &down, emb)], &by_id(&gate, Some(&up), 1))?;
             None
         } else {
-            let s = self.sort(&route, ne)?;
+            // Streamed: every expert is in the staging copy, in id order.
+            let ids = match streamed {
+                true => route.ids.ptr(),
+                false => route.gpu_ids(),
+            };
+            let s = self.sort(&route, ids, ne)?;
             let t = |rows: u64| Some((s.tiles(), s.n_tiles(), rows, s.max_tiles));
-            self.gemm(&e.gate_exps, ff, x, &gate, t(s.x_row()))?;
-            self.gemm(&e.up_exps, ff, x, &up, t(s.x_row()))?;
+            let whole = |w: &CudaMat| match streamed {
+                true => self.stream_experts(w),
+                false => Ok(w.clone()),
+            };
+            self.gemm(&whole(&e.gate_exps)?, ff, x, &gate, t(s.x_row()))?;
+            self.gemm(&whole(&e.up_exps)?, ff, x, &up, t(s.x_row()))?;
             self.binary("glu_silu", &gate, &up)?;
-            self.gemm(&e.down_exps, emb, &gate, &down, t(0))?;
+            self.gemm(&whole(&e.down_exps)?, emb, &gate, &down, t(0))?;
             Some(s)
         };
         // The shared expert (ffn_shexp), then everything summed in one pass.
@@ -259,7 +269,7 @@ impl Cuda {
 
     /// Sort the pairs by expert on the device (no host sync: the grouped product reads the
     /// tile count from device memory).
-    fn sort(&self, r: &Route, ne: usize) -> Result<Sorted> {
+    fn sort(&self, r: &Route, ids: u64, ne: usize) -> Result<Sorted> {
         let pairs = r.n * r.k;
         let max_tiles = pairs.div_ceil(64) + ne;
         let s = Sorted {
@@ -268,7 +278,7 @@ impl Cuda {
             max_tiles,
         };
         let f = self.f(Src::Moe, "moe_sort")?;
-        let (ip, np, ki, nei, tile) = (r.gpu_ids(), pairs as i32, r.k as i32, ne as i32, 64i32);
+        let (ip, np, ki, nei, tile) = (ids, pairs as i32, r.k as i32, ne as i32, 64i32);
         let (slot, xrow, tiles, n_tiles) = (s.slot_of(), s.x_row(), s.tiles(), s.n_tiles());
         // SAFETY: the scratch holds slot_of, x_row (pairs each), the tiles and the count.
         unsafe {
