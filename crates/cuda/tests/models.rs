@@ -114,31 +114,36 @@ fn greedy(model: &dyn Model, prompt: &[u32], n: usize) -> Vec<u32> {
 #[test]
 #[ignore = "needs a CUDA GPU: scripts/device/gpu-tests.sh"]
 fn gpu_logits_agree_with_the_cpu_engine() {
-    let text = std::fs::read_to_string(root().join("tests/data/wikitext-2-raw/wiki.test.raw"))
-        .expect("wikitext");
-    let text = &text[..60_000];
     let backend = cuda::Cuda::open(0).expect("GPU");
     for path in files() {
-        let name = path
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let file = Arc::new(gguf::GgufFile::open(&path).expect("model file"));
-        let tok = Tokenizer::from_gguf(file.metadata()).ok();
-        let cpu = engine::load(file.clone()).expect("cpu load");
-        let gpu = engine::load_on(file.clone(), backend.clone()).expect("gpu load");
-        let nv = cpu.n_vocab();
-        let tokens: Vec<u32> = match &tok {
-            Some(t) => t
-                .encode(text, false, false)
-                .into_iter()
-                .take(1024)
-                .collect(),
-            None => (0..1024).map(|i| (i * 7919 % nv) as u32).collect(),
-        };
-        assert_eq!(tokens.len(), 1024, "{name}: tokens");
+        let (name, file, cpu, tokens) = opened(&path);
+        let gpu = engine::load_on(file, backend.clone()).expect("gpu load");
         agree(&name, &*cpu, &*gpu, &tokens);
     }
+}
+
+/// A test file: its name, the file, the model on the CPU engine, and 1,024 tokens of
+/// WikiText-2 (ids spread over the vocabulary where the file has no tokenizer).
+fn opened(path: &std::path::Path) -> (String, Arc<gguf::GgufFile>, Box<dyn Model>, Vec<u32>) {
+    let text = std::fs::read_to_string(root().join("tests/data/wikitext-2-raw/wiki.test.raw"))
+        .expect("wikitext");
+    let name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let file = Arc::new(gguf::GgufFile::open(path).expect("model file"));
+    let cpu = engine::load(file.clone()).expect("cpu load");
+    let nv = cpu.n_vocab();
+    let tokens: Vec<u32> = match Tokenizer::from_gguf(file.metadata()).ok() {
+        Some(t) => t
+            .encode(&text[..60_000], false, false)
+            .into_iter()
+            .take(1024)
+            .collect(),
+        None => (0..1024).map(|i| (i * 7919 % nv) as u32).collect(),
+    };
+    assert_eq!(tokens.len(), 1024, "{name}: tokens");
+    (name, file, cpu, tokens)
 }
 
 /// `gpu` against `cpu` over `tokens` (prefill in chunks of 256, the last 64 as decode steps):
@@ -225,19 +230,14 @@ fn graph_replay_matches_eager_decode() {
 
 /// Hybrid placement (issue 11): experts kept in RAM by the planner's rules — every other
 /// expert, the first layer's all and the rest's upper half, all of them (`--cpu-moe`) —
-/// give logits within the same bounds of the CPU engine's, prefill and decode (the decode
-/// steps replayed from a graph whose host nodes run the RAM experts).
+/// give logits within the same bounds of the CPU engine's: prefill (batches stream the RAM
+/// experts to the GPU) and decode (steps replayed from a graph whose host nodes have the pool
+/// compute the RAM experts).
 #[test]
 #[ignore = "needs a CUDA GPU: scripts/device/gpu-tests.sh"]
 fn hybrid_placements_agree_with_the_cpu_engine() {
-    let text = std::fs::read_to_string(root().join("tests/data/wikitext-2-raw/wiki.test.raw"))
-        .expect("wikitext");
     for path in files() {
-        let name = path
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let file = Arc::new(gguf::GgufFile::open(&path).expect("model file"));
+        let (name, file, cpu, tokens) = opened(&path);
         let experts: Vec<(String, usize, usize)> = file
             .tensors()
             .iter()
@@ -250,17 +250,6 @@ fn hybrid_placements_agree_with_the_cpu_engine() {
         if experts.is_empty() {
             continue;
         }
-        let tok = Tokenizer::from_gguf(file.metadata()).ok();
-        let cpu = engine::load(file.clone()).expect("cpu load");
-        let nv = cpu.n_vocab();
-        let tokens: Vec<u32> = match &tok {
-            Some(t) => t
-                .encode(&text[..60_000], false, false)
-                .into_iter()
-                .take(1024)
-                .collect(),
-            None => (0..1024).map(|i| (i * 7919 % nv) as u32).collect(),
-        };
         type Rule = fn(usize, usize, usize) -> bool;
         let rules: [(&str, Rule); 3] = [
             ("every other expert in RAM", |_, e, _| e % 2 == 1),

@@ -83,13 +83,9 @@ impl Cuda {
         // its experts.
         let streamed = pairs > MOE_MMV_PAIRS && mats.iter().all(|w| self.streamable(w));
         let host = match &e.gate_exps.host {
-            Some(_) if !streamed => Some(self.queue_ram_experts(
-                route.ids.ptr(),
-                &route.weights,
-                x,
-                mats,
-                step.exec,
-            )?),
+            Some(_) if !streamed => {
+                Some(self.queue_ram_experts(route.ids.ptr(), &route.weights, x, mats, step.exec)?)
+            }
             _ => None,
         };
         // The shared expert rides in the experts' launches when its matrices match theirs:
