@@ -86,3 +86,25 @@ def test_calibrate_writes_stats_the_planner_uses(tmp_path):
     p = cli("fit", "-m", DEMO, "--device", "cpu", "--expert-stats", bad, "--no-bandwidth",
             ok=False)
     assert "made for another model" in p.stderr, p.stderr
+
+
+def test_the_seeds_launch_line_runs():
+    """llama-server's flags as the seed launches it (issue 11 req. 1), on the demo model and
+    the CPU here (`--port 0` so tests do not collide): it parses, loads and listens."""
+    import select
+    import time
+    p = subprocess.Popen(
+        [str(binary()), "serve", "-m", str(DEMO), "-c", "65536", "--fit", "on", "-fa", "on",
+         "-t", "20", "--no-mmap", "--jinja", "-ctk", "q8_0", "-ctv", "q8_0", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, line = time.monotonic() + 120, ""
+        while time.monotonic() < deadline and not line.startswith("listening on "):
+            ready, _, _ = select.select([p.stdout], [], [], 0.5)
+            if ready:
+                line = p.stdout.readline()
+            assert p.poll() is None, p.stderr.read()
+        assert line.startswith("listening on "), line
+    finally:
+        p.terminate()
+        p.wait(timeout=30)

@@ -41,6 +41,7 @@ const SINGLE_DASH: &[(&str, &str)] = &[
     ("-ncmoe", "--n-cpu-moe"),
     ("-fitt", "--fit-target"),
     ("-fitc", "--fit-ctx"),
+    ("-fa", "--flash-attn"),
 ];
 
 /// `args` with [`SINGLE_DASH`] flags rewritten.

@@ -18,9 +18,33 @@ pub struct DeviceArgs {
     /// Which experts stay in RAM (hybrid placement).
     #[command(flatten)]
     pub placement: crate::placement::PlacementArgs,
+    /// Read the model file into memory instead of mapping it (llama.cpp's `--no-mmap`).
+    #[arg(long = "no-mmap", overrides_with = "mmap")]
+    pub no_mmap: bool,
+    /// Map the model file (the default; llama.cpp's `--mmap`).
+    #[arg(long, overrides_with = "no_mmap")]
+    pub mmap: bool,
+    /// llama.cpp's `-fa/--flash-attn on|off|auto`: accepted so its command lines run; attention
+    /// here is always the fused online-softmax kind (`off` changes nothing).
+    #[arg(long = "flash-attn", value_name = "on|off|auto")]
+    pub flash_attn: Option<FlashAttn>,
+    /// llama-server's `--jinja`: accepted; chat templates are always run as Jinja here.
+    #[arg(long)]
+    pub jinja: bool,
     /// What the command will allocate (set by the command, for the planner).
     #[arg(skip)]
     pub needs: crate::placement::Needs,
+}
+
+/// `--flash-attn` values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlashAttn {
+    /// As llama.cpp's.
+    On,
+    /// As llama.cpp's.
+    Off,
+    /// As llama.cpp's.
+    Auto,
 }
 
 /// What [`DeviceArgs`] resolves to.
@@ -76,6 +100,11 @@ pub type Placed = (Box<dyn engine::Model>, Option<Arc<cuda::Cuda>>);
 
 /// Load `file` where `args` says; the GPU backend too when one is used.
 pub fn load(path: &Path, file: Arc<gguf::GgufFile>, args: &DeviceArgs) -> anyhow::Result<Placed> {
+    let file = match args.no_mmap {
+        // llama.cpp's --no-mmap: the weights in this process's memory, not the page cache's.
+        true => Arc::new(crate::load::read_gguf(path)?),
+        false => file,
+    };
     use anyhow::Context;
     let want = args.resolve(n_layer(&file))?;
     let gpu = match want {

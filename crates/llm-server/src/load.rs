@@ -87,6 +87,13 @@ pub fn open_gguf(path: &Path) -> anyhow::Result<gguf::GgufFile> {
     })
 }
 
+/// `path` read whole into memory (`--no-mmap`), parsed.
+pub fn read_gguf(path: &Path) -> anyhow::Result<gguf::GgufFile> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    gguf::GgufFile::from_bytes(bytes)
+        .map_err(|e| anyhow::Error::new(e).context(format!("cannot read {}", path.display())))
+}
+
 /// A model without its tokenizer: what `bench` needs (llama-bench loads files whose
 /// tokenizer model is `none`, and so do we).
 pub struct Bare {
