@@ -5,6 +5,7 @@ mod bench;
 mod bench_url;
 mod cache_args;
 mod calibrate;
+mod compare;
 mod dequant;
 mod device_args;
 mod fit;
@@ -49,6 +50,8 @@ enum Command {
     Fit(fit::Args),
     /// Count how often each expert is chosen over a text (for --expert-stats).
     Calibrate(calibrate::Args),
+    /// Tables and charts of `bench --url` results.
+    Compare(compare::Args),
     /// Dequantize raw ggml blocks to little-endian f32 (a test tool for the bit-exact checks).
     #[command(hide = true)]
     Dequant(dequant::Args),
@@ -81,6 +84,7 @@ fn run() -> anyhow::Result<()> {
         Command::Synth(args) => synth::run(args),
         Command::Fit(args) => fit::run(args),
         Command::Calibrate(args) => calibrate::run(args),
+        Command::Compare(args) => compare::run(args),
         Command::Run(args) => run::run(args),
         Command::Bench(args) => bench::run(*args),
         Command::Perplexity(args) => perplexity::run(args),
