@@ -210,8 +210,7 @@ const FONT: &str = "dejavu-sans";
 
 /// Both charts, each as SVG and PNG.
 fn charts(configs: &BTreeMap<String, Config>, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular())
-        .map_err(|_| anyhow::anyhow!("the embedded font does not load"))?;
+    use_font()?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = |stem: &str, ext: &str| dir.join(format!("{stem}.{ext}"));
     let (d_svg, d_png) = (path("compare-decode", "svg"), path("compare-decode", "png"));
@@ -235,7 +234,8 @@ fn palette(i: usize) -> RGBColor {
     RGBColor(r, g, b)
 }
 
-/// Aggregate decode tok/s by suite (groups) and configuration (bars), at concurrency 1.
+/// Aggregate decode tok/s by suite (groups) and configuration (bars), at the lowest
+/// concurrency each ran.
 fn decode_chart<DB: DrawingBackend>(
     configs: &BTreeMap<String, Config>,
     area: &DrawingArea<DB, plotters::coord::Shift>,
@@ -243,16 +243,12 @@ fn decode_chart<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    area.fill(&WHITE).map_err(err)?;
-    let suites: Vec<usize> = {
-        let mut s: Vec<usize> = configs
-            .values()
-            .flat_map(|c| c.decode.keys().map(|k| k.0))
-            .collect();
-        s.sort();
-        s.dedup();
-        s
-    };
+    let mut suites: Vec<usize> = configs
+        .values()
+        .flat_map(|c| c.decode.keys().map(|k| k.0))
+        .collect();
+    suites.sort();
+    suites.dedup();
     let level = |c: &Config, s: usize| {
         c.decode
             .iter()
@@ -260,45 +256,68 @@ where
             .min_by_key(|((_, lv), _)| *lv)
             .map(|(_, v)| median(v))
     };
-    let top = configs
-        .values()
-        .flat_map(|c| suites.iter().filter_map(|&s| level(c, s)))
-        .fold(1.0f64, f64::max);
-    let n = configs.len().max(1) as f64;
+    let groups: Vec<String> = suites
+        .iter()
+        .map(|&s| SUITES.get(s).copied().unwrap_or("other").to_string())
+        .collect();
+    let series: Vec<(String, Vec<Option<f64>>)> = configs
+        .iter()
+        .map(|(l, c)| (l.clone(), suites.iter().map(|&s| level(c, s)).collect()))
+        .collect();
+    let title = "decode tok/s (aggregate, lowest concurrency)";
+    bar_chart(area, title, "tok/s", &groups, &series)
+}
+
+/// A grouped bar chart: for each group (x), one bar per series, with a legend.
+pub(crate) fn bar_chart<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    y_desc: &str,
+    groups: &[String],
+    series: &[(String, Vec<Option<f64>>)],
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    area.fill(&WHITE).map_err(err)?;
+    let top = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().flatten().copied())
+        .fold(f64::MIN_POSITIVE, f64::max);
+    let n = series.len().max(1) as f64;
     let mut chart = ChartBuilder::on(area)
-        .caption("decode tok/s (aggregate, lowest concurrency)", (FONT, 22))
+        .caption(title, (FONT, 22))
         .margin(12)
         .x_label_area_size(40)
-        .y_label_area_size(60)
-        // Room under zero for the suites' names (the axis's own labels fall on round
+        .y_label_area_size(70)
+        // Room under zero for the groups' names (the axis's own labels fall on round
         // numbers, not on the groups' middles).
-        .build_cartesian_2d(0f64..suites.len() as f64, -top * 0.08..top * 1.15)
+        .build_cartesian_2d(0f64..groups.len().max(1) as f64, -top * 0.08..top * 1.15)
         .map_err(err)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(0)
-        .y_desc("tok/s")
+        .y_desc(y_desc)
         .label_style((FONT, 14))
         .draw()
         .map_err(err)?;
-    let names = suites.iter().enumerate().map(|(i, &s)| {
-        let name = SUITES.get(s).copied().unwrap_or("other");
+    let names = groups.iter().enumerate().map(|(i, name)| {
         Text::new(
-            name,
+            name.clone(),
             (i as f64 + 0.5, -top * 0.03),
             TextStyle::from((FONT, 16).into_font()).pos(Pos::new(HPos::Center, VPos::Top)),
         )
     });
     chart.draw_series(names).map_err(err)?;
-    for (ci, (label, c)) in configs.iter().enumerate() {
+    for (ci, (label, values)) in series.iter().enumerate() {
         let color = palette(ci);
-        let bars: Vec<Rectangle<(f64, f64)>> = suites
+        let bars: Vec<Rectangle<(f64, f64)>> = values
             .iter()
             .enumerate()
-            .filter_map(|(si, &s)| {
-                let v = level(c, s)?;
-                let x0 = si as f64 + 0.1 + 0.8 * ci as f64 / n;
+            .filter_map(|(gi, v)| {
+                let v = (*v)?;
+                let x0 = gi as f64 + 0.1 + 0.8 * ci as f64 / n;
                 Some(Rectangle::new(
                     [(x0, 0.0), (x0 + 0.8 / n * 0.9, v)],
                     color.filled(),
@@ -320,6 +339,38 @@ where
         .map_err(err)?;
     area.present().map_err(err)?;
     Ok(())
+}
+
+/// [`bar_chart`] into `dir/stem.svg` and `dir/stem.png`.
+pub(crate) fn bar_chart_files(
+    dir: &Path,
+    stem: &str,
+    (title, y_desc): (&str, &str),
+    groups: &[String],
+    series: &[(String, Vec<Option<f64>>)],
+) -> anyhow::Result<[PathBuf; 2]> {
+    use_font()?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let (svg, png) = (
+        dir.join(format!("{stem}.svg")),
+        dir.join(format!("{stem}.png")),
+    );
+    let size = (900, 500);
+    {
+        let area = SVGBackend::new(&svg, size).into_drawing_area();
+        bar_chart(&area, title, y_desc, groups, series)?;
+    }
+    {
+        let area = BitMapBackend::new(&png, size).into_drawing_area();
+        bar_chart(&area, title, y_desc, groups, series)?;
+    }
+    Ok([svg, png])
+}
+
+/// Register the embedded font under [`FONT`].
+fn use_font() -> anyhow::Result<()> {
+    plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular())
+        .map_err(|_| anyhow::anyhow!("the embedded font does not load"))
 }
 
 /// Median time to first token against the median prompt length of each suite, one line a

@@ -355,6 +355,15 @@ pub struct Summary {
     p_diff_values: Vec<f64>,
 }
 
+/// [`Summary::headline`]'s figures.
+#[derive(Debug, Clone, Copy)]
+pub struct Headline {
+    pub ppl: f64,
+    pub kld_mean: f64,
+    pub kld_999: f64,
+    pub same_top: f64,
+}
+
 /// Σx, Σx², n.
 #[derive(Default, Clone, Copy)]
 pub struct Moments {
@@ -460,6 +469,18 @@ impl Summary {
     }
 
     /// The closing statistics.
+    /// The quality matrix's figures: PPL of the model and of the base, mean and 99.9th
+    /// percentile KL divergence, same top token (fraction).
+    pub fn headline(&mut self) -> Headline {
+        let kld = sorted(&mut self.kld_values);
+        Headline {
+            ppl: self.nll.mean().exp(),
+            kld_mean: self.kld.mean(),
+            kld_999: percentile(kld, 0.999),
+            same_top: self.same_top().0,
+        }
+    }
+
     pub fn report(&mut self) -> String {
         let mut s = String::new();
         let mut line = |l: String| {

@@ -15,6 +15,7 @@ mod load;
 mod logits;
 mod perplexity;
 mod placement;
+mod quality;
 mod run;
 mod serve;
 mod synth;
@@ -52,6 +53,8 @@ enum Command {
     Calibrate(calibrate::Args),
     /// Tables and charts of `bench --url` results.
     Compare(compare::Args),
+    /// Perplexity and KL divergence of files and KV types against a reference, as a matrix.
+    Quality(quality::Args),
     /// Dequantize raw ggml blocks to little-endian f32 (a test tool for the bit-exact checks).
     #[command(hide = true)]
     Dequant(dequant::Args),
@@ -85,6 +88,7 @@ fn run() -> anyhow::Result<()> {
         Command::Fit(args) => fit::run(args),
         Command::Calibrate(args) => calibrate::run(args),
         Command::Compare(args) => compare::run(args),
+        Command::Quality(args) => quality::run(args),
         Command::Run(args) => run::run(args),
         Command::Bench(args) => bench::run(*args),
         Command::Perplexity(args) => perplexity::run(args),

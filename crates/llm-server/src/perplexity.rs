@@ -64,13 +64,18 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         bail!("--ctx-size must be at least 2");
     }
     match (&args.kl_base, args.kl_divergence) {
-        (Some(base), true) => compare(&args, &m, base),
-        _ => perplexity(&args, &m),
+        (Some(base), true) => {
+            let mut summary = compare(&args, &m, base)?;
+            println!("{}", summary.report());
+            Ok(())
+        }
+        _ => perplexity(&args, &m).map(|_| ()),
     }
 }
 
 /// Score the text file; with `--kl-divergence-base`, save the distributions too.
-fn perplexity(args: &Args, m: &Loaded) -> anyhow::Result<()> {
+/// Returns the perplexity.
+pub(crate) fn perplexity(args: &Args, m: &Loaded) -> anyhow::Result<f64> {
     let file = args.file.as_ref().context("--file is required")?;
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let text = String::from_utf8_lossy(&bytes);
@@ -142,11 +147,11 @@ fn perplexity(args: &Args, m: &Loaded) -> anyhow::Result<()> {
         nll.count(),
         t0.elapsed().as_secs_f64()
     );
-    Ok(())
+    Ok(ppl)
 }
 
 /// Compare this model with the distributions saved in `base`, over the base's tokens.
-fn compare(args: &Args, m: &Loaded, base: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) fn compare(args: &Args, m: &Loaded, base: &std::path::Path) -> anyhow::Result<Summary> {
     let mut r = BaseReader::open(base)?;
     let nv = m.model.n_vocab();
     if r.n_vocab != nv {
@@ -188,8 +193,7 @@ fn compare(args: &Args, m: &Loaded, base: &std::path::Path) -> anyhow::Result<()
         "{n_chunk} chunks of {n_ctx}, {:.1} s",
         t0.elapsed().as_secs_f64()
     );
-    println!("{}", summary.report());
-    Ok(())
+    Ok(summary)
 }
 
 /// Run one chunk (BOS over its first token when the model adds one) and return the logits of
