@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::Value;
@@ -330,15 +331,7 @@ where
             .label(label.as_str())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
     }
-    chart
-        .configure_series_labels()
-        .label_font((FONT, 14))
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
-    area.present().map_err(err)?;
-    Ok(())
+    legend_and_present(&mut chart, area)
 }
 
 /// [`bar_chart`] into `dir/stem.svg` and `dir/stem.png`.
@@ -435,6 +428,17 @@ where
             .draw_series(p.iter().map(|&xy| Circle::new(xy, 4, color.filled())))
             .map_err(err)?;
     }
+    legend_and_present(&mut chart, area)
+}
+
+/// The legend box, then the picture written out.
+fn legend_and_present<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
     chart
         .configure_series_labels()
         .label_font((FONT, 14))
