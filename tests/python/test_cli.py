@@ -34,3 +34,18 @@ def test_default_model_next_to_an_installed_binary(tmp_path):
     assert p.returncode == 0, p.stderr
     # Found beside the binary (bin/../share/llm-server), not in the source checkout.
     assert f"model: {bin_dir}/../share/llm-server/demo-moe-f16.gguf" in p.stderr, p.stderr
+
+
+def test_prompts_in_pieces_give_the_same_tokens():
+    """llama.cpp's -b/-ub: a prompt goes through the model min(b, ub) tokens a call; greedy
+    output is the same whatever the piece size (the DeltaNet state and KV cache carry over)."""
+    prompt = (ROOT / "tests" / "data" / "wikitext-2-raw" / "wiki.test.raw").read_bytes()[:1500]
+    prompt = prompt.decode().replace("\r", "")
+    outs = []
+    for extra in [[], ["-ub", "16"], ["-b", "7"]]:
+        p = subprocess.run([str(binary()), "run", "-p", prompt, "-n", "12", "--temp", "0",
+                            "--device", "cpu", "-t", "2", *extra],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        outs.append(p.stdout)
+    assert outs[0] and outs[0] == outs[1] == outs[2], outs

@@ -26,6 +26,25 @@ impl CacheArgs {
     }
 }
 
+/// llama.cpp's `-b/--batch-size` and `-ub/--ubatch-size` for the commands that take prompts
+/// (`serve`, `run`): a prompt goes through the model `min(b, ub)` tokens a forward call.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BatchArgs {
+    /// Logical batch (llama.cpp's `-b`): prompt tokens a forward call at most.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 2048)]
+    pub batch: usize,
+    /// Physical batch (llama.cpp's `-ub`): prompt tokens a forward call.
+    #[arg(long = "ubatch-size", default_value_t = 512)]
+    pub ubatch: usize,
+}
+
+impl BatchArgs {
+    /// Tokens a prompt's forward call takes.
+    pub fn ubatch(&self) -> usize {
+        self.batch.min(self.ubatch).max(1)
+    }
+}
+
 fn kv_type(s: &str) -> Result<KvType, String> {
     s.parse().map_err(|e: engine::Error| e.to_string())
 }

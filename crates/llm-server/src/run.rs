@@ -38,6 +38,8 @@ pub struct Args {
     #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]
+    pub batch: crate::cache_args::BatchArgs,
+    #[command(flatten)]
     pub device: crate::device_args::DeviceArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -93,6 +95,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     args.device.needs = crate::placement::Needs {
         n_ctx: args.ctx_size,
         cache: args.cache.config(),
+        ubatch: args.batch.ubatch(),
         ..Default::default()
     };
     let m = load::open(&path, args.threads, &args.device)?;
@@ -126,6 +129,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         model: m.model.as_ref(),
         tokenizer: &m.tokenizer,
         exec: m.exec,
+        ubatch: args.batch.ubatch(),
     };
     let mut out = std::io::stdout().lock();
     let mut write_err = None;

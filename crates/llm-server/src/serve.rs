@@ -52,6 +52,8 @@ pub struct Args {
     #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]
+    pub batch: crate::cache_args::BatchArgs,
+    #[command(flatten)]
     pub device: crate::device_args::DeviceArgs,
 }
 
@@ -72,6 +74,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     args.device.needs = crate::placement::Needs {
         n_ctx: args.ctx_size,
         cache: args.cache.config(),
+        ubatch: args.batch.ubatch(),
         ..Default::default()
     };
     let m = load::open(&path, args.threads, &args.device)?;
@@ -108,6 +111,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             _ => Pooling::Mean,
         })
         .with_cache(args.cache.config())
+        .with_ubatch(args.batch.ubatch())
         .with_reasoning(match args.reasoning_format {
             ReasoningArg::Auto | ReasoningArg::Deepseek => ReasoningFormat::Deepseek,
             ReasoningArg::None => ReasoningFormat::None,

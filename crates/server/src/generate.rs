@@ -18,6 +18,9 @@ pub struct Generator<'a> {
     pub tokenizer: &'a Tokenizer,
     /// Threads for the forward passes.
     pub exec: Exec,
+    /// Prompt tokens a forward call takes (llama.cpp's `-ub`): a long prompt goes through in
+    /// pieces, so the activations a call needs stay what the memory plan counted.
+    pub ubatch: usize,
 }
 
 impl std::fmt::Debug for Generator<'_> {
@@ -157,6 +160,25 @@ pub fn prompt_tokens(tokenizer: &Tokenizer, prompt: &str, parse_special: bool) -
     tokenizer.encode(prompt, !bos_in_text, parse_special)
 }
 
+/// The prompt through the model in pieces of `g.ubatch` tokens: every row's logits
+/// (`Logits::All`) or the last one's.
+fn prefill(
+    g: &Generator,
+    prompt: &[u32],
+    state: &mut engine::State,
+    which: Logits,
+) -> Result<Vec<f32>, GenerateError> {
+    let mut out = Vec::new();
+    for piece in prompt.chunks(g.ubatch.max(1)) {
+        let l = g.model.forward(piece, state, which, g.exec)?;
+        match which {
+            Logits::All => out.extend_from_slice(&l),
+            _ => out = l,
+        }
+    }
+    Ok(out)
+}
+
 /// Run `prompt` and generate up to `params.max_tokens` tokens, handing final text to `on_text`
 /// (possibly empty, once per token, so a caller can cancel between tokens by returning
 /// `Break`). Text held back for a possible stop string or a split character is handed over at
@@ -195,7 +217,7 @@ pub fn generate_with_logprobs(
     let t0 = Instant::now();
     let mut logits = match params.logprobs.filter(|_| params.prompt_logprobs) {
         Some(n) => {
-            let all = g.model.forward(prompt, &mut state, Logits::All, g.exec)?;
+            let all = prefill(&g, prompt, &mut state, Logits::All)?;
             let v = all.len() / prompt.len();
             on_token(TokenLogprob {
                 id: prompt[0],
@@ -207,7 +229,7 @@ pub fn generate_with_logprobs(
             }
             all[(prompt.len() - 1) * v..].to_vec()
         }
-        None => g.model.forward(prompt, &mut state, Logits::Last, g.exec)?,
+        None => prefill(&g, prompt, &mut state, Logits::Last)?,
     };
     let prefill = t0.elapsed();
     let (mut stops, mut pending) = (StopMatcher::new(&params.stop), Vec::new());

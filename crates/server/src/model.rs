@@ -27,6 +27,8 @@ pub struct ServedModel {
     pub reasoning: ReasoningFormat,
     /// How `/v1/embeddings` pools a text's token states.
     pub pooling: Pooling,
+    /// Prompt tokens a forward call takes (`-ub`).
+    pub ubatch: usize,
 }
 
 /// How token states become one embedding (the GGUF's `{arch}.pooling_type`; mean when it
@@ -90,6 +92,7 @@ impl ServedModel {
             cache: engine::CacheConfig::default(),
             reasoning: ReasoningFormat::default(),
             pooling: Pooling::default(),
+            ubatch: 512,
         })
     }
 
@@ -117,6 +120,12 @@ impl ServedModel {
         }
     }
 
+    /// The same model taking prompts `ubatch` tokens a forward call (default 512).
+    pub fn with_ubatch(mut self, ubatch: usize) -> ServedModel {
+        self.ubatch = ubatch.max(1);
+        self
+    }
+
     /// The same model with KV caches of the given types.
     pub fn with_cache(mut self, cache: engine::CacheConfig) -> ServedModel {
         self.cache = cache;
@@ -141,6 +150,7 @@ impl ServedModel {
             model: self.model.as_ref(),
             tokenizer: &self.tokenizer,
             exec: self.exec,
+            ubatch: self.ubatch,
         }
     }
 
