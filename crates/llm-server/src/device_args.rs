@@ -118,6 +118,7 @@ pub fn load(path: &Path, file: Arc<gguf::GgufFile>, args: &DeviceArgs) -> anyhow
             }
         },
     };
+    let mut upload_bytes = 0;
     if let Some(g) = &gpu {
         let free = g.gpu().mem_info().ok().map(|(free, _)| free as u64);
         let plan = crate::placement::plan(&file, &args.placement, &args.needs, free)
@@ -129,13 +130,75 @@ pub fn load(path: &Path, file: Arc<gguf::GgufFile>, args: &DeviceArgs) -> anyhow
             eprintln!("placement: {}", plan.summary());
         }
         g.set_placement(plan.placement());
+        upload_bytes = plan.dense_bytes + plan.expert_bytes().0;
     }
+    let t0 = std::time::Instant::now();
+    let progress = gpu
+        .clone()
+        .filter(|_| upload_bytes > 0)
+        .map(|g| Progress::start(g, upload_bytes));
     let model = match &gpu {
         Some(g) => engine::load_on(file, g.clone()),
         None => engine::load(file),
     }
-    .with_context(|| format!("cannot load {}", path.display()))?;
+    .with_context(|| format!("cannot load {}", path.display()));
+    if let Some(p) = progress {
+        p.stop();
+    }
+    let model = model?;
+    if let Some(g) = &gpu {
+        eprintln!(
+            "loaded {:.2} GiB of weights onto {} in {:.1} s",
+            g.weight_bytes() as f64 / (1u64 << 30) as f64,
+            g.gpu().describe(),
+            t0.elapsed().as_secs_f64()
+        );
+    }
     Ok((model, gpu))
+}
+
+/// A progress bar on a terminal's stderr while the weights go to the GPU (the backend's count
+/// of uploaded bytes against the plan's), every 200 ms; nothing when stderr is not a terminal.
+struct Progress {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(g: Arc<cuda::Cuda>, total: u64) -> Progress {
+        use std::io::IsTerminal;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::io::stderr().is_terminal().then(|| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let gib = |b: f64| b / (1u64 << 30) as f64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let done = (g.weight_bytes() as f64).min(total as f64);
+                    let frac = done / total as f64;
+                    let w = 30;
+                    let filled = ((frac * w as f64) as usize).min(w);
+                    eprint!(
+                        "\rloading [{}{}] {:3.0}% {:.1} of {:.1} GiB ",
+                        "#".repeat(filled),
+                        ".".repeat(w - filled),
+                        100.0 * frac,
+                        gib(done),
+                        gib(total as f64)
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                eprint!("\r{}\r", " ".repeat(64));
+            })
+        });
+        Progress { stop, thread }
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 #[cfg(test)]
