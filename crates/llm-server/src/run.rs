@@ -124,6 +124,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         cache: args.cache.config(),
         logprobs: None,
         prompt_logprobs: false,
+        think_budget: None,
     };
     let generator = Generator {
         model: m.model.as_ref(),

@@ -6,9 +6,9 @@
 //! the model's `<think>` reasoning as `thinking` blocks when the request enables thinking.
 //! Errors take Anthropic's shape `{"type": "error", "error": {"type", "message"}}`.
 //!
-//! Not yet: tool calls in the *output* (the model's calls come back as text), `tool_choice`
-//! `any`/`tool` (needs constrained decoding), images and documents (a 400 says so), and the
-//! thinking budget (reasoning is not cut at `budget_tokens`).
+//! `thinking.budget_tokens` is kept: after that many reasoning tokens the server puts in the
+//! closing tag itself. Not yet: `tool_choice` `any`/`tool` (needs constrained decoding),
+//! images and documents (a 400 says so).
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::error::ApiError;
 use crate::extract::{fields, ApiJson, FromJson};
-use crate::generate::{prompt_tokens, Finish, Outcome};
+use crate::generate::{prompt_tokens, Finish, Outcome, ThinkBudget};
 use crate::model::ServedModel;
 use crate::queue::Event;
 use crate::request::{sampler_error, template_error, Job, StreamOptions};
@@ -111,6 +111,8 @@ struct Prompt {
     tokens: Vec<u32>,
     opened_think: bool,
     thinking: bool,
+    /// `thinking.budget_tokens`.
+    budget: Option<usize>,
     /// Parameter types of the tools, when calls are parsed out of the answer.
     tools: Option<ParamTypes>,
 }
@@ -145,7 +147,7 @@ impl MessagesRequest {
             None => None,
         };
         let parse_calls = check_tool_choice(f.tool_choice.as_ref())?;
-        let thinking = thinking_enabled(f.thinking.as_ref())?;
+        let (thinking, budget) = thinking_enabled(f.thinking.as_ref())?;
         let messages = Value::Array(messages);
         let req = ChatRequest {
             messages: &messages,
@@ -163,6 +165,7 @@ impl MessagesRequest {
             tokens: prompt_tokens(&m.tokenizer, &text, true),
             opened_think: ThinkSplit::prompt_opens(&text),
             thinking,
+            budget,
             tools: types,
         })
     }
@@ -224,12 +227,19 @@ impl MessagesRequest {
         };
         sampling.validate().map_err(sampler_error)?;
         let stop = f.stop_sequences.unwrap_or_default();
-        let job = Job {
+        let mut job = Job {
             stream: f.stream.unwrap_or(false).then(StreamOptions::default),
             think: prompt.thinking.then_some(prompt.opened_think),
             tools: prompt.tools.clone(),
             ..Job::new(m, prompt.tokens.clone(), max_tokens, stop, sampling)
         };
+        // The reasoning the prompt opened ends after `budget_tokens` tokens.
+        if let (Some(tokens), true) = (prompt.budget, prompt.opened_think) {
+            job.params.think_budget = Some(ThinkBudget {
+                tokens,
+                close: m.tokenizer.encode("</think>\n\n", false, true),
+            });
+        }
         Ok((job, prompt))
     }
 }
@@ -419,15 +429,16 @@ fn check_tool_choice(c: Option<&Value>) -> Result<bool, ApiError> {
     }
 }
 
-/// `thinking`: `{"type": "enabled", "budget_tokens": n ≥ 1024}` or `{"type": "disabled"}`.
-fn thinking_enabled(t: Option<&Value>) -> Result<bool, ApiError> {
-    let Some(t) = t else { return Ok(false) };
+/// `thinking`: `{"type": "enabled", "budget_tokens": n ≥ 1024}` or `{"type": "disabled"}`:
+/// whether to think, and the budget.
+fn thinking_enabled(t: Option<&Value>) -> Result<(bool, Option<usize>), ApiError> {
+    let Some(t) = t else { return Ok((false, None)) };
     match t.get("type").and_then(Value::as_str) {
-        Some("disabled") => Ok(false),
-        // The model decides how much to think: it does anyway.
-        Some("adaptive") => Ok(true),
+        Some("disabled") => Ok((false, None)),
+        // The model decides how much to think.
+        Some("adaptive") => Ok((true, None)),
         Some("enabled") => match t.get("budget_tokens").and_then(Value::as_i64) {
-            Some(b) if b >= 1024 => Ok(true),
+            Some(b) if b >= 1024 => Ok((true, Some(usize::try_from(b).unwrap_or(usize::MAX)))),
             _ => Err(ApiError::invalid(
                 "thinking.budget_tokens",
                 "thinking.budget_tokens: an integer of at least 1024 is required",

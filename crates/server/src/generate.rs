@@ -51,6 +51,18 @@ pub struct Params {
     /// With `logprobs`: report the prompt's tokens too (legacy `echo`; the first has none),
     /// which needs the prompt's logits at every position.
     pub prompt_logprobs: bool,
+    /// The prompt opened the model's reasoning: after this many generated tokens without its
+    /// closing tokens, they are put in (Anthropic's `thinking.budget_tokens`).
+    pub think_budget: Option<ThinkBudget>,
+}
+
+/// A cap on the tokens of an open reasoning block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThinkBudget {
+    /// Reasoning tokens allowed.
+    pub tokens: usize,
+    /// The tokens that close the block (`</think>` and the line break after it).
+    pub close: Vec<u32>,
 }
 
 /// A generated token's log-probability and the most likely tokens at its position.
@@ -235,11 +247,31 @@ pub fn generate_with_logprobs(
     let (mut stops, mut pending) = (StopMatcher::new(&params.stop), Vec::new());
     let t1 = Instant::now();
     let (mut generated, mut finish) = (0, Finish::Length);
+    // The reasoning budget: tokens still open, and the closing tokens once it is spent.
+    let mut thinking = params.think_budget.as_ref().map(|b| (b.tokens, Vec::new()));
+    let mut forced = std::collections::VecDeque::new();
     while generated < params.max_tokens {
-        let tok = sampler.sample(&logits);
+        let tok = match forced.pop_front() {
+            Some(t) => t,
+            None => sampler.sample(&logits),
+        };
         if g.tokenizer.is_eog(tok) {
             finish = Finish::Eos;
             break;
+        }
+        if let (Some((left, recent)), Some(b)) = (&mut thinking, &params.think_budget) {
+            recent.push(tok);
+            if recent.len() > 2 * b.close.len() + 8 {
+                recent.drain(..recent.len() - b.close.len());
+            }
+            if recent.ends_with(&b.close) {
+                thinking = None; // closed (by the model or by us)
+            } else if *left <= 1 && forced.is_empty() {
+                *left = 0;
+                forced.extend(b.close.iter().copied());
+            } else {
+                *left = left.saturating_sub(1);
+            }
         }
         if let Some(n) = params.logprobs {
             on_token(TokenLogprob::of(&logits, tok, n));
@@ -316,6 +348,7 @@ mod tests {
             cache: Default::default(),
             logprobs: None,
             prompt_logprobs: false,
+            think_budget: None,
         };
         let (mut text, mut calls) = (String::new(), 0);
         let o = generate(m.generator(), &prompt, &params, |t| {
@@ -347,6 +380,68 @@ mod tests {
         assert_eq!((o.finish, o.completion_tokens), (Finish::Cancelled, 3));
     }
 
+    /// A reasoning budget puts the closing tokens in after that many tokens, once; a block the
+    /// model closes itself is left alone.
+    #[test]
+    fn think_budget_closes_the_block() {
+        let m = demo();
+        let prompt = prompt_tokens(&m.tokenizer, "Once upon a time", true);
+        let run = |budget: Option<ThinkBudget>| {
+            let params = Params {
+                max_tokens: 20,
+                n_ctx: m.n_ctx,
+                stop: Vec::new(),
+                sampling: SamplerParams::greedy(),
+                cache: Default::default(),
+                logprobs: Some(0),
+                prompt_logprobs: false,
+                think_budget: budget,
+            };
+            let mut ids = Vec::new();
+            generate_with_logprobs(
+                m.generator(),
+                &prompt,
+                &params,
+                |_| ControlFlow::Continue(()),
+                |t| ids.push(t.id),
+            )
+            .expect("generate");
+            ids
+        };
+        let free = run(None);
+        // Closing tokens this text never produces by itself.
+        let close = m.tokenizer.encode(" QQQ ZZZ", false, true);
+        assert!(!free.windows(close.len()).any(|w| w == close));
+        let capped = run(Some(ThinkBudget {
+            tokens: 5,
+            close: close.clone(),
+        }));
+        assert_eq!(
+            &capped[..5],
+            &free[..5],
+            "the first 5 tokens are the model's"
+        );
+        assert_eq!(
+            &capped[5..5 + close.len()],
+            &close[..],
+            "then the closing tokens"
+        );
+        assert_eq!(capped.len(), 20);
+        assert_eq!(
+            capped.windows(close.len()).filter(|w| *w == close).count(),
+            1,
+            "once"
+        );
+        // The model's own 3rd..5th tokens as the closing sequence: closed by the model, so
+        // nothing is put in.
+        let own = free[2..5].to_vec();
+        let closed = run(Some(ThinkBudget {
+            tokens: 10,
+            close: own,
+        }));
+        assert_eq!(closed, free);
+    }
+
     #[test]
     fn refuses_what_cannot_run() {
         let m = demo();
@@ -358,6 +453,7 @@ mod tests {
             cache: Default::default(),
             logprobs: None,
             prompt_logprobs: false,
+            think_budget: None,
         };
         let run = |prompt: &[u32]| {
             generate(

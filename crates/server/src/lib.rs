@@ -18,7 +18,9 @@
 #![deny(missing_docs)]
 
 pub use error::ApiError;
-pub use generate::{generate, prompt_tokens, Finish, GenerateError, Generator, Outcome, Params};
+pub use generate::{
+    generate, prompt_tokens, Finish, GenerateError, Generator, Outcome, Params, ThinkBudget,
+};
 pub use model::{Pooling, ReasoningFormat, ServedModel};
 pub use request::Job;
 pub use routes::{router, serve, serve_until_signal, AppState};

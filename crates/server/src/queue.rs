@@ -286,6 +286,7 @@ mod tests {
                 cache: Default::default(),
                 logprobs: None,
                 prompt_logprobs: false,
+                think_budget: None,
             },
             stream: None,
             think: None,

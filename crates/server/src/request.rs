@@ -56,6 +56,7 @@ impl Job {
                 cache: m.cache,
                 logprobs: None,
                 prompt_logprobs: false,
+                think_budget: None,
                 stop,
                 sampling,
             },
