@@ -64,7 +64,8 @@ def test_errors_are_recorded_and_a_missing_server_is_one_line(server, tmp_path):
           "--max-tokens", "4", "--model-name", "no-such-model", "-o", out)
     lines = [json.loads(l) for l in out.read_text().splitlines()]
     errs = [l["error"] for l in lines if l["kind"] == "request"]
-    assert len(errs) == 2 and all(e.startswith("HTTP 404") for e in errs), errs
+    assert len(errs) == 2 and all(e.startswith("HTTP 404: ") and "no-such-model" in e
+                                  for e in errs), errs
     assert lines[-1]["kind"] == "summary" and lines[-1]["errors"] == 2
     # Nothing listening: one line of reasons.
     p = bench("--url", "http://127.0.0.1:9", "--suite", "short", ok=False)

@@ -196,10 +196,13 @@ async fn http(
         r.read_to_end(&mut buf).await?;
         emit(&buf, &mut pending, &mut body_text);
     }
-    let tail = std::mem::take(&mut pending);
-    emit(&tail, &mut Vec::new(), &mut body_text);
-    if !tail.is_empty() && status == 200 {
-        on_line(String::from_utf8_lossy(&tail).trim_end());
+    // The last line, when the body does not end with a line break (a one-line JSON error).
+    let tail = String::from_utf8_lossy(&pending).trim_end().to_string();
+    if !tail.is_empty() {
+        match status {
+            200 => on_line(&tail),
+            _ => body_text.push_str(&tail),
+        }
     }
     Ok((status, body_text))
 }
