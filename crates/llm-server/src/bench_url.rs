@@ -483,7 +483,7 @@ fn file_hash(p: &std::path::Path) -> anyhow::Result<String> {
     use std::io::Read;
     let f = std::fs::File::open(p).with_context(|| format!("--model-file {}", p.display()))?;
     let len = f.metadata()?.len();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = crate::fnv::Fnv::default();
     let mut buf = vec![0u8; 1 << 20];
     let mut r = f.take(64 << 20);
     loop {
@@ -491,12 +491,9 @@ fn file_hash(p: &std::path::Path) -> anyhow::Result<String> {
         if n == 0 {
             break;
         }
-        for &b in &buf[..n] {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+        h.eat(&buf[..n]);
     }
-    Ok(format!("fnv1a64-64MiB:{h:016x}:{len}"))
+    Ok(format!("fnv1a64-64MiB:{:016x}:{len}", h.get()))
 }
 
 /// The machine: host name, CPU model and cores.

@@ -58,18 +58,11 @@ pub const VERSION: u64 = 1;
 
 /// FNV-1a over the tensor table (names, types, shapes) and the first router matrix's bytes.
 pub fn fingerprint(file: &GgufFile) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |b: &[u8]| {
-        for &x in b {
-            h ^= x as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
+    let mut h = crate::fnv::Fnv::default();
     for t in file.tensors() {
-        eat(t.name.as_bytes());
-        eat(&(t.ty as u32).to_le_bytes());
+        h.eat(t.name.as_bytes()).eat(&(t.ty as u32).to_le_bytes());
         for d in &t.dims {
-            eat(&d.to_le_bytes());
+            h.eat(&d.to_le_bytes());
         }
     }
     if let Some(r) = file
@@ -77,9 +70,9 @@ pub fn fingerprint(file: &GgufFile) -> String {
         .iter()
         .find(|t| t.name.ends_with(".ffn_gate_inp.weight"))
     {
-        eat(file.tensor_data(r));
+        h.eat(file.tensor_data(r));
     }
-    format!("fnv1a64:{h:016x}")
+    format!("fnv1a64:{:016x}", h.get())
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {

@@ -9,6 +9,7 @@ mod compare;
 mod dequant;
 mod device_args;
 mod fit;
+mod fnv;
 mod inspect;
 mod kld;
 mod load;

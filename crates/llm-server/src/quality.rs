@@ -71,12 +71,7 @@ fn name(p: &Path) -> String {
 /// FNV-1a of a file's bytes and length (the text, to name the reference's file).
 fn text_id(p: &Path) -> anyhow::Result<String> {
     let b = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &x in &b {
-        h ^= x as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    Ok(format!("{h:016x}-{}", b.len()))
+    Ok(format!("{:016x}-{}", crate::fnv::Fnv::of(&b), b.len()))
 }
 
 /// Perplexity's arguments for `model` with KV type `kv`.

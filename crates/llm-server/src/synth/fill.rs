@@ -198,9 +198,7 @@ fn mix(mut z: u64) -> u64 {
 
 /// FNV-1a of a tensor name, so each tensor has its own stream.
 fn hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
+    crate::fnv::Fnv::of(s.as_bytes())
 }
 
 /// SplitMix64 stream.
