@@ -532,16 +532,14 @@ fn commit() -> String {
 }
 
 /// Median and (max − min) of `v`, or nulls.
-fn stats(mut v: Vec<f64>) -> (Value, Value) {
+fn stats(v: Vec<f64>) -> (Value, Value) {
     if v.is_empty() {
         return (Value::Null, Value::Null);
     }
-    v.sort_by(f64::total_cmp);
-    let mid = match v.len() % 2 {
-        1 => v[v.len() / 2],
-        _ => (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0,
-    };
-    (json!(mid), json!(v[v.len() - 1] - v[0]))
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    (json!(crate::kld::median(&v)), json!(hi - lo))
 }
 
 pub fn run(a: UrlArgs) -> anyhow::Result<()> {
@@ -736,28 +734,12 @@ fn progress(n: usize, total: usize, suite: &str, conc: usize) {
     );
 }
 
-/// Now as `YYYY-MM-DDTHH:MM:SSZ` (UTC, from the system clock).
+/// Now as `YYYY-MM-DDTHH:MM:SSZ` (UTC, from the system clock; the chat templates' strftime).
 fn unix_date() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+        .map_or(0, |d| d.as_secs());
+    engine::chat::strftime("%FT%TZ", secs as i64)
 }
 
 #[cfg(test)]
@@ -789,7 +771,9 @@ mod tests {
 
     #[test]
     fn dates_are_civil() {
-        assert!(unix_date().starts_with("20"));
+        let d = unix_date();
+        assert!(d.starts_with("20") && d.len() == 20, "{d}");
+        assert_eq!((&d[4..5], &d[10..11], &d[19..]), ("-", "T", "Z"), "{d}");
         assert_eq!(stats(vec![3.0, 1.0, 2.0]), (json!(2.0), json!(2.0)));
     }
 }

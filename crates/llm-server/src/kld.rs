@@ -578,6 +578,15 @@ fn quantile_lines(name: &str, v: &[f64], qs: &[f64], show: impl Fn(f64) -> Strin
     out
 }
 
+/// The median of `v` (the mean of the middle two for an even count; NaN for none).
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    match s.is_empty() {
+        true => f64::NAN,
+        false => percentile(sorted(&mut s), 0.5),
+    }
+}
+
 fn sorted(v: &mut [f64]) -> &[f64] {
     v.sort_by(f64::total_cmp);
     v

@@ -24,6 +24,8 @@ mod messages;
 mod python;
 mod strftime;
 
+pub use strftime::strftime;
+
 use minijinja::value::Value;
 use minijinja::{Environment, ErrorKind};
 use std::collections::BTreeMap;
