@@ -203,23 +203,37 @@ const FONT: &str = "dejavu-sans";
 
 /// Both charts, each as SVG and PNG.
 fn charts(configs: &BTreeMap<String, Config>, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut written = chart_files(dir, "compare-decode", &decode_bars(configs))?.to_vec();
+    written.extend(chart_files(dir, "compare-ttft", &Ttft(configs))?);
+    Ok(written)
+}
+
+/// A chart that draws on any plotters backend.
+pub(crate) trait Chart {
+    fn draw<DB: DrawingBackend>(
+        &self,
+        area: &DrawingArea<DB, plotters::coord::Shift>,
+    ) -> anyhow::Result<()>
+    where
+        DB::ErrorType: 'static;
+}
+
+/// `chart` into `dir/stem.svg` and `dir/stem.png`.
+pub(crate) fn chart_files(
+    dir: &Path,
+    stem: &str,
+    chart: &impl Chart,
+) -> anyhow::Result<[PathBuf; 2]> {
     use_font()?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let path = |stem: &str, ext: &str| dir.join(format!("{stem}.{ext}"));
-    let (d_svg, d_png) = (path("compare-decode", "svg"), path("compare-decode", "png"));
-    let (t_svg, t_png) = (path("compare-ttft", "svg"), path("compare-ttft", "png"));
+    let (svg, png) = (
+        dir.join(format!("{stem}.svg")),
+        dir.join(format!("{stem}.png")),
+    );
     let size = (900, 500);
-    decode_chart(configs, &SVGBackend::new(&d_svg, size).into_drawing_area())?;
-    decode_chart(
-        configs,
-        &BitMapBackend::new(&d_png, size).into_drawing_area(),
-    )?;
-    ttft_chart(configs, &SVGBackend::new(&t_svg, size).into_drawing_area())?;
-    ttft_chart(
-        configs,
-        &BitMapBackend::new(&t_png, size).into_drawing_area(),
-    )?;
-    Ok(vec![d_svg, d_png, t_svg, t_png])
+    chart.draw(&SVGBackend::new(&svg, size).into_drawing_area())?;
+    chart.draw(&BitMapBackend::new(&png, size).into_drawing_area())?;
+    Ok([svg, png])
 }
 
 fn palette(i: usize) -> RGBColor {
@@ -229,13 +243,7 @@ fn palette(i: usize) -> RGBColor {
 
 /// Aggregate decode tok/s by suite (groups) and configuration (bars), at the lowest
 /// concurrency each ran.
-fn decode_chart<DB: DrawingBackend>(
-    configs: &BTreeMap<String, Config>,
-    area: &DrawingArea<DB, plotters::coord::Shift>,
-) -> anyhow::Result<()>
-where
-    DB::ErrorType: 'static,
-{
+fn decode_bars(configs: &BTreeMap<String, Config>) -> Bars {
     let mut suites: Vec<usize> = configs
         .values()
         .flat_map(|c| c.decode.keys().map(|k| k.0))
@@ -257,17 +265,44 @@ where
         .iter()
         .map(|(l, c)| (l.clone(), suites.iter().map(|&s| level(c, s)).collect()))
         .collect();
-    let title = "decode tok/s (aggregate, lowest concurrency)";
-    bar_chart(area, title, "tok/s", &groups, &series)
+    Bars {
+        title: "decode tok/s (aggregate, lowest concurrency)",
+        y_desc: "tok/s",
+        groups,
+        series,
+    }
 }
 
 /// A grouped bar chart: for each group (x), one bar per series, with a legend.
-pub(crate) fn bar_chart<DB: DrawingBackend>(
+pub(crate) struct Bars {
+    pub title: &'static str,
+    pub y_desc: &'static str,
+    /// The x axis's groups.
+    pub groups: Vec<String>,
+    /// Each series' name and its value in each group (none: no bar).
+    pub series: Vec<(String, Vec<Option<f64>>)>,
+}
+
+impl Chart for Bars {
+    fn draw<DB: DrawingBackend>(
+        &self,
+        area: &DrawingArea<DB, plotters::coord::Shift>,
+    ) -> anyhow::Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        bar_chart(area, self)
+    }
+}
+
+fn bar_chart<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
-    title: &str,
-    y_desc: &str,
-    groups: &[String],
-    series: &[(String, Vec<Option<f64>>)],
+    Bars {
+        title,
+        y_desc,
+        groups,
+        series,
+    }: &Bars,
 ) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
@@ -291,7 +326,7 @@ where
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(0)
-        .y_desc(y_desc)
+        .y_desc(*y_desc)
         .label_style((FONT, 14))
         .draw()
         .map_err(err)?;
@@ -326,32 +361,6 @@ where
     legend_and_present(&mut chart, area)
 }
 
-/// [`bar_chart`] into `dir/stem.svg` and `dir/stem.png`.
-pub(crate) fn bar_chart_files(
-    dir: &Path,
-    stem: &str,
-    (title, y_desc): (&str, &str),
-    groups: &[String],
-    series: &[(String, Vec<Option<f64>>)],
-) -> anyhow::Result<[PathBuf; 2]> {
-    use_font()?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let (svg, png) = (
-        dir.join(format!("{stem}.svg")),
-        dir.join(format!("{stem}.png")),
-    );
-    let size = (900, 500);
-    {
-        let area = SVGBackend::new(&svg, size).into_drawing_area();
-        bar_chart(&area, title, y_desc, groups, series)?;
-    }
-    {
-        let area = BitMapBackend::new(&png, size).into_drawing_area();
-        bar_chart(&area, title, y_desc, groups, series)?;
-    }
-    Ok([svg, png])
-}
-
 /// Register the embedded font under [`FONT`].
 fn use_font() -> anyhow::Result<()> {
     plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular())
@@ -360,6 +369,20 @@ fn use_font() -> anyhow::Result<()> {
 
 /// Median time to first token against the median prompt length of each suite, one line a
 /// configuration (concurrency 1, first turns).
+struct Ttft<'a>(&'a BTreeMap<String, Config>);
+
+impl Chart for Ttft<'_> {
+    fn draw<DB: DrawingBackend>(
+        &self,
+        area: &DrawingArea<DB, plotters::coord::Shift>,
+    ) -> anyhow::Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        ttft_chart(self.0, area)
+    }
+}
+
 fn ttft_chart<DB: DrawingBackend>(
     configs: &BTreeMap<String, Config>,
     area: &DrawingArea<DB, plotters::coord::Shift>,

@@ -173,13 +173,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     print!("{}", table(&name(&a.reference), ref_ppl, &rows));
     if !a.no_charts && !rows.is_empty() {
-        let groups: Vec<String> = rows.iter().map(|r| r.model.clone()).collect::<Vec<_>>();
-        let mut groups_u = groups.clone();
-        groups_u.dedup();
+        // One group a model (rows come model by model), one series a KV type.
+        let mut groups: Vec<String> = rows.iter().map(|r| r.model.clone()).collect();
+        groups.dedup();
         let series: Vec<(String, Vec<Option<f64>>)> = kvs
             .iter()
             .map(|&k| {
-                let v = groups_u
+                let v = groups
                     .iter()
                     .map(|g| {
                         rows.iter()
@@ -190,13 +190,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 (format!("KV {k}"), v)
             })
             .collect();
-        for f in crate::compare::bar_chart_files(
-            &a.out_dir,
-            "quality-kld",
-            ("mean KL divergence from the reference", "KLD"),
-            &groups_u,
-            &series,
-        )? {
+        let bars = crate::compare::Bars {
+            title: "mean KL divergence from the reference",
+            y_desc: "KLD",
+            groups,
+            series,
+        };
+        for f in crate::compare::chart_files(&a.out_dir, "quality-kld", &bars)? {
             eprintln!("wrote {}", f.display());
         }
     }
