@@ -298,9 +298,7 @@ fn print_profile(test: &str) {
 /// `expert_used_count / expert_count` share a token routes to). KV-cache reads are left out:
 /// at llama-bench's tg128 they are under 1% of the weights for these models.
 fn decode_bytes(file: &gguf::GgufFile) -> u64 {
-    let md = file.metadata();
-    let arch = md.get_str("general.architecture").unwrap_or_default();
-    let key = |k: &str| md.get_u64(&format!("{arch}.{k}"));
+    let key = |k: &str| crate::device_args::hparam(file, k);
     let share = match (key("expert_used_count"), key("expert_count")) {
         (Some(used), Some(all)) if all > 0 => used as f64 / all as f64,
         _ => 1.0,

@@ -26,7 +26,7 @@ use engine::Logits;
 use gguf::GgufFile;
 use serde_json::{json, Value};
 
-use crate::device_args::DeviceArgs;
+use crate::device_args::{hparam, DeviceArgs};
 use crate::load;
 
 /// `llm-server calibrate` arguments.
@@ -84,20 +84,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         device: Some("cpu".into()),
         ..Default::default()
     };
-    let m = load::open(&path, args.threads, &cpu)?;
     let file = load::open_gguf(&path)?;
-    let md = file.metadata();
-    let arch = md
-        .get_str("general.architecture")
-        .unwrap_or_default()
-        .to_string();
-    let u = |k: &str| md.get_u64(&format!("{arch}.{k}")).unwrap_or(0);
-    if u("expert_count") == 0 {
+    if hparam(&file, "expert_count").unwrap_or(0) == 0 {
         bail!(
-            "{}: not a mixture-of-experts model ({arch})",
-            path.display()
+            "{}: not a mixture-of-experts model ({})",
+            path.display(),
+            file.metadata()
+                .get_str("general.architecture")
+                .unwrap_or_default()
         );
     }
+    let m = load::open(&path, args.threads, &cpu)?;
     let n_ctx = args.ctx_size.max(2);
     let tokens = m.tokenizer.encode(&text, true, false);
     let n_chunk = (tokens.len() / n_ctx).min(args.chunks.unwrap_or(usize::MAX));
@@ -139,9 +136,11 @@ fn stats_json(
     tokens: usize,
     counts: &BTreeMap<usize, Vec<u64>>,
 ) -> Value {
-    let md = file.metadata();
-    let arch = md.get_str("general.architecture").unwrap_or_default();
-    let u = |k: &str| md.get_u64(&format!("{arch}.{k}")).unwrap_or(0);
+    let arch = file
+        .metadata()
+        .get_str("general.architecture")
+        .unwrap_or_default();
+    let u = |k: &str| hparam(file, k).unwrap_or(0);
     let name = |p: &Path| {
         p.file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -90,9 +90,14 @@ impl DeviceArgs {
 
 /// The layer count of the model in `file` (`{arch}.block_count`), 0 if unknown.
 pub fn n_layer(file: &gguf::GgufFile) -> usize {
+    hparam(file, "block_count").unwrap_or(0) as usize
+}
+
+/// The model's hyperparameter `key` (`{arch}.key`, e.g. `expert_count`), if the file has it.
+pub fn hparam(file: &gguf::GgufFile, key: &str) -> Option<u64> {
     let md = file.metadata();
     let arch = md.get_str("general.architecture").unwrap_or_default();
-    md.get_u64(&format!("{arch}.block_count")).unwrap_or(0) as usize
+    md.get_u64(&format!("{arch}.{key}"))
 }
 
 /// A loaded model and, when it runs on a GPU, the GPU backend.

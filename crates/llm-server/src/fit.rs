@@ -62,11 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             f as f64 / (1 << 20) as f64
         ))
     );
-    let md = file.metadata();
-    let arch = md.get_str("general.architecture").unwrap_or_default();
-    let k = md
-        .get_u64(&format!("{arch}.expert_used_count"))
-        .unwrap_or(0) as usize;
+    let k = crate::device_args::hparam(&file, "expert_used_count").unwrap_or(0) as usize;
     let (gpu_bw, ram_bw) = match args.no_bandwidth {
         true => (None, None),
         false => {

@@ -11,6 +11,8 @@
 use std::collections::BTreeMap;
 
 use engine::{CacheConfig, KvType};
+
+use crate::device_args::hparam;
 use gguf::{GgmlType, GgufFile};
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -243,21 +245,14 @@ fn expert_layer(name: &str) -> Option<usize> {
 
 /// KV cache and recurrent state bytes for `n_ctx` positions (from the file's hyperparameters).
 pub fn state_bytes(file: &GgufFile, n_ctx: usize, cache: CacheConfig) -> u64 {
-    let md = file.metadata();
-    let arch = md.get_str("general.architecture").unwrap_or_default();
-    let u = |k: &str| md.get_u64(&format!("{arch}.{k}")).unwrap_or(0);
+    let hp = |k: &str| hparam(file, k);
+    let u = |k: &str| hp(k).unwrap_or(0);
     let n_layer = u("block_count");
     let n_head = u("attention.head_count").max(1);
-    let n_kv = md
-        .get_u64(&format!("{arch}.attention.head_count_kv"))
-        .unwrap_or(n_head);
+    let n_kv = hp("attention.head_count_kv").unwrap_or(n_head);
     let emb = u("embedding_length");
-    let kd = md
-        .get_u64(&format!("{arch}.attention.key_length"))
-        .unwrap_or(emb / n_head);
-    let vd = md
-        .get_u64(&format!("{arch}.attention.value_length"))
-        .unwrap_or(kd);
+    let kd = hp("attention.key_length").unwrap_or(emb / n_head);
+    let vd = hp("attention.value_length").unwrap_or(kd);
     let interval = u("full_attention_interval");
     let n_attn = n_layer.checked_div(interval).unwrap_or(n_layer);
     let row = |t: KvType, w: u64| t.row_bytes(w as usize) as u64;
@@ -283,9 +278,7 @@ pub fn state_bytes(file: &GgufFile, n_ctx: usize, cache: CacheConfig) -> u64 {
 /// logits rows), from the widest rows of the file. An estimate with room: the 35B-A3B's
 /// measured pool is 161 MiB at -ub 512 (BENCHMARKS.md 2026-12-02); this gives 230 MiB.
 fn compute_bytes(file: &GgufFile, needs: &Needs) -> u64 {
-    let md = file.metadata();
-    let arch = md.get_str("general.architecture").unwrap_or_default();
-    let u = |k: &str| md.get_u64(&format!("{arch}.{k}")).unwrap_or(0);
+    let u = |k: &str| hparam(file, k).unwrap_or(0);
     let emb = u("embedding_length");
     let k = u("expert_used_count").max(1);
     let ff = u("expert_feed_forward_length").max(u("feed_forward_length"));
@@ -313,12 +306,8 @@ pub fn plan(
     };
     let fit =
         fit_flag(args.fit.as_deref())?.unwrap_or(free.is_some() || args.vram_budget.is_some());
-    let md = file.metadata();
-    let arch = md.get_str("general.architecture").unwrap_or_default();
     let n_ctx = match needs.n_ctx {
-        0 => md
-            .get_u64(&format!("{arch}.context_length"))
-            .unwrap_or(4096) as usize,
+        0 => hparam(file, "context_length").unwrap_or(4096) as usize,
         n => n,
     };
     let mut plan = Plan {
