@@ -104,12 +104,8 @@ pub fn hparam(file: &gguf::GgufFile, key: &str) -> Option<u64> {
 pub type Placed = (Box<dyn engine::Model>, Option<Arc<cuda::Cuda>>);
 
 /// Load `file` where `args` says; the GPU backend too when one is used.
+/// (`file` comes from [`crate::load::open_model_file`], which follows `--no-mmap`.)
 pub fn load(path: &Path, file: Arc<gguf::GgufFile>, args: &DeviceArgs) -> anyhow::Result<Placed> {
-    let file = match args.no_mmap {
-        // llama.cpp's --no-mmap: the weights in this process's memory, not the page cache's.
-        true => Arc::new(crate::load::read_gguf(path)?),
-        false => file,
-    };
     use anyhow::Context;
     let want = args.resolve(n_layer(&file))?;
     let gpu = match want {

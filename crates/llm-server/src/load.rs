@@ -87,8 +87,12 @@ pub fn open_gguf(path: &Path) -> anyhow::Result<gguf::GgufFile> {
     })
 }
 
-/// `path` read whole into memory (`--no-mmap`), parsed.
-pub fn read_gguf(path: &Path) -> anyhow::Result<gguf::GgufFile> {
+/// The model file a command runs: mapped ([`open_gguf`]), or with `--no-mmap` read whole into
+/// this process's memory (llama.cpp's meaning: the weights not in the page cache's hands).
+pub fn open_model_file(path: &Path, device: &DeviceArgs) -> anyhow::Result<gguf::GgufFile> {
+    if !device.no_mmap {
+        return open_gguf(path);
+    }
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     gguf::GgufFile::from_bytes(bytes)
         .map_err(|e| anyhow::Error::new(e).context(format!("cannot read {}", path.display())))
@@ -109,7 +113,7 @@ pub fn open_model(
     threads: Option<usize>,
     device: &DeviceArgs,
 ) -> anyhow::Result<Bare> {
-    let file = open_gguf(path)?;
+    let file = open_model_file(path, device)?;
     let (model, gpu) = crate::device_args::load(path, Arc::new(file), device)?;
     let mut exec = Exec::default();
     if let Some(t) = threads {
@@ -120,7 +124,7 @@ pub fn open_model(
 
 /// Open `path`: map it, build the model, its tokenizer and (if the file has one) its template.
 pub fn open(path: &Path, threads: Option<usize>, device: &DeviceArgs) -> anyhow::Result<Loaded> {
-    let file = open_gguf(path)?;
+    let file = open_model_file(path, device)?;
     let file = Arc::new(file);
     let tokenizer = Tokenizer::from_gguf(file.metadata())
         .with_context(|| format!("{}: tokenizer", path.display()))?;

@@ -46,7 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
-    let file = crate::load::open_gguf(&args.model)?;
+    let file = crate::load::open_model_file(&args.model, &args.device)?;
     let (model, _gpu) = crate::device_args::load(&args.model, Arc::new(file), &args.device)?;
     let mut exec = engine::Exec::default();
     if let Some(t) = args.threads {
