@@ -108,9 +108,14 @@ pub struct Cuda {
     weight_bytes: std::sync::atomic::AtomicUsize,
     /// Which experts stay in RAM ([`crate::Placement`]), for the tensors loaded next.
     pub(crate) placement: Mutex<crate::Placement>,
-    /// Some expert tensor has experts in RAM (`LLM_SERVER_HYBRID_GRAPHS=0`: such decode
-    /// steps run eagerly, for measuring).
+    /// Some expert tensor has experts in RAM.
     hybrid: std::sync::atomic::AtomicBool,
+    /// Hybrid decode steps recorded as graphs (`LLM_SERVER_HYBRID_GRAPHS=0`: eagerly, for
+    /// measuring).
+    hybrid_graphs: bool,
+    /// Prefill batches stream RAM experts to the GPU (`LLM_SERVER_HYBRID_STREAM=0`: the pool
+    /// computes them).
+    pub(crate) hybrid_stream: bool,
     /// The pinned staging and events of the RAM experts' hand-offs.
     pub(crate) staging_h: Mutex<crate::hybrid::Staging>,
     /// RAM-expert jobs queued by the current forward (kept until it has finished).
@@ -293,6 +298,8 @@ impl Cuda {
             weight_bytes: Default::default(),
             placement: Mutex::default(),
             hybrid: Default::default(),
+            hybrid_graphs: std::env::var("LLM_SERVER_HYBRID_GRAPHS").map_or(true, |v| v != "0"),
+            hybrid_stream: std::env::var("LLM_SERVER_HYBRID_STREAM").map_or(true, |v| v != "0"),
             staging_h: Mutex::default(),
             pending_jobs: Mutex::default(),
             gpu,
@@ -611,8 +618,7 @@ impl Backend for Cuda {
             n: req.tokens.len(),
             exec: req.exec,
         };
-        let eager = self.hybrid.load(std::sync::atomic::Ordering::Relaxed)
-            && std::env::var("LLM_SERVER_HYBRID_GRAPHS").is_ok_and(|v| v == "0");
+        let eager = self.hybrid.load(std::sync::atomic::Ordering::Relaxed) && !self.hybrid_graphs;
         lock(&self.pending_jobs).clear();
         let out = if step.n == 1 && self.graphs && !eager && !self.gpu.profiling() {
             self.decode(seq, &step, graph)

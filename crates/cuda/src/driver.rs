@@ -844,15 +844,6 @@ impl Event {
         )
     }
 
-    /// Wait until the stream has passed the recorded point.
-    pub fn wait(&self) -> Result<()> {
-        // SAFETY: live event.
-        check(
-            unsafe { sys::cuEventSynchronize(self.e) },
-            "cuEventSynchronize",
-        )
-    }
-
     /// Milliseconds from `start` to this event (both recorded; waits for this one).
     pub fn since(&self, start: &Event) -> Result<f32> {
         // SAFETY: live events.

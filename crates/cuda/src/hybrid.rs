@@ -274,10 +274,9 @@ impl Cuda {
     }
 
     /// Whether a batch can stream `w`'s RAM experts to the GPU: it has some, the kernels read
-    /// the file's type as it is, and `LLM_SERVER_HYBRID_STREAM` is not `0`.
+    /// the file's type as it is, and streaming is on (`hybrid_stream`).
     pub(crate) fn streamable(&self, w: &CudaMat) -> bool {
-        w.host.as_ref().is_some_and(|h| h.tensor.ty == w.ty)
-            && std::env::var("LLM_SERVER_HYBRID_STREAM").map_or(true, |v| v != "0")
+        self.hybrid_stream && w.host.as_ref().is_some_and(|h| h.tensor.ty == w.ty)
     }
 
     /// `w` whole on the device for one batch (DESIGN §3 item 4): its GPU experts copied from
