@@ -35,12 +35,19 @@ pub struct Args {
     /// Model file (GGUF).
     #[arg(short, long)]
     pub model: Option<PathBuf>,
-    /// Text to run through the model.
-    #[arg(short = 'f', long = "file")]
-    pub file: PathBuf,
     /// Where to write the stats (JSON).
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
+    #[command(flatten)]
+    pub text: TextArgs,
+}
+
+/// The text a command runs through models in chunks (`calibrate`, `quality`).
+#[derive(clap::Args, Debug)]
+pub struct TextArgs {
+    /// The text.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
     /// Tokens a chunk (each chunk is a fresh sequence).
     #[arg(short = 'c', long = "ctx-size", default_value_t = 512)]
     pub ctx_size: usize,
@@ -77,8 +84,8 @@ pub fn fingerprint(file: &GgufFile) -> String {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let path = load::model_path(args.model.clone())?;
-    let text = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let text = std::fs::read_to_string(&args.text.file)
+        .with_context(|| format!("cannot read {}", args.text.file.display()))?;
     // The CPU engine routes as the GPU does; it is where the counting hook lives.
     let cpu = DeviceArgs {
         device: Some("cpu".into()),
@@ -94,14 +101,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .unwrap_or_default()
         );
     }
-    let m = load::open(&path, args.threads, &cpu)?;
-    let n_ctx = args.ctx_size.max(2);
+    let m = load::open(&path, args.text.threads, &cpu)?;
+    let n_ctx = args.text.ctx_size.max(2);
     let tokens = m.tokenizer.encode(&text, true, false);
-    let n_chunk = (tokens.len() / n_ctx).min(args.chunks.unwrap_or(usize::MAX));
+    let n_chunk = (tokens.len() / n_ctx).min(args.text.chunks.unwrap_or(usize::MAX));
     if n_chunk == 0 {
         bail!(
             "{} tokenizes to {} tokens, less than one chunk of {n_ctx}",
-            args.file.display(),
+            args.text.file.display(),
             tokens.len()
         );
     }
@@ -163,9 +170,9 @@ fn stats_json(
         "gathered": {
             "by": "calibrate",
             "engine": "cpu",
-            "text": name(&args.file),
+            "text": name(&args.text.file),
             "tokens": tokens,
-            "ctx": args.ctx_size,
+            "ctx": args.text.ctx_size,
             "unix_time": secs,
             "version": env!("CARGO_PKG_VERSION"),
         },

@@ -30,18 +30,8 @@ pub struct Args {
     /// KV cache types to measure each model with (K and V alike; a list).
     #[arg(long = "cache-types", value_delimiter = ',', default_value = "f16")]
     pub cache_types: Vec<String>,
-    /// The text.
-    #[arg(short = 'f', long = "file")]
-    pub file: PathBuf,
-    /// Tokens per chunk.
-    #[arg(short = 'c', long = "ctx-size", default_value_t = 512)]
-    pub ctx_size: usize,
-    /// At most this many chunks.
-    #[arg(long)]
-    pub chunks: Option<usize>,
-    /// Worker threads.
-    #[arg(short = 't', long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub text: crate::calibrate::TextArgs,
     /// Where the reference's distributions are kept between runs.
     #[arg(long, default_value = ".cache/quality")]
     pub work_dir: PathBuf,
@@ -78,10 +68,10 @@ fn text_id(p: &Path) -> anyhow::Result<String> {
 fn ppl_args(a: &Args, model: &Path, kv: KvType, base: &Path, compare: bool) -> perplexity::Args {
     perplexity::Args {
         model: Some(model.to_path_buf()),
-        file: Some(a.file.clone()),
-        ctx_size: (!compare).then_some(a.ctx_size),
-        chunks: a.chunks,
-        threads: a.threads,
+        file: Some(a.text.file.clone()),
+        ctx_size: (!compare).then_some(a.text.ctx_size),
+        chunks: a.text.chunks,
+        threads: a.text.threads,
         kl_base: Some(base.to_path_buf()),
         kl_divergence: compare,
         cache: CacheArgs {
@@ -90,9 +80,9 @@ fn ppl_args(a: &Args, model: &Path, kv: KvType, base: &Path, compare: bool) -> p
         },
         device: DeviceArgs {
             needs: crate::placement::Needs {
-                n_ctx: a.ctx_size,
-                ubatch: a.ctx_size.min(512),
-                logit_rows: a.ctx_size.min(512),
+                n_ctx: a.text.ctx_size,
+                ubatch: a.text.ctx_size.min(512),
+                logit_rows: a.text.ctx_size.min(512),
                 ..Default::default()
             },
             ..a.device.clone()
@@ -101,7 +91,7 @@ fn ppl_args(a: &Args, model: &Path, kv: KvType, base: &Path, compare: bool) -> p
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    if a.ctx_size < 2 {
+    if a.text.ctx_size < 2 {
         bail!("--ctx-size must be at least 2");
     }
     let kvs: Vec<KvType> = a
@@ -117,9 +107,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let base = a.work_dir.join(format!(
         "{}.{}.c{}.n{}.kld",
         name(&a.reference),
-        text_id(&a.file)?,
-        a.ctx_size,
-        a.chunks.map_or("all".to_string(), |n| n.to_string())
+        text_id(&a.text.file)?,
+        a.text.ctx_size,
+        a.text.chunks.map_or("all".to_string(), |n| n.to_string())
     ));
     // The reference's own perplexity, kept beside its distributions: the file's log-probs are
     // clipped to a range below the top (llama-perplexity's format), so a PPL recomputed from
@@ -140,7 +130,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             );
             let partial = base.with_extension("kld.partial");
             let pa = ppl_args(&a, &a.reference, KvType::F16, &partial, false);
-            let m = load::open(&a.reference, a.threads, &pa.device)?;
+            let m = load::open(&a.reference, a.text.threads, &pa.device)?;
             let ppl = perplexity::perplexity(&pa, &m)?;
             // Only a finished file is reused (a run stopped half-way starts over).
             std::fs::write(&ppl_file, format!("{ppl}\n"))
@@ -163,7 +153,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     for (model, kv) in runs {
         eprintln!("quality: {} with a {kv} KV cache", name(&model));
         let pa = ppl_args(&a, &model, kv, &base, true);
-        let m = load::open(&model, a.threads, &pa.device)?;
+        let m = load::open(&model, a.text.threads, &pa.device)?;
         let h = perplexity::compare(&pa, &m, &base)?.headline();
         rows.push(Row {
             model: name(&model),
