@@ -116,6 +116,12 @@ pub struct Cuda {
     /// Prefill batches stream RAM experts to the GPU (`LLM_SERVER_HYBRID_STREAM=0`: the pool
     /// computes them).
     pub(crate) hybrid_stream: bool,
+    /// RAM experts computed (`LLM_SERVER_HYBRID_CPU=0`: the hand-offs alone, for timing).
+    pub(crate) hybrid_cpu: bool,
+    /// How the RAM side is handed over ([`crate::hybrid::Handoff`]).
+    pub(crate) handoff: crate::hybrid::Handoff,
+    /// The polled hand-off's thread, started with the first placement that has RAM experts.
+    pub(crate) listener: std::sync::OnceLock<crate::hybrid::Listener>,
     /// The pinned staging and events of the RAM experts' hand-offs.
     pub(crate) staging_h: Mutex<crate::hybrid::Staging>,
     /// RAM-expert jobs queued by the current forward (kept until it has finished).
@@ -300,6 +306,9 @@ impl Cuda {
             hybrid: Default::default(),
             hybrid_graphs: std::env::var("LLM_SERVER_HYBRID_GRAPHS").map_or(true, |v| v != "0"),
             hybrid_stream: std::env::var("LLM_SERVER_HYBRID_STREAM").map_or(true, |v| v != "0"),
+            hybrid_cpu: std::env::var("LLM_SERVER_HYBRID_CPU").map_or(true, |v| v != "0"),
+            handoff: crate::hybrid::Handoff::from_env(gpu.memops64),
+            listener: Default::default(),
             staging_h: Mutex::default(),
             pending_jobs: Mutex::default(),
             gpu,

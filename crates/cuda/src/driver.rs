@@ -160,6 +160,9 @@ pub struct Gpu {
     pub sms: u32,
     /// The driver's CUDA version (`13000` for 13.0).
     pub driver_version: i32,
+    /// The device takes 64-bit stream memory operations (waits on and writes to a word in
+    /// pinned host memory: hybrid placement's polled hand-offs).
+    pub(crate) memops64: bool,
     /// Per-kernel timing (`LLM_SERVER_CUDA_PROFILE=1`): every launch between two events.
     profile: Option<std::sync::Mutex<Profile>>,
 }
@@ -225,6 +228,8 @@ impl Gpu {
                 attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
             );
             let sms = attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
+            let memops64 =
+                attr(A::CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS).unwrap_or(0) != 0;
             let mut driver_version = 0;
             check(
                 sys::cuDriverGetVersion(&mut driver_version),
@@ -266,22 +271,24 @@ impl Gpu {
                 cc,
                 sms,
                 driver_version,
+                memops64,
                 profile,
             }))
         }
     }
 
-    /// Have host threads waiting for the GPU yield their core while they spin (unless
-    /// `LLM_SERVER_CUDA_SCHED` chose): with experts in RAM the worker pool needs every core
-    /// while the main thread waits (decode 67.7 → 78.3 tok/s on the 35B-A3B, 16 GB emulated,
-    /// BENCHMARKS.md 2026-12-02 third session).
-    pub(crate) fn prefer_yield(&self) -> Result<()> {
+    /// How host threads wait for the GPU, unless `LLM_SERVER_CUDA_SCHED` chose: with experts
+    /// in RAM the worker pool needs every core while the main thread waits (decode on the
+    /// 35B-A3B, 16 GB emulated: spinning 67.7, yielding 78.3 tok/s with host-function
+    /// hand-offs; with the polled hand-off yielding 96.4, blocking 99.2 — BENCHMARKS.md
+    /// 2026-12-02, third and fourth sessions).
+    pub(crate) fn prefer_sched(&self, s: Sched) -> Result<()> {
         if std::env::var_os("LLM_SERVER_CUDA_SCHED").is_some() {
             return Ok(());
         }
         self.bind()?;
-        // SAFETY: the context is current; 2 = CU_CTX_SCHED_YIELD.
-        check(unsafe { sys::cuCtxSetFlags(2) }, "cuCtxSetFlags")
+        // SAFETY: the context is current; 2 = CU_CTX_SCHED_YIELD, 4 = CU_CTX_SCHED_BLOCKING_SYNC.
+        check(unsafe { sys::cuCtxSetFlags(s as u32) }, "cuCtxSetFlags")
     }
 
     /// Make the context current on the calling thread.
@@ -341,6 +348,61 @@ impl Gpu {
         )
     }
 
+    /// Copy `bytes` between device addresses on the side stream.
+    ///
+    /// # Safety
+    /// As for [`Gpu::dtoh_side`].
+    pub(crate) unsafe fn dtod_side(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        // SAFETY: as the caller vouches.
+        check(
+            unsafe { sys::cuMemcpyDtoDAsync_v2(dst, src, bytes, self.side) },
+            "cuMemcpyDtoDAsync",
+        )
+    }
+
+    /// Record `e` on the main stream (what is queued there so far).
+    pub(crate) fn mark_main(&self, e: &Event) -> Result<()> {
+        // SAFETY: live event and stream.
+        check(
+            unsafe { sys::cuEventRecord(e.e, self.stream) },
+            "cuEventRecord",
+        )
+    }
+
+    /// Make the side stream wait for `e`'s last record.
+    pub(crate) fn side_waits(&self, e: &Event) -> Result<()> {
+        // SAFETY: live event and stream.
+        check(
+            unsafe { sys::cuStreamWaitEvent(self.side, e.e, 0) },
+            "cuStreamWaitEvent",
+        )
+    }
+
+    /// Pin `bytes` of host memory at `ptr` in place for the device's copies
+    /// (`cuMemHostRegister`; read-only where the driver allows it, so a read-only file mapping
+    /// can be pinned): copies from it run asynchronously at the bus's speed instead of through
+    /// the driver's bounce buffer. Unpinned when the result drops.
+    ///
+    /// # Safety
+    /// The range must stay mapped until the result is dropped.
+    pub(crate) unsafe fn pin(self: &Arc<Self>, ptr: *const u8, bytes: usize) -> Result<Pinned> {
+        self.bind()?;
+        let mut r = sys::CUresult::CUDA_ERROR_NOT_SUPPORTED;
+        // 8 = CU_MEMHOSTREGISTER_READ_ONLY, then 0 (drivers or devices without it).
+        for flags in [8, 0] {
+            // SAFETY: as the caller vouches.
+            r = unsafe { sys::cuMemHostRegister_v2(ptr as *mut c_void, bytes, flags) };
+            if r == sys::CUresult::CUDA_SUCCESS {
+                break;
+            }
+        }
+        check(r, "cuMemHostRegister")?;
+        Ok(Pinned {
+            ptr: ptr as *mut u8,
+            gpu: self.clone(),
+        })
+    }
+
     /// Copy `bytes` from host address `src` to device address `dst` on the side stream.
     ///
     /// # Safety
@@ -369,6 +431,51 @@ impl Gpu {
             unsafe { sys::cuLaunchHostFunc(self.side, Some(f), data) },
             "cuLaunchHostFunc",
         )
+    }
+
+    /// Write `value` to the 64-bit word at `addr` (device address of pinned host memory) on
+    /// the side stream once the work before it is done (its writes visible first).
+    ///
+    /// # Safety
+    /// `addr` must stay valid while the stream (or a graph holding the write) can run it.
+    pub(crate) unsafe fn write_value_side(&self, addr: u64, value: u64) -> Result<()> {
+        // A driver without the symbol makes cudarc panic: an error here instead.
+        let r = std::panic::catch_unwind(|| {
+            // SAFETY: as the caller vouches; flags 0 = CU_STREAM_WRITE_VALUE_DEFAULT.
+            unsafe { sys::cuStreamWriteValue64_v2(self.side, addr, value, 0) }
+        });
+        check(
+            r.unwrap_or(sys::CUresult::CUDA_ERROR_NOT_SUPPORTED),
+            "cuStreamWriteValue64",
+        )
+    }
+
+    /// Make the side stream wait until the 64-bit word at `addr` equals `value`.
+    ///
+    /// # Safety
+    /// As for [`Gpu::write_value_side`]; something must write `value` there, or the stream
+    /// never goes on.
+    pub(crate) unsafe fn wait_value_side(&self, addr: u64, value: u64) -> Result<()> {
+        let r = std::panic::catch_unwind(|| {
+            // SAFETY: as the caller vouches; 1 = CU_STREAM_WAIT_VALUE_EQ.
+            unsafe { sys::cuStreamWaitValue64_v2(self.side, addr, value, 1) }
+        });
+        check(
+            r.unwrap_or(sys::CUresult::CUDA_ERROR_NOT_SUPPORTED),
+            "cuStreamWaitValue64",
+        )
+    }
+
+    /// The device address of pinned host memory.
+    pub(crate) fn host_device_ptr(&self, h: &HostBuf) -> Result<u64> {
+        self.bind()?;
+        let mut d = 0;
+        // SAFETY: `h` was allocated by cuMemHostAlloc in this context (mapped under UVA).
+        check(
+            unsafe { sys::cuMemHostGetDevicePointer_v2(&mut d, h.ptr.cast(), 0) },
+            "cuMemHostGetDevicePointer",
+        )?;
+        Ok(d)
     }
 
     /// Free and total device memory in bytes.
@@ -714,6 +821,34 @@ unsafe impl Send for DevBuf {}
 unsafe impl Sync for DevBuf {}
 
 /// Pinned host memory, freed on drop.
+/// How a host thread waits for the GPU (the context's scheduling flag).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Sched {
+    Yield = 2,
+    Block = 4,
+}
+
+/// Host memory pinned in place ([`Gpu::pin`]).
+#[derive(Debug)]
+pub(crate) struct Pinned {
+    ptr: *mut u8,
+    gpu: Arc<Gpu>,
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if self.gpu.bind().is_ok() {
+            // SAFETY: registered by `pin`, unregistered once.
+            unsafe { sys::cuMemHostUnregister(self.ptr.cast()) };
+        }
+    }
+}
+
+// SAFETY: only the address is kept, to unregister it.
+unsafe impl Send for Pinned {}
+// SAFETY: as above.
+unsafe impl Sync for Pinned {}
+
 #[derive(Debug)]
 pub(crate) struct HostBuf {
     ptr: *mut u8,

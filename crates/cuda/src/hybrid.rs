@@ -7,21 +7,27 @@
 //! tensor in RAM for the worker pool. In a MoE call the top-k kernel writes each pair's slot
 //! beside its expert id; the GPU's expert products skip pairs whose slot is −1 (their rows
 //! are 0). Beside them, on a second stream forked after the routing, the pairs, their weights
-//! and the layer's input go to pinned host memory, a host function (run by the driver when the
-//! stream gets there) has the worker pool compute the RAM experts' weighted sum, and a copy
-//! brings it back; the main stream joins the side stream before the sum is added with the
-//! rest. One hand-off each way per layer, nothing waited for on the host — so a decode step
-//! with RAM experts is still recorded once as a CUDA graph (host nodes included) and replayed.
+//! and the layer's input go to pinned host memory, the worker pool computes the RAM experts'
+//! weighted sum, and a copy brings it back; the main stream joins the side stream before the
+//! sum is added with the rest. The pool is handed the job by a 64-bit write to a word of
+//! pinned memory that a thread of ours spins on, and the stream waits on a word that thread
+//! writes back ([`Handoff::Poll`]; a host function run by the driver's thread where the device
+//! lacks those memory operations). One hand-off each way per layer, nothing waited for on the
+//! host — so a decode step with RAM experts is still recorded once as a CUDA graph and
+//! replayed. A batch instead streams each expert tensor whole to the GPU, its RAM experts
+//! from pinned pages, double-buffered ([`Cuda::stream_experts`]).
 
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use engine::backend::experts_sum;
 use engine::{Exec, QTensor};
 
 use crate::backend::{Cuda, CudaAct, CudaMat};
-use crate::driver::{DevBuf, Event, HostBuf};
+use crate::driver::{DevBuf, Event, HostBuf, Pinned};
 use crate::error::{Error, Result};
 use crate::kernels::lock;
 
@@ -46,6 +52,10 @@ impl Placement {
 /// The RAM side of a stacked expert tensor under hybrid placement.
 #[derive(Debug)]
 pub(crate) struct HostExperts {
+    /// The RAM experts' bytes pinned in place, run by run (whole pages inside each run; none
+    /// where the driver refused: copies from there go through its bounce buffer). Declared
+    /// first so it is unpinned before the tensor's mapping can go.
+    pinned: Vec<Pinned>,
     /// The whole tensor, in RAM.
     pub(crate) tensor: QTensor,
     /// Per expert its slot on the GPU, or −1.
@@ -54,13 +64,99 @@ pub(crate) struct HostExperts {
     pub(crate) slot_dev: DevBuf,
 }
 
-/// The pinned staging of the hand-offs, the fork/join events, and the device buffer a batch
-/// streams a whole expert tensor into (one forward at a time).
+/// How a MoE layer's RAM side is handed to the worker pool and back
+/// (`LLM_SERVER_HYBRID_HANDOFF`: `hostfn` or `poll`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handoff {
+    /// A host function on the side stream (`cuLaunchHostFunc`): the driver's callback thread
+    /// runs the job when the stream gets there.
+    HostFn,
+    /// A 64-bit write to a word of pinned memory that a thread of ours spins on, and a stream
+    /// wait on another word the thread writes back ([`Listener`]): no driver thread to wake.
+    Poll,
+}
+
+impl Handoff {
+    /// Poll where the device takes 64-bit stream memory operations, unless
+    /// `LLM_SERVER_HYBRID_HANDOFF=hostfn` (decode 84.3 → 96.4 tok/s on the 35B-A3B, 16 GB
+    /// emulated, BENCHMARKS.md 2026-12-02 fourth session).
+    pub(crate) fn from_env(memops64: bool) -> Handoff {
+        match std::env::var("LLM_SERVER_HYBRID_HANDOFF").as_deref() {
+            Ok("hostfn") => Handoff::HostFn,
+            _ if memops64 => Handoff::Poll,
+            _ => Handoff::HostFn,
+        }
+    }
+}
+
+/// Totals of the RAM side since the last [`take_host_stats`]: jobs run, nanoseconds spent in
+/// them, expert bytes they read (each RAM expert a job used, once).
+static HOST_JOBS: AtomicU64 = AtomicU64::new(0);
+static HOST_NS: AtomicU64 = AtomicU64::new(0);
+static HOST_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// What the RAM side did since the last call (for `bench`'s per-token breakdown).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostStats {
+    /// Jobs run (one per MoE layer a forward).
+    pub jobs: u64,
+    /// Time inside them (the pool computing, the copies between staging and result).
+    pub busy: Duration,
+    /// Expert weight bytes they read.
+    pub bytes: u64,
+}
+
+/// The RAM side's totals since the last call, and zero them.
+pub fn take_host_stats() -> HostStats {
+    HostStats {
+        jobs: HOST_JOBS.swap(0, Ordering::Relaxed),
+        busy: Duration::from_nanos(HOST_NS.swap(0, Ordering::Relaxed)),
+        bytes: HOST_BYTES.swap(0, Ordering::Relaxed),
+    }
+}
+
+/// The pinned staging of the hand-offs, the fork/join events, and the device buffers a batch
+/// streams whole expert tensors into (one forward at a time).
 #[derive(Debug, Default)]
 pub(crate) struct Staging {
     host: Option<Arc<HostBuf>>,
     events: Option<(Event, Event)>,
-    device: Option<Arc<DevBuf>>,
+    /// Two buffers a batch streams expert tensors into, used in turn.
+    device: [Option<Arc<DevBuf>>; 2],
+    /// Tensors streamed so far (which buffer is next).
+    next: usize,
+    /// The main stream's mark after the product before the last, and the copies' end.
+    stream_events: Option<(Event, Event)>,
+}
+
+/// The runs `[a, b)` of consecutive experts that are in RAM (`ram`) or on the GPU.
+fn runs(slot: &[i32], ram: bool) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut e = 0;
+    std::iter::from_fn(move || {
+        while e < slot.len() && (slot[e] < 0) != ram {
+            e += 1;
+        }
+        if e == slot.len() {
+            return None;
+        }
+        let a = e;
+        while e < slot.len() && (slot[e] < 0) == ram {
+            e += 1;
+        }
+        Some((a, e))
+    })
+}
+
+/// The whole 4 KiB pages inside `bytes`: their start and length (0 if none). Pinning only
+/// those keeps two tensors (or runs) from pinning a shared page twice.
+fn page_inner(bytes: &[u8]) -> (*const u8, usize) {
+    const PAGE: usize = 4096;
+    let a = bytes.as_ptr() as usize;
+    let (start, end) = (a.next_multiple_of(PAGE), (a + bytes.len()) / PAGE * PAGE);
+    match end > start {
+        true => (start as *const u8, end - start),
+        false => (bytes.as_ptr(), 0),
+    }
 }
 
 /// One MoE layer's RAM side, run by a host function on the side stream: read the pairs,
@@ -73,6 +169,9 @@ pub(crate) struct HostJob {
     k: usize,
     width: usize,
     exec: Exec,
+    /// Compute the sum (`LLM_SERVER_HYBRID_CPU=0`: leave the result as it is — wrong output,
+    /// for timing the hand-offs alone).
+    compute: bool,
     /// The staging (ids, weights, x, y), owned here so a graph keeps it.
     buf: Arc<HostBuf>,
     err: Mutex<Option<String>>,
@@ -97,7 +196,30 @@ impl HostJob {
         8 * n * k + 8 * n * width
     }
 
-    fn run(&self) -> std::result::Result<(), String> {
+    /// [`HostJob::sum`], timed into the totals [`take_host_stats`] reads; an error or a
+    /// panic kept for the forward to report (nothing may unwind into the driver or past the
+    /// listener).
+    fn run(&self) {
+        let t0 = Instant::now();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match self.compute {
+            true => self.sum(),
+            false => Ok(0),
+        }));
+        let err = match r {
+            Ok(Ok(bytes)) => {
+                HOST_JOBS.fetch_add(1, Ordering::Relaxed);
+                HOST_NS.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                HOST_BYTES.fetch_add(bytes, Ordering::Relaxed);
+                return;
+            }
+            Ok(Err(e)) => e,
+            Err(_) => "moe experts in RAM: a worker panicked".to_string(),
+        };
+        *lock(&self.err) = Some(err);
+    }
+
+    /// Compute the RAM experts' weighted sum from the staging into it; the expert bytes read.
+    fn sum(&self) -> std::result::Result<u64, String> {
         let (n, k, width) = (self.n, self.k, self.width);
         let [oi, ow, ox, oy] = Self::offsets(n, k, width);
         let p = self.buf.ptr();
@@ -113,6 +235,18 @@ impl HostJob {
             )
         };
         let slot = &self.w[0].slot;
+        let mut used = vec![false; slot.len()];
+        for &e in ids {
+            if let Some(u) = used.get_mut(e as usize).filter(|_| slot[e as usize] < 0) {
+                *u = true;
+            }
+        }
+        let per_expert: usize = self
+            .w
+            .iter()
+            .map(|h| h.tensor.data().len() / slot.len().max(1))
+            .sum();
+        let bytes = (used.iter().filter(|&&u| u).count() * per_expert) as u64;
         let pairs = ids
             .iter()
             .zip(wts)
@@ -123,7 +257,7 @@ impl HostJob {
         let out = experts_sum([&g.tensor, &u.tensor, &d.tensor], x, pairs, self.exec)
             .map_err(|e| format!("moe experts in RAM ({}): {e}", g.tensor.name))?;
         y.copy_from_slice(&out);
-        Ok(())
+        Ok(bytes)
     }
 
     /// The error of a run, if one failed.
@@ -132,19 +266,88 @@ impl HostJob {
     }
 }
 
-/// The host function the side stream calls: runs the job, keeps an error or a panic for the
-/// forward to report (nothing may unwind into the driver).
+/// The host function the side stream calls.
 unsafe extern "C" fn run_host_job(data: *mut c_void) {
     // SAFETY: `data` is an `Arc<HostJob>`'s pointer, kept alive by its owners for as long as
     // a stream or graph can call this (see HostJob).
-    let job = unsafe { &*(data as *const HostJob) };
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run()));
-    let err = match r {
-        Ok(Ok(())) => return,
-        Ok(Err(e)) => e,
-        Err(_) => "moe experts in RAM: a worker panicked".to_string(),
+    unsafe { &*(data as *const HostJob) }.run();
+}
+
+/// The polled hand-off's thread: it spins on the `go` word of a pinned control block until
+/// the side stream writes a job's address there, runs the job, and writes the address to the
+/// `done` word, which the side stream waits for (and then clears). Spinning costs a core
+/// while decode runs; after [`Listener::IDLE`] without a job it polls every 50 µs instead.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    /// The device address of the control block (128 bytes of pinned memory, owned by the
+    /// thread): `go` at byte 0, `done` at byte [`Listener::DONE`] (own cache lines).
+    pub(crate) dev: u64,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Listener {
+    const IDLE: Duration = Duration::from_millis(20);
+    pub(crate) const DONE: u64 = 64;
+
+    pub(crate) fn start(gpu: &Arc<crate::driver::Gpu>) -> Result<Listener> {
+        let ctl = gpu.alloc_host(128)?;
+        // SAFETY: 128 bytes just allocated, nothing else uses them yet.
+        unsafe { std::ptr::write_bytes(ctl.ptr(), 0, 128) };
+        let dev = gpu.host_device_ptr(&ctl)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("llm-ram-experts".into())
+            .spawn(move || listen(&ctl, &s))
+            .map_err(|e| Error::Size(format!("cannot start the RAM experts' thread: {e}")))?;
+        Ok(Listener {
+            dev,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn listen(ctl: &HostBuf, stop: &AtomicBool) {
+    // SAFETY: the control block is 128 bytes of pinned memory, 8-aligned words at 0 and 64,
+    // alive while `ctl` is; the GPU writes `go` and reads `done` through the bus, this thread
+    // the other way round — atomics, so neither access is torn or cached away.
+    let (go, done) = unsafe {
+        (
+            &*ctl.ptr().cast::<AtomicU64>(),
+            &*ctl.ptr().add(Listener::DONE as usize).cast::<AtomicU64>(),
+        )
     };
-    *lock(&job.err) = Some(err);
+    let mut last = Instant::now();
+    let mut spins = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        let job = go.load(Ordering::Acquire);
+        if job == 0 {
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(1024) && last.elapsed() > Listener::IDLE {
+                std::thread::sleep(Duration::from_micros(50));
+            } else {
+                std::hint::spin_loop();
+            }
+            continue;
+        }
+        go.store(0, Ordering::Relaxed);
+        // SAFETY: the stream wrote the address of a job its owners keep alive for as long as
+        // the stream (or a graph) can run the write (see HostJob).
+        unsafe { &*(job as *const HostJob) }.run();
+        done.store(job, Ordering::Release);
+        last = Instant::now();
+    }
 }
 
 impl Cuda {
@@ -153,7 +356,18 @@ impl Cuda {
         if p.n_in_ram() > 0 {
             // A driver without cuCtxSetFlags (before CUDA 12.1) keeps its default: slower, not
             // wrong.
-            let _ = self.gpu.prefer_yield();
+            if self.handoff == Handoff::Poll && self.listener.get().is_none() {
+                match Listener::start(&self.gpu) {
+                    Ok(l) => drop(self.listener.set(l)),
+                    Err(e) => eprintln!("note: RAM experts handed off by host functions ({e})"),
+                }
+            }
+            // The listener spins for the pool; the main thread sleeps while it waits. With
+            // host functions the driver's thread needs it to yield.
+            let _ = self.gpu.prefer_sched(match self.listener.get() {
+                Some(_) => crate::driver::Sched::Block,
+                None => crate::driver::Sched::Yield,
+            });
         }
         *lock(&self.placement) = p;
     }
@@ -198,9 +412,30 @@ impl Cuda {
         let slot_bytes: Vec<u8> = slot.iter().flat_map(|s| s.to_le_bytes()).collect();
         let slot_dev = self.gpu.alloc(slot_bytes.len())?;
         slot_dev.upload(&slot_bytes)?;
+        let mut pinned = Vec::new();
+        for (a, b) in runs(&slot, true) {
+            let (p, len) = page_inner(&data[a * expert_bytes..b * expert_bytes]);
+            if len == 0 {
+                continue;
+            }
+            // SAFETY: inside `data`, which the tensor (kept beside the pin, dropped after
+            // it) maps for as long as the model lives.
+            match unsafe { self.gpu.pin(p, len) } {
+                Ok(pin) => pinned.push(pin),
+                Err(e) => {
+                    eprintln!(
+                        "note: {}: RAM experts not pinned ({e}); prefill copies them slower",
+                        t.name
+                    );
+                    pinned.clear();
+                    break;
+                }
+            }
+        }
         Ok((
             Arc::new(buf),
             HostExperts {
+                pinned,
                 tensor: t.clone(),
                 slot,
                 slot_dev,
@@ -252,6 +487,7 @@ impl Cuda {
             k,
             width,
             exec,
+            compute: self.hybrid_cpu,
             buf: buf.clone(),
             err: Mutex::new(None),
         });
@@ -265,8 +501,15 @@ impl Cuda {
             self.gpu.dtoh_side(p.add(oi), ids, 4 * n * k)?;
             self.gpu.dtoh_side(p.add(ow), weights.ptr(), 4 * n * k)?;
             self.gpu.dtoh_side(p.add(ox), x.ptr(), 4 * n * width)?;
-            self.gpu
-                .host_fn_side(run_host_job, Arc::as_ptr(&job) as *mut c_void)?;
+            let addr = Arc::as_ptr(&job) as u64;
+            match self.listener.get() {
+                Some(l) => {
+                    self.gpu.write_value_side(l.dev, addr)?;
+                    self.gpu.wait_value_side(l.dev + Listener::DONE, addr)?;
+                    self.gpu.write_value_side(l.dev + Listener::DONE, 0)?;
+                }
+                None => self.gpu.host_fn_side(run_host_job, addr as *mut c_void)?,
+            }
             self.gpu.htod_side(out.ptr(), p.add(oy), 4 * n * width)?;
         }
         lock(&self.pending_jobs).push(job);
@@ -280,10 +523,11 @@ impl Cuda {
     }
 
     /// `w` whole on the device for one batch (DESIGN §3 item 4): its GPU experts copied from
-    /// their slots, its RAM experts from the file, into the staging buffer, in id order — runs
-    /// of neighbouring experts one copy each (the planner's uniform placement makes two runs
-    /// a tensor). The copies are ordered on the stream before the product that reads them and
-    /// after the one that read the previous tensor.
+    /// their slots, its RAM experts from RAM (pinned: at the bus's speed), into one of two
+    /// staging buffers, in id order. The copies run on the side stream ahead of the products:
+    /// a tensor's copies wait only for the product that read its buffer two tensors before,
+    /// so the next tensor's copies overlap this one's product, and the main stream waits for
+    /// them before its product.
     pub(crate) fn stream_experts(&self, w: &CudaMat) -> Result<CudaMat> {
         let h = w.host.as_ref().expect("streamable");
         let eb = w.m * w.row_bytes;
@@ -296,38 +540,61 @@ impl Cuda {
                 data.len()
             )));
         }
-        let buf = {
-            let mut st = lock(&self.staging_h);
-            if st.device.as_ref().is_none_or(|d| d.bytes() < total) {
-                // An earlier product may still read the old buffer.
-                self.gpu.sync()?;
-                st.device = None;
-                st.device = Some(Arc::new(self.gpu.alloc(total)?));
-            }
-            st.device.clone().expect("allocated above")
-        };
-        let mut e = 0;
-        while e < w.experts {
-            let ram = h.slot[e] < 0;
-            let mut end = e + 1;
-            while end < w.experts && (h.slot[end] < 0) == ram {
-                end += 1;
-            }
-            let (dst, bytes) = (buf.ptr() + (e * eb) as u64, (end - e) * eb);
-            // SAFETY: the staging holds `total` ≥ end·eb bytes; the packed buffer holds the
-            // slots of GPU experts e..end (consecutive: slots follow ids); the file's bytes are
-            // checked above.
+        let mut st = lock(&self.staging_h);
+        let i = st.next % 2;
+        st.next += 1;
+        if st.device[i].as_ref().is_none_or(|d| d.bytes() < total) {
+            // Earlier products may still read the old buffer.
+            self.gpu.sync()?;
+            st.device[i] = None;
+            st.device[i] = Some(Arc::new(self.gpu.alloc(total)?));
+        }
+        let buf = st.device[i].clone().expect("allocated above");
+        if st.stream_events.is_none() {
+            st.stream_events = Some((self.gpu.order_event()?, self.gpu.order_event()?));
+        }
+        let (mark, ready) = st.stream_events.as_ref().expect("made above");
+        // `mark` was recorded after the product two tensors back (this buffer's last reader)
+        // was queued: wait for it, then mark the main stream for the next call.
+        if st.next > 1 {
+            self.gpu.side_waits(mark)?;
+        }
+        self.gpu.mark_main(mark)?;
+        for (ram, (a, b)) in runs(&h.slot, true)
+            .map(|r| (true, r))
+            .chain(runs(&h.slot, false).map(|r| (false, r)))
+        {
+            let dst = buf.ptr() + (a * eb) as u64;
+            // SAFETY: the staging holds `total` ≥ b·eb bytes; the packed buffer holds the
+            // slots of GPU experts a..b (consecutive: slots follow ids); the file's bytes are
+            // checked above and outlive the copies (the model's mapping).
             unsafe {
                 match ram {
-                    true => self.gpu.htod(dst, &data[e * eb..end * eb])?,
+                    true => {
+                        let src = &data[a * eb..b * eb];
+                        let (p, len) = page_inner(src);
+                        let head = match h.pinned.is_empty() || len == 0 {
+                            true => src.len(),
+                            false => p as usize - src.as_ptr() as usize,
+                        };
+                        let mut pieces = vec![(0, head)];
+                        if head < src.len() {
+                            pieces.push((head, len));
+                            pieces.push((head + len, src.len() - head - len));
+                        }
+                        for (off, n) in pieces.into_iter().filter(|&(_, n)| n > 0) {
+                            self.gpu
+                                .htod_side(dst + off as u64, src.as_ptr().add(off), n)?;
+                        }
+                    }
                     false => {
-                        let src = w.buf.ptr() + (h.slot[e] as usize * eb) as u64;
-                        self.gpu.dtod(dst, src, bytes)?
+                        let src = w.buf.ptr() + (h.slot[a] as usize * eb) as u64;
+                        self.gpu.dtod_side(dst, src, (b - a) * eb)?
                     }
                 }
             }
-            e = end;
         }
+        self.gpu.join(ready)?;
         Ok(CudaMat {
             buf,
             host: None,
@@ -340,5 +607,35 @@ impl Cuda {
         let st = lock(&self.staging_h);
         let (_, join) = st.events.as_ref().expect("queued before");
         self.gpu.join(join)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_split_experts_by_side() {
+        let slot = [-1, -1, 0, 1, -1, 2, -1];
+        assert_eq!(
+            runs(&slot, true).collect::<Vec<_>>(),
+            [(0, 2), (4, 5), (6, 7)]
+        );
+        assert_eq!(runs(&slot, false).collect::<Vec<_>>(), [(2, 4), (5, 6)]);
+        assert_eq!(runs(&[], true).count(), 0);
+        assert_eq!(runs(&[0, 1], true).count(), 0);
+    }
+
+    #[test]
+    fn page_inner_keeps_whole_pages_only() {
+        let buf = vec![0u8; 6 * 4096];
+        let base = buf.as_ptr() as usize;
+        let off = base.next_multiple_of(4096) - base; // the first page boundary inside
+                                                      // From 100 bytes before a boundary to 3 pages and 50 bytes after it: 3 whole pages.
+        let s = &buf[off + 4096 - 100..off + 4 * 4096 + 50];
+        let (p, len) = page_inner(s);
+        assert_eq!((p as usize - base, len), (off + 4096, 3 * 4096));
+        // Less than a page: nothing.
+        assert_eq!(page_inner(&buf[off + 10..off + 4000]).1, 0);
     }
 }

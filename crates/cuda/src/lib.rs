@@ -26,7 +26,7 @@ pub use backend::{
 };
 pub use driver::{DevBuf, Event, Gpu};
 pub use error::{Error, Result};
-pub use hybrid::Placement;
+pub use hybrid::{take_host_stats, HostStats, Placement};
 pub use kernels::Src;
 
 mod backend;

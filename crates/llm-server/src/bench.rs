@@ -143,6 +143,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     let ub = args.ubatch.max(1);
     let mut tg_rate = None;
     let mut peak_kv = 0;
+    let mut ram_side = false;
     for &depth in &args.depth {
         for &test in &tests {
             let mut rates = Vec::new();
@@ -162,6 +163,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
                     engine::prof::reset(); // the warm-up packs the weights: not a stage to show
                     if let Some(g) = &m.gpu {
                         g.gpu().profile_report()?;
+                        cuda::take_host_stats();
                     }
                 }
                 let t0 = Instant::now();
@@ -211,6 +213,12 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
                     Test::Tg(n) => n,
                 };
                 print_kernels(&label, &g.gpu().profile_report()?, (args.reps * n) as f64);
+                ram_side |= print_ram_side(
+                    &label,
+                    cuda::take_host_stats(),
+                    (args.reps * n) as f64,
+                    mean,
+                );
             }
         }
     }
@@ -244,11 +252,39 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             bw / bytes as f64,
             100.0 * mean * bytes as f64 / bw
         );
+        if ram_side {
+            println!(
+                "RAM read bandwidth {:.1} GB/s ({} threads): the RAM experts' part of the bound",
+                read_bandwidth(m.exec.threads) / 1e9,
+                m.exec.threads
+            );
+        }
     }
     Ok(())
 }
 
 /// GPU time by kernel (`LLM_SERVER_CUDA_PROFILE=1`; nothing when off), per token of the test.
+/// Under hybrid placement, what the RAM side did per token against the step (issue 11's
+/// per-token breakdown): its jobs' time (the pool's experts and the staging copies), the bytes
+/// they read and the rate while busy, and the CPU's idle rest of the step.
+fn print_ram_side(test: &str, s: cuda::HostStats, tokens: f64, rate: f64) -> bool {
+    if s.jobs == 0 || tokens == 0.0 {
+        return false;
+    }
+    let step = 1e3 / rate;
+    let busy = s.busy.as_secs_f64() * 1e3 / tokens;
+    println!(
+        "\n{test}: RAM experts {:.1} jobs/token, {:.1} MB/token, busy {busy:.3} ms/token \
+         ({:.1} GB/s while busy); step {step:.3} ms, CPU side idle {:.3} ms ({:.0}%)",
+        s.jobs as f64 / tokens,
+        s.bytes as f64 / tokens / 1e6,
+        s.bytes as f64 / s.busy.as_secs_f64().max(1e-9) / 1e9,
+        step - busy,
+        100.0 * (step - busy) / step
+    );
+    true
+}
+
 fn print_kernels(test: &str, kernels: &[(String, f64, u64)], tokens: f64) {
     if kernels.is_empty() {
         return;
