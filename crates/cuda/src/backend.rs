@@ -607,6 +607,37 @@ impl Backend for Cuda {
         })
     }
 
+    fn save_layer(&self, l: &CudaLayer) -> R<Option<Vec<u8>>> {
+        let CudaLayer::Recurrent { conv, ssm } = l else {
+            return Ok(None);
+        };
+        let mut out = vec![0u8; conv.bytes() + ssm.bytes()];
+        let (c, s) = out.split_at_mut(conv.bytes());
+        conv.download(c)?;
+        ssm.download(s)?;
+        Ok(Some(out))
+    }
+
+    fn load_layer(&self, l: &mut CudaLayer, saved: &[u8]) -> R<()> {
+        let CudaLayer::Recurrent { conv, ssm } = l else {
+            return Err(
+                crate::ops::size_err("a recurrent state saved for a KV layer".into()).into(),
+            );
+        };
+        if saved.len() != conv.bytes() + ssm.bytes() {
+            return Err(crate::ops::size_err(format!(
+                "a saved recurrent state of {} bytes for a layer of {}",
+                saved.len(),
+                conv.bytes() + ssm.bytes()
+            ))
+            .into());
+        }
+        let (c, s) = saved.split_at(conv.bytes());
+        conv.upload(c)?;
+        ssm.upload(s)?;
+        Ok(())
+    }
+
     fn kv_bytes(&self, l: &CudaLayer) -> usize {
         match l {
             CudaLayer::Kv { k, v, .. } => k.bytes() + v.bytes(),

@@ -61,6 +61,7 @@ const SINGLE_DASH: &[(&str, &str)] = &[
     ("-fitt", "--fit-target"),
     ("-fitc", "--fit-ctx"),
     ("-fa", "--flash-attn"),
+    ("-cram", "--cache-ram"),
 ];
 
 /// `args` with [`SINGLE_DASH`] flags rewritten.

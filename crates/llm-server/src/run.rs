@@ -125,12 +125,14 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         logprobs: None,
         prompt_logprobs: false,
         think_budget: None,
+        turn_end: None,
     };
     let generator = Generator {
         model: m.model.as_ref(),
         tokenizer: &m.tokenizer,
         exec: m.exec,
         ubatch: args.batch.ubatch(),
+        cache: None,
     };
     let mut out = std::io::stdout().lock();
     let mut write_err = None;

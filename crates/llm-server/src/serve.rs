@@ -49,6 +49,13 @@ pub struct Args {
     /// `reasoning_content`, `none` left in `content` (llama-server's flag).
     #[arg(long, value_enum, default_value = "auto")]
     pub reasoning_format: ReasoningArg,
+    /// MiB the prompt cache's checkpoints may hold (llama-server's `--cache-ram`/`-cram`; 0: no
+    /// prompt cache, -1: no limit). A request whose prompt begins like the previous sequence
+    /// resumes from it; models with DeltaNet layers resume from a checkpoint taken at the end
+    /// of a prompt or of a generation.
+    #[arg(long = "cache-ram", value_name = "MiB", allow_negative_numbers = true,
+          default_value_t = server::cache::DEFAULT_CACHE_MIB as i64)]
+    pub cache_ram: i64,
     #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]
@@ -112,6 +119,10 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         })
         .with_cache(args.cache.config())
         .with_ubatch(args.batch.ubatch())
+        .with_prompt_cache(match args.cache_ram {
+            n if n < 0 => usize::MAX >> 20,
+            n => n as usize,
+        })
         .with_reasoning(match args.reasoning_format {
             ReasoningArg::Auto | ReasoningArg::Deepseek => ReasoningFormat::Deepseek,
             ReasoningArg::None => ReasoningFormat::None,

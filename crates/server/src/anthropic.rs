@@ -115,6 +115,8 @@ struct Prompt {
     budget: Option<usize>,
     /// Parameter types of the tools, when calls are parsed out of the answer.
     tools: Option<ParamTypes>,
+    /// Where the conversation ends before the generation prompt ([`ServedModel::turn_end`]).
+    turn_end: Option<usize>,
 }
 
 impl MessagesRequest {
@@ -161,8 +163,10 @@ impl MessagesRequest {
             (Some(Value::Array(t)), true) if !t.is_empty() => Some(ParamTypes::from_tools(t)),
             _ => None,
         };
+        let tokens = prompt_tokens(&m.tokenizer, &text, true);
         Ok(Prompt {
-            tokens: prompt_tokens(&m.tokenizer, &text, true),
+            turn_end: m.turn_end(&req, &tokens),
+            tokens,
             opened_think: ThinkSplit::prompt_opens(&text),
             thinking,
             budget,
@@ -233,6 +237,7 @@ impl MessagesRequest {
             tools: prompt.tools.clone(),
             ..Job::new(m, prompt.tokens.clone(), max_tokens, stop, sampling)
         };
+        job.params.turn_end = prompt.turn_end;
         // The reasoning the prompt opened ends after `budget_tokens` tokens.
         if let (Some(tokens), true) = (prompt.budget, prompt.opened_think) {
             job.params.think_budget = Some(ThinkBudget {
@@ -505,6 +510,15 @@ struct MessageHead {
     tools: Option<ParamTypes>,
 }
 
+/// A reply's usage. `input_tokens` counts the whole prompt, as `count_tokens` and
+/// `message_start` do (Anthropic's own counts leave out cache reads; here the prompt cache is
+/// automatic and free, so the total stays where clients look for it), and
+/// `cache_read_input_tokens` how many of them the prompt cache held.
+fn usage(o: &Outcome) -> Value {
+    json!({"input_tokens": o.prompt_tokens, "output_tokens": o.completion_tokens,
+           "cache_read_input_tokens": o.cached_tokens, "cache_creation_input_tokens": 0})
+}
+
 /// Anthropic's `stop_reason` and `stop_sequence` (`tool_use` when the answer called tools).
 fn stop_reason(o: &Outcome, called: bool) -> (&'static str, Value) {
     if called {
@@ -556,7 +570,7 @@ impl MessageHead {
         let (reason, seq) = stop_reason(o, !calls.is_empty());
         json!({"id": self.id, "type": "message", "role": "assistant", "model": self.model,
                "content": content, "stop_reason": reason, "stop_sequence": seq,
-               "usage": {"input_tokens": o.prompt_tokens, "output_tokens": o.completion_tokens}})
+               "usage": usage(o)})
     }
 }
 
@@ -714,7 +728,7 @@ impl Blocks {
         out.push_str(&event(
             "message_delta",
             json!({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": seq},
-                   "usage": {"output_tokens": o.completion_tokens}}),
+                   "usage": usage(o)}),
         ));
         out.push_str(&event("message_stop", json!({"type": "message_stop"})));
         out
@@ -831,6 +845,7 @@ mod tests {
         let text = "Checking.<tool_call>\n<function=get>\n<parameter=n>\n7\n</parameter>\n</function>\n</tool_call>";
         let o = Outcome {
             prompt_tokens: 3,
+            cached_tokens: 0,
             completion_tokens: 20,
             finish: Finish::Eos,
             stop: None,

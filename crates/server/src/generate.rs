@@ -21,6 +21,9 @@ pub struct Generator<'a> {
     /// Prompt tokens a forward call takes (llama.cpp's `-ub`): a long prompt goes through in
     /// pieces, so the activations a call needs stay what the memory plan counted.
     pub ubatch: usize,
+    /// The prompt cache to resume from and keep the sequence in (`None`: every prompt from
+    /// the start).
+    pub cache: Option<&'a std::sync::Mutex<crate::cache::PromptCache>>,
 }
 
 impl std::fmt::Debug for Generator<'_> {
@@ -54,6 +57,10 @@ pub struct Params {
     /// The prompt opened the model's reasoning: after this many generated tokens without its
     /// closing tokens, they are put in (Anthropic's `thinking.budget_tokens`).
     pub think_budget: Option<ThinkBudget>,
+    /// Where the conversation before the generation prompt ends in the prompt (chat routes):
+    /// the prefill stops there for the prompt cache to checkpoint, since the next turn's
+    /// prompt continues from that point, not from the generation prompt.
+    pub turn_end: Option<usize>,
 }
 
 /// A cap on the tokens of an open reasoning block.
@@ -125,6 +132,8 @@ pub enum Finish {
 pub struct Outcome {
     /// Tokens in the prompt.
     pub prompt_tokens: usize,
+    /// Of those, the ones the prompt cache already held (not prefilled).
+    pub cached_tokens: usize,
     /// Tokens sampled (the end-of-generation token not counted).
     pub completion_tokens: usize,
     /// Why it ended.
@@ -225,11 +234,21 @@ pub fn generate_with_logprobs(
     }
     let mut sampler = Sampler::new(params.sampling.clone())?;
     prompt.iter().for_each(|&t| sampler.accept(t));
-    let mut state = g.model.new_state_with(params.n_ctx, params.cache)?;
+    // Echoing the prompt's log-probabilities needs every prompt position's logits: no reuse.
+    let whole = !(params.logprobs.is_some() && params.prompt_logprobs);
+    let cache = g.cache.filter(|_| whole);
+    let mut lease = match cache {
+        Some(c) => lock(c).take(g.model, prompt, (params.n_ctx, params.cache), true)?,
+        None => crate::cache::Lease::new(g.model, params.n_ctx, params.cache)?,
+    };
+    let reused = lease.reused;
     let t0 = Instant::now();
-    let mut logits = match params.logprobs.filter(|_| params.prompt_logprobs) {
-        Some(n) => {
-            let all = prefill(&g, prompt, &mut state, Logits::All)?;
+    let mut logits = match (
+        params.logprobs.filter(|_| params.prompt_logprobs),
+        lease.logits.take(),
+    ) {
+        (Some(n), _) => {
+            let all = prefill(&g, prompt, &mut lease.state, Logits::All)?;
             let v = all.len() / prompt.len();
             on_token(TokenLogprob {
                 id: prompt[0],
@@ -241,8 +260,26 @@ pub fn generate_with_logprobs(
             }
             all[(prompt.len() - 1) * v..].to_vec()
         }
-        None => prefill(&g, prompt, &mut state, Logits::Last)?,
+        (None, Some(cached)) => cached,
+        (None, None) => {
+            // Split at the turn's end whether or not a cache keeps it: the same pieces, the
+            // same numbers.
+            let mut at = reused;
+            if let Some(t) = params.turn_end.filter(|&t| t > reused && t < prompt.len()) {
+                prefill(&g, &prompt[reused..t], &mut lease.state, Logits::Last)?;
+                lease.fed(&prompt[reused..t]);
+                if let Some(c) = cache {
+                    lock(c).mark(g.model, &mut lease, None);
+                }
+                at = t;
+            }
+            prefill(&g, &prompt[at..], &mut lease.state, Logits::Last)?
+        }
     };
+    lease.fed(&prompt[lease.tokens.len().min(prompt.len())..]);
+    if let Some(c) = cache {
+        lock(c).mark(g.model, &mut lease, Some(&logits));
+    }
     let prefill = t0.elapsed();
     let (mut stops, mut pending) = (StopMatcher::new(&params.stop), Vec::new());
     let t1 = Instant::now();
@@ -297,8 +334,16 @@ pub fn generate_with_logprobs(
         }
         // The last token's logits would never be sampled.
         if generated < params.max_tokens {
-            logits = g.model.forward(&[tok], &mut state, Logits::Last, g.exec)?;
+            logits = g
+                .model
+                .forward(&[tok], &mut lease.state, Logits::Last, g.exec)?;
+            lease.fed(&[tok]);
         }
+    }
+    if let Some(c) = cache {
+        let mut c = lock(c);
+        c.mark(g.model, &mut lease, None);
+        c.give_back(lease);
     }
     if finish != Finish::Cancelled {
         let mut rest = stops.finish();
@@ -309,12 +354,21 @@ pub fn generate_with_logprobs(
     }
     Ok(Outcome {
         prompt_tokens: prompt.len(),
+        cached_tokens: reused,
         completion_tokens: generated,
         finish,
         stop: stops.matched().map(str::to_string),
         prefill,
         decode: t1.elapsed(),
     })
+}
+
+/// The cache, whatever a panicked holder left (it keeps no invariant a panic could break:
+/// at worst a sequence is missing, and the next request starts afresh).
+fn lock(
+    c: &std::sync::Mutex<crate::cache::PromptCache>,
+) -> std::sync::MutexGuard<'_, crate::cache::PromptCache> {
+    c.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Take the longest complete UTF-8 prefix of `pending`, keeping a split character's bytes
@@ -349,6 +403,7 @@ mod tests {
             logprobs: None,
             prompt_logprobs: false,
             think_budget: None,
+            turn_end: None,
         };
         let (mut text, mut calls) = (String::new(), 0);
         let o = generate(m.generator(), &prompt, &params, |t| {
@@ -396,6 +451,7 @@ mod tests {
                 logprobs: Some(0),
                 prompt_logprobs: false,
                 think_budget: budget,
+                turn_end: None,
             };
             let mut ids = Vec::new();
             generate_with_logprobs(
@@ -454,6 +510,7 @@ mod tests {
             logprobs: None,
             prompt_logprobs: false,
             think_budget: None,
+            turn_end: None,
         };
         let run = |prompt: &[u32]| {
             generate(

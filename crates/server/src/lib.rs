@@ -26,6 +26,7 @@ pub use request::Job;
 pub use routes::{router, serve, serve_until_signal, AppState};
 
 pub mod anthropic;
+pub mod cache;
 pub mod embeddings;
 mod error;
 pub mod extract;

@@ -35,6 +35,8 @@ const ROUTES: [&str; 9] = [
 pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     prompt_tokens: AtomicU64,
+    /// Of those, taken from the prompt cache (not prefilled).
+    cached_tokens: AtomicU64,
     prompt_micros: AtomicU64,
     generated_tokens: AtomicU64,
     decode_micros: AtomicU64,
@@ -62,6 +64,8 @@ impl Metrics {
     pub fn finished(&self, o: &Outcome) {
         self.prompt_tokens
             .fetch_add(o.prompt_tokens as u64, Ordering::Relaxed);
+        self.cached_tokens
+            .fetch_add(o.cached_tokens as u64, Ordering::Relaxed);
         self.prompt_micros
             .fetch_add(micros(o.prefill), Ordering::Relaxed);
         self.generated_tokens
@@ -123,12 +127,19 @@ impl Metrics {
         }
         let secs = |us: &AtomicU64| get(us) as f64 / 1e6;
         let rate = |n: &AtomicU64, us: &AtomicU64| get(n) as f64 / secs(us).max(1e-9);
-        let single: [(&str, &str, &str, f64); 8] = [
+        let prefilled = get(&self.prompt_tokens).saturating_sub(get(&self.cached_tokens));
+        let single: [(&str, &str, &str, f64); 9] = [
             (
                 "prompt_tokens_total",
                 "counter",
-                "Prompt tokens processed.",
+                "Prompt tokens of all requests.",
                 get(&self.prompt_tokens) as f64,
+            ),
+            (
+                "prompt_tokens_cached_total",
+                "counter",
+                "Prompt tokens the prompt cache held (not prefilled).",
+                get(&self.cached_tokens) as f64,
             ),
             (
                 "prompt_seconds_total",
@@ -151,8 +162,8 @@ impl Metrics {
             (
                 "prompt_tokens_per_second",
                 "gauge",
-                "Average prefill rate over all requests.",
-                rate(&self.prompt_tokens, &self.prompt_micros),
+                "Average prefill rate over all requests (tokens prefilled, not cached).",
+                prefilled as f64 / secs(&self.prompt_micros).max(1e-9),
             ),
             (
                 "generated_tokens_per_second",
@@ -218,6 +229,35 @@ impl Metrics {
     }
 }
 
+/// The prompt cache's counters in Prometheus' text format.
+pub fn render_cache(c: crate::cache::CacheStats) -> String {
+    let mut out = String::new();
+    for (name, kind, help, v) in [
+        (
+            "prompt_cache_hits_total",
+            "counter",
+            "Generations that resumed from a cached prefix.",
+            c.hits,
+        ),
+        (
+            "prompt_cache_misses_total",
+            "counter",
+            "Generations that prefilled their prompt from the start.",
+            c.misses,
+        ),
+        (
+            "prompt_cache_bytes",
+            "gauge",
+            "Bytes the prompt cache's checkpoints hold.",
+            c.bytes,
+        ),
+    ] {
+        head(&mut out, name, kind, help);
+        let _ = writeln!(out, "llm_server_{name} {v}");
+    }
+    out
+}
+
 /// A metric family's HELP and TYPE lines.
 fn head(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(
@@ -261,6 +301,7 @@ mod tests {
         m.first_token(Duration::from_millis(30));
         m.finished(&Outcome {
             prompt_tokens: 10,
+            cached_tokens: 0,
             completion_tokens: 4,
             finish: Finish::Length,
             stop: None,

@@ -29,6 +29,8 @@ pub struct ServedModel {
     pub pooling: Pooling,
     /// Prompt tokens a forward call takes (`-ub`).
     pub ubatch: usize,
+    /// The sequence kept for the next request's prompt ([`crate::cache`]).
+    pub prompt_cache: std::sync::Mutex<crate::cache::PromptCache>,
 }
 
 /// How token states become one embedding (the GGUF's `{arch}.pooling_type`; mean when it
@@ -93,6 +95,9 @@ impl ServedModel {
             reasoning: ReasoningFormat::default(),
             pooling: Pooling::default(),
             ubatch: 512,
+            prompt_cache: std::sync::Mutex::new(crate::cache::PromptCache::new(
+                crate::cache::DEFAULT_CACHE_MIB,
+            )),
         })
     }
 
@@ -118,6 +123,29 @@ impl ServedModel {
             }),
             _ => Ok(()),
         }
+    }
+
+    /// Where the conversation of `req` ends in its `prompt` (rendered with the generation
+    /// prompt): the tokens of the rendering without it, as far as they agree with the
+    /// prompt's. The next turn's prompt continues from there — with the reply — not from the
+    /// generation prompt, so that is where the prompt cache must be able to resume.
+    pub(crate) fn turn_end(&self, req: &engine::ChatRequest, prompt: &[u32]) -> Option<usize> {
+        let text = self
+            .template
+            .render(&engine::ChatRequest {
+                add_generation_prompt: false,
+                ..*req
+            })
+            .ok()?;
+        let toks = crate::generate::prompt_tokens(&self.tokenizer, &text, true);
+        let n = toks.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        (n > 0 && n < prompt.len()).then_some(n)
+    }
+
+    /// The same model with a prompt cache of `mib` MiB of checkpoints (0: none).
+    pub fn with_prompt_cache(mut self, mib: usize) -> ServedModel {
+        self.prompt_cache = std::sync::Mutex::new(crate::cache::PromptCache::new(mib));
+        self
     }
 
     /// The same model taking prompts `ubatch` tokens a forward call (default 512).
@@ -151,6 +179,7 @@ impl ServedModel {
             tokenizer: &self.tokenizer,
             exec: self.exec,
             ubatch: self.ubatch,
+            cache: Some(&self.prompt_cache),
         }
     }
 

@@ -287,6 +287,7 @@ mod tests {
                 logprobs: None,
                 prompt_logprobs: false,
                 think_budget: None,
+                turn_end: None,
             },
             stream: None,
             think: None,

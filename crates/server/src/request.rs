@@ -57,6 +57,7 @@ impl Job {
                 logprobs: None,
                 prompt_logprobs: false,
                 think_budget: None,
+                turn_end: None,
                 stop,
                 sampling,
             },
@@ -224,9 +225,11 @@ impl ChatCompletionRequest {
         };
         let text = m.template.render(&req).map_err(template_error)?;
         let prompt = prompt_tokens(&m.tokenizer, &text, true);
+        let turn_end = m.turn_end(&req, &prompt);
         let logprobs = self.gen.chat_logprobs()?;
         let mut job = self.gen.into_job(m, prompt)?;
         job.params.logprobs = logprobs;
+        job.params.turn_end = turn_end;
         if m.reasoning == ReasoningFormat::Deepseek {
             job.think = Some(ThinkSplit::prompt_opens(&text));
         }

@@ -84,7 +84,8 @@ pub fn finish_reason(f: Finish) -> &'static str {
 /// The `usage` object.
 pub fn usage(o: &Outcome) -> Value {
     json!({"prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens,
-           "total_tokens": o.prompt_tokens + o.completion_tokens})
+           "total_tokens": o.prompt_tokens + o.completion_tokens,
+           "prompt_tokens_details": {"cached_tokens": o.cached_tokens}})
 }
 
 /// A whole (non-streamed) reply of one or more choices (`n`): (text, outcome, logprobs) each;
@@ -422,6 +423,7 @@ mod tests {
     fn outcome(finish: Finish) -> Outcome {
         Outcome {
             prompt_tokens: 7,
+            cached_tokens: 0,
             completion_tokens: 3,
             finish,
             stop: None,
@@ -490,7 +492,8 @@ mod tests {
         assert_eq!(ev[2]["choices"], json!([]));
         assert_eq!(
             ev[2]["usage"],
-            json!({"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10})
+            json!({"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10,
+                   "prompt_tokens_details": {"cached_tokens": 0}})
         );
     }
 

@@ -149,7 +149,14 @@ async fn shutdown_signal() {
 async fn metrics(State(s): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.queue.metrics().render(),
+        s.queue.metrics().render()
+            + &crate::metrics::render_cache(
+                s.model
+                    .prompt_cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .stats(),
+            ),
     )
         .into_response()
 }

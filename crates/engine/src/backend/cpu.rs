@@ -136,6 +136,41 @@ impl Backend for Cpu {
         }
     }
 
+    fn save_layer(&self, l: &CpuLayer) -> Result<Option<Vec<u8>>> {
+        Ok(match l {
+            CpuLayer::Kv { .. } => None,
+            CpuLayer::Recurrent { conv, ssm } => Some(
+                conv.iter()
+                    .chain(ssm.iter())
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+        })
+    }
+
+    fn load_layer(&self, l: &mut CpuLayer, saved: &[u8]) -> Result<()> {
+        let CpuLayer::Recurrent { conv, ssm } = l else {
+            return Err(Error::Shape(
+                "a recurrent state saved for a KV layer".into(),
+            ));
+        };
+        if saved.len() != 4 * (conv.len() + ssm.len()) {
+            return Err(Error::Shape(format!(
+                "a saved recurrent state of {} bytes for a layer of {}",
+                saved.len(),
+                4 * (conv.len() + ssm.len())
+            )));
+        }
+        let mut vals = saved
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        conv.iter_mut()
+            .chain(ssm.iter_mut())
+            .zip(&mut vals)
+            .for_each(|(d, v)| *d = v);
+        Ok(())
+    }
+
     fn forward(
         &self,
         req: Request<'_>,

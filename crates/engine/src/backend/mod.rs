@@ -70,6 +70,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn recurrent_layer(&self, conv: usize, ssm: usize) -> Result<Self::Layer>;
     /// Bytes a layer's KV cache holds (0 for recurrent state).
     fn kv_bytes(&self, l: &Self::Layer) -> usize;
+    /// A host copy of a layer's recurrent state (convolution taps, then the state matrices),
+    /// for a prompt-cache [`Checkpoint`]; `None` for a KV layer, whose earlier positions stay
+    /// as they are when the sequence goes back.
+    fn save_layer(&self, l: &Self::Layer) -> Result<Option<Vec<u8>>>;
+    /// Put back into a recurrent layer what [`Backend::save_layer`] copied of it.
+    fn load_layer(&self, l: &mut Self::Layer, saved: &[u8]) -> Result<()>;
 
     /// Run one forward call: make the step for `req`, let `graph` compute the output rows
     /// (logits, `n_vocab` wide) and bring them back to the host.
@@ -272,6 +278,86 @@ impl State {
     pub fn kv_bytes(&self) -> usize {
         self.kv_bytes
     }
+}
+
+/// A sequence at a position, for the prompt cache: the position and a host copy of every
+/// recurrent layer's state there (DeltaNet's state cannot be cut back, so a sequence can only
+/// go back to where a checkpoint was taken; a model without recurrent layers can go back to
+/// any earlier position, its KV cache rows before it being untouched by what came after).
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    n_past: usize,
+    layers: Vec<Option<Vec<u8>>>,
+}
+
+impl Checkpoint {
+    /// The position (tokens processed).
+    pub fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    /// Host bytes it holds.
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().flatten().map(Vec::len).sum()
+    }
+
+    /// Whether it holds recurrent state (else any earlier position is as good).
+    pub fn recurrent(&self) -> bool {
+        self.layers.iter().any(Option::is_some)
+    }
+
+    /// The sequence at another position `n`, for a model without recurrent layers (where
+    /// any position up to the sequence's own is as good as another).
+    pub fn at(&self, n: usize) -> Option<Checkpoint> {
+        (!self.recurrent()).then(|| Checkpoint {
+            n_past: n,
+            layers: self.layers.clone(),
+        })
+    }
+}
+
+/// A [`Checkpoint`] of `state` where it is now, on backend `b`.
+pub fn checkpoint<B: Backend>(b: &B, state: &State) -> Result<Checkpoint> {
+    let seq = state
+        .seq
+        .downcast_ref::<Seq<B>>()
+        .ok_or(Error::StateMismatch { layer: 0 })?;
+    Ok(Checkpoint {
+        n_past: state.n_past,
+        layers: seq
+            .layers
+            .iter()
+            .map(|l| b.save_layer(l))
+            .collect::<Result<_>>()?,
+    })
+}
+
+/// Put `state` back to checkpoint `cp`, taken of this same state (the caller keeps that
+/// promise: a checkpoint of another sequence would mix two histories) at a position not past
+/// the current one.
+pub fn rewind<B: Backend>(b: &B, state: &mut State, cp: &Checkpoint) -> Result<()> {
+    if cp.n_past > state.n_past {
+        return Err(Error::Shape(format!(
+            "rewind to position {} of a sequence at {}",
+            cp.n_past, state.n_past
+        )));
+    }
+    let seq = state
+        .seq
+        .downcast_mut::<Seq<B>>()
+        .ok_or(Error::StateMismatch { layer: 0 })?;
+    if seq.layers.len() != cp.layers.len() {
+        return Err(Error::StateMismatch { layer: 0 });
+    }
+    for (i, (l, saved)) in seq.layers.iter_mut().zip(&cp.layers).enumerate() {
+        match saved {
+            Some(bytes) => b.load_layer(l, bytes)?,
+            None if b.save_layer(l)?.is_some() => return Err(Error::StateMismatch { layer: i }),
+            None => {}
+        }
+    }
+    state.n_past = cp.n_past;
+    Ok(())
 }
 
 /// Run `graph` on backend `b` for `tokens` of a sequence in `state`: checks the batch fits the

@@ -266,6 +266,14 @@ impl<B: Backend> Model for Llama<B> {
         Ok(State::new(&*self.b, n_ctx, layers))
     }
 
+    fn checkpoint(&self, state: &State) -> Result<crate::backend::Checkpoint> {
+        crate::backend::checkpoint(&*self.b, state)
+    }
+
+    fn rewind(&self, state: &mut State, cp: &crate::backend::Checkpoint) -> Result<()> {
+        crate::backend::rewind(&*self.b, state, cp)
+    }
+
     fn forward(
         &self,
         tokens: &[u32],

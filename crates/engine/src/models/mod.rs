@@ -53,6 +53,10 @@ pub trait Model: Send + Sync {
         which: Logits,
         exec: Exec,
     ) -> Result<Vec<f32>>;
+    /// `state` where it is now, for the prompt cache ([`crate::backend::Checkpoint`]).
+    fn checkpoint(&self, state: &State) -> Result<crate::backend::Checkpoint>;
+    /// Put `state` back to a checkpoint taken of it.
+    fn rewind(&self, state: &mut State, cp: &crate::backend::Checkpoint) -> Result<()>;
 }
 
 /// The tokens of a [`Model::forward`] batch that get logits. The others' last layer stops

@@ -609,6 +609,14 @@ impl<B: Backend> Model for Qwen35Moe<B> {
         Ok(State::new(&*self.b, n_ctx, layers))
     }
 
+    fn checkpoint(&self, state: &State) -> Result<crate::backend::Checkpoint> {
+        crate::backend::checkpoint(&*self.b, state)
+    }
+
+    fn rewind(&self, state: &mut State, cp: &crate::backend::Checkpoint) -> Result<()> {
+        crate::backend::rewind(&*self.b, state, cp)
+    }
+
     fn forward(
         &self,
         tokens: &[u32],
@@ -652,5 +660,38 @@ mod tests {
                 assert!(e.to_string().contains("ssm.conv_kernel"), "{e}");
             }
         }
+    }
+
+    /// The prompt cache's promise: a sequence put back to a checkpoint continues exactly as it
+    /// did from there (DeltaNet state and position restored, the KV rows before it intact).
+    #[test]
+    fn rewind_to_a_checkpoint_repeats_the_continuation() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../models/demo-moe-f16.gguf"
+        );
+        let file = std::sync::Arc::new(gguf::GgufFile::open(path).expect("demo model"));
+        let m = crate::load(file).expect("demo model loads");
+        let exec = Exec { threads: 2 };
+        let mut st = m.new_state(64).unwrap();
+        m.forward(&[1, 2, 3, 4, 5, 6, 7, 8], &mut st, Logits::Last, exec)
+            .unwrap();
+        let cp = m.checkpoint(&st).unwrap();
+        assert!(cp.recurrent() && cp.bytes() > 0 && cp.n_past() == 8);
+        assert!(cp.at(4).is_none(), "recurrent state cannot be cut back");
+        let first = m.forward(&[9, 10, 11], &mut st, Logits::All, exec).unwrap();
+        let later = m.forward(&[12], &mut st, Logits::Last, exec).unwrap();
+        m.rewind(&mut st, &cp).unwrap();
+        assert_eq!(st.n_past, 8);
+        let again = m.forward(&[9, 10, 11], &mut st, Logits::All, exec).unwrap();
+        assert_eq!(first, again);
+        assert_eq!(
+            later,
+            m.forward(&[12], &mut st, Logits::Last, exec).unwrap()
+        );
+        // Forward of a checkpoint is refused: it would skip positions never computed.
+        let ahead = m.checkpoint(&st).unwrap();
+        m.rewind(&mut st, &cp).unwrap();
+        assert!(m.rewind(&mut st, &ahead).is_err());
     }
 }
