@@ -126,6 +126,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         prompt_logprobs: false,
         think_budget: None,
         turn_end: None,
+        constraint: None,
     };
     let generator = Generator {
         model: m.model.as_ref(),

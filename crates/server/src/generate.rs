@@ -61,6 +61,8 @@ pub struct Params {
     /// the prefill stops there for the prompt cache to checkpoint, since the next turn's
     /// prompt continues from that point, not from the generation prompt.
     pub turn_end: Option<usize>,
+    /// Structured output: tokens the grammar does not allow are never sampled.
+    pub constraint: Option<crate::grammar::Constraint>,
 }
 
 /// A cap on the tokens of an open reasoning block.
@@ -168,6 +170,9 @@ pub enum GenerateError {
     /// The forward pass failed.
     #[error("forward pass: {0}")]
     Engine(#[from] engine::Error),
+    /// The grammar engine failed (structured output).
+    #[error("structured output: {0}")]
+    Grammar(String),
 }
 
 /// Token ids of a prompt. A prompt (usually a rendered chat template) that already starts with
@@ -287,10 +292,17 @@ pub fn generate_with_logprobs(
     // The reasoning budget: tokens still open, and the closing tokens once it is spent.
     let mut thinking = params.think_budget.as_ref().map(|b| (b.tokens, Vec::new()));
     let mut forced = std::collections::VecDeque::new();
+    let mut constraint = params.constraint.clone();
+    let mut masked = Vec::new();
     while generated < params.max_tokens {
-        let tok = match forced.pop_front() {
-            Some(t) => t,
-            None => sampler.sample(&logits),
+        let tok = match (forced.pop_front(), &mut constraint) {
+            (Some(t), _) => t,
+            (None, None) => sampler.sample(&logits),
+            (None, Some(c)) => {
+                masked.clone_from(&logits);
+                c.mask(&mut masked).map_err(GenerateError::Grammar)?;
+                sampler.sample(&masked)
+            }
         };
         if g.tokenizer.is_eog(tok) {
             finish = Finish::Eos;
@@ -309,6 +321,9 @@ pub fn generate_with_logprobs(
             } else {
                 *left = left.saturating_sub(1);
             }
+        }
+        if let Some(c) = &mut constraint {
+            c.accept(tok).map_err(GenerateError::Grammar)?;
         }
         if let Some(n) = params.logprobs {
             on_token(TokenLogprob::of(&logits, tok, n));
@@ -404,6 +419,7 @@ mod tests {
             prompt_logprobs: false,
             think_budget: None,
             turn_end: None,
+            constraint: None,
         };
         let (mut text, mut calls) = (String::new(), 0);
         let o = generate(m.generator(), &prompt, &params, |t| {
@@ -452,6 +468,7 @@ mod tests {
                 prompt_logprobs: false,
                 think_budget: budget,
                 turn_end: None,
+                constraint: None,
             };
             let mut ids = Vec::new();
             generate_with_logprobs(
@@ -511,6 +528,7 @@ mod tests {
             prompt_logprobs: false,
             think_budget: None,
             turn_end: None,
+            constraint: None,
         };
         let run = |prompt: &[u32]| {
             generate(

@@ -31,6 +31,7 @@ pub mod embeddings;
 mod error;
 pub mod extract;
 pub mod generate;
+pub mod grammar;
 pub mod metrics;
 mod model;
 pub mod queue;

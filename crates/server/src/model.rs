@@ -31,6 +31,8 @@ pub struct ServedModel {
     pub ubatch: usize,
     /// The sequence kept for the next request's prompt ([`crate::cache`]).
     pub prompt_cache: std::sync::Mutex<crate::cache::PromptCache>,
+    /// The grammar engine for structured output, made on first use.
+    grammars: std::sync::OnceLock<Result<crate::grammar::Grammars, String>>,
 }
 
 /// How token states become one embedding (the GGUF's `{arch}.pooling_type`; mean when it
@@ -98,6 +100,7 @@ impl ServedModel {
             prompt_cache: std::sync::Mutex::new(crate::cache::PromptCache::new(
                 crate::cache::DEFAULT_CACHE_MIB,
             )),
+            grammars: std::sync::OnceLock::new(),
         })
     }
 
@@ -140,6 +143,17 @@ impl ServedModel {
         let toks = crate::generate::prompt_tokens(&self.tokenizer, &text, true);
         let n = toks.iter().zip(prompt).take_while(|(a, b)| a == b).count();
         (n > 0 && n < prompt.len()).then_some(n)
+    }
+
+    /// The grammar engine over this model's vocabulary (built on first use: a token trie of
+    /// the whole vocabulary).
+    pub(crate) fn grammars(&self) -> Result<&crate::grammar::Grammars, crate::ApiError> {
+        self.grammars
+            .get_or_init(|| crate::grammar::Grammars::new(&self.tokenizer))
+            .as_ref()
+            .map_err(|e| crate::ApiError::Internal {
+                message: format!("structured output: {e}"),
+            })
     }
 
     /// The same model with a prompt cache of `mib` MiB of checkpoints (0: none).

@@ -288,6 +288,7 @@ mod tests {
                 prompt_logprobs: false,
                 think_budget: None,
                 turn_end: None,
+                constraint: None,
             },
             stream: None,
             think: None,

@@ -58,6 +58,7 @@ impl Job {
                 prompt_logprobs: false,
                 think_budget: None,
                 turn_end: None,
+                constraint: None,
                 stop,
                 sampling,
             },
@@ -161,18 +162,33 @@ impl FromJson for CompletionRequest {
     }
 }
 
+/// The JSON Schema `response_format` asks for (OpenAI's shapes): none for `text`, any object
+/// for `json_object`, `json_schema.schema` for `json_schema` (any JSON value without one).
+fn response_schema(format: Option<&Value>) -> Result<Option<Value>, ApiError> {
+    let Some(format) = format.filter(|f| !f.is_null()) else {
+        return Ok(None);
+    };
+    let bad = |m: &str| Err(ApiError::invalid("response_format", m));
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(serde_json::json!({"type": "object"}))),
+        Some("json_schema") => match format.get("json_schema") {
+            Some(Value::Object(js)) => match js.get("schema") {
+                None | Some(Value::Null) => Ok(Some(serde_json::json!({}))),
+                Some(s @ (Value::Object(_) | Value::Bool(_))) => Ok(Some(s.clone())),
+                Some(_) => bad("response_format.json_schema.schema must be a JSON Schema object"),
+            },
+            _ => bad("response_format of type json_schema needs a json_schema object"),
+        },
+        _ => bad("response_format.type must be 'text', 'json_object' or 'json_schema'"),
+    }
+}
+
 impl ChatCompletionRequest {
     /// Check everything, render the messages with the chat template and tokenize.
     pub fn into_job(self, m: &ServedModel) -> Result<Job, ApiError> {
         self.gen.check_unsupported()?;
-        if let Some(format) = &self.chat.response_format {
-            if format.get("type").and_then(Value::as_str) != Some("text") {
-                return Err(ApiError::unsupported(
-                    "response_format",
-                    "response_format other than text (JSON mode, JSON schema)",
-                ));
-            }
-        }
+        let schema = response_schema(self.chat.response_format.as_ref())?;
         let parse_calls = match &self.chat.tool_choice {
             None | Some(Value::Null) => true,
             Some(Value::String(c)) if c == "auto" => true,
@@ -206,16 +222,24 @@ impl ChatCompletionRequest {
             .map(ParamTypes::from_tools);
         let tools = self.chat.tools.map(Value::Array);
         let kwargs = self.chat.chat_template_kwargs;
-        let enable_thinking = match kwargs.as_ref().and_then(|k| k.get("enable_thinking")) {
-            None | Some(Value::Null) => None,
-            Some(Value::Bool(on)) => Some(*on),
-            Some(_) => {
-                return Err(ApiError::invalid(
-                    "chat_template_kwargs.enable_thinking",
-                    "chat_template_kwargs.enable_thinking must be a boolean",
-                ))
-            }
-        };
+        let enable_thinking =
+            match kwargs.as_ref().and_then(|k| k.get("enable_thinking")) {
+                // Structured output constrains the whole answer: no reasoning before it.
+                None | Some(Value::Null) if schema.is_some() => Some(false),
+                None | Some(Value::Null) => None,
+                Some(Value::Bool(true)) if schema.is_some() => return Err(ApiError::unsupported(
+                    "response_format",
+                    "response_format with chat_template_kwargs.enable_thinking: true (reasoning \
+                     before constrained output)",
+                )),
+                Some(Value::Bool(on)) => Some(*on),
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        "chat_template_kwargs.enable_thinking",
+                        "chat_template_kwargs.enable_thinking must be a boolean",
+                    ))
+                }
+            };
         let req = ChatRequest {
             messages: &messages,
             tools: tools.as_ref(),
@@ -230,6 +254,12 @@ impl ChatCompletionRequest {
         let mut job = self.gen.into_job(m, prompt)?;
         job.params.logprobs = logprobs;
         job.params.turn_end = turn_end;
+        if let Some(schema) = schema {
+            let constraint = m.grammars()?.json(schema).map_err(|e| {
+                ApiError::invalid("response_format", format!("response_format: {e}"))
+            })?;
+            job.params.constraint = Some(constraint);
+        }
         if m.reasoning == ReasoningFormat::Deepseek {
             job.think = Some(ThinkSplit::prompt_opens(&text));
         }

@@ -276,6 +276,16 @@ impl Tokenizer {
         self.vocab.eog.get(id as usize).copied().unwrap_or(false)
     }
 
+    /// Whether token `id` is a control, user-defined or unknown token (`<|im_end|>`,
+    /// `<think>`): text a grammar must not spell out with it.
+    pub fn is_special(&self, id: u32) -> bool {
+        let special = attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN;
+        self.vocab
+            .attrs
+            .get(id as usize)
+            .is_some_and(|&a| a & special != 0)
+    }
+
     /// The id of the token whose text is exactly `text` (e.g. `"<|im_start|>"`).
     pub fn token_id(&self, text: &str) -> Option<u32> {
         self.vocab.ids.get(text).copied()
