@@ -117,6 +117,8 @@ struct Prompt {
     tools: Option<ParamTypes>,
     /// Where the conversation ends before the generation prompt ([`ServedModel::turn_end`]).
     turn_end: Option<usize>,
+    /// A forced tool call's grammar (`tool_choice` `any` or `tool`).
+    constraint: Option<crate::grammar::Constraint>,
 }
 
 impl MessagesRequest {
@@ -148,8 +150,15 @@ impl MessagesRequest {
             )),
             None => None,
         };
-        let parse_calls = check_tool_choice(f.tool_choice.as_ref())?;
+        let (parse_calls, force) = check_tool_choice(f.tool_choice.as_ref())?;
         let (thinking, budget) = thinking_enabled(f.thinking.as_ref())?;
+        if thinking && force.is_some() {
+            // Anthropic's own rule: a forced tool call leaves no room for thinking first.
+            return Err(ApiError::invalid(
+                "tool_choice",
+                "Thinking may not be enabled when tool_choice forces tool use.",
+            ));
+        }
         let messages = Value::Array(messages);
         let req = ChatRequest {
             messages: &messages,
@@ -164,7 +173,29 @@ impl MessagesRequest {
             _ => None,
         };
         let tokens = prompt_tokens(&m.tokenizer, &text, true);
+        let constraint = match &force {
+            None => None,
+            Some(named) => {
+                let force = match named {
+                    Some(n) => crate::grammar::Force::Named(n),
+                    None => crate::grammar::Force::Any,
+                };
+                let list = tools
+                    .as_ref()
+                    .and_then(Value::as_array)
+                    .map_or(&[][..], Vec::as_slice);
+                let xml = m.template.source().contains("<function=");
+                Some(
+                    m.grammars()?
+                        .tool_calls(&m.tokenizer, xml, list, force)
+                        .map_err(|e| {
+                            ApiError::invalid("tool_choice", format!("tool_choice: {e}"))
+                        })?,
+                )
+            }
+        };
         Ok(Prompt {
+            constraint,
             turn_end: m.turn_end(&req, &tokens),
             tokens,
             opened_think: ThinkSplit::prompt_opens(&text),
@@ -238,6 +269,7 @@ impl MessagesRequest {
             ..Job::new(m, prompt.tokens.clone(), max_tokens, stop, sampling)
         };
         job.params.turn_end = prompt.turn_end;
+        job.params.constraint = prompt.constraint.clone();
         // The reasoning the prompt opened ends after `budget_tokens` tokens.
         if let (Some(tokens), true) = (prompt.budget, prompt.opened_think) {
             job.params.think_budget = Some(ThinkBudget {
@@ -418,15 +450,19 @@ fn convert_tool(t: &Value, i: usize) -> Result<Value, ApiError> {
 }
 
 /// Whether calls are parsed out of the answer (`auto`, the default) or not (`none`).
-fn check_tool_choice(c: Option<&Value>) -> Result<bool, ApiError> {
-    let Some(c) = c else { return Ok(true) };
+fn check_tool_choice(c: Option<&Value>) -> Result<(bool, Option<Option<String>>), ApiError> {
+    let Some(c) = c else { return Ok((true, None)) };
     match c.get("type").and_then(Value::as_str) {
-        Some("auto") => Ok(true),
-        Some("none") => Ok(false),
-        Some(t @ ("any" | "tool")) => Err(ApiError::unsupported(
-            "tool_choice",
-            format!("tool_choice '{t}' (forcing a tool call needs constrained decoding)"),
-        )),
+        Some("auto") => Ok((true, None)),
+        Some("none") => Ok((false, None)),
+        Some("any") => Ok((true, Some(None))),
+        Some("tool") => match c.get("name").and_then(Value::as_str) {
+            Some(n) => Ok((true, Some(Some(n.to_string())))),
+            None => Err(ApiError::invalid(
+                "tool_choice.name",
+                "tool_choice.name: Field required",
+            )),
+        },
         _ => Err(ApiError::invalid(
             "tool_choice.type",
             "tool_choice.type: expected 'auto', 'any', 'tool' or 'none'",

@@ -189,22 +189,25 @@ impl ChatCompletionRequest {
     pub fn into_job(self, m: &ServedModel) -> Result<Job, ApiError> {
         self.gen.check_unsupported()?;
         let schema = response_schema(self.chat.response_format.as_ref())?;
-        let parse_calls = match &self.chat.tool_choice {
-            None | Some(Value::Null) => true,
-            Some(Value::String(c)) if c == "auto" => true,
-            Some(Value::String(c)) if c == "none" => false,
-            Some(Value::String(c)) if c == "required" => {
-                return Err(ApiError::unsupported(
-                    "tool_choice",
-                    "tool_choice 'required' (forcing a call needs constrained decoding)",
-                ))
-            }
-            Some(Value::Object(_)) => {
-                return Err(ApiError::unsupported(
-                    "tool_choice",
-                    "a named tool_choice (forcing a call needs constrained decoding)",
-                ))
-            }
+        // A forced call: `required` (one or more of any tool) or a named function.
+        let (parse_calls, force) = match &self.chat.tool_choice {
+            None | Some(Value::Null) => (true, None),
+            Some(Value::String(c)) if c == "auto" => (true, None),
+            Some(Value::String(c)) if c == "none" => (false, None),
+            Some(Value::String(c)) if c == "required" => (true, Some(None)),
+            Some(Value::Object(o)) => match o
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+            {
+                Some(name) => (true, Some(Some(name.to_string()))),
+                None => {
+                    return Err(ApiError::invalid(
+                        "tool_choice",
+                        "a named tool_choice needs function.name",
+                    ))
+                }
+            },
             Some(_) => {
                 return Err(ApiError::invalid(
                     "tool_choice",
@@ -212,6 +215,13 @@ impl ChatCompletionRequest {
                 ))
             }
         };
+        if force.is_some() && schema.is_some() {
+            return Err(ApiError::unsupported(
+                "response_format",
+                "response_format together with a forced tool_choice",
+            ));
+        }
+        let constrained = schema.is_some() || force.is_some();
         let mut messages = check_messages(self.chat.messages)?;
         arguments_as_objects(&mut messages);
         let types = self
@@ -222,24 +232,28 @@ impl ChatCompletionRequest {
             .map(ParamTypes::from_tools);
         let tools = self.chat.tools.map(Value::Array);
         let kwargs = self.chat.chat_template_kwargs;
-        let enable_thinking =
-            match kwargs.as_ref().and_then(|k| k.get("enable_thinking")) {
-                // Structured output constrains the whole answer: no reasoning before it.
-                None | Some(Value::Null) if schema.is_some() => Some(false),
-                None | Some(Value::Null) => None,
-                Some(Value::Bool(true)) if schema.is_some() => return Err(ApiError::unsupported(
-                    "response_format",
-                    "response_format with chat_template_kwargs.enable_thinking: true (reasoning \
-                     before constrained output)",
-                )),
-                Some(Value::Bool(on)) => Some(*on),
-                Some(_) => {
-                    return Err(ApiError::invalid(
-                        "chat_template_kwargs.enable_thinking",
-                        "chat_template_kwargs.enable_thinking must be a boolean",
-                    ))
-                }
-            };
+        let enable_thinking = match kwargs.as_ref().and_then(|k| k.get("enable_thinking")) {
+            // Structured output constrains the whole answer: no reasoning before it.
+            None | Some(Value::Null) if constrained => Some(false),
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(true)) if constrained => {
+                return Err(ApiError::unsupported(
+                    match schema {
+                        Some(_) => "response_format",
+                        None => "tool_choice",
+                    },
+                    "constrained output (response_format, a forced tool_choice) with \
+                         chat_template_kwargs.enable_thinking: true (reasoning before it)",
+                ))
+            }
+            Some(Value::Bool(on)) => Some(*on),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "chat_template_kwargs.enable_thinking",
+                    "chat_template_kwargs.enable_thinking must be a boolean",
+                ))
+            }
+        };
         let req = ChatRequest {
             messages: &messages,
             tools: tools.as_ref(),
@@ -258,6 +272,22 @@ impl ChatCompletionRequest {
             let constraint = m.grammars()?.json(schema).map_err(|e| {
                 ApiError::invalid("response_format", format!("response_format: {e}"))
             })?;
+            job.params.constraint = Some(constraint);
+        }
+        if let Some(named) = &force {
+            let force = match named {
+                Some(n) => crate::grammar::Force::Named(n),
+                None => crate::grammar::Force::Any,
+            };
+            let list = tools
+                .as_ref()
+                .and_then(Value::as_array)
+                .map_or(&[][..], Vec::as_slice);
+            let xml = m.template.source().contains("<function=");
+            let constraint = m
+                .grammars()?
+                .tool_calls(&m.tokenizer, xml, list, force)
+                .map_err(|e| ApiError::invalid("tool_choice", format!("tool_choice: {e}")))?;
             job.params.constraint = Some(constraint);
         }
         if m.reasoning == ReasoningFormat::Deepseek {
