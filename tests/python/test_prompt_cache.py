@@ -10,8 +10,7 @@ import urllib.request
 import anthropic
 import pytest
 
-from helpers import real_models
-from test_server import Server
+from test_server import Server, smol_path
 
 QUESTIONS = ["Tell me about the whale.", "And the ship?", "Who is the captain?",
              "Where do they sail?", "How does it end?"]
@@ -109,10 +108,7 @@ def test_anthropic_usage_reports_cache_reads(demo):
 
 
 def test_five_turns_attention_only_model(tmp_path_factory):
-    smol = [m for m in real_models() if m.name.startswith("SmolLM2")]
-    if not smol:
-        pytest.fail("SmolLM2 missing: run scripts/fetch-models.py")
-    on, off = servers(tmp_path_factory, ["-m", str(smol[0]), "--alias", "smol", "-c", "2048"])
+    on, off = servers(tmp_path_factory, ["-m", smol_path(), "--alias", "smol", "-c", "2048"])
     try:
         check_conversation(on, off, "smol")
         # The same prompt twice: the second from the kept logits, the same answer.

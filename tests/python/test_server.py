@@ -19,7 +19,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from helpers import binary
+from helpers import binary, real_models
 
 MODEL = "demo"
 HELLO = [{"role": "user", "content": "Tell me about the whale."}]
@@ -60,6 +60,14 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def smol_path() -> str:
+    """SmolLM2-135M-Instruct, fetched by scripts/fetch-models.py (a failure without it)."""
+    smol = [m for m in real_models() if m.name.startswith("SmolLM2")]
+    if not smol:
+        pytest.fail("SmolLM2 missing: run scripts/fetch-models.py")
+    return str(smol[0])
 
 
 def module_server(tmp_path_factory, *args: str):

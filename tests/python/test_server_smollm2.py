@@ -9,18 +9,14 @@ import anthropic
 import pytest
 from openai import OpenAI
 
-from helpers import real_models
-from test_server import Server
+from test_server import Server, smol_path
 
 MSG = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    smol = [m for m in real_models() if m.name.startswith("SmolLM2")]
-    if not smol:
-        pytest.fail("SmolLM2 missing: run scripts/fetch-models.py")
-    s = Server(tmp_path_factory.mktemp("serve") / "server.log", "-m", str(smol[0]),
+    s = Server(tmp_path_factory.mktemp("serve") / "server.log", "-m", smol_path(),
                "--alias", "smol", "-c", "2048")
     yield s
     s.stop()

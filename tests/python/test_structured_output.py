@@ -11,8 +11,7 @@ import anthropic
 import pytest
 from openai import BadRequestError
 
-from helpers import real_models
-from test_server import Server, module_server
+from test_server import Server, module_server, smol_path
 
 MODEL = "demo"
 SCHEMA = {
@@ -174,10 +173,7 @@ def test_anthropic_tool_choice_any_and_tool(server):
 
 
 def test_real_model_answers_in_schema(tmp_path_factory):
-    smol = [m for m in real_models() if m.name.startswith("SmolLM2")]
-    if not smol:
-        pytest.fail("SmolLM2 missing: run scripts/fetch-models.py")
-    s = Server(tmp_path_factory.mktemp("smol") / "server.log", "-m", str(smol[0]),
+    s = Server(tmp_path_factory.mktemp("smol") / "server.log", "-m", smol_path(),
                "--alias", "smol", "-c", "2048")
     try:
         c = s.client()

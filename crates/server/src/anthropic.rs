@@ -175,24 +175,7 @@ impl MessagesRequest {
         let tokens = prompt_tokens(&m.tokenizer, &text, true);
         let constraint = match &force {
             None => None,
-            Some(named) => {
-                let force = match named {
-                    Some(n) => crate::grammar::Force::Named(n),
-                    None => crate::grammar::Force::Any,
-                };
-                let list = tools
-                    .as_ref()
-                    .and_then(Value::as_array)
-                    .map_or(&[][..], Vec::as_slice);
-                let xml = m.template.source().contains("<function=");
-                Some(
-                    m.grammars()?
-                        .tool_calls(&m.tokenizer, xml, list, force)
-                        .map_err(|e| {
-                            ApiError::invalid("tool_choice", format!("tool_choice: {e}"))
-                        })?,
-                )
-            }
+            Some(named) => Some(m.forced_calls(tools.as_ref(), named.as_deref())?),
         };
         Ok(Prompt {
             constraint,

@@ -156,6 +156,27 @@ impl ServedModel {
             })
     }
 
+    /// The grammar of a forced tool call (`named`: that tool, exactly once; else one or more
+    /// of any) over `tools` (OpenAI's form), in this template's call format.
+    pub(crate) fn forced_calls(
+        &self,
+        tools: Option<&serde_json::Value>,
+        named: Option<&str>,
+    ) -> Result<crate::grammar::Constraint, crate::ApiError> {
+        let force = match named {
+            Some(n) => crate::grammar::Force::Named(n),
+            None => crate::grammar::Force::Any,
+        };
+        let list = tools
+            .and_then(serde_json::Value::as_array)
+            .map_or(&[][..], Vec::as_slice);
+        // Qwen3.5's templates write calls as XML; the others this server parses, as JSON.
+        let xml = self.template.source().contains("<function=");
+        self.grammars()?
+            .tool_calls(&self.tokenizer, xml, list, force)
+            .map_err(|e| crate::ApiError::invalid("tool_choice", format!("tool_choice: {e}")))
+    }
+
     /// The same model with a prompt cache of `mib` MiB of checkpoints (0: none).
     pub fn with_prompt_cache(mut self, mib: usize) -> ServedModel {
         self.prompt_cache = std::sync::Mutex::new(crate::cache::PromptCache::new(mib));

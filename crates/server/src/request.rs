@@ -275,19 +275,7 @@ impl ChatCompletionRequest {
             job.params.constraint = Some(constraint);
         }
         if let Some(named) = &force {
-            let force = match named {
-                Some(n) => crate::grammar::Force::Named(n),
-                None => crate::grammar::Force::Any,
-            };
-            let list = tools
-                .as_ref()
-                .and_then(Value::as_array)
-                .map_or(&[][..], Vec::as_slice);
-            let xml = m.template.source().contains("<function=");
-            let constraint = m
-                .grammars()?
-                .tool_calls(&m.tokenizer, xml, list, force)
-                .map_err(|e| ApiError::invalid("tool_choice", format!("tool_choice: {e}")))?;
+            let constraint = m.forced_calls(tools.as_ref(), named.as_deref())?;
             job.params.constraint = Some(constraint);
         }
         if m.reasoning == ReasoningFormat::Deepseek {
