@@ -109,3 +109,36 @@ def test_the_seeds_launch_line_runs():
     finally:
         p.terminate()
         p.wait(timeout=30)
+
+
+def test_serve_and_bench_write_live_routing_stats(tmp_path):
+    """`--expert-stats-out` (issue 11 req. 2): the routing of what `serve` answered and what
+    `bench` ran, in calibrate's format, which `fit --expert-stats` reads."""
+    from test_server import Server
+    live = tmp_path / "live.json"
+    s = Server(tmp_path / "server.log", "--device", "cpu", "--alias", "demo", "-c", "1024",
+               "--expert-stats-out", str(live))
+    try:
+        r = s.client().chat.completions.create(
+            model="demo", max_tokens=8, temperature=0,
+            messages=[{"role": "user", "content": "Tell me about the whale."}])
+        # The last token sampled at max_tokens never goes through the model.
+        fed = r.usage.completion_tokens - (r.choices[0].finish_reason == "length")
+        answered = r.usage.prompt_tokens + fed
+    finally:
+        s.stop()  # SIGTERM: the file is written on the way out
+    d = json.loads(live.read_text())
+    assert d["format"] == "llm-server expert-stats" and d["gathered"]["by"] == "serve"
+    counts = {int(k): v for k, v in d["counts"].items()}
+    assert sorted(counts) == list(range(8))
+    # Every token through the model chose 4 experts in every layer (the prompt's last layer
+    # routes only its last token, as llama.cpp's does).
+    assert all(sum(c) >= 4 * fed for c in counts.values())
+    assert max(sum(c) for c in counts.values()) == 4 * answered
+    cli("fit", "-m", DEMO, "--device", "cpu", "--vram-budget", "479", "--expert-stats", live,
+        "--no-bandwidth")
+    bench = tmp_path / "bench.json"
+    cli("bench", "-m", DEMO, "--device", "cpu", "-p", "16", "-n", "4", "-r", "1", "-t", "2",
+        "--no-bandwidth", "--expert-stats-out", bench)
+    b = json.loads(bench.read_text())
+    assert b["gathered"]["by"] == "bench" and b["gathered"]["tokens"] > 0

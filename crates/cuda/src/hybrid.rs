@@ -235,6 +235,12 @@ impl HostJob {
             )
         };
         let slot = &self.w[0].slot;
+        // Every pair of the layer is here, GPU experts' too: live routing statistics.
+        engine::routing::record(
+            &self.w[0].tensor.name,
+            slot.len(),
+            ids.iter().map(|&e| e as usize),
+        );
         let mut used = vec![false; slot.len()];
         for &e in ids {
             if let Some(u) = used.get_mut(e as usize).filter(|_| slot[e as usize] < 0) {

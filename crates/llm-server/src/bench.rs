@@ -61,6 +61,8 @@ pub struct Args {
     #[command(flatten)]
     pub client: crate::bench_url::UrlArgs,
     #[command(flatten)]
+    pub live_stats: crate::calibrate::LiveArgs,
+    #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]
     pub device: crate::device_args::DeviceArgs,
@@ -93,6 +95,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         logit_rows: 1,
     };
     let m = load::open_model(&path, args.threads, &args.device)?;
+    let live = crate::calibrate::LiveStats::start(&args.live_stats, &path, "bench");
     let n_vocab = m.model.n_vocab() as u64;
     let cache = args.cache.config();
     // llama-bench feeds random tokens; a fixed LCG keeps runs comparable.
@@ -221,6 +224,9 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    if let Some(l) = &live {
+        l.save()?;
     }
     if let Some(g) = &m.gpu {
         let (free, total) = g.gpu().mem_info()?;

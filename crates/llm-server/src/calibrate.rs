@@ -123,9 +123,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     eprintln!();
     let counts = engine::routing::take();
-    let out = stats_json(&path, &file, &args, n_chunk * n_ctx, &counts);
-    std::fs::write(&args.output, serde_json::to_string_pretty(&out)? + "\n")
-        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    let gathered = json!({
+        "by": "calibrate",
+        "engine": "cpu",
+        "text": file_name(&args.text.file),
+        "tokens": n_chunk * n_ctx,
+        "ctx": args.text.ctx_size,
+    });
+    write(&args.output, &path, &file, gathered, &counts)?;
     eprintln!(
         "calibrate: {} tokens, {} layers, {:.1} s → {}",
         n_chunk * n_ctx,
@@ -136,48 +141,110 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn stats_json(
-    path: &Path,
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Write the stats file for `model` (`file`, its GGUF) to `out`: the counts and how they were
+/// `gathered` (the time and our version added).
+pub fn write(
+    out: &Path,
+    model: &Path,
     file: &GgufFile,
-    args: &Args,
-    tokens: usize,
+    mut gathered: Value,
     counts: &BTreeMap<usize, Vec<u64>>,
-) -> Value {
+) -> anyhow::Result<()> {
     let arch = file
         .metadata()
         .get_str("general.architecture")
         .unwrap_or_default();
     let u = |k: &str| hparam(file, k).unwrap_or(0);
-    let name = |p: &Path| {
-        p.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    };
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    json!({
+    gathered["unix_time"] = json!(secs);
+    gathered["version"] = json!(env!("CARGO_PKG_VERSION"));
+    let v = json!({
         "format": FORMAT,
         "version": VERSION,
         "model": {
-            "name": name(path),
+            "name": file_name(model),
             "arch": arch,
             "fingerprint": fingerprint(file),
             "n_expert": u("expert_count"),
             "n_expert_used": u("expert_used_count"),
             "layers": counts.len(),
         },
-        "gathered": {
-            "by": "calibrate",
-            "engine": "cpu",
-            "text": name(&args.text.file),
-            "tokens": tokens,
-            "ctx": args.text.ctx_size,
-            "unix_time": secs,
-            "version": env!("CARGO_PKG_VERSION"),
-        },
+        "gathered": gathered,
         "counts": counts.iter().map(|(l, c)| (l.to_string(), json!(c))).collect::<serde_json::Map<_, _>>(),
-    })
+    });
+    // Whole or not at all: a reader never sees half a file.
+    let tmp = out.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&v)? + "\n")
+        .and_then(|()| std::fs::rename(&tmp, out))
+        .with_context(|| format!("cannot write {}", out.display()))
+}
+
+/// `--expert-stats-out FILE` of `serve` and `bench`: routing counts of live traffic (the CPU
+/// engine's MoE, or under hybrid placement the decode steps' hand-offs), written by
+/// [`LiveStats::save`].
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct LiveArgs {
+    /// Count how often each layer's router picks each expert in what this command runs, and
+    /// write it as an expert-stats file (the format of `calibrate`, for `--expert-stats`). On
+    /// the GPU the counts come from decode steps with experts in RAM (their choices cross to
+    /// the host); a model wholly on the GPU needs no placement statistics.
+    #[arg(long = "expert-stats-out", value_name = "FILE")]
+    pub expert_stats_out: Option<PathBuf>,
+}
+
+/// Live routing statistics being gathered.
+#[derive(Debug)]
+pub struct LiveStats {
+    out: PathBuf,
+    model: PathBuf,
+    by: &'static str,
+}
+
+impl LiveStats {
+    /// Start counting for `model` when `args` asks for a file (`by`: the command).
+    pub fn start(args: &LiveArgs, model: &Path, by: &'static str) -> Option<LiveStats> {
+        let out = args.expert_stats_out.clone()?;
+        engine::routing::start();
+        Some(LiveStats {
+            out,
+            model: model.to_path_buf(),
+            by,
+        })
+    }
+
+    /// Write what was counted so far (counting goes on).
+    pub fn save(&self) -> anyhow::Result<()> {
+        let file = crate::load::open_gguf(&self.model)?;
+        let mut counts = engine::routing::snapshot();
+        // Layers nothing was counted for (wholly on the GPU) as zeros: uniform to the planner.
+        let n_expert = hparam(&file, "expert_count").unwrap_or(0) as usize;
+        for t in file.tensors() {
+            let layer = t
+                .name
+                .strip_prefix("blk.")
+                .and_then(|r| r.strip_suffix(".ffn_gate_exps.weight"))
+                .and_then(|n| n.parse::<usize>().ok());
+            if let Some(l) = layer {
+                counts.entry(l).or_insert_with(|| vec![0; n_expert]);
+            }
+        }
+        let used = hparam(&file, "expert_used_count").unwrap_or(1).max(1);
+        let tokens = counts
+            .values()
+            .map(|c| c.iter().sum::<u64>() / used)
+            .max()
+            .unwrap_or(0);
+        let gathered = json!({"by": self.by, "engine": "live", "tokens": tokens});
+        write(&self.out, &self.model, &file, gathered, &counts)
+    }
 }
 
 /// Read `path` as stats for `file`: per layer, per expert, its count. Errors name what does

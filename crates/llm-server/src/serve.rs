@@ -57,6 +57,8 @@ pub struct Args {
           default_value_t = server::cache::DEFAULT_CACHE_MIB as i64)]
     pub cache_ram: i64,
     #[command(flatten)]
+    pub live_stats: crate::calibrate::LiveArgs,
+    #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]
     pub batch: crate::cache_args::BatchArgs,
@@ -146,6 +148,17 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         model.exec.threads,
         server::metrics::resident_bytes().unwrap_or(0) as f64 / (1u64 << 20) as f64,
     );
+    let live = crate::calibrate::LiveStats::start(&args.live_stats, &path, "serve")
+        .map(std::sync::Arc::new);
+    if let Some(l) = live.clone() {
+        // Saved every minute while serving (and once more at the end).
+        std::thread::spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            if let Err(e) = l.save() {
+                eprintln!("expert stats: {e:#}");
+            }
+        });
+    }
     let state = AppState::new(model, args.api_key).with_max_queue(args.max_queue);
     // Generation runs on blocking threads; the async side only parses and streams.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -163,6 +176,9 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         out.flush()?;
         let grace = std::time::Duration::from_secs_f64(args.shutdown_grace.max(0.0));
         server::serve_until_signal(listener, state, grace).await?;
+        if let Some(l) = &live {
+            l.save()?;
+        }
         eprintln!("stopped");
         anyhow::Ok(())
     })
