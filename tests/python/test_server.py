@@ -360,6 +360,15 @@ def test_embeddings(client):
         client.embeddings.create(model=MODEL, input=[])
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model="other", input="x")
+    # `dimensions`: the first N values, normalised again.
+    short = client.embeddings.create(model=MODEL, input="The whale swam.", dimensions=8)
+    w = short.data[0].embedding
+    assert len(w) == 8 and abs(math.sqrt(sum(x * x for x in w)) - 1) < 1e-4
+    scale = math.sqrt(sum(x * x for x in v[:8]))
+    assert max(abs(a - b / scale) for a, b in zip(w, v[:8])) < 1e-4
+    for bad in (0, len(v) + 1):
+        with pytest.raises(openai.BadRequestError, match="dimensions"):
+            client.embeddings.create(model=MODEL, input="x", dimensions=bad)
 
 
 def test_echo(client):

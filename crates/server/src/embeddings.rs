@@ -2,7 +2,8 @@
 //! list of such lists) runs through the model once, its final hidden states (after the output
 //! norm) pooled as the model says (`{arch}.pooling_type`: mean, first or last token; mean
 //! when the file names none) and L2-normalised; `encoding_format` `float` or `base64` (the
-//! little-endian f32 bytes, as OpenAI sends them).
+//! little-endian f32 bytes, as OpenAI sends them); `dimensions` keeps the first N values
+//! (normalised again).
 
 use axum::extract::State;
 use axum::Json;
@@ -99,8 +100,9 @@ impl EmbeddingsRequest {
     }
 }
 
-/// The embedding of one token sequence.
-fn embed(m: &ServedModel, tokens: &[u32]) -> Result<Vec<f32>, ApiError> {
+/// The embedding of one token sequence: pooled, cut to its first `dims` values when asked
+/// (OpenAI's `dimensions`), L2-normalised.
+fn embed(m: &ServedModel, tokens: &[u32], dims: Option<usize>) -> Result<Vec<f32>, ApiError> {
     let internal = |e: engine::Error| ApiError::Internal {
         message: format!("embedding failed: {e}"),
     };
@@ -124,6 +126,15 @@ fn embed(m: &ServedModel, tokens: &[u32]) -> Result<Vec<f32>, ApiError> {
         Pooling::Cls => rows(0).iter().map(|&x| x as f64).collect(),
         Pooling::Last => rows(n - 1).iter().map(|&x| x as f64).collect(),
     };
+    if let Some(d) = dims {
+        if d > v.len() {
+            return Err(ApiError::invalid(
+                "dimensions",
+                format!("dimensions: at most {} for this model", v.len()),
+            ));
+        }
+        v.truncate(d);
+    }
     let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
     if norm > 0.0 {
         v.iter_mut().for_each(|x| *x /= norm);
@@ -148,12 +159,20 @@ pub async fn embeddings(
             ))
         }
     };
-    if req.0.dimensions.as_ref().is_some_and(|d| !d.is_null()) {
-        return Err(ApiError::unsupported(
-            "dimensions",
-            "dimensions (shortened embeddings)",
-        ));
-    }
+    // Shortened embeddings: the first `dimensions` values, normalised again (what OpenAI's
+    // Matryoshka-trained models are made for; for other models an approximation).
+    let dims = match &req.0.dimensions {
+        None | Some(Value::Null) => None,
+        Some(d) => match d.as_u64().filter(|&d| d >= 1) {
+            Some(d) => Some(usize::try_from(d).unwrap_or(usize::MAX)),
+            None => {
+                return Err(ApiError::invalid(
+                    "dimensions",
+                    "dimensions must be a positive integer",
+                ))
+            }
+        },
+    };
     let inputs = {
         let m = m.clone();
         tokio::task::spawn_blocking(move || req.inputs(&m))
@@ -168,7 +187,7 @@ pub async fn embeddings(
         .exclusive(move || {
             inputs
                 .iter()
-                .map(|t| embed(&m, t))
+                .map(|t| embed(&m, t, dims))
                 .collect::<Result<Vec<_>, _>>()
         })
         .await??;
