@@ -282,7 +282,9 @@ unsafe extern "C" fn run_host_job(data: *mut c_void) {
 /// The polled hand-off's thread: it spins on the `go` word of a pinned control block until
 /// the side stream writes a job's address there, runs the job, and writes the address to the
 /// `done` word, which the side stream waits for (and then clears). Spinning costs a core
-/// while decode runs; after [`Listener::IDLE`] without a job it polls every 50 µs instead.
+/// while decode runs; after [`Listener::IDLE`] without a job it polls every 50 µs instead, and
+/// after a second every millisecond (an idle server: the first hand-off of the next request
+/// waits at most that long).
 #[derive(Debug)]
 pub(crate) struct Listener {
     /// The device address of the control block (128 bytes of pinned memory, owned by the
@@ -336,17 +338,25 @@ fn listen(ctl: &HostBuf, stop: &AtomicBool) {
     };
     let mut last = Instant::now();
     let mut spins = 0u32;
+    // Between polls once idle: 50 µs, then 1 ms after a second.
+    let mut nap = Duration::ZERO;
     while !stop.load(Ordering::Relaxed) {
         let job = go.load(Ordering::Acquire);
         if job == 0 {
             spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(1024) && last.elapsed() > Listener::IDLE {
-                std::thread::sleep(Duration::from_micros(50));
+            if !nap.is_zero() {
+                std::thread::sleep(nap);
+                if last.elapsed() > Duration::from_secs(1) {
+                    nap = Duration::from_millis(1);
+                }
+            } else if spins.is_multiple_of(1024) && last.elapsed() > Listener::IDLE {
+                nap = Duration::from_micros(50);
             } else {
                 std::hint::spin_loop();
             }
             continue;
         }
+        nap = Duration::ZERO;
         go.store(0, Ordering::Relaxed);
         // SAFETY: the stream wrote the address of a job its owners keep alive for as long as
         // the stream (or a graph) can run the write (see HostJob).

@@ -228,6 +228,37 @@ fn graph_replay_matches_eager_decode() {
     }
 }
 
+/// The prompt cache on the GPU (issue 12 req. 6): a sequence put back to a checkpoint (its
+/// DeltaNet buffers copied to the host and back) continues exactly as it did — prefill and
+/// graph-replayed decode steps alike, the recorded graph still valid after the restore.
+#[test]
+#[ignore = "needs a CUDA GPU: scripts/device/gpu-tests.sh"]
+fn rewind_to_a_checkpoint_repeats_the_continuation_on_the_gpu() {
+    let path = root().join("models/demo-moe-f16.gguf");
+    let file = Arc::new(gguf::GgufFile::open(&path).expect("demo"));
+    let m = engine::load_on(file, cuda::Cuda::open(0).expect("GPU")).expect("load");
+    let exec = Exec { threads: 1 };
+    let tokens: Vec<u32> = (0..24).map(|i| (i * 37 % 6000) as u32).collect();
+    let mut st = m.new_state(64).expect("state");
+    m.forward(&tokens[..12], &mut st, Logits::Last, exec)
+        .expect("prefill");
+    let cp = m.checkpoint(&st).expect("checkpoint");
+    assert!(cp.recurrent() && cp.n_past() == 12);
+    let run = |st: &mut engine::State| -> Vec<Vec<f32>> {
+        let mut out = vec![m
+            .forward(&tokens[12..16], st, Logits::All, exec)
+            .expect("batch")];
+        for t in &tokens[16..] {
+            out.push(m.forward(&[*t], st, Logits::Last, exec).expect("step"));
+        }
+        out
+    };
+    let first = run(&mut st);
+    m.rewind(&mut st, &cp).expect("rewind");
+    assert_eq!(st.n_past, 12);
+    assert_eq!(first, run(&mut st));
+}
+
 /// Hybrid placement (issue 11): experts kept in RAM by the planner's rules — every other
 /// expert, the first layer's all and the rest's upper half, all of them (`--cpu-moe`) —
 /// give logits within the same bounds of the CPU engine's: prefill (batches stream the RAM
