@@ -8,6 +8,10 @@
 //! - [`queue`]: one generation at a time, cancelled when the client goes away.
 //! - [`generate`]: the token loop (prefill, sample, stop strings, UTF-8), shared with
 //!   `llm-server run`.
+//! - [`cache`]: the prompt cache — the kept sequence and its DeltaNet checkpoints.
+//! - [`grammar`]: structured output and forced tool calls (llguidance token masks).
+//! - [`anthropic`], [`embeddings`]: the Messages API and `/v1/embeddings`; [`think`] and
+//!   [`tools`] take reasoning and tool calls out of answers; [`metrics`] is `/metrics`.
 //!
 //! ```no_run
 //! # async fn demo(model: server::ServedModel) -> std::io::Result<()> {
