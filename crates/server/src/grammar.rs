@@ -57,7 +57,8 @@ impl Grammars {
     }
 
     /// A constraint to the JSON Schema `schema` (`{"type": "object"}` for `json_object`),
-    /// written compactly ([`compact`]); an error names what the engine could not compile.
+    /// written compactly (`", "` and `": "` between items, no free whitespace); an error names
+    /// what the engine could not compile.
     pub fn json(&self, schema: serde_json::Value) -> Result<Constraint, String> {
         let schema = match schema {
             serde_json::Value::Bool(true) => serde_json::json!({}),

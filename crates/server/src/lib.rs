@@ -6,7 +6,7 @@
 //!   extractor that answers bad bodies as [`ApiError`]s (OpenAI's error shape).
 //! - [`response`]: reply bodies and SSE chunks.
 //! - [`queue`]: one generation at a time, cancelled when the client goes away.
-//! - [`generate`]: the token loop (prefill, sample, stop strings, UTF-8), shared with
+//! - [`generate`](mod@generate): the token loop (prefill, sample, stop strings, UTF-8), shared with
 //!   `llm-server run`.
 //! - [`cache`]: the prompt cache — the kept sequence and its DeltaNet checkpoints.
 //! - [`grammar`]: structured output and forced tool calls (llguidance token masks).
