@@ -572,3 +572,20 @@ def test_sigterm_stops_accepting_then_cancels_what_runs(tmp_path):
     assert not generated or int(generated[-1]) < 8000
     with pytest.raises(OSError):
         socket.create_connection((s.host, int(s.port)), timeout=5).close()
+
+
+def test_timeout_ends_a_long_generation(tmp_path):
+    """`--timeout 1`: a request that would generate 8,000 tokens ends after a second of
+    generation as at max_tokens (`length`), logged as a timeout; the server goes on."""
+    s = Server(tmp_path / "server.log", "--alias", MODEL, "-c", "8192", "--timeout", "1")
+    try:
+        c = s.client()
+        r = c.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=8000,
+                                      temperature=0, extra_body={"ignore_eos": True})
+        assert r.choices[0].finish_reason == "length"
+        assert 0 < r.usage.completion_tokens < 8000
+        assert "finish=timeout" in s.log.read_text()
+        r = c.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4, temperature=0)
+        assert r.choices[0].finish_reason in ("length", "stop")
+    finally:
+        s.stop()

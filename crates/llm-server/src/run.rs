@@ -127,6 +127,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         think_budget: None,
         turn_end: None,
         constraint: None,
+        deadline: None,
     };
     let generator = Generator {
         model: m.model.as_ref(),

@@ -38,6 +38,11 @@ pub struct Args {
     /// (Anthropic) and `Retry-After`.
     #[arg(long, default_value_t = server::queue::DEFAULT_MAX_WAITING)]
     pub max_queue: usize,
+    /// Seconds a request may generate once its turn comes (llama-server's `--timeout`, default
+    /// 600; 0: no limit): then it ends as at `max_tokens` (`finish_reason: length`, logged as
+    /// `finish=timeout`).
+    #[arg(long, default_value_t = 600.0)]
+    pub timeout: f64,
     /// On SIGINT/SIGTERM: seconds the requests in flight get to finish before they are
     /// cancelled.
     #[arg(long, default_value_t = 10.0)]
@@ -121,6 +126,9 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         })
         .with_cache(args.cache.config())
         .with_ubatch(args.batch.ubatch())
+        .with_timeout(
+            (args.timeout > 0.0).then(|| std::time::Duration::from_secs_f64(args.timeout)),
+        )
         .with_prompt_cache(match args.cache_ram {
             n if n < 0 => usize::MAX >> 20,
             n => n as usize,

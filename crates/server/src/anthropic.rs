@@ -544,7 +544,7 @@ fn stop_reason(o: &Outcome, called: bool) -> (&'static str, Value) {
         return ("tool_use", Value::Null);
     }
     match o.finish {
-        Finish::Length => ("max_tokens", Value::Null),
+        Finish::Length | Finish::Timeout => ("max_tokens", Value::Null),
         Finish::StopString => (
             "stop_sequence",
             o.stop.clone().map_or(Value::Null, Value::String),

@@ -63,6 +63,8 @@ pub struct Params {
     pub turn_end: Option<usize>,
     /// Structured output: tokens the grammar does not allow are never sampled.
     pub constraint: Option<crate::grammar::Constraint>,
+    /// Generation stops at this instant (`serve --timeout`), like at `max_tokens`.
+    pub deadline: Option<Instant>,
 }
 
 /// A cap on the tokens of an open reasoning block.
@@ -127,6 +129,8 @@ pub enum Finish {
     Length,
     /// The callback asked to stop (the HTTP client went away).
     Cancelled,
+    /// The request's time ran out (`serve --timeout`); reported as `length`.
+    Timeout,
 }
 
 /// What a finished generation did.
@@ -295,6 +299,10 @@ pub fn generate_with_logprobs(
     let mut constraint = params.constraint.clone();
     let mut masked = Vec::new();
     while generated < params.max_tokens {
+        if params.deadline.is_some_and(|d| Instant::now() >= d) {
+            finish = Finish::Timeout;
+            break;
+        }
         let tok = match (forced.pop_front(), &mut constraint) {
             (Some(t), _) => t,
             (None, None) => sampler.sample(&logits),
@@ -420,6 +428,7 @@ mod tests {
             think_budget: None,
             turn_end: None,
             constraint: None,
+            deadline: None,
         };
         let (mut text, mut calls) = (String::new(), 0);
         let o = generate(m.generator(), &prompt, &params, |t| {
@@ -469,6 +478,7 @@ mod tests {
                 think_budget: budget,
                 turn_end: None,
                 constraint: None,
+                deadline: None,
             };
             let mut ids = Vec::new();
             generate_with_logprobs(
@@ -529,6 +539,7 @@ mod tests {
             think_budget: None,
             turn_end: None,
             constraint: None,
+            deadline: None,
         };
         let run = |prompt: &[u32]| {
             generate(

@@ -77,6 +77,7 @@ impl Metrics {
             Finish::StopString => "stop",
             Finish::Length => "length",
             Finish::Cancelled => "cancelled",
+            Finish::Timeout => "timeout",
         };
         let mut m = self.finished.lock().unwrap_or_else(|e| e.into_inner());
         *m.entry(reason).or_default() += 1;

@@ -31,6 +31,9 @@ pub struct ServedModel {
     pub ubatch: usize,
     /// The sequence kept for the next request's prompt ([`crate::cache`]).
     pub prompt_cache: std::sync::Mutex<crate::cache::PromptCache>,
+    /// How long one request may generate once its turn comes (`serve --timeout`; `None`: no
+    /// limit): then it ends as if `max_tokens` were reached.
+    pub timeout: Option<std::time::Duration>,
     /// The grammar engine for structured output, made on first use.
     grammars: std::sync::OnceLock<Result<crate::grammar::Grammars, String>>,
 }
@@ -101,6 +104,7 @@ impl ServedModel {
                 crate::cache::DEFAULT_CACHE_MIB,
             )),
             grammars: std::sync::OnceLock::new(),
+            timeout: None,
         })
     }
 
@@ -175,6 +179,12 @@ impl ServedModel {
         self.grammars()?
             .tool_calls(&self.tokenizer, xml, list, force)
             .map_err(|e| crate::ApiError::invalid("tool_choice", format!("tool_choice: {e}")))
+    }
+
+    /// The same model with requests limited to `t` of generation each (`None`: no limit).
+    pub fn with_timeout(mut self, t: Option<std::time::Duration>) -> ServedModel {
+        self.timeout = t;
+        self
     }
 
     /// The same model with a prompt cache of `mib` MiB of checkpoints (0: none).

@@ -161,12 +161,14 @@ fn run(
     (metrics, queued): (&Metrics, Instant),
 ) {
     let mut first = true;
+    let deadline = model.timeout.map(|t| Instant::now() + t);
     for i in 0..job.n.max(1) {
         if i > 0 && tx.blocking_send(Event::Choice(i)).is_err() {
             return; // the client is gone
         }
         let mut params = job.params.clone();
         params.sampling.seed = params.sampling.seed.wrapping_add(i as u64);
+        params.deadline = deadline;
         // Echo: the prompt's text first (its logprobs, when asked for, come from the
         // generation's prefill just after; they attach to the next text sent).
         if let Some(echo) = job.echo.as_ref().filter(|e| !e.is_empty()) {
@@ -253,6 +255,7 @@ fn log(label: &str, o: &Outcome) {
         Finish::StopString => "stop",
         Finish::Length => "length",
         Finish::Cancelled => "cancelled",
+        Finish::Timeout => "timeout",
     };
     let rate = |n: usize, d: std::time::Duration| n as f64 / d.as_secs_f64().max(1e-9);
     eprintln!(
@@ -289,6 +292,7 @@ mod tests {
                 think_budget: None,
                 turn_end: None,
                 constraint: None,
+                deadline: None,
             },
             stream: None,
             think: None,

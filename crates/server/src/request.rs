@@ -59,6 +59,7 @@ impl Job {
                 think_budget: None,
                 turn_end: None,
                 constraint: None,
+                deadline: None,
                 stop,
                 sampling,
             },

@@ -76,7 +76,7 @@ impl Meta {
 /// OpenAI's `finish_reason`: `stop` for an end-of-generation token or a stop string.
 pub fn finish_reason(f: Finish) -> &'static str {
     match f {
-        Finish::Length => "length",
+        Finish::Length | Finish::Timeout => "length",
         Finish::Eos | Finish::StopString | Finish::Cancelled => "stop",
     }
 }
