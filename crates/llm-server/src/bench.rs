@@ -274,7 +274,9 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
 /// per-token breakdown): its jobs' time (the pool's experts and the staging copies), the bytes
 /// they read and the rate while busy, and the CPU's idle rest of the step.
 fn print_ram_side(test: &str, s: cuda::HostStats, tokens: f64, rate: f64) -> bool {
-    if s.jobs == 0 || tokens == 0.0 {
+    // A prompt batch streams its RAM experts instead; only its last layer's one row (the
+    // logits row) is a job then — not a breakdown worth a line.
+    if tokens == 0.0 || (s.jobs as f64) < tokens {
         return false;
     }
     let step = 1e3 / rate;
