@@ -95,6 +95,26 @@ def test_same_prompt_again_needs_no_prefill(demo):
     assert r.choices[0].message.content == r.choices[1].message.content
 
 
+def test_a_shared_system_prompt_is_reused(demo):
+    """Classification's pattern: one long instruction, a different item each time. The
+    sequence is checkpointed where the system message ends, so the next item resumes there."""
+    on, off = demo
+    system = {"role": "system", "content": "Label the sentiment of the sentence as positive, "
+              "negative or neutral. Answer with one word. " * 4}
+    replies = {}
+    for s in (on, off):
+        c = s.client()
+        replies[s] = []
+        for item in ("The whale was kind.", "The storm sank the ship.", "It rained."):
+            r = c.chat.completions.create(model="demo", max_tokens=3, temperature=0,
+                                          messages=[system, {"role": "user", "content": item}])
+            replies[s].append((r.usage.prompt_tokens_details.cached_tokens,
+                               r.choices[0].message.content))
+    cached = [c for c, _ in replies[on]]
+    assert cached[1] > 40 and cached[2] == cached[1], replies[on]
+    assert [t for _, t in replies[on]] == [t for _, t in replies[off]]
+
+
 def test_anthropic_usage_reports_cache_reads(demo):
     on, _ = demo
     client = anthropic.Anthropic(base_url=on.url, api_key="x", max_retries=0, timeout=60)

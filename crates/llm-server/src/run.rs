@@ -125,7 +125,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         logprobs: None,
         prompt_logprobs: false,
         think_budget: None,
-        turn_end: None,
+        marks: Vec::new(),
         constraint: None,
         deadline: None,
     };

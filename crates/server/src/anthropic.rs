@@ -115,8 +115,8 @@ struct Prompt {
     budget: Option<usize>,
     /// Parameter types of the tools, when calls are parsed out of the answer.
     tools: Option<ParamTypes>,
-    /// Where the conversation ends before the generation prompt ([`ServedModel::turn_end`]).
-    turn_end: Option<usize>,
+    /// Where the prompt cache should be able to resume ([`ServedModel::marks`]).
+    marks: Vec<usize>,
     /// A forced tool call's grammar (`tool_choice` `any` or `tool`).
     constraint: Option<crate::grammar::Constraint>,
 }
@@ -179,7 +179,7 @@ impl MessagesRequest {
         };
         Ok(Prompt {
             constraint,
-            turn_end: m.turn_end(&req, &tokens),
+            marks: m.marks(&req, &tokens),
             tokens,
             opened_think: ThinkSplit::prompt_opens(&text),
             thinking,
@@ -251,7 +251,7 @@ impl MessagesRequest {
             tools: prompt.tools.clone(),
             ..Job::new(m, prompt.tokens.clone(), max_tokens, stop, sampling)
         };
-        job.params.turn_end = prompt.turn_end;
+        job.params.marks = prompt.marks.clone();
         job.params.constraint = prompt.constraint.clone();
         // The reasoning the prompt opened ends after `budget_tokens` tokens.
         if let (Some(tokens), true) = (prompt.budget, prompt.opened_think) {

@@ -57,10 +57,11 @@ pub struct Params {
     /// The prompt opened the model's reasoning: after this many generated tokens without its
     /// closing tokens, they are put in (Anthropic's `thinking.budget_tokens`).
     pub think_budget: Option<ThinkBudget>,
-    /// Where the conversation before the generation prompt ends in the prompt (chat routes):
-    /// the prefill stops there for the prompt cache to checkpoint, since the next turn's
-    /// prompt continues from that point, not from the generation prompt.
-    pub turn_end: Option<usize>,
+    /// Positions in the prompt, ascending, where the prefill stops for the prompt cache to
+    /// checkpoint (chat routes: where the system messages end — a prefix many requests share
+    /// — and where the conversation before the generation prompt ends, since the next turn's
+    /// prompt continues from there, not from the generation prompt).
+    pub marks: Vec<usize>,
     /// Structured output: tokens the grammar does not allow are never sampled.
     pub constraint: Option<crate::grammar::Constraint>,
     /// Generation stops at this instant (`serve --timeout`), like at `max_tokens`.
@@ -271,12 +272,16 @@ pub fn generate_with_logprobs(
         }
         (None, Some(cached)) => cached,
         (None, None) => {
-            // Split at the turn's end whether or not a cache keeps it: the same pieces, the
-            // same numbers.
+            // Split at the marks whether or not a cache keeps them: the same pieces, the same
+            // numbers.
             let mut at = reused;
-            if let Some(t) = params.turn_end.filter(|&t| t > reused && t < prompt.len()) {
-                prefill(&g, &prompt[reused..t], &mut lease.state, Logits::Last)?;
-                lease.fed(&prompt[reused..t]);
+            for &t in params
+                .marks
+                .iter()
+                .filter(|&&t| t > reused && t < prompt.len())
+            {
+                prefill(&g, &prompt[at..t], &mut lease.state, Logits::Last)?;
+                lease.fed(&prompt[at..t]);
                 if let Some(c) = cache {
                     lock(c).mark(g.model, &mut lease, None);
                 }
@@ -426,7 +431,7 @@ mod tests {
             logprobs: None,
             prompt_logprobs: false,
             think_budget: None,
-            turn_end: None,
+            marks: Vec::new(),
             constraint: None,
             deadline: None,
         };
@@ -476,7 +481,7 @@ mod tests {
                 logprobs: Some(0),
                 prompt_logprobs: false,
                 think_budget: budget,
-                turn_end: None,
+                marks: Vec::new(),
                 constraint: None,
                 deadline: None,
             };
@@ -537,7 +542,7 @@ mod tests {
             logprobs: None,
             prompt_logprobs: false,
             think_budget: None,
-            turn_end: None,
+            marks: Vec::new(),
             constraint: None,
             deadline: None,
         };

@@ -132,21 +132,44 @@ impl ServedModel {
         }
     }
 
-    /// Where the conversation of `req` ends in its `prompt` (rendered with the generation
-    /// prompt): the tokens of the rendering without it, as far as they agree with the
-    /// prompt's. The next turn's prompt continues from there — with the reply — not from the
-    /// generation prompt, so that is where the prompt cache must be able to resume.
-    pub(crate) fn turn_end(&self, req: &engine::ChatRequest, prompt: &[u32]) -> Option<usize> {
-        let text = self
-            .template
-            .render(&engine::ChatRequest {
-                add_generation_prompt: false,
-                ..*req
-            })
-            .ok()?;
-        let toks = crate::generate::prompt_tokens(&self.tokenizer, &text, true);
-        let n = toks.iter().zip(prompt).take_while(|(a, b)| a == b).count();
-        (n > 0 && n < prompt.len()).then_some(n)
+    /// Where the prompt cache should be able to resume `prompt` (`req` rendered with the
+    /// generation prompt), ascending: where its system messages end and the first user text
+    /// begins (a prefix many requests share) and where the conversation ends before the
+    /// generation prompt (the next turn
+    /// continues from there, with the reply, not from the generation prompt). Each is the
+    /// token count of that part rendered alone, as far as its tokens agree with the prompt's.
+    pub(crate) fn marks(&self, req: &engine::ChatRequest, prompt: &[u32]) -> Vec<usize> {
+        let end_of = |messages: &serde_json::Value| -> Option<usize> {
+            let text = self
+                .template
+                .render(&engine::ChatRequest {
+                    messages,
+                    add_generation_prompt: false,
+                    ..*req
+                })
+                .ok()?;
+            let toks = crate::generate::prompt_tokens(&self.tokenizer, &text, true);
+            let n = toks.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+            (n > 0 && n < prompt.len()).then_some(n)
+        };
+        let mut marks = Vec::new();
+        if let Some(list) = req.messages.as_array() {
+            let system = list
+                .iter()
+                .take_while(|m| matches!(m["role"].as_str(), Some("system" | "developer")))
+                .count();
+            if system > 0 && system < list.len() {
+                // With a placeholder user message (templates may refuse a conversation of
+                // system messages alone): the prefix ends where the real user text begins.
+                let mut head = list[..system].to_vec();
+                head.push(serde_json::json!({"role": "user", "content": "\u{a4}"}));
+                marks.extend(end_of(&serde_json::Value::Array(head)));
+            }
+        }
+        marks.extend(end_of(req.messages));
+        marks.sort_unstable();
+        marks.dedup();
+        marks
     }
 
     /// The grammar engine over this model's vocabulary (built on first use: a token trie of

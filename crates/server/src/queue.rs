@@ -290,7 +290,7 @@ mod tests {
                 logprobs: None,
                 prompt_logprobs: false,
                 think_budget: None,
-                turn_end: None,
+                marks: Vec::new(),
                 constraint: None,
                 deadline: None,
             },

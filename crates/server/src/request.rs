@@ -57,7 +57,7 @@ impl Job {
                 logprobs: None,
                 prompt_logprobs: false,
                 think_budget: None,
-                turn_end: None,
+                marks: Vec::new(),
                 constraint: None,
                 deadline: None,
                 stop,
@@ -264,11 +264,11 @@ impl ChatCompletionRequest {
         };
         let text = m.template.render(&req).map_err(template_error)?;
         let prompt = prompt_tokens(&m.tokenizer, &text, true);
-        let turn_end = m.turn_end(&req, &prompt);
+        let marks = m.marks(&req, &prompt);
         let logprobs = self.gen.chat_logprobs()?;
         let mut job = self.gen.into_job(m, prompt)?;
         job.params.logprobs = logprobs;
-        job.params.turn_end = turn_end;
+        job.params.marks = marks;
         if let Some(schema) = schema {
             let constraint = m.grammars()?.json(schema).map_err(|e| {
                 ApiError::invalid("response_format", format!("response_format: {e}"))
