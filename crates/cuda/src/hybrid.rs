@@ -576,39 +576,38 @@ impl Cuda {
             self.gpu.side_waits(mark)?;
         }
         self.gpu.mark_main(mark)?;
-        for (ram, (a, b)) in runs(&h.slot, true)
-            .map(|r| (true, r))
-            .chain(runs(&h.slot, false).map(|r| (false, r)))
-        {
-            let dst = buf.ptr() + (a * eb) as u64;
-            // SAFETY: the staging holds `total` ≥ b·eb bytes; the packed buffer holds the
-            // slots of GPU experts a..b (consecutive: slots follow ids); the file's bytes are
-            // checked above and outlive the copies (the model's mapping).
-            unsafe {
-                match ram {
-                    true => {
-                        let src = &data[a * eb..b * eb];
-                        let (p, len) = page_inner(src);
-                        let head = match h.pinned.is_empty() || len == 0 {
-                            true => src.len(),
-                            false => p as usize - src.as_ptr() as usize,
-                        };
-                        let mut pieces = vec![(0, head)];
-                        if head < src.len() {
-                            pieces.push((head, len));
-                            pieces.push((head + len, src.len() - head - len));
-                        }
-                        for (off, n) in pieces.into_iter().filter(|&(_, n)| n > 0) {
-                            self.gpu
-                                .htod_side(dst + off as u64, src.as_ptr().add(off), n)?;
-                        }
-                    }
-                    false => {
-                        let src = w.buf.ptr() + (h.slot[a] as usize * eb) as u64;
-                        self.gpu.dtod_side(dst, src, (b - a) * eb)?
-                    }
-                }
+        // SAFETY (both loops): the staging holds `total` ≥ b·eb bytes; the file's bytes are
+        // checked above and outlive the copies (the model's mapping); the packed buffer holds
+        // the slots of GPU experts a..b (consecutive: slots follow ids).
+        for (a, b) in runs(&h.slot, true) {
+            let (dst, src) = (buf.ptr() + (a * eb) as u64, &data[a * eb..b * eb]);
+            // The pinned pages inside the run in one copy, its unpinned edges apart (a copy
+            // touching unpinned memory goes through the driver's bounce buffer whole).
+            let (p, len) = page_inner(src);
+            let head = match h.pinned.is_empty() || len == 0 {
+                true => src.len(),
+                false => p as usize - src.as_ptr() as usize,
+            };
+            let mut pieces = vec![(0, head)];
+            if head < src.len() {
+                pieces.push((head, len));
+                pieces.push((head + len, src.len() - head - len));
             }
+            for (off, n) in pieces.into_iter().filter(|&(_, n)| n > 0) {
+                // SAFETY: see above.
+                unsafe {
+                    self.gpu
+                        .htod_side(dst + off as u64, src.as_ptr().add(off), n)?
+                };
+            }
+        }
+        for (a, b) in runs(&h.slot, false) {
+            let src = w.buf.ptr() + (h.slot[a] as usize * eb) as u64;
+            // SAFETY: see above.
+            unsafe {
+                self.gpu
+                    .dtod_side(buf.ptr() + (a * eb) as u64, src, (b - a) * eb)?
+            };
         }
         self.gpu.join(ready)?;
         Ok(CudaMat {

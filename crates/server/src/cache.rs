@@ -64,6 +64,12 @@ struct Point {
 }
 
 impl Point {
+    /// Whether it lies on the history `tokens` (its tokens a prefix of them): only then do
+    /// the KV rows before it still hold what it saw.
+    fn on(&self, tokens: &[u32]) -> bool {
+        tokens.starts_with(&self.tokens)
+    }
+
     fn bytes(&self) -> usize {
         self.cp.bytes() + 4 * self.logits.as_ref().map_or(0, Vec::len) + 4 * self.tokens.len()
     }
@@ -126,36 +132,32 @@ impl PromptCache {
 
     /// A state for `prompt` with `n_ctx` positions and `cache` types: the kept sequence put
     /// back to the longest cached prefix of `prompt` — the whole prompt when a checkpoint has
-    /// the logits of its end and `whole` allows, else short of its last token, which must run
-    /// for logits — or a new one.
+    /// the logits of its end, else short of its last token, which must run for logits — or a
+    /// new one.
     pub fn take(
         &mut self,
         model: &dyn Model,
         prompt: &[u32],
         (n_ctx, cache): (usize, CacheConfig),
-        whole: bool,
     ) -> engine::Result<Lease> {
-        let fresh = |m: &dyn Model| Lease::new(m, n_ctx, cache);
         let Some(mut slot) = self
             .slot
             .take()
             .filter(|s| s.n_ctx == n_ctx && s.cache == cache)
         else {
-            self.stats.misses += u64::from(self.enabled());
-            self.stats.bytes = 0;
-            return fresh(model);
+            return self.miss(model, n_ctx, cache);
         };
         self.clock += 1;
         // The longest usable point: a prefix of the prompt and of the sequence as it stands
         // (a later, different continuation overwrote the KV rows past their shared prefix),
-        // before the prompt's last token — or at its end with the logits there, when `whole`.
+        // before the prompt's last token — or at its end with the logits there.
         // Without logits, at least the prompt's last token must run.
         let shared = common_prefix(&slot.tokens, prompt);
         let before_last = shared.min(prompt.len() - 1);
         let mut best: Option<(usize, Checkpoint, Option<Vec<f32>>)> = None;
         for p in slot.points.iter_mut() {
             let n = p.cp.n_past();
-            let exact = whole && n == prompt.len() && shared >= n && p.logits.is_some();
+            let exact = n == prompt.len() && shared >= n && p.logits.is_some();
             let (at, logits) = if exact {
                 (n, p.logits.clone())
             } else if !p.cp.recurrent() {
@@ -180,17 +182,14 @@ impl PromptCache {
                 best = Some((at, cp, logits));
             }
         }
+        // A slot that cannot serve goes before the new sequence is made (device memory).
         let Some((at, cp, logits)) = best else {
-            self.stats.misses += 1;
-            self.stats.bytes = 0;
             drop(slot);
-            return fresh(model);
+            return self.miss(model, n_ctx, cache);
         };
         if model.rewind(&mut slot.state, &cp).is_err() {
-            self.stats.misses += 1;
-            self.stats.bytes = 0;
             drop(slot);
-            return fresh(model);
+            return self.miss(model, n_ctx, cache);
         }
         slot.tokens.truncate(at);
         self.stats.hits += 1;
@@ -204,6 +203,18 @@ impl PromptCache {
             cache,
             points: slot.points,
         })
+    }
+
+    /// A new sequence, the kept one (if any) gone.
+    fn miss(
+        &mut self,
+        model: &dyn Model,
+        n_ctx: usize,
+        cache: CacheConfig,
+    ) -> engine::Result<Lease> {
+        self.stats.misses += u64::from(self.enabled());
+        self.stats.bytes = 0;
+        Lease::new(model, n_ctx, cache)
     }
 
     /// Checkpoint `lease` where it stands (with `logits` when that is the end of a prompt),
@@ -233,11 +244,10 @@ impl PromptCache {
         if point.bytes() > self.limit {
             return;
         }
-        // Points of another history than the lease's (before a rewind) stay valid only up
-        // to the shared prefix, and only without recurrent state; they are dropped otherwise.
-        lease.points.retain(|p| {
-            p.tokens.len() <= lease.tokens.len() && lease.tokens.starts_with(&p.tokens)
-        });
+        // Points of the history a rewind left are stale: the rows after the shared prefix were
+        // overwritten.
+        let tokens = &lease.tokens;
+        lease.points.retain(|p| p.on(tokens));
         lease.points.push(point);
         while lease.points.iter().map(Point::bytes).sum::<usize>() > self.limit {
             let oldest = (0..lease.points.len())
@@ -253,9 +263,7 @@ impl PromptCache {
             return;
         }
         let tokens = &lease.tokens;
-        lease
-            .points
-            .retain(|p| p.tokens.len() <= tokens.len() && tokens.starts_with(&p.tokens));
+        lease.points.retain(|p| p.on(tokens));
         self.stats.bytes = lease.points.iter().map(Point::bytes).sum::<usize>() as u64;
         self.slot = Some(Slot {
             state: lease.state,
@@ -265,6 +273,12 @@ impl PromptCache {
             points: lease.points,
         });
     }
+}
+
+/// The cache behind its lock, whatever a panicked holder left (it keeps no invariant a panic
+/// could break: at worst a sequence is missing, and the next request starts afresh).
+pub(crate) fn lock(c: &std::sync::Mutex<PromptCache>) -> std::sync::MutexGuard<'_, PromptCache> {
+    c.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Length of the common prefix of `a` and `b`.
@@ -305,28 +319,28 @@ mod tests {
         let m = demo();
         let cfg = (64, CacheConfig::default());
         let mut c = PromptCache::new(64);
-        let mut l = c.take(m.as_ref(), &[1, 2, 3, 4], cfg, true).unwrap();
+        let mut l = c.take(m.as_ref(), &[1, 2, 3, 4], cfg).unwrap();
         assert_eq!(l.reused, 0);
         feed(&mut c, m.as_ref(), &mut l, &[1, 2]);
         let end = feed(&mut c, m.as_ref(), &mut l, &[3, 4]);
         c.give_back(l);
         // The same prompt: whole, with its logits.
-        let l = c.take(m.as_ref(), &[1, 2, 3, 4], cfg, true).unwrap();
+        let l = c.take(m.as_ref(), &[1, 2, 3, 4], cfg).unwrap();
         assert_eq!((l.reused, l.logits.as_deref()), (4, Some(&end[..])));
         c.give_back(l);
         // A prompt that shares [1, 2, 3] only: DeltaNet state exists at 2 and 4, so 2.
-        let l = c.take(m.as_ref(), &[1, 2, 3, 9], cfg, true).unwrap();
+        let l = c.take(m.as_ref(), &[1, 2, 3, 9], cfg).unwrap();
         assert_eq!(
             (l.reused, l.state.n_past, l.tokens.as_slice()),
             (2, 2, &[1, 2][..])
         );
         c.give_back(l);
         // The checkpoint at 4 was of a history the rewind left: dropped.
-        let l = c.take(m.as_ref(), &[1, 2, 3, 4], cfg, true).unwrap();
+        let l = c.take(m.as_ref(), &[1, 2, 3, 4], cfg).unwrap();
         assert_eq!(l.reused, 2);
         c.give_back(l);
         // Nothing shared, or another context size: a new sequence.
-        assert_eq!(c.take(m.as_ref(), &[7, 8], cfg, true).unwrap().reused, 0);
+        assert_eq!(c.take(m.as_ref(), &[7, 8], cfg).unwrap().reused, 0);
         let s = c.stats();
         assert_eq!((s.hits, s.misses, s.tokens_reused), (3, 2, 8));
     }
@@ -336,7 +350,7 @@ mod tests {
         let m = demo();
         let cfg = (64, CacheConfig::default());
         let mut c = PromptCache::new(1);
-        let mut l = c.take(m.as_ref(), &[1], cfg, true).unwrap();
+        let mut l = c.take(m.as_ref(), &[1], cfg).unwrap();
         let one = {
             feed(&mut c, m.as_ref(), &mut l, &[1]);
             l.points.iter().map(Point::bytes).sum::<usize>()
@@ -349,10 +363,10 @@ mod tests {
         let s = c.stats();
         assert!(s.bytes > 0 && s.bytes <= 1 << 20, "{s:?}");
         let mut off = PromptCache::new(0);
-        let mut l = off.take(m.as_ref(), &[1, 2], cfg, true).unwrap();
+        let mut l = off.take(m.as_ref(), &[1, 2], cfg).unwrap();
         feed(&mut off, m.as_ref(), &mut l, &[1, 2]);
         assert!(l.points.is_empty());
         off.give_back(l);
-        assert_eq!(off.take(m.as_ref(), &[1, 2], cfg, true).unwrap().reused, 0);
+        assert_eq!(off.take(m.as_ref(), &[1, 2], cfg).unwrap().reused, 0);
     }
 }

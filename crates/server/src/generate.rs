@@ -5,6 +5,7 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
+use crate::cache::lock;
 use engine::{
     Exec, Logits, Model, Sampler, SamplerError, SamplerParams, StopMatcher, StopStep, Tokenizer,
 };
@@ -248,7 +249,7 @@ pub fn generate_with_logprobs(
     let whole = !(params.logprobs.is_some() && params.prompt_logprobs);
     let cache = g.cache.filter(|_| whole);
     let mut lease = match cache {
-        Some(c) => lock(c).take(g.model, prompt, (params.n_ctx, params.cache), true)?,
+        Some(c) => lock(c).take(g.model, prompt, (params.n_ctx, params.cache))?,
         None => crate::cache::Lease::new(g.model, params.n_ctx, params.cache)?,
     };
     let reused = lease.reused;
@@ -389,14 +390,6 @@ pub fn generate_with_logprobs(
         prefill,
         decode: t1.elapsed(),
     })
-}
-
-/// The cache, whatever a panicked holder left (it keeps no invariant a panic could break:
-/// at worst a sequence is missing, and the next request starts afresh).
-fn lock(
-    c: &std::sync::Mutex<crate::cache::PromptCache>,
-) -> std::sync::MutexGuard<'_, crate::cache::PromptCache> {
-    c.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Take the longest complete UTF-8 prefix of `pending`, keeping a split character's bytes

@@ -64,9 +64,14 @@ impl Grammars {
             serde_json::Value::Bool(true) => serde_json::json!({}),
             s => s,
         };
+        self.constraint(TopLevelGrammar::from_json_schema(compact(schema)))
+    }
+
+    /// A constraint to `grammar`, or what the engine could not compile in it.
+    fn constraint(&self, grammar: TopLevelGrammar) -> Result<Constraint, String> {
         let parser = self
             .factory
-            .create_parser(TopLevelGrammar::from_json_schema(compact(schema)))
+            .create_parser(grammar)
             .map_err(|e| e.to_string())?;
         let m = Matcher::new(Ok(parser));
         match m.get_error() {
@@ -172,15 +177,7 @@ impl Grammars {
             calls.join(" | "),
             tag("</tool_call>"),
         );
-        let parser = self
-            .factory
-            .create_parser(TopLevelGrammar::from_lark(lark))
-            .map_err(|e| e.to_string())?;
-        let m = Matcher::new(Ok(parser));
-        match m.get_error() {
-            Some(e) => Err(e),
-            None => Ok(Constraint(m)),
-        }
+        self.constraint(TopLevelGrammar::from_lark(lark))
     }
 }
 

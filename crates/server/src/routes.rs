@@ -150,13 +150,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.queue.metrics().render()
-            + &crate::metrics::render_cache(
-                s.model
-                    .prompt_cache
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .stats(),
-            ),
+            + &crate::metrics::render_cache(crate::cache::lock(&s.model.prompt_cache).stats()),
     )
         .into_response()
 }
