@@ -27,12 +27,12 @@ def test_fit_prints_the_plan_and_fills_a_budget():
     whole = cli("fit", "-m", DEMO, "--device", "cpu", "--no-bandwidth").stdout
     assert "| non-expert weights | GPU |" in whole and "| blk.7 experts (32 × " in whole
     assert experts_line(whole).startswith("experts: 256 of 256 on the GPU")
-    # 1 MiB short of the whole model (482 MiB, 384 of them the runtime reserve): the highest
+    # 1 MiB short of the whole model (610 MiB, 512 of them the runtime reserve): the highest
     # ids of every layer go to RAM, evenly.
-    fitted = cli("fit", "-m", DEMO, "--device", "cpu", "--vram-budget", "481",
+    fitted = cli("fit", "-m", DEMO, "--device", "cpu", "--vram-budget", "609",
                  "--no-bandwidth").stdout
     assert "| GPU 26, RAM 6 (experts 26-31) |" in fitted, fitted
-    assert "of a 481 MiB budget" in experts_line(fitted)
+    assert "of a 609 MiB budget" in experts_line(fitted)
     # llama.cpp's spellings: -ncmoe, -ot with several rules, a device name per rule.
     flags = cli("fit", "-m", DEMO, "--device", "cpu", "-ncmoe", "2", "-ot",
                 r"blk\.5\.ffn_.*_exps=CPU,blk\.6\.ffn_up_exps=CUDA0", "--no-bandwidth").stdout
@@ -48,7 +48,7 @@ def test_bad_placement_flags_are_one_line_errors():
         (["-ot", "(exps=CPU"], "bad regular expression"),
         (["--fit", "maybe"], "expected on or off"),
         (["--vram-budget", "40"], "alone need"),
-        (["--vram-budget", "479", "--fit", "off"], "use --fit on"),
+        (["--vram-budget", "607", "--fit", "off"], "use --fit on"),
         (["--expert-stats", "/nonexistent.json"], "cannot read --expert-stats"),
     ]:
         p = cli("fit", "-m", DEMO, "--device", "cpu", "--no-bandwidth", *args, ok=False)
@@ -70,7 +70,7 @@ def test_calibrate_writes_stats_the_planner_uses(tmp_path):
     assert sorted(counts) == list(range(8))
     # Every token chose 4 experts in every layer.
     assert all(len(c) == 32 and sum(c) == 4 * 512 * 4 for c in counts.values())
-    out = cli("fit", "-m", DEMO, "--device", "cpu", "--vram-budget", "479", "--expert-stats",
+    out = cli("fit", "-m", DEMO, "--device", "cpu", "--vram-budget", "607", "--expert-stats",
               stats, "--no-bandwidth").stdout
     # Layer 0's GPU experts are its most used ones.
     row = next(l for l in out.splitlines() if l.startswith("| blk.0 experts"))
@@ -135,7 +135,7 @@ def test_serve_and_bench_write_live_routing_stats(tmp_path):
     # routes only its last token, as llama.cpp's does).
     assert all(sum(c) >= 4 * fed for c in counts.values())
     assert max(sum(c) for c in counts.values()) == 4 * answered
-    cli("fit", "-m", DEMO, "--device", "cpu", "--vram-budget", "479", "--expert-stats", live,
+    cli("fit", "-m", DEMO, "--device", "cpu", "--vram-budget", "607", "--expert-stats", live,
         "--no-bandwidth")
     bench = tmp_path / "bench.json"
     cli("bench", "-m", DEMO, "--device", "cpu", "-p", "16", "-n", "4", "-r", "1", "-t", "2",

@@ -174,20 +174,21 @@ def test_still_serving_after_all_that(server):
 
 
 def test_full_line_refuses_with_retry_after(tmp_path):
-    """`--max-queue 1`: one request runs, one waits, the next is refused — 429 with
+    """`-np 2 --max-queue 1`: two requests run, one waits, the next is refused — 429 with
     `Retry-After` on OpenAI's routes, 529 `overloaded_error` on Anthropic's."""
-    s = Server(tmp_path / "server.log", "--alias", MODEL, "-c", "8192", "--max-queue", "1")
+    s = Server(tmp_path / "server.log", "--alias", MODEL, "-c", "8192", "-np", "2",
+               "--max-queue", "1")
     long = j({"model": MODEL, "prompt": "Once", "max_tokens": 4000, "stream": True,
               "ignore_eos": True, "temperature": 0})
     head = (f"POST /v1/completions HTTP/1.1\r\nHost: {s.host}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(long)}\r\n\r\n").encode()
     socks = []
     try:
-        for i in range(2):  # the first runs (its headers are in before the second goes)
+        for i in range(3):  # two run (their headers are in before the third goes)
             sock = socket.create_connection((s.host, int(s.port)), timeout=30)
             sock.sendall(head + long)
             socks.append(sock)
-            if i == 0:
+            if i < 2:
                 assert sock.recv(4096).startswith(b"HTTP/1.1 200")
         deadline = time.monotonic() + 30
         while True:  # until the second is counted as waiting

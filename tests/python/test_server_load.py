@@ -1,8 +1,9 @@
 """Load on loopback: 64 concurrent clients send 1,000 requests mixed across both APIs
 (streamed and whole, chat, text completion, messages), each with a short reply. Every one must
 complete with a well-formed reply or stream end; no slot may be left busy; resident memory
-must stay flat after the warm-up (the curve is printed). The server runs one generation at a
-time (slots come later), so this also checks that the waiting line drains fairly."""
+must stay flat after the warm-up (the curve is printed). The server runs four generations at
+a time (`-np 4`, the default, batched), so this also checks that the slots and the waiting line
+drain: nothing left running or waiting, every batch's sequences handed back."""
 import json
 import threading
 import time

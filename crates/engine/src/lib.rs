@@ -18,7 +18,7 @@ pub use backend::{Backend, Cpu, State};
 pub use chat::{ChatError, ChatRequest, ChatTemplate};
 pub use error::{Error, Result};
 pub use kv::{CacheConfig, KvCache, KvType};
-pub use models::{load, load_on, Logits, Model};
+pub use models::{load, load_on, Logits, Model, Row};
 pub use ops::Exec;
 pub use sampler::{Sampler, SamplerError, SamplerParams};
 pub use stop::{StopMatcher, StopStep};

@@ -62,6 +62,7 @@ const SINGLE_DASH: &[(&str, &str)] = &[
     ("-fitc", "--fit-ctx"),
     ("-fa", "--flash-attn"),
     ("-cram", "--cache-ram"),
+    ("-np", "--parallel"),
 ];
 
 /// `args` with [`SINGLE_DASH`] flags rewritten.

@@ -278,8 +278,10 @@ pub fn state_bytes(file: &GgufFile, n_ctx: usize, cache: CacheConfig) -> u64 {
 /// graphs, the GPU page tables that map pinned host memory). The VRAM-budget test
 /// (scripts/device/vram-budget.sh) measured the process up to 262 MiB past its plan with
 /// 8 GB and 12 GB cards emulated before this reserve existed (BENCHMARKS.md 2026-12-02,
-/// fourth session); 384 MiB covers that with room. Not yet re-measured with the reserve.
-const RUNTIME_RESERVE: u64 = 384 << 20;
+/// fourth session). With 384 MiB the 8 GB and 12 GB runs stayed inside (80 and 120 MiB to
+/// spare) but serving at 16 GB (four concurrent streams after a 16,384-token prefill) went
+/// 12 MiB past (fifth session); 512 MiB.
+const RUNTIME_RESERVE: u64 = 512 << 20;
 
 /// Compute buffers a micro-batch of `ubatch` tokens needs (activations in flight and the
 /// logits rows), from the widest rows of the file, and [`RUNTIME_RESERVE`]. An estimate with

@@ -135,6 +135,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         exec: m.exec,
         ubatch: args.batch.ubatch(),
         cache: None,
+        batcher: None,
     };
     let mut out = std::io::stdout().lock();
     let mut write_err = None;

@@ -34,7 +34,12 @@ pub struct Args {
     /// Require `Authorization: Bearer KEY` on `/v1` routes.
     #[arg(long)]
     pub api_key: Option<String>,
-    /// Requests that may wait for the model; more are refused with 429 (OpenAI) or 529
+    /// Generations at once (llama-server's `-np/--parallel`): their tokens go through the
+    /// model as one batch each step, and a new request's prompt joins the running batch a
+    /// `-ub` chunk at a time. One where the backend cannot batch (CUDA, for now).
+    #[arg(long = "parallel", default_value_t = 4)]
+    pub parallel: usize,
+    /// Requests that may wait for a slot; more are refused with 429 (OpenAI) or 529
     /// (Anthropic) and `Retry-After`.
     #[arg(long, default_value_t = server::queue::DEFAULT_MAX_WAITING)]
     pub max_queue: usize,
@@ -126,6 +131,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         })
         .with_cache(args.cache.config())
         .with_ubatch(args.batch.ubatch())
+        .with_slots(args.parallel)
         .with_timeout(
             (args.timeout > 0.0).then(|| std::time::Duration::from_secs_f64(args.timeout)),
         )
@@ -146,13 +152,14 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         .map_or(0, |st| st.kv_bytes());
     eprintln!(
         "ready: {} ({}, {file_gib:.2} GiB) on {} | context {n_ctx}, KV {}/{} {:.0} MiB a \
-         request | {} threads | resident {:.0} MiB",
+         request | {} slots | {} threads | resident {:.0} MiB",
         model.id,
         model.model.arch(),
         model.model.backend(),
         cache.k,
         cache.v,
         kv_bytes as f64 / (1u64 << 20) as f64,
+        model.slots,
         model.exec.threads,
         server::metrics::resident_bytes().unwrap_or(0) as f64 / (1u64 << 20) as f64,
     );

@@ -3,8 +3,9 @@
 //! re-sending a growing conversation, or a classifier sending one long instruction before
 //! each item, gets from llama-server's slot cache.
 //!
-//! One sequence is kept (the server runs one generation at a time), with the tokens it has
-//! processed. A model with only attention layers can go back to any earlier position: its
+//! A sequence is kept for each of the server's slots (`-np`), with the tokens it has
+//! processed; a request takes the one it can resume furthest in, or a new one (the least
+//! recently used kept sequence going first when all are kept). A model with only attention layers can go back to any earlier position: its
 //! KV rows before that position are untouched by what came after. DeltaNet's recurrent state
 //! cannot be cut back, so for hybrid models the sequence is checkpointed
 //! ([`engine::backend::Checkpoint`]: a host copy of every recurrent layer) at the end of each
@@ -24,7 +25,9 @@ pub const DEFAULT_CACHE_MIB: usize = 8192;
 pub struct PromptCache {
     /// Bytes the checkpoints may hold (0: off).
     limit: usize,
-    slot: Option<Slot>,
+    /// Sequences kept at most (the server's slots).
+    keep: usize,
+    slots: Vec<Slot>,
     clock: u64,
     stats: CacheStats,
 }
@@ -51,6 +54,8 @@ struct Slot {
     /// The tokens at positions `0..state.n_past`.
     tokens: Vec<u32>,
     points: Vec<Point>,
+    /// When it was last given back or taken (the clock).
+    used: u64,
 }
 
 /// A checkpoint with the logits of its last position when it ends a prompt.
@@ -116,8 +121,15 @@ impl PromptCache {
     pub fn new(mib: usize) -> PromptCache {
         PromptCache {
             limit: mib << 20,
+            keep: 1,
             ..PromptCache::default()
         }
+    }
+
+    /// The same cache keeping up to `n` sequences (one a slot).
+    pub fn with_slots(mut self, n: usize) -> PromptCache {
+        self.keep = n.max(1);
+        self
     }
 
     /// Whether it is on.
@@ -130,8 +142,8 @@ impl PromptCache {
         self.stats
     }
 
-    /// A state for `prompt` with `n_ctx` positions and `cache` types: the kept sequence put
-    /// back to the longest cached prefix of `prompt` — the whole prompt when a checkpoint has
+    /// A state for `prompt` with `n_ctx` positions and `cache` types: the kept sequence that
+    /// goes furthest put back to the longest cached prefix of `prompt` — the whole prompt when a checkpoint has
     /// the logits of its end, else short of its last token, which must run for logits — or a
     /// new one.
     pub fn take(
@@ -140,52 +152,26 @@ impl PromptCache {
         prompt: &[u32],
         (n_ctx, cache): (usize, CacheConfig),
     ) -> engine::Result<Lease> {
-        let Some(mut slot) = self
-            .slot
-            .take()
-            .filter(|s| s.n_ctx == n_ctx && s.cache == cache)
-        else {
+        self.clock += 1;
+        // The kept sequence that resumes furthest in (as far with the logits is better: no
+        // forward at all).
+        let best = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.n_ctx == n_ctx && s.cache == cache)
+            .filter_map(|(i, s)| s.resume(prompt).map(|(at, p, l)| (i, at, p, l)))
+            .max_by_key(|&(i, at, _, l)| (at, l, std::cmp::Reverse(i)));
+        let Some((i, at, p, exact)) = best else {
             return self.miss(model, n_ctx, cache);
         };
-        self.clock += 1;
-        // The longest usable point: a prefix of the prompt and of the sequence as it stands
-        // (a later, different continuation overwrote the KV rows past their shared prefix),
-        // before the prompt's last token — or at its end with the logits there.
-        // Without logits, at least the prompt's last token must run.
-        let shared = common_prefix(&slot.tokens, prompt);
-        let before_last = shared.min(prompt.len() - 1);
-        let mut best: Option<(usize, Checkpoint, Option<Vec<f32>>)> = None;
-        for p in slot.points.iter_mut() {
-            let n = p.cp.n_past();
-            let exact = n == prompt.len() && shared >= n && p.logits.is_some();
-            let (at, logits) = if exact {
-                (n, p.logits.clone())
-            } else if !p.cp.recurrent() {
-                // Attention only: anywhere in the shared prefix.
-                (before_last, None)
-            } else if n <= before_last {
-                (n, None)
-            } else {
-                continue;
-            };
-            let better = match &best {
-                None => at > 0,
-                // Further on, or as far with the logits (no forward at all).
-                Some((b, _, l)) => at > *b || (at == *b && l.is_none() && logits.is_some()),
-            };
-            if better {
-                p.used = self.clock;
-                let cp = match p.cp.recurrent() {
-                    true => p.cp.clone(),
-                    false => p.cp.at(at).expect("attention only"),
-                };
-                best = Some((at, cp, logits));
-            }
-        }
-        // A slot that cannot serve goes before the new sequence is made (device memory).
-        let Some((at, cp, logits)) = best else {
-            drop(slot);
-            return self.miss(model, n_ctx, cache);
+        let mut slot = self.slots.swap_remove(i);
+        let point = &mut slot.points[p];
+        point.used = self.clock;
+        let logits = point.logits.clone().filter(|_| exact);
+        let cp = match point.cp.recurrent() {
+            true => point.cp.clone(),
+            false => point.cp.at(at).expect("attention only"),
         };
         if model.rewind(&mut slot.state, &cp).is_err() {
             drop(slot);
@@ -205,7 +191,9 @@ impl PromptCache {
         })
     }
 
-    /// A new sequence, the kept one (if any) gone.
+    /// A new sequence; the least recently used kept ones go first while as many as the
+    /// slots are kept, and those of another context size or cache type (device memory
+    /// before the new one is made).
     fn miss(
         &mut self,
         model: &dyn Model,
@@ -213,8 +201,23 @@ impl PromptCache {
         cache: CacheConfig,
     ) -> engine::Result<Lease> {
         self.stats.misses += u64::from(self.enabled());
-        self.stats.bytes = 0;
+        self.slots.retain(|s| s.n_ctx == n_ctx && s.cache == cache);
+        while self.slots.len() >= self.keep {
+            let lru = (0..self.slots.len()).min_by_key(|&i| self.slots[i].used);
+            lru.map(|i| self.slots.swap_remove(i));
+        }
+        self.count_bytes();
         Lease::new(model, n_ctx, cache)
+    }
+
+    /// `stats.bytes` of what the kept sequences hold.
+    fn count_bytes(&mut self) {
+        self.stats.bytes = self
+            .slots
+            .iter()
+            .flat_map(|s| &s.points)
+            .map(Point::bytes)
+            .sum::<usize>() as u64;
     }
 
     /// Checkpoint `lease` where it stands (with `logits` when that is the end of a prompt),
@@ -264,14 +267,34 @@ impl PromptCache {
         }
         let tokens = &lease.tokens;
         lease.points.retain(|p| p.on(tokens));
-        self.stats.bytes = lease.points.iter().map(Point::bytes).sum::<usize>() as u64;
-        self.slot = Some(Slot {
+        self.clock += 1;
+        self.slots.push(Slot {
             state: lease.state,
             n_ctx: lease.n_ctx,
             cache: lease.cache,
             tokens: lease.tokens,
             points: lease.points,
+            used: self.clock,
         });
+        // Past the slots (several generations ended while others ran), the least recently
+        // used sequence goes; past the byte limit, the least recently used checkpoints.
+        while self.slots.len() > self.keep {
+            let lru = (0..self.slots.len()).min_by_key(|&i| self.slots[i].used);
+            lru.map(|i| self.slots.swap_remove(i));
+        }
+        self.count_bytes();
+        while self.stats.bytes > self.limit as u64 {
+            let oldest = self
+                .slots
+                .iter_mut()
+                .flat_map(|s| s.points.iter_mut().map(|p| p.used))
+                .min();
+            let Some(oldest) = oldest else { break };
+            for s in &mut self.slots {
+                s.points.retain(|p| p.used != oldest);
+            }
+            self.count_bytes();
+        }
     }
 }
 
@@ -279,6 +302,42 @@ impl PromptCache {
 /// could break: at worst a sequence is missing, and the next request starts afresh).
 pub(crate) fn lock(c: &std::sync::Mutex<PromptCache>) -> std::sync::MutexGuard<'_, PromptCache> {
     c.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Slot {
+    /// Where this sequence can resume `prompt`: the position, the checkpoint to go back to,
+    /// whether the logits there are known. The longest usable point is a prefix of the
+    /// prompt and of the sequence as it stands (a later, different continuation overwrote
+    /// the KV rows past their shared prefix), before the prompt's last token — or at its end
+    /// with the logits there. Without logits, at least the prompt's last token must run.
+    fn resume(&self, prompt: &[u32]) -> Option<(usize, usize, bool)> {
+        let shared = common_prefix(&self.tokens, prompt);
+        let before_last = shared.min(prompt.len().saturating_sub(1));
+        let mut best: Option<(usize, usize, bool)> = None;
+        for (i, p) in self.points.iter().enumerate() {
+            let n = p.cp.n_past();
+            let exact = n == prompt.len() && shared >= n && p.logits.is_some();
+            let at = if exact {
+                n
+            } else if !p.cp.recurrent() {
+                // Attention only: anywhere in the shared prefix.
+                before_last
+            } else if n <= before_last {
+                n
+            } else {
+                continue;
+            };
+            let better = match best {
+                None => at > 0,
+                // Further on, or as far with the logits (no forward at all).
+                Some((b, _, l)) => at > b || (at == b && !l && exact),
+            };
+            if better {
+                best = Some((at, i, exact));
+            }
+        }
+        best
+    }
 }
 
 /// Length of the common prefix of `a` and `b`.
@@ -343,6 +402,34 @@ mod tests {
         assert_eq!(c.take(m.as_ref(), &[7, 8], cfg).unwrap().reused, 0);
         let s = c.stats();
         assert_eq!((s.hits, s.misses, s.tokens_reused), (3, 2, 8));
+    }
+
+    /// With several slots, a sequence is kept for each: two conversations taking turns
+    /// both resume; a third evicts the least recently used.
+    #[test]
+    fn a_sequence_is_kept_for_each_slot() {
+        let m = demo();
+        let cfg = (64, CacheConfig::default());
+        let mut c = PromptCache::new(64).with_slots(2);
+        let (a, b, z) = ([1, 2, 3], [5, 6, 7], [9, 9, 9]);
+        for p in [&a, &b] {
+            let mut l = c.take(m.as_ref(), p, cfg).unwrap();
+            feed(&mut c, m.as_ref(), &mut l, p);
+            c.give_back(l);
+        }
+        for p in [&a, &b] {
+            let l = c.take(m.as_ref(), p, cfg).unwrap();
+            assert_eq!((l.reused, l.logits.is_some()), (3, true), "{p:?}");
+            c.give_back(l);
+        }
+        let mut l = c.take(m.as_ref(), &z, cfg).unwrap();
+        assert_eq!(l.reused, 0);
+        feed(&mut c, m.as_ref(), &mut l, &z);
+        c.give_back(l);
+        // a was used least recently: gone; b and z stay.
+        assert_eq!(c.take(m.as_ref(), &b, cfg).unwrap().reused, 3);
+        assert_eq!(c.take(m.as_ref(), &z, cfg).unwrap().reused, 3);
+        assert_eq!(c.take(m.as_ref(), &a, cfg).unwrap().reused, 0);
     }
 
     #[test]

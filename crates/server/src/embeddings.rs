@@ -113,8 +113,8 @@ fn embed(m: &ServedModel, tokens: &[u32], dims: Option<usize>) -> Result<Vec<f32
         .new_state_with(tokens.len(), m.cache)
         .map_err(internal)?;
     let hidden = m
-        .model
-        .forward(tokens, &mut state, Logits::Hidden, m.exec)
+        .batcher
+        .forward(&*m.model, m.exec, tokens, &mut state, Logits::Hidden)
         .map_err(internal)?;
     let n = tokens.len();
     let width = hidden.len() / n;

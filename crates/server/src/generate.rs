@@ -25,6 +25,23 @@ pub struct Generator<'a> {
     /// The prompt cache to resume from and keep the sequence in (`None`: every prompt from
     /// the start).
     pub cache: Option<&'a std::sync::Mutex<crate::cache::PromptCache>>,
+    /// Where the server's slots batch their forward calls (`None`: straight to the model).
+    pub batcher: Option<&'a crate::batch::Batcher>,
+}
+
+impl Generator<'_> {
+    /// The model's forward, through the batcher when there is one.
+    fn forward(
+        &self,
+        tokens: &[u32],
+        state: &mut engine::State,
+        which: Logits,
+    ) -> engine::Result<Vec<f32>> {
+        match self.batcher {
+            Some(b) => b.forward(self.model, self.exec, tokens, state, which),
+            None => self.model.forward(tokens, state, which, self.exec),
+        }
+    }
 }
 
 impl std::fmt::Debug for Generator<'_> {
@@ -202,7 +219,7 @@ fn prefill(
 ) -> Result<Vec<f32>, GenerateError> {
     let mut out = Vec::new();
     for piece in prompt.chunks(g.ubatch.max(1)) {
-        let l = g.model.forward(piece, state, which, g.exec)?;
+        let l = g.forward(piece, state, which)?;
         match which {
             Logits::All => out.extend_from_slice(&l),
             _ => out = l,
@@ -253,6 +270,8 @@ pub fn generate_with_logprobs(
         None => crate::cache::Lease::new(g.model, params.n_ctx, params.cache)?,
     };
     let reused = lease.reused;
+    // From here to the end this slot's forward calls come quickly: batches wait for them.
+    let _active = g.batcher.map(crate::batch::Batcher::enter);
     let t0 = Instant::now();
     let mut logits = match (
         params.logprobs.filter(|_| params.prompt_logprobs),
@@ -363,9 +382,7 @@ pub fn generate_with_logprobs(
         }
         // The last token's logits would never be sampled.
         if generated < params.max_tokens {
-            logits = g
-                .model
-                .forward(&[tok], &mut lease.state, Logits::Last, g.exec)?;
+            logits = g.forward(&[tok], &mut lease.state, Logits::Last)?;
             lease.fed(&[tok]);
         }
     }

@@ -5,7 +5,9 @@
 //! - [`request`]: OpenAI request bodies validated into a [`Job`]; [`extract`] is the JSON
 //!   extractor that answers bad bodies as [`ApiError`]s (OpenAI's error shape).
 //! - [`response`]: reply bodies and SSE chunks.
-//! - [`queue`]: one generation at a time, cancelled when the client goes away.
+//! - [`queue`]: requests wait for one of the `-np` slots; a generation is cancelled when its
+//!   client goes away.
+//! - [`batch`]: continuous batching — the slots' forward calls meet in one model step.
 //! - [`generate`](mod@generate): the token loop (prefill, sample, stop strings, UTF-8), shared with
 //!   `llm-server run`.
 //! - [`cache`]: the prompt cache — the kept sequence and its DeltaNet checkpoints.
@@ -30,6 +32,7 @@ pub use request::Job;
 pub use routes::{router, serve, serve_until_signal, AppState};
 
 pub mod anthropic;
+pub mod batch;
 pub mod cache;
 pub mod embeddings;
 mod error;

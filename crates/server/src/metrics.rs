@@ -259,6 +259,36 @@ pub fn render_cache(c: crate::cache::CacheStats) -> String {
     out
 }
 
+/// The slots and the batcher's steps in Prometheus' text format: `slots` and the
+/// batcher's (steps, rows) ([`crate::batch::Batcher::stats`]).
+pub fn render_batches(slots: usize, (steps, rows): (u64, u64)) -> String {
+    let mut out = String::new();
+    for (name, kind, help, v) in [
+        (
+            "slots",
+            "gauge",
+            "Generations the server runs at once (-np).",
+            slots as u64,
+        ),
+        (
+            "batch_steps_total",
+            "counter",
+            "Model steps run for the slots (each batches every slot's next token).",
+            steps,
+        ),
+        (
+            "batch_rows_total",
+            "counter",
+            "Sequences in those steps, summed (rows / steps: the mean batch).",
+            rows,
+        ),
+    ] {
+        head(&mut out, name, kind, help);
+        let _ = writeln!(out, "llm_server_{name} {v}");
+    }
+    out
+}
+
 /// A metric family's HELP and TYPE lines.
 fn head(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(

@@ -34,6 +34,10 @@ pub struct ServedModel {
     /// How long one request may generate once its turn comes (`serve --timeout`; `None`: no
     /// limit): then it ends as if `max_tokens` were reached.
     pub timeout: Option<std::time::Duration>,
+    /// Where the slots' forward calls meet ([`crate::batch`]).
+    pub batcher: crate::batch::Batcher,
+    /// Generations at once (`-np`; one where the backend cannot batch).
+    pub slots: usize,
     /// The grammar engine for structured output, made on first use.
     grammars: std::sync::OnceLock<Result<crate::grammar::Grammars, String>>,
 }
@@ -105,6 +109,8 @@ impl ServedModel {
             )),
             grammars: std::sync::OnceLock::new(),
             timeout: None,
+            batcher: crate::batch::Batcher::new(),
+            slots: 1,
         })
     }
 
@@ -204,6 +210,16 @@ impl ServedModel {
             .map_err(|e| crate::ApiError::invalid("tool_choice", format!("tool_choice: {e}")))
     }
 
+    /// The same model serving `n` generations at once (`-np/--parallel`), batched into one
+    /// step — where its backend batches; one at a time where it cannot (the CUDA backend
+    /// today: concurrent sequences would only take turns, each holding device memory).
+    pub fn with_slots(mut self, n: usize) -> ServedModel {
+        self.slots = if self.model.batches() { n.max(1) } else { 1 };
+        let cache = std::mem::take(&mut *crate::cache::lock(&self.prompt_cache));
+        self.prompt_cache = std::sync::Mutex::new(cache.with_slots(self.slots));
+        self
+    }
+
     /// The same model with requests limited to `t` of generation each (`None`: no limit).
     pub fn with_timeout(mut self, t: Option<std::time::Duration>) -> ServedModel {
         self.timeout = t;
@@ -212,7 +228,8 @@ impl ServedModel {
 
     /// The same model with a prompt cache of `mib` MiB of checkpoints (0: none).
     pub fn with_prompt_cache(mut self, mib: usize) -> ServedModel {
-        self.prompt_cache = std::sync::Mutex::new(crate::cache::PromptCache::new(mib));
+        let cache = crate::cache::PromptCache::new(mib).with_slots(self.slots);
+        self.prompt_cache = std::sync::Mutex::new(cache);
         self
     }
 
@@ -248,6 +265,7 @@ impl ServedModel {
             exec: self.exec,
             ubatch: self.ubatch,
             cache: Some(&self.prompt_cache),
+            batcher: Some(&self.batcher),
         }
     }
 

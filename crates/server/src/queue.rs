@@ -1,13 +1,15 @@
-//! One generation at a time on the model: requests wait their turn in arrival order (a fair
-//! async mutex), each runs on a blocking thread and sends its text through a channel. A
-//! receiver that goes away (the client disconnected) stops the generation at the next token.
-//! Slots and continuous batching replace this later; the handlers only see [`Queue::submit`].
+//! The model's slots (`-np`): requests wait for a free one in arrival order (a fair async
+//! semaphore), each runs on a blocking thread — its forward calls batched with the other
+//! slots' ([`crate::batch`]) — and sends its text through a channel. A receiver that goes
+//! away (the client disconnected) stops the generation at the next token and frees the slot.
+//! Past the slots at most `limit` requests wait; more are refused (429 / 529 with
+//! `Retry-After`). The handlers only see [`Queue::submit`].
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::generate::{generate_with_logprobs, Finish, Outcome, TokenLogprob};
 use crate::metrics::Metrics;
@@ -37,10 +39,11 @@ pub enum Event {
 /// Requests that may wait for the model at once unless `--max-queue` says otherwise.
 pub const DEFAULT_MAX_WAITING: usize = 256;
 
-/// The model's waiting line: at most `limit` requests wait; more are refused (429/529).
+/// The model's slots and waiting line: at most `limit` requests wait for a slot; more are
+/// refused (429/529).
 #[derive(Clone, Debug)]
 pub struct Queue {
-    turn: Arc<Mutex<()>>,
+    slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     waiting: Arc<std::sync::atomic::AtomicUsize>,
     limit: usize,
@@ -62,18 +65,23 @@ impl Drop for Place {
 }
 
 impl Queue {
-    /// A line where at most `limit` requests wait.
+    /// One slot, and a line where at most `limit` requests wait.
     pub fn with_limit(limit: usize) -> Queue {
+        Queue::new(1, limit)
+    }
+
+    /// `slots` generations at once, and a line where at most `limit` requests wait.
+    pub fn new(slots: usize, limit: usize) -> Queue {
         Queue {
-            turn: Arc::default(),
+            slots: Arc::new(Semaphore::new(slots.max(1))),
             metrics: Arc::default(),
             waiting: Arc::default(),
             limit,
         }
     }
 
-    /// Wait for the model's turn, or refuse when the line is full.
-    async fn turn(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, crate::ApiError> {
+    /// Wait for a free slot, or refuse when the line is full.
+    async fn turn(&self) -> Result<OwnedSemaphorePermit, crate::ApiError> {
         let ahead = self
             .waiting
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -82,12 +90,15 @@ impl Queue {
             return Err(crate::ApiError::Overloaded { waiting: ahead });
         }
         let _waiting = Gauge::up(&self.metrics, Metrics::waiting);
-        let turn = self.turn.clone().lock_owned().await;
+        let turn = self.slots.clone().acquire_owned().await;
         drop(place);
-        Ok(turn)
+        // The semaphore is never closed.
+        turn.map_err(|e| crate::ApiError::Internal {
+            message: format!("the slots: {e}"),
+        })
     }
 
-    /// Wait for the model, then start `job` on a blocking thread; its events come on the
+    /// Wait for a slot, then start `job` on a blocking thread; its events come on the
     /// returned channel (refused when the line is full). `label` names the request in the log line written when it ends.
     pub async fn submit(
         &self,
@@ -108,8 +119,8 @@ impl Queue {
         Ok(rx)
     }
 
-    /// Wait for the model like a generation, then run `f` on a blocking thread with it
-    /// (embeddings).
+    /// Wait for a slot like a generation, then run `f` on a blocking thread in it
+    /// (embeddings, whose forward calls go through the batcher too).
     pub async fn exclusive<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,

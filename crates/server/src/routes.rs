@@ -41,15 +41,15 @@ impl AppState {
     /// State for serving `model`, with an optional API key.
     pub fn new(model: ServedModel, api_key: Option<String>) -> AppState {
         AppState {
+            queue: Queue::new(model.slots, crate::queue::DEFAULT_MAX_WAITING),
             model: Arc::new(model),
-            queue: Queue::default(),
             api_key: api_key.map(Arc::from),
         }
     }
 
     /// The same with at most `n` requests waiting for the model (`--max-queue`).
     pub fn with_max_queue(mut self, n: usize) -> AppState {
-        self.queue = Queue::with_limit(n);
+        self.queue = Queue::new(self.model.slots, n);
         self
     }
 }
@@ -150,7 +150,8 @@ async fn metrics(State(s): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.queue.metrics().render()
-            + &crate::metrics::render_cache(crate::cache::lock(&s.model.prompt_cache).stats()),
+            + &crate::metrics::render_cache(crate::cache::lock(&s.model.prompt_cache).stats())
+            + &crate::metrics::render_batches(s.model.slots, s.model.batcher.stats()),
     )
         .into_response()
 }

@@ -56,14 +56,25 @@ pub enum CpuLayer {
         /// Delta-rule state.
         ssm: Vec<f32>,
     },
+    /// One layer of several sequences in a batched forward ([`Backend::forward_batch`]): each
+    /// sequence's own layer, in the order of the step's segments, moved in for the call.
+    Batch(Vec<CpuLayer>),
 }
 
 /// A CPU forward call's context.
 #[derive(Debug)]
 pub struct CpuStep {
     tokens: Vec<u32>,
-    pos0: usize,
+    /// The sequences the rows belong to, in row order (one but in a batched forward).
+    segs: Vec<Segment>,
     exec: Exec,
+}
+
+/// Rows of a step that continue one sequence, from its position `pos0`.
+#[derive(Clone, Debug)]
+struct Segment {
+    rows: std::ops::Range<usize>,
+    pos0: usize,
 }
 
 impl CpuStep {
@@ -71,10 +82,53 @@ impl CpuStep {
     pub fn new(tokens: &[u32], pos0: usize, exec: Exec) -> CpuStep {
         CpuStep {
             tokens: tokens.to_vec(),
-            pos0,
+            segs: vec![Segment {
+                rows: 0..tokens.len(),
+                pos0,
+            }],
             exec,
         }
     }
+
+    /// The first segment's position: the step's, unless it is batched.
+    fn pos0(&self) -> usize {
+        self.segs.first().map_or(0, |g| g.pos0)
+    }
+}
+
+impl CpuAct {
+    /// A copy of rows `r`.
+    fn rows_of(&self, r: std::ops::Range<usize>) -> CpuAct {
+        CpuAct {
+            data: self.data[r.start * self.width..r.end * self.width].to_vec(),
+            width: self.width,
+        }
+    }
+}
+
+/// `op` for each segment of a batched step over that sequence's own layer and rows `xs`; the
+/// outputs stacked in row order. Attention and DeltaNet are the ops a sequence's state
+/// separates; every other op sees the batch as rows.
+fn per_segment<const N: usize>(
+    s: &CpuStep,
+    layers: &mut [CpuLayer],
+    xs: [&CpuAct; N],
+    mut op: impl FnMut(&CpuStep, &mut CpuLayer, [&CpuAct; N]) -> Result<CpuAct>,
+) -> Result<CpuAct> {
+    check(layers.len() == s.segs.len(), || {
+        format!("{} layers for {} sequences", layers.len(), s.segs.len())
+    })?;
+    let mut out: Option<CpuAct> = None;
+    for (g, l) in s.segs.iter().zip(layers) {
+        let sub = CpuStep::new(&s.tokens[g.rows.clone()], g.pos0, s.exec);
+        let parts = xs.map(|x| x.rows_of(g.rows.clone()));
+        let o = op(&sub, l, std::array::from_fn(|i| &parts[i]))?;
+        match &mut out {
+            None => out = Some(o),
+            Some(acc) => acc.data.extend_from_slice(&o.data),
+        }
+    }
+    out.ok_or_else(|| Error::Shape("a batched step without sequences".into()))
 }
 
 fn check(ok: bool, what: impl FnOnce() -> String) -> Result<()> {
@@ -133,6 +187,7 @@ impl Backend for Cpu {
         match l {
             CpuLayer::Kv { k, v } => k.bytes() + v.bytes(),
             CpuLayer::Recurrent { .. } => 0,
+            CpuLayer::Batch(ls) => ls.iter().map(|l| self.kv_bytes(l)).sum(),
         }
     }
 
@@ -145,6 +200,7 @@ impl Backend for Cpu {
                     .flat_map(|v| v.to_le_bytes())
                     .collect(),
             ),
+            CpuLayer::Batch(_) => return Err(Error::Shape("a batched step's layer saved".into())),
         })
     }
 
@@ -179,12 +235,55 @@ impl Backend for Cpu {
     ) -> Result<Vec<f32>> {
         let _stage = crate::prof::stage("forward (total)");
         crate::pool::flush_denormals();
-        let step = CpuStep {
-            tokens: req.tokens.to_vec(),
-            pos0: req.pos0,
-            exec: req.exec,
-        };
+        let step = CpuStep::new(req.tokens, req.pos0, req.exec);
         Ok(graph(&step, &mut seq.layers)?.data)
+    }
+
+    fn batches(&self) -> bool {
+        true
+    }
+
+    fn forward_batch(
+        &self,
+        reqs: &[Request<'_>],
+        seqs: &mut [&mut Seq<Cpu>],
+        graph: &mut super::Graph<'_, Cpu>,
+    ) -> Result<Vec<f32>> {
+        let _stage = crate::prof::stage("forward (total)");
+        crate::pool::flush_denormals();
+        let n_layer = seqs.first().map_or(0, |q| q.layers.len());
+        check(
+            reqs.len() == seqs.len() && seqs.iter().all(|q| q.layers.len() == n_layer),
+            || "a batch of sequences of different models".into(),
+        )?;
+        let (mut tokens, mut segs) = (Vec::new(), Vec::new());
+        for r in reqs {
+            segs.push(Segment {
+                rows: tokens.len()..tokens.len() + r.tokens.len(),
+                pos0: r.pos0,
+            });
+            tokens.extend_from_slice(r.tokens);
+        }
+        let exec = reqs.first().map_or(Exec { threads: 1 }, |r| r.exec);
+        let step = CpuStep { tokens, segs, exec };
+        // Each sequence's layers moved into one batch layer per layer, and back after the
+        // graph, whatever it returned.
+        let mut layers: Vec<Vec<CpuLayer>> = (0..n_layer).map(|_| Vec::new()).collect();
+        for q in seqs.iter_mut() {
+            for (col, l) in layers.iter_mut().zip(std::mem::take(&mut q.layers)) {
+                col.push(l);
+            }
+        }
+        let mut layers: Vec<CpuLayer> = layers.into_iter().map(CpuLayer::Batch).collect();
+        let out = graph(&step, &mut layers);
+        for l in layers {
+            if let CpuLayer::Batch(ls) = l {
+                for (q, l) in seqs.iter_mut().zip(ls) {
+                    q.layers.push(l);
+                }
+            }
+        }
+        Ok(out?.data)
     }
 
     fn embed(&self, s: &CpuStep, table: &QTensor) -> Result<CpuAct> {
@@ -301,9 +400,12 @@ impl Backend for Cpu {
     }
 
     fn rope(&self, s: &CpuStep, x: &mut CpuAct, head_dim: usize, rope: Rope) -> Result<()> {
-        let w = x.width;
-        for (t, row) in x.data.chunks_exact_mut(w.max(1)).enumerate() {
-            rope.apply(row, head_dim, s.pos0 + t);
+        let w = x.width.max(1);
+        for g in &s.segs {
+            let rows = x.data[g.rows.start * w..g.rows.end * w].chunks_exact_mut(w);
+            for (t, row) in rows.enumerate() {
+                rope.apply(row, head_dim, g.pos0 + t);
+            }
         }
         Ok(())
     }
@@ -315,6 +417,9 @@ impl Backend for Cpu {
         [q, k, v]: [&CpuAct; 3],
         p: AttnParams,
     ) -> Result<CpuAct> {
+        if let CpuLayer::Batch(ls) = layer {
+            return per_segment(s, ls, [q, k, v], |s, l, qkv| self.attention(s, l, qkv, p));
+        }
         let CpuLayer::Kv { k: kc, v: vc } = layer else {
             return Err(Error::StateMismatch { layer: 0 });
         };
@@ -325,7 +430,7 @@ impl Backend for Cpu {
                 k.width, v.width
             )
         })?;
-        let mut pass = KvPass::new(kc, vc, s.pos0)?;
+        let mut pass = KvPass::new(kc, vc, s.pos0())?;
         for (kt, vt) in k.data.chunks_exact(kvw).zip(v.data.chunks_exact(kvw)) {
             pass.push(kt, vt)?;
         }
@@ -407,6 +512,11 @@ impl Backend for Cpu {
         mix: &CpuAct,
         [beta, alpha]: [&CpuAct; 2],
     ) -> Result<CpuAct> {
+        if let CpuLayer::Batch(ls) = layer {
+            return per_segment(s, ls, [mix, beta, alpha], |s, l, [m, b, a]| {
+                self.deltanet(s, l, p, m, [b, a])
+            });
+        }
         let CpuLayer::Recurrent { conv, ssm } = layer else {
             return Err(Error::StateMismatch { layer: 0 });
         };

@@ -86,6 +86,28 @@ pub trait Backend: Send + Sync + Sized + 'static {
         graph: &mut Graph<'_, Self>,
     ) -> Result<Vec<f32>>;
 
+    /// Whether [`Backend::forward_batch`] runs several sequences in one step.
+    fn batches(&self) -> bool {
+        false
+    }
+    /// One forward call over several sequences (continuous batching): the rows of request
+    /// `i` follow those of request `i − 1`, at that request's own positions, over the layers
+    /// of `seqs[i]`. Row-wise ops see one batch (a matmul of every sequence's rows is one
+    /// matrix product); attention and DeltaNet each sequence's own state. The output rows are
+    /// those `graph` keeps of the whole batch.
+    fn forward_batch(
+        &self,
+        reqs: &[Request<'_>],
+        seqs: &mut [&mut Seq<Self>],
+        graph: &mut Graph<'_, Self>,
+    ) -> Result<Vec<f32>> {
+        let _ = (reqs, seqs, graph);
+        Err(Error::Backend {
+            backend: self.name(),
+            message: "no batched forward".into(),
+        })
+    }
+
     /// Rows of the token embedding table `table` (`[n_embd, n_vocab]`) for the step's tokens:
     /// `n × n_embd`.
     fn embed(&self, s: &Self::Step, table: &Self::Mat) -> Result<Self::Act>;
@@ -278,6 +300,18 @@ impl State {
     pub fn kv_bytes(&self) -> usize {
         self.kv_bytes
     }
+
+    /// The state, leaving in its place an empty one that no model accepts: how a sequence
+    /// moves to the thread that runs a batched step while its owner waits for it.
+    pub fn take(&mut self) -> State {
+        let empty = State {
+            n_past: self.n_past,
+            n_ctx: self.n_ctx,
+            kv_bytes: 0,
+            seq: Box::new(()),
+        };
+        std::mem::replace(self, empty)
+    }
 }
 
 /// A sequence at a position, for the prompt cache: the position and a host copy of every
@@ -370,15 +404,7 @@ pub fn run<B: Backend>(
     graph: &mut Graph<'_, B>,
 ) -> Result<Vec<f32>> {
     let n = tokens.len();
-    if state.n_past + n > state.n_ctx {
-        return Err(Error::ContextFull {
-            needed: state.n_past + n,
-            n_ctx: state.n_ctx,
-        });
-    }
-    if let Some(&id) = tokens.iter().find(|&&id| id as usize >= n_vocab) {
-        return Err(Error::BadToken { id, n_vocab });
-    }
+    check_fits(n_vocab, tokens, state)?;
     let seq = state
         .seq
         .downcast_mut::<Seq<B>>()
@@ -392,6 +418,116 @@ pub fn run<B: Backend>(
     let logits = b.forward(req, seq, graph)?;
     state.n_past += n;
     Ok(logits)
+}
+
+/// One sequence's part of a batched forward ([`crate::Model::forward_batch`]).
+#[derive(Debug)]
+pub struct Row<'a> {
+    /// Its next tokens.
+    pub tokens: &'a [u32],
+    /// Its state, advanced by the call.
+    pub state: &'a mut State,
+    /// Which of its rows get logits.
+    pub which: Logits,
+}
+
+/// A model's forward for a step of `n` rows of which `which` get outputs (the batch's, not
+/// one sequence's).
+pub type BatchGraph<'a, B> = dyn FnMut(
+        &<B as Backend>::Step,
+        &mut [<B as Backend>::Layer],
+        Logits,
+        usize,
+    ) -> Result<<B as Backend>::Act>
+    + 'a;
+
+/// Run `rows` (sequences with their next tokens) through `graph` on backend `b`: as one step
+/// where the backend batches and the rows allow it (every row wants its last token's logits
+/// and at most one row is more than a token — a prompt chunk, placed first, so the rows that
+/// get logits are the batch's last ones), else one [`run`] per row. Logits per row, in order.
+pub fn run_batch<B: Backend>(
+    b: &B,
+    n_vocab: usize,
+    rows: &mut [Row<'_>],
+    exec: Exec,
+    graph: &mut BatchGraph<'_, B>,
+) -> Result<Vec<Vec<f32>>> {
+    let multi = rows.iter().filter(|r| r.tokens.len() > 1).count();
+    let together = b.batches()
+        && rows.len() > 1
+        && multi <= 1
+        && rows
+            .iter()
+            .all(|r| r.which == Logits::Last && !r.tokens.is_empty());
+    if !together {
+        return rows
+            .iter_mut()
+            .map(|r| {
+                let (n, which) = (r.tokens.len(), r.which);
+                run(b, n_vocab, (r.tokens, which, exec), r.state, &mut |s, l| {
+                    graph(s, l, which, n)
+                })
+            })
+            .collect();
+    }
+    for r in rows.iter() {
+        check_fits(n_vocab, r.tokens, r.state)?;
+    }
+    // The prompt chunk (if any) first; the others keep their order.
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| rows[i].tokens.len() == 1);
+    let n: usize = rows.iter().map(|r| r.tokens.len()).sum();
+    let first = rows[order[0]].tokens.len() - 1;
+    let reqs: Vec<Request<'_>> = order
+        .iter()
+        .map(|&i| Request {
+            tokens: rows[i].tokens,
+            pos0: rows[i].state.n_past,
+            which: Logits::Last,
+            exec,
+        })
+        .collect();
+    let mut seqs: Vec<Option<&mut Seq<B>>> = rows
+        .iter_mut()
+        .map(|r| r.state.seq.downcast_mut::<Seq<B>>())
+        .collect();
+    let mut ordered = order
+        .iter()
+        .map(|&i| seqs[i].take().ok_or(Error::StateMismatch { layer: 0 }))
+        .collect::<Result<Vec<_>>>()?;
+    let out = b.forward_batch(&reqs, &mut ordered, &mut |s, l| {
+        graph(s, l, Logits::From(first), n)
+    })?;
+    drop(ordered);
+    if out.len() != rows.len() * n_vocab {
+        return Err(Error::Shape(format!(
+            "a batch of {} sequences gave {} logits",
+            rows.len(),
+            out.len()
+        )));
+    }
+    let mut logits = vec![Vec::new(); rows.len()];
+    for (k, &i) in order.iter().enumerate() {
+        logits[i] = out[k * n_vocab..(k + 1) * n_vocab].to_vec();
+    }
+    for r in rows.iter_mut() {
+        r.state.n_past += r.tokens.len();
+    }
+    Ok(logits)
+}
+
+/// `tokens` fit the state's context and the vocabulary.
+fn check_fits(n_vocab: usize, tokens: &[u32], state: &State) -> Result<()> {
+    if state.n_past + tokens.len() > state.n_ctx {
+        return Err(Error::ContextFull {
+            needed: state.n_past + tokens.len(),
+            n_ctx: state.n_ctx,
+        });
+    }
+    if let Some(&id) = tokens.iter().find(|&&id| id as usize >= n_vocab) {
+        return Err(Error::BadToken { id, n_vocab });
+    }
+    Ok(())
 }
 
 /// Parameters of [`Backend::attention`].

@@ -290,4 +290,18 @@ impl<B: Backend> Model for Llama<B> {
             &mut |s, layers| self.graph(s, layers, which, n),
         )
     }
+
+    fn batches(&self) -> bool {
+        self.b.batches()
+    }
+
+    fn forward_batch(&self, rows: &mut [super::Row<'_>], exec: Exec) -> Result<Vec<Vec<f32>>> {
+        crate::backend::run_batch(
+            &*self.b,
+            self.hp.n_vocab,
+            rows,
+            exec,
+            &mut |s, layers, which, n| self.graph(s, layers, which, n),
+        )
+    }
 }

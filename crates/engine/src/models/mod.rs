@@ -20,7 +20,7 @@ use crate::kv::CacheConfig;
 use crate::ops::{Exec, RopeStyle};
 use crate::weights::Weights;
 
-pub use crate::backend::State;
+pub use crate::backend::{Row, State};
 pub use llama::Llama;
 
 /// Architectures [`load`] knows.
@@ -53,6 +53,18 @@ pub trait Model: Send + Sync {
         which: Logits,
         exec: Exec,
     ) -> Result<Vec<f32>>;
+    /// Whether [`Model::forward_batch`] runs its rows as one step (else one call per row).
+    fn batches(&self) -> bool {
+        false
+    }
+    /// Several sequences' next tokens at once (the server's continuous batching): each row's
+    /// logits as [`Model::forward`] gives them, in one step where the backend batches (a
+    /// matmul over every sequence's rows is one matrix product), else one call per row.
+    fn forward_batch(&self, rows: &mut [Row<'_>], exec: Exec) -> Result<Vec<Vec<f32>>> {
+        rows.iter_mut()
+            .map(|r| self.forward(r.tokens, r.state, r.which, exec))
+            .collect()
+    }
     /// `state` where it is now, for the prompt cache ([`crate::backend::Checkpoint`]).
     fn checkpoint(&self, state: &State) -> Result<crate::backend::Checkpoint>;
     /// Put `state` back to a checkpoint taken of it.

@@ -633,6 +633,20 @@ impl<B: Backend> Model for Qwen35Moe<B> {
             &mut |s, layers| self.graph(s, layers, which, n),
         )
     }
+
+    fn batches(&self) -> bool {
+        self.b.batches()
+    }
+
+    fn forward_batch(&self, rows: &mut [super::Row<'_>], exec: Exec) -> Result<Vec<Vec<f32>>> {
+        crate::backend::run_batch(
+            &*self.b,
+            self.hp.n_vocab,
+            rows,
+            exec,
+            &mut |s, layers, which, n| self.graph(s, layers, which, n),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -660,6 +674,88 @@ mod tests {
                 assert!(e.to_string().contains("ssm.conv_kernel"), "{e}");
             }
         }
+    }
+
+    /// A batched step (continuous batching) gives each sequence the logits its own forward
+    /// gives: decode rows of two sequences and a prompt chunk of a third in one step, then
+    /// decode rows alone, then rows the batch cannot take together (two prompt chunks).
+    #[test]
+    fn a_batched_step_gives_each_sequence_its_own_logits() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../models/demo-moe-f16.gguf"
+        );
+        let file = std::sync::Arc::new(gguf::GgufFile::open(path).expect("demo model"));
+        let m = crate::load(file).expect("demo model loads");
+        let exec = Exec { threads: 2 };
+        let prompts: [&[u32]; 3] = [&[1, 2, 3, 4, 5], &[7, 8, 9], &[]];
+        let fresh = || -> Vec<State> {
+            prompts
+                .iter()
+                .map(|p| {
+                    let mut st = m.new_state(64).unwrap();
+                    if !p.is_empty() {
+                        m.forward(p, &mut st, Logits::Last, exec).unwrap();
+                    }
+                    st
+                })
+                .collect()
+        };
+        let (mut alone, mut batched) = (fresh(), fresh());
+        let steps: [[&[u32]; 3]; 3] = [
+            [&[11], &[12], &[20, 21, 22, 23]],
+            [&[13], &[14], &[24]],
+            [&[15, 16], &[17], &[25, 26]],
+        ];
+        for step in steps {
+            let want: Vec<Vec<f32>> = alone
+                .iter_mut()
+                .zip(step)
+                .map(|(st, t)| m.forward(t, st, Logits::Last, exec).unwrap())
+                .collect();
+            let mut rows: Vec<crate::Row<'_>> = batched
+                .iter_mut()
+                .zip(step)
+                .map(|(state, tokens)| crate::Row {
+                    tokens,
+                    state,
+                    which: Logits::Last,
+                })
+                .collect();
+            let got = m.forward_batch(&mut rows, exec).unwrap();
+            for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+                let err = w
+                    .iter()
+                    .zip(g)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                let scale = w.iter().map(|a| a.abs()).fold(0f32, f32::max);
+                assert!(
+                    err <= 1e-4 * scale,
+                    "sequence {i}: max error {err} of {scale}"
+                );
+            }
+        }
+        for (a, b) in alone.iter().zip(&batched) {
+            assert_eq!(a.n_past, b.n_past);
+        }
+        // A batch past a sequence's context is refused before anything runs.
+        let mut short = m.new_state(2).unwrap();
+        let mut other = m.new_state(8).unwrap();
+        let mut rows = [
+            crate::Row {
+                tokens: &[1, 2, 3],
+                state: &mut short,
+                which: Logits::Last,
+            },
+            crate::Row {
+                tokens: &[4],
+                state: &mut other,
+                which: Logits::Last,
+            },
+        ];
+        assert!(m.forward_batch(&mut rows, exec).is_err());
+        assert_eq!((short.n_past, other.n_past), (0, 0));
     }
 
     /// The prompt cache's promise: a sequence put back to a checkpoint continues exactly as it
