@@ -18,8 +18,19 @@ use std::time::{Duration, Instant};
 
 use engine::{Exec, Logits, Model, Row, State};
 
-/// How long a call waits for the other slots' calls before its batch runs without them.
+/// How long a call waits for the other slots' calls before its batch runs without them
+/// (`LLM_SERVER_BATCH_WINDOW_US` overrides it, for measuring).
 pub const WINDOW: Duration = Duration::from_millis(2);
+
+fn window() -> Duration {
+    static W: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *W.get_or_init(|| {
+        std::env::var("LLM_SERVER_BATCH_WINDOW_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(WINDOW, Duration::from_micros)
+    })
+}
 
 /// Where the slots' forward calls meet.
 #[derive(Debug, Default)]
@@ -158,7 +169,7 @@ impl Inner {
         if self.pending.len() >= self.active.max(1) || !oldest.batchable() {
             return None;
         }
-        WINDOW.checked_sub(oldest.since.elapsed())
+        window().checked_sub(oldest.since.elapsed())
     }
 
     /// The next batch: the oldest call alone if it cannot share a step, else every pending
