@@ -116,12 +116,23 @@ pub struct Cuda {
     /// Prefill batches stream RAM experts to the GPU (`LLM_SERVER_HYBRID_STREAM=0`: the pool
     /// computes them).
     pub(crate) hybrid_stream: bool,
+    /// Whether a batch streams is chosen per layer from the measured rates (`stream_pays`);
+    /// `LLM_SERVER_HYBRID_STREAM=1` streams every batch of more than 64 pairs (the rule
+    /// before).
+    pub(crate) hybrid_choose: bool,
+    /// The rates that choice weighs, measured at the first batch that asks.
+    pub(crate) rates: std::sync::OnceLock<crate::hybrid::Rates>,
     /// RAM experts computed (`LLM_SERVER_HYBRID_CPU=0`: the hand-offs alone, for timing).
     pub(crate) hybrid_cpu: bool,
     /// How the RAM side is handed over ([`crate::hybrid::Handoff`]).
     pub(crate) handoff: crate::hybrid::Handoff,
     /// The polled hand-off's thread, started with the first placement that has RAM experts.
     pub(crate) listener: std::sync::OnceLock<crate::hybrid::Listener>,
+    /// Decode's router product and top-k in one launch (`route1`; `LLM_SERVER_ROUTE_FUSED=0`:
+    /// the product, then `topk`).
+    pub(crate) route_fused: bool,
+    /// `route1`'s count of finished blocks (0 between launches).
+    pub(crate) route_done: DevBuf,
     /// The pinned staging and events of the RAM experts' hand-offs.
     pub(crate) staging_h: Mutex<crate::hybrid::Staging>,
     /// RAM-expert jobs queued by the current forward (kept until it has finished).
@@ -270,6 +281,8 @@ impl Cuda {
         let gpu = Gpu::open(ordinal)?;
         let step = gpu.alloc(4 * (MAX_STEP_TOKENS + 1))?;
         let staging = gpu.alloc_host(4 * (MAX_STEP_TOKENS + 1))?;
+        let route_done = gpu.alloc(4)?;
+        route_done.upload(&[0; 4])?;
         Ok(Arc::new(Cuda {
             k: Kernels::new(gpu.clone()),
             pool: Pool::new(gpu.clone()),
@@ -306,9 +319,13 @@ impl Cuda {
             hybrid: Default::default(),
             hybrid_graphs: std::env::var("LLM_SERVER_HYBRID_GRAPHS").map_or(true, |v| v != "0"),
             hybrid_stream: std::env::var("LLM_SERVER_HYBRID_STREAM").map_or(true, |v| v != "0"),
+            hybrid_choose: std::env::var("LLM_SERVER_HYBRID_STREAM").map_or(true, |v| v != "1"),
+            rates: Default::default(),
             hybrid_cpu: std::env::var("LLM_SERVER_HYBRID_CPU").map_or(true, |v| v != "0"),
             handoff: crate::hybrid::Handoff::from_env(gpu.memops64),
             listener: Default::default(),
+            route_fused: std::env::var("LLM_SERVER_ROUTE_FUSED").map_or(true, |v| v != "0"),
+            route_done,
             staging_h: Mutex::default(),
             pending_jobs: Mutex::default(),
             gpu,

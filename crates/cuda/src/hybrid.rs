@@ -115,6 +115,60 @@ pub fn take_host_stats() -> HostStats {
     }
 }
 
+/// What the per-layer choice of a batch's RAM side weighs (issue 11 req. 5), measured once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rates {
+    /// Host-to-device copies from pinned memory, bytes/s.
+    pub h2d: f64,
+    /// The pool's threads reading RAM experts, bytes/s.
+    pub ram: f64,
+    /// Seconds of the pool's arithmetic a (token, RAM expert) pair.
+    pub pair: f64,
+}
+
+/// The pool's arithmetic rate a thread on a (token, expert) pair's three products, flop/s:
+/// 16 threads computing a 35B-A3B layer's RAM experts for 512-token batches took 16 µs a pair
+/// of 6.3 Mflop (pp512 527 tok/s with `LLM_SERVER_HYBRID_STREAM=0`, BENCHMARKS.md 2026-12-02,
+/// fourth session): 25 Gflop/s a thread.
+const POOL_FLOPS_PER_THREAD: f64 = 25e9;
+
+/// Whether a batch of `n` tokens, each choosing `k` of `ne` experts, runs a layer's RAM side
+/// sooner by streaming its `ram` RAM experts (`bytes` each: gate, up and down) to the GPU than
+/// by the pool computing the ones the batch uses: all of them copied at `r.h2d`, against the
+/// expected number used, `ram·(1 − (1 − k/ne)ⁿ)` under uniform routing, read at `r.ram`, plus
+/// the pairs' arithmetic. The expected histogram, not the batch's own: the ids are on the GPU
+/// until its top-k has run, and waiting for them would stop the copies running ahead.
+pub fn stream_pays(n: usize, k: usize, ne: usize, ram: usize, bytes: usize, r: Rates) -> bool {
+    if ram == 0 || ne == 0 {
+        return false;
+    }
+    let stream = (ram * bytes) as f64 / r.h2d;
+    let p = (k as f64 / ne as f64).min(1.0);
+    let used = ram as f64 * (1.0 - (1.0 - p).powf(n as f64));
+    let pairs = (n * k) as f64 * ram as f64 / ne as f64;
+    let pool = used * bytes as f64 / r.ram + pairs * r.pair;
+    stream < pool
+}
+
+/// Bytes/s of `threads` threads summing `bytes` as 64-bit words, each its own share.
+fn read_rate(bytes: &[u8], threads: usize) -> f64 {
+    let threads = threads.max(1);
+    let share = (bytes.len() / threads) & !63;
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for i in 0..threads {
+            let part = &bytes[i * share..(i + 1) * share];
+            s.spawn(move || {
+                let sum = part.chunks_exact(8).fold(0u64, |a, c| {
+                    a.wrapping_add(u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                });
+                std::hint::black_box(sum);
+            });
+        }
+    });
+    (share * threads) as f64 / t.elapsed().as_secs_f64().max(1e-9)
+}
+
 /// The pinned staging of the hand-offs, the fork/join events, and the device buffers a batch
 /// streams whole expert tensors into (one forward at a time).
 #[derive(Debug, Default)]
@@ -617,6 +671,82 @@ impl Cuda {
         })
     }
 
+    /// Whether a batch of `n` tokens streams the RAM experts of the layer `w` (its gate
+    /// experts; `bytes` an expert over gate, up and down) rather than the pool computing them
+    /// ([`stream_pays`] with the rates measured at the first call).
+    pub(crate) fn stream_pays(
+        &self,
+        w: &CudaMat,
+        n: usize,
+        k: usize,
+        bytes: usize,
+        exec: Exec,
+    ) -> Result<bool> {
+        let Some(h) = w.host.as_ref() else {
+            return Ok(false);
+        };
+        if !self.hybrid_choose {
+            return Ok(true);
+        }
+        let ram = h.slot.iter().filter(|&&s| s < 0).count();
+        let r = match self.rates.get() {
+            Some(r) => *r,
+            None => {
+                let r = self.measure_rates(w, exec)?;
+                eprintln!(
+                    "hybrid prefill: pinned copies {:.1} GB/s, RAM experts read at {:.1} GB/s                      ({} threads): batches stream a layer's RAM experts where that is sooner",
+                    r.h2d / 1e9,
+                    r.ram / 1e9,
+                    exec.threads
+                );
+                *self.rates.get_or_init(|| r)
+            }
+        };
+        Ok(stream_pays(n, k, w.experts, ram, bytes, r))
+    }
+
+    /// [`Rates`] from `w`'s longest run of RAM experts (at most 256 MiB of it): read by the
+    /// pool's thread count, then copied to the GPU from its pinned pages twice (the faster
+    /// copy counts) — into the first streaming buffer, made here at the size streaming makes
+    /// it (the plan counts it; no other device memory is taken).
+    fn measure_rates(&self, w: &CudaMat, exec: Exec) -> Result<Rates> {
+        let h = w.host.as_ref().expect("RAM experts");
+        let eb = w.m * w.row_bytes;
+        let data = h.tensor.data();
+        let (a, b) = runs(&h.slot, true)
+            .max_by_key(|&(a, b)| b - a)
+            .unwrap_or((0, 0));
+        let (p, len) = page_inner(&data[a * eb..(b * eb).min(data.len())]);
+        let len = len.min(256 << 20);
+        // SAFETY: inside the tensor's bytes (page_inner of a slice of them).
+        let src = unsafe { std::slice::from_raw_parts(p, len) };
+        let ram = read_rate(src, exec.threads);
+        let mut h2d = 0.0f64;
+        if len >= 1 << 20 && !h.pinned.is_empty() {
+            let mut st = lock(&self.staging_h);
+            let total = eb * w.experts;
+            self.gpu.sync()?;
+            if st.device[0].as_ref().is_none_or(|d| d.bytes() < total) {
+                st.device[0] = None;
+                st.device[0] = Some(Arc::new(self.gpu.alloc(total)?));
+            }
+            let dst = st.device[0].clone().expect("allocated above");
+            for _ in 0..2 {
+                let t = Instant::now();
+                // SAFETY: `dst` holds `len` bytes; the source is synced before it can go.
+                unsafe { self.gpu.htod(dst.ptr(), src)? };
+                self.gpu.sync()?;
+                h2d = h2d.max(len as f64 / t.elapsed().as_secs_f64().max(1e-9));
+            }
+        }
+        Ok(Rates {
+            // Nothing pinned to time: copies go through the driver's bounce buffer, slowly.
+            h2d: if h2d > 0.0 { h2d } else { ram / 4.0 },
+            ram,
+            pair: 6.0 * (w.k * w.m) as f64 / (exec.threads.max(1) as f64 * POOL_FLOPS_PER_THREAD),
+        })
+    }
+
     /// Make the main stream wait for the RAM side queued by [`Cuda::queue_ram_experts`].
     pub(crate) fn join_ram(&self) -> Result<()> {
         let st = lock(&self.staging_h);
@@ -639,6 +769,24 @@ mod tests {
         assert_eq!(runs(&slot, false).collect::<Vec<_>>(), [(2, 4), (5, 6)]);
         assert_eq!(runs(&[], true).count(), 0);
         assert_eq!(runs(&[0, 1], true).count(), 0);
+    }
+
+    /// The 35B-A3B at 16 GB (96 of 256 experts a layer in RAM, 1.7 MB each; ~41 GB/s over
+    /// PCIe, 45 GB/s RAM, 16 threads): a few tokens go to the pool, a 512-token batch streams.
+    #[test]
+    fn small_batches_stay_on_the_pool_large_ones_stream() {
+        let r = Rates {
+            h2d: 41e9,
+            ram: 45e9,
+            pair: 6.0 * 2048.0 * 512.0 / (16.0 * POOL_FLOPS_PER_THREAD),
+        };
+        let pays = |n| stream_pays(n, 8, 256, 96, 1_700_000, r);
+        assert!(!pays(9) && !pays(16));
+        assert!(pays(64) && pays(512));
+        let crossover = (1..512).find(|&n| pays(n)).expect("some batch streams");
+        assert!((17..64).contains(&crossover), "{crossover}");
+        // Nothing in RAM: nothing to stream.
+        assert!(!stream_pays(512, 8, 256, 0, 1_700_000, r));
     }
 
     #[test]

@@ -70,6 +70,47 @@ extern "C" __global__ void topk(const float* __restrict__ logits, int n_expert, 
     }
 }
 
+// Decode's router product and top-k in one launch (one token, f32 router weights `K` wide,
+// K a multiple of 4): a warp a router row, then the last block to finish — counted in `done`,
+// which it sets back to 0 for the next launch (graph replays) — chooses the k experts as
+// `topk` does, from the logits as every block left them (read past L1).
+extern "C" __global__ void __launch_bounds__(128) route1(const float* __restrict__ w,
+                                                        const float* __restrict__ x, int K,
+                                                        int n_expert, int k, float* logits,
+                                                        unsigned* done, i32* __restrict__ ids,
+                                                        float* __restrict__ weights,
+                                                        const i32* __restrict__ slot,
+                                                        i32* __restrict__ gids) {
+    __shared__ bool last;
+    __shared__ float sl[1024];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int r = blockIdx.x * 4 + warp;
+    if (r < n_expert) {
+        const float4* wr = (const float4*)(w + (u64)r * K);
+        const float4* xv = (const float4*)x;
+        float acc = 0.0f;
+        for (int i = lane; i < K / 4; i += 32) {
+            float4 a = wr[i], b = xv[i];
+            acc += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+        }
+        acc = warp_sum(acc);
+        if (lane == 0) logits[r] = acc;
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last || warp != 0) return;
+    for (int e = lane; e < n_expert; e += 32) sl[e] = __ldcg(logits + e);
+    __syncwarp();
+    if (lane == 0) *done = 0u;
+    topk_row(sl, n_expert, k, 0, ids, weights);
+    if (slot) {
+        __syncwarp();
+        if (lane < k) gids[lane] = slot[ids[lane]];
+    }
+}
+
 // Pairs (token t, slot i) = p = t·k + i sorted by expert, in one block: `slot_of[p]` its
 // position in expert order, `x_row[pos]` the token it reads, and tiles of up to `tile` rows
 // of one expert ({expert, first, end}) for the grouped product; `n_tiles[0]` their number.

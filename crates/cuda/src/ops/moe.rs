@@ -81,7 +81,15 @@ impl Cuda {
         // Hybrid placement: a batch's grouped products stream the RAM experts to the GPU
         // (`stream_experts`); fewer pairs go to the pool on the side stream while the GPU does
         // its experts.
-        let streamed = pairs > MOE_MMV_PAIRS && mats.iter().all(|w| self.streamable(w));
+        let streamed = pairs > MOE_MMV_PAIRS
+            && mats.iter().all(|w| self.streamable(w))
+            && self.stream_pays(
+                &e.gate_exps,
+                n,
+                k,
+                mats.iter().map(|w| w.m * w.row_bytes).sum(),
+                step.exec,
+            )?;
         let host = match &e.gate_exps.host {
             Some(_) if !streamed => {
                 Some(self.queue_ram_experts(route.ids.ptr(), &route.weights, x, mats, step.exec)?)
@@ -236,11 +244,46 @@ impl Cuda {
             n,
             k,
         };
-        self.matmul_(&e.gate_inp, x, &logits)?;
-        let f = self.f(Src::Moe, "topk")?;
         let (lp, ip, wp) = (logits.ptr(), r.ids.ptr(), r.weights.ptr());
         let (nei, ki, ni) = (ne as i32, k as i32, n as i32);
         let (sp, gp) = (slot.unwrap_or(0), r.gids.as_ref().map_or(0, Block::ptr));
+        let g = &e.gate_inp;
+        if self.route_fused
+            && n == 1
+            && g.ty == gguf::GgmlType::F32
+            && (g.m, g.k, g.experts) == (ne, x.width, 1)
+            && x.width.is_multiple_of(4)
+            && x.ptr().is_multiple_of(16)
+        {
+            let f = self.f(Src::Moe, "route1")?;
+            let (w, xp, kk, done) = (g.buf.ptr(), x.ptr(), x.width as i32, self.route_done.ptr());
+            // SAFETY: the router ne × K f32, x K f32 (16-byte aligned), logits ne, the
+            // counter one u32 (0 between launches); ids, weights and slots k; the slot map ne.
+            unsafe {
+                self.gpu.launch(
+                    &f,
+                    ((ne as u32).div_ceil(4), 1, 1),
+                    (128, 1, 1),
+                    0,
+                    &mut [
+                        arg(&w),
+                        arg(&xp),
+                        arg(&kk),
+                        arg(&nei),
+                        arg(&ki),
+                        arg(&lp),
+                        arg(&done),
+                        arg(&ip),
+                        arg(&wp),
+                        arg(&sp),
+                        arg(&gp),
+                    ],
+                )?
+            };
+            return Ok(r);
+        }
+        self.matmul_(&e.gate_inp, x, &logits)?;
+        let f = self.f(Src::Moe, "topk")?;
         // SAFETY: logits n × ne; ids, weights and slots n × k; the slot map ne.
         unsafe {
             self.gpu.launch(
