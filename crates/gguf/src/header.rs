@@ -72,6 +72,20 @@ struct InfoPos {
 /// Parses and validates a whole GGUF file held in `bytes`: every count, size and offset is
 /// checked against `bytes.len()`, so after `Ok` every tensor's data lies inside `bytes`.
 pub fn parse_header(bytes: &[u8]) -> Result<Header> {
+    let (header, positions) = read_layout(bytes)?;
+    check_layout(&header, &positions, bytes.len() as u64)?;
+    Ok(header)
+}
+
+/// The metadata and tensor table of a file cut anywhere after its tensor table (its first
+/// `data_offset` bytes, say): what [`parse_header`] reads, without checking that the data
+/// lies inside `bytes` — for tools that need a model's layout, not its weights.
+pub fn parse_layout(bytes: &[u8]) -> Result<Header> {
+    Ok(read_layout(bytes)?.0)
+}
+
+/// Preamble, metadata and tensor table, with where each tensor info sits.
+fn read_layout(bytes: &[u8]) -> Result<(Header, Vec<InfoPos>)> {
     let mut c = Cursor::new(bytes);
     let version = read_preamble(&mut c)?;
     let n_tensors = c.count(MIN_TENSOR_INFO_SIZE, "tensor")?;
@@ -80,7 +94,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<Header> {
     let (tensors, positions) = read_tensor_infos(&mut c, n_tensors)?;
     // The data section starts at the next multiple of the alignment. The position is below the
     // slice length and the alignment at most 2^31, so this cannot overflow; saturating keeps
-    // that a non-panicking fact, and a saturated offset fails the bounds check below.
+    // that a non-panicking fact, and a saturated offset fails the bounds check.
     let data_offset = c
         .pos()
         .checked_next_multiple_of(alignment)
@@ -92,8 +106,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<Header> {
         alignment,
         data_offset,
     };
-    check_layout(&header, &positions, bytes.len() as u64)?;
-    Ok(header)
+    Ok((header, positions))
 }
 
 fn read_preamble(c: &mut Cursor<'_>) -> Result<u32> {

@@ -37,7 +37,8 @@
 pub use error::{Error, Result};
 pub use file::GgufFile;
 pub use header::{
-    parse_header, Header, TensorInfo, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS,
+    parse_header, parse_layout, Header, TensorInfo, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GGUF_MAGIC,
+    MAX_DIMS,
 };
 pub use types::{GgmlType, TypeInfo, TYPES};
 pub use value::{Array, Metadata, Value, ValueType, MAX_ARRAY_DEPTH};

@@ -653,15 +653,19 @@ impl<B: Backend> Model for Qwen35Moe<B> {
 mod tests {
     use super::*;
 
-    /// Hyperparameters that would break the layer shapes are load errors naming the key.
-    #[test]
-    fn bad_hyperparameters_are_errors() {
+    /// The shipped demo model (a qwen35moe).
+    fn demo_file() -> std::sync::Arc<gguf::GgufFile> {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../models/demo-moe-f16.gguf"
         );
-        let file = std::sync::Arc::new(gguf::GgufFile::open(path).expect("demo model"));
-        let hp = Hparams::from_gguf(&Weights::new(file), "qwen35moe").expect("demo hparams");
+        std::sync::Arc::new(gguf::GgufFile::open(path).expect("demo model"))
+    }
+
+    /// Hyperparameters that would break the layer shapes are load errors naming the key.
+    #[test]
+    fn bad_hyperparameters_are_errors() {
+        let hp = Hparams::from_gguf(&Weights::new(demo_file()), "qwen35moe").expect("demo hparams");
         assert!(hp.check().is_ok());
         for (d_conv, ok) in [(1, false), (0, false), (2, true)] {
             let bad = Hparams {
@@ -681,12 +685,7 @@ mod tests {
     /// decode rows alone, then rows the batch cannot take together (two prompt chunks).
     #[test]
     fn a_batched_step_gives_each_sequence_its_own_logits() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../models/demo-moe-f16.gguf"
-        );
-        let file = std::sync::Arc::new(gguf::GgufFile::open(path).expect("demo model"));
-        let m = crate::load(file).expect("demo model loads");
+        let m = crate::load(demo_file()).expect("demo model loads");
         let exec = Exec { threads: 2 };
         let prompts: [&[u32]; 3] = [&[1, 2, 3, 4, 5], &[7, 8, 9], &[]];
         let fresh = || -> Vec<State> {
@@ -762,12 +761,7 @@ mod tests {
     /// did from there (DeltaNet state and position restored, the KV rows before it intact).
     #[test]
     fn rewind_to_a_checkpoint_repeats_the_continuation() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../models/demo-moe-f16.gguf"
-        );
-        let file = std::sync::Arc::new(gguf::GgufFile::open(path).expect("demo model"));
-        let m = crate::load(file).expect("demo model loads");
+        let m = crate::load(demo_file()).expect("demo model loads");
         let exec = Exec { threads: 2 };
         let mut st = m.new_state(64).unwrap();
         m.forward(&[1, 2, 3, 4, 5, 6, 7, 8], &mut st, Logits::Last, exec)

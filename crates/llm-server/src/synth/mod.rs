@@ -3,9 +3,12 @@
 //! benchmarks can load them anywhere a real file loads, without downloading 20 GB.
 //!
 //! Layout per architecture lives in its own file (`qwen35moe.rs`); the quant recipe in `mix.rs`;
-//! the values in `fill.rs`; the Qwen3.5 vocabulary and chat template in `vocab.rs`.
+//! the values in `fill.rs`; the Qwen3.5 vocabulary and chat template in `vocab.rs`. `--like`
+//! copies another file's layout instead ([`like`]): its metadata and tensor table, each tensor
+//! in its own type, the values random.
 
 mod fill;
+mod like;
 mod mix;
 mod qwen35moe;
 mod qwen3moe;
@@ -55,6 +58,12 @@ pub struct Args {
     /// Output file.
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Copy this GGUF's layout instead of an architecture's: its metadata (tokenizer and
+    /// chat template included) and every tensor's name, shape and type, with random values
+    /// (`--arch`, `--preset`, `--mix` and `--tokenizer` are then unused). The file may be cut
+    /// anywhere after its tensor table (`head -c 64M real.gguf`): only the layout is read.
+    #[arg(long)]
+    pub like: Option<PathBuf>,
 }
 
 /// Architectures `synth` can write.
@@ -88,6 +97,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "--router-skew must be a finite number ≥ 0, got {}",
             args.router_skew
         );
+    }
+    if let Some(path) = &args.like {
+        return like::run(&args, path);
     }
     let layout = Layout::new(args.arch, args.preset)?;
     let t0 = Instant::now();
@@ -123,17 +135,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         n_embd: layout.n_embd(),
         threads,
     };
-    let out = create(&args.output)?;
-    let mut writer = GgufWriter::new(out, &metadata, &specs)?;
-    let mut total = 0u64;
-    for (t, spec) in planned.iter().zip(&specs) {
-        let bytes = filler.tensor_bytes(t, spec.ty)?;
-        writer
-            .write_data(&bytes)
-            .with_context(|| format!("writing {}", t.name))?;
-        total += bytes.len() as u64;
-    }
-    writer.finish()?.flush()?;
+    let total = write(&args.output, &metadata, (&planned, &specs), &filler)?;
     eprintln!(
         "synth: wrote {} ({} tensors, {:.2} GiB of tensor data) in {:.1} s",
         args.output.display(),
@@ -142,6 +144,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         t0.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Write the file: the metadata and tensor table, then each tensor's values from `filler`;
+/// the bytes of tensor data written.
+fn write(
+    path: &Path,
+    metadata: &[(String, Value)],
+    (planned, specs): (&[qwen35moe::Planned], &[TensorSpec]),
+    filler: &Filler,
+) -> anyhow::Result<u64> {
+    let mut writer = GgufWriter::new(create(path)?, metadata, specs)?;
+    let mut total = 0u64;
+    for (t, spec) in planned.iter().zip(specs) {
+        let bytes = filler
+            .tensor_bytes(t, spec.ty)
+            .with_context(|| format!("{}: {} values", t.name, spec.ty))?;
+        writer
+            .write_data(&bytes)
+            .with_context(|| format!("writing {}", t.name))?;
+        total += bytes.len() as u64;
+    }
+    writer.finish()?.flush()?;
+    Ok(total)
 }
 
 fn create(path: &Path) -> anyhow::Result<BufWriter<File>> {
