@@ -613,13 +613,7 @@ impl Cuda {
         let mut st = lock(&self.staging_h);
         let i = st.next % 2;
         st.next += 1;
-        if st.device[i].as_ref().is_none_or(|d| d.bytes() < total) {
-            // Earlier products may still read the old buffer.
-            self.gpu.sync()?;
-            st.device[i] = None;
-            st.device[i] = Some(Arc::new(self.gpu.alloc(total)?));
-        }
-        let buf = st.device[i].clone().expect("allocated above");
+        let buf = self.staging_buffer(&mut st, i, total)?;
         if st.stream_events.is_none() {
             st.stream_events = Some((self.gpu.order_event()?, self.gpu.order_event()?));
         }
@@ -723,14 +717,9 @@ impl Cuda {
         let ram = read_rate(src, exec.threads);
         let mut h2d = 0.0f64;
         if len >= 1 << 20 && !h.pinned.is_empty() {
-            let mut st = lock(&self.staging_h);
-            let total = eb * w.experts;
+            let dst = self.staging_buffer(&mut lock(&self.staging_h), 0, eb * w.experts)?;
+            // Earlier products may still read it (none do before the first batch's choice).
             self.gpu.sync()?;
-            if st.device[0].as_ref().is_none_or(|d| d.bytes() < total) {
-                st.device[0] = None;
-                st.device[0] = Some(Arc::new(self.gpu.alloc(total)?));
-            }
-            let dst = st.device[0].clone().expect("allocated above");
             for _ in 0..2 {
                 let t = Instant::now();
                 // SAFETY: `dst` holds `len` bytes; the source is synced before it can go.
@@ -745,6 +734,21 @@ impl Cuda {
             ram,
             pair: 6.0 * (w.k * w.m) as f64 / (exec.threads.max(1) as f64 * POOL_FLOPS_PER_THREAD),
         })
+    }
+
+    /// Streaming buffer `i` with room for `total` bytes, made (again) if it has less.
+    fn staging_buffer(&self, st: &mut Staging, i: usize, total: usize) -> Result<Arc<DevBuf>> {
+        match &st.device[i] {
+            Some(d) if d.bytes() >= total => Ok(d.clone()),
+            _ => {
+                // Earlier products may still read the old buffer.
+                self.gpu.sync()?;
+                st.device[i] = None;
+                let d = Arc::new(self.gpu.alloc(total)?);
+                st.device[i] = Some(d.clone());
+                Ok(d)
+            }
+        }
     }
 
     /// Make the main stream wait for the RAM side queued by [`Cuda::queue_ram_experts`].

@@ -202,12 +202,17 @@ impl PromptCache {
     ) -> engine::Result<Lease> {
         self.stats.misses += u64::from(self.enabled());
         self.slots.retain(|s| s.n_ctx == n_ctx && s.cache == cache);
-        while self.slots.len() >= self.keep {
+        self.keep_at_most(self.keep.saturating_sub(1));
+        Lease::new(model, n_ctx, cache)
+    }
+
+    /// Drop the least recently used kept sequences until at most `n` are left.
+    fn keep_at_most(&mut self, n: usize) {
+        while self.slots.len() > n {
             let lru = (0..self.slots.len()).min_by_key(|&i| self.slots[i].used);
             lru.map(|i| self.slots.swap_remove(i));
         }
         self.count_bytes();
-        Lease::new(model, n_ctx, cache)
     }
 
     /// `stats.bytes` of what the kept sequences hold.
@@ -278,11 +283,7 @@ impl PromptCache {
         });
         // Past the slots (several generations ended while others ran), the least recently
         // used sequence goes; past the byte limit, the least recently used checkpoints.
-        while self.slots.len() > self.keep {
-            let lru = (0..self.slots.len()).min_by_key(|&i| self.slots[i].used);
-            lru.map(|i| self.slots.swap_remove(i));
-        }
-        self.count_bytes();
+        self.keep_at_most(self.keep);
         while self.stats.bytes > self.limit as u64 {
             let oldest = self
                 .slots

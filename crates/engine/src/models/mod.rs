@@ -45,26 +45,32 @@ pub trait Model: Send + Sync {
         self.new_state_with(n_ctx, CacheConfig::default())
     }
     /// Run `tokens` at positions `state.n_past..` and return the logits of the tokens `which`
-    /// names, one row of `n_vocab` each.
+    /// names, one row of `n_vocab` each: [`Model::forward_batch`] of the one sequence.
     fn forward(
         &self,
         tokens: &[u32],
         state: &mut State,
         which: Logits,
         exec: Exec,
-    ) -> Result<Vec<f32>>;
+    ) -> Result<Vec<f32>> {
+        let mut rows = [Row {
+            tokens,
+            state,
+            which,
+        }];
+        let mut out = self.forward_batch(&mut rows, exec)?;
+        out.pop()
+            .ok_or_else(|| Error::Shape("a forward of one sequence gave no logits".into()))
+    }
     /// Whether [`Model::forward_batch`] runs its rows as one step (else one call per row).
     fn batches(&self) -> bool {
         false
     }
-    /// Several sequences' next tokens at once (the server's continuous batching): each row's
-    /// logits as [`Model::forward`] gives them, in one step where the backend batches (a
-    /// matmul over every sequence's rows is one matrix product), else one call per row.
-    fn forward_batch(&self, rows: &mut [Row<'_>], exec: Exec) -> Result<Vec<Vec<f32>>> {
-        rows.iter_mut()
-            .map(|r| self.forward(r.tokens, r.state, r.which, exec))
-            .collect()
-    }
+    /// Several sequences' next tokens at once (the server's continuous batching; one row for
+    /// [`Model::forward`]): each row's logits, in one step where the backend batches (a matmul
+    /// over every sequence's rows is one matrix product), else one pass per row
+    /// ([`crate::backend::run_batch`]).
+    fn forward_batch(&self, rows: &mut [Row<'_>], exec: Exec) -> Result<Vec<Vec<f32>>>;
     /// `state` where it is now, for the prompt cache ([`crate::backend::Checkpoint`]).
     fn checkpoint(&self, state: &State) -> Result<crate::backend::Checkpoint>;
     /// Put `state` back to a checkpoint taken of it.

@@ -617,23 +617,6 @@ impl<B: Backend> Model for Qwen35Moe<B> {
         crate::backend::rewind(&*self.b, state, cp)
     }
 
-    fn forward(
-        &self,
-        tokens: &[u32],
-        state: &mut State,
-        which: Logits,
-        exec: Exec,
-    ) -> Result<Vec<f32>> {
-        let n = tokens.len();
-        crate::backend::run(
-            &*self.b,
-            self.hp.n_vocab,
-            (tokens, which, exec),
-            state,
-            &mut |s, layers| self.graph(s, layers, which, n),
-        )
-    }
-
     fn batches(&self) -> bool {
         self.b.batches()
     }

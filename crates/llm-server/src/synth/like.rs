@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::Context;
 use gguf::{TensorSpec, Value};
 
-use super::fill::{Filler, Init};
+use super::fill::Init;
 use super::qwen35moe::Planned;
 use super::Args;
 
@@ -54,15 +54,7 @@ pub(super) fn run(args: &Args, path: &Path) -> anyhow::Result<()> {
         .iter()
         .map(|t| TensorSpec::new(t.name.clone(), t.ty, t.dims.clone()))
         .collect();
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let filler = Filler {
-        seed: args.seed,
-        skew: 0.0,
-        n_embd,
-        threads,
-    };
+    let filler = super::filler(args, 0.0, n_embd);
     let planned: Vec<Planned> = header
         .tensors
         .iter()

@@ -126,15 +126,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             dims: t.dims.clone(),
         })
         .collect();
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let filler = Filler {
-        seed: args.seed,
-        skew: args.router_skew,
-        n_embd: layout.n_embd(),
-        threads,
-    };
+    let filler = filler(&args, args.router_skew, layout.n_embd());
     let total = write(&args.output, &metadata, (&planned, &specs), &filler)?;
     eprintln!(
         "synth: wrote {} ({} tensors, {:.2} GiB of tensor data) in {:.1} s",
@@ -144,6 +136,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         t0.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The values' source for `args` (seed, threads: all cores by default).
+fn filler(args: &Args, skew: f32, n_embd: u64) -> Filler {
+    Filler {
+        seed: args.seed,
+        skew,
+        n_embd,
+        threads: args
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
 }
 
 /// Write the file: the metadata and tensor table, then each tensor's values from `filler`;
